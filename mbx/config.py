@@ -1,0 +1,422 @@
+"""Frozen experiment configs, command-line overrides and validation.
+
+A config is four frozen dataclasses (data, model, optim, train). Every field is
+checked by `validate` before anything is compiled; errors name the field, the
+value and what is allowed.
+"""
+from __future__ import annotations
+
+import ast
+import dataclasses
+import hashlib
+import importlib.util
+import json
+import math
+import pathlib
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+DURATION_UNITS = ('steps', 'epochs', 'examples')
+OPTIMIZERS = ('sgd', 'momentum', 'nesterov', 'adam', 'adamw', 'lars', 'lamb')
+SCHEDULES = ('constant', 'step', 'cosine', 'linear', 'polynomial')
+LR_SCALING_RULES = ('none', 'linear', 'sqrt')
+ACCUMULATION_MODES = ('auto', 'unrolled', 'scan')
+PLACEMENTS = ('auto', 'device', 'host')
+DTYPES = ('float32', 'bfloat16')
+TARGET_METRICS = ('eval_accuracy', 'eval_error', 'eval_loss',
+                  'train_accuracy', 'train_error', 'train_loss')
+
+
+class ConfigError(ValueError):
+  """A config field has a value that is not allowed."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+  name: str = 'mnist1d'
+  data_dir: str | None = None          # None: $MBX_DATA_DIR or ~/tensorflow_datasets
+  download: bool = False               # allow tfds to download (needs internet)
+  train_split: str = 'train'
+  eval_split: str | None = None        # None: the dataset's test/validation split
+  placement: str = 'auto'              # 'device': whole split in device memory
+  augment: bool = True                 # the dataset's standard augmentation, if any
+  prefetch: int = 2                    # batches prepared ahead (host placement)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  name: str = 'cnn1d'
+  options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  dtype: str = 'float32'               # compute dtype; parameters stay float32
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+  name: str = 'adam'
+  learning_rate: float = 1e-3          # peak LR at base_batch_size
+  lr_scaling: str = 'none'             # LR x (B / base_batch_size) or its sqrt
+  base_batch_size: int | None = None   # None: the initial train.batch_size
+  momentum: float = 0.9                # momentum / nesterov / lars
+  b1: float = 0.9
+  b2: float = 0.999
+  eps: float = 1e-8
+  weight_decay: float = 0.0            # never applied to biases or norm params
+  trust_coefficient: float = 0.001     # lars
+  clip_grad_norm: float | None = None
+  schedule: str = 'constant'
+  milestones: tuple[float, ...] = ()   # 'step' schedule, in milestone_unit
+  milestone_unit: str = 'epochs'
+  decay_factor: float = 0.1            # 'step': LR multiplied at each milestone
+  end_lr_factor: float = 0.0           # cosine/linear/polynomial final LR / peak
+  power: float = 2.0                   # polynomial decay power
+  warmup: str = '0 steps'              # gradual linear warmup (Goyal et al. 2017)
+  warmup_start_factor: float = 0.0     # LR at step 0 / peak (Goyal: 1/k)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  batch_size: int = 128                # global batch, over all hosts and devices
+  micro_batch_size: int | None = None  # global micro-batch for accumulation
+  max_device_batch_size: int | None = None  # accumulate when exceeded
+  accumulation: str = 'auto'           # how micro-batches are looped in the jit
+  duration: str = '8000 steps'
+  seed: int = 0                        # parameter initialisation
+  data_seed: int | None = None         # data order and augmentation; None: seed
+  log_every: str = '100 steps'
+  eval_every: str = '1 epochs'
+  eval_growth: float | None = None     # also evaluate at steps ceil(g^i)
+  eval_on_train: bool = False          # also evaluate on the whole train split
+  eval_batch_size: int = 1000
+  checkpoint_every: str | None = '1000 steps'
+  keep_checkpoints: int = 2
+  max_loss: float | None = None        # divergence bound on the training loss
+  noise_scale: bool = False            # log B_simple (McCandlish et al. 2018)
+  noise_scale_groups: int | None = None  # small batches per step; None: devices x micro-batches (min 2)
+  noise_scale_ema: float = 0.99
+  target_metric: str | None = None
+  target_value: float | None = None
+  stop_at_target: bool = False
+  batch_size_milestones: tuple[float, ...] = ()  # Smith et al. 2018
+  batch_size_milestone_unit: str = 'epochs'
+  batch_size_factor: int = 1
+  max_batch_size: int | None = None    # past it, milestones decay the LR instead
+  sync_every_step: bool | None = None  # None: on multi-device CPU (rendezvous deadlock)
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  data: DataConfig = dataclasses.field(default_factory=DataConfig)
+  model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+  optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+  train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+  name: str = 'run'
+
+
+SECTIONS = {'data': DataConfig, 'model': ModelConfig, 'optim': OptimConfig,
+            'train': TrainConfig}
+
+
+# ----------------------------------------------------------------- durations
+@dataclasses.dataclass(frozen=True)
+class Duration:
+  amount: float
+  unit: str  # one of DURATION_UNITS
+
+  def to_examples(self, batch_size: int, examples_per_epoch: int) -> int:
+    per_unit = {'steps': batch_size, 'epochs': examples_per_epoch, 'examples': 1}
+    return int(round(self.amount * per_unit[self.unit]))
+
+  def to_steps(self, batch_size: int, examples_per_epoch: int) -> int:
+    if self.unit == 'steps':
+      return int(round(self.amount))
+    return math.ceil(self.to_examples(batch_size, examples_per_epoch) / batch_size)
+
+
+def parse_duration(text: str, field: str) -> Duration:
+  """'8000 steps', '20 epochs', '1e6 examples' -> Duration."""
+  parts = str(text).split()
+  if len(parts) == 2 and parts[1].rstrip('s') + 's' in DURATION_UNITS:
+    try:
+      amount = float(parts[0])
+    except ValueError:
+      amount = float('nan')
+    if math.isfinite(amount) and amount >= 0:
+      return Duration(amount, parts[1].rstrip('s') + 's')
+  raise ConfigError(f'{field}={text!r}: expected "<number> <unit>" with a '
+                    f'non-negative number and unit in {DURATION_UNITS}, '
+                    'e.g. "8000 steps" or "20 epochs"')
+
+
+# ----------------------------------------------------------------- overrides
+def _field_types(cls) -> dict[str, Any]:
+  hints = typing.get_type_hints(cls)
+  return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _coerce(value: Any, hint: Any, field: str) -> Any:
+  """Converts a parsed value to the field's declared type, or raises."""
+  origin = typing.get_origin(hint)
+  args = typing.get_args(hint)
+  if origin in (typing.Union, types.UnionType):
+    if value is None and type(None) in args:
+      return None
+    errors = []
+    for arg in args:
+      if arg is type(None):
+        continue
+      try:
+        return _coerce(value, arg, field)
+      except ConfigError as e:
+        errors.append(str(e))
+    raise ConfigError(errors[0] if errors else f'{field}: bad value {value!r}')
+  if hint is bool:
+    if isinstance(value, bool):
+      return value
+    raise ConfigError(f'{field}={value!r}: expected true or false')
+  if hint is int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+        isinstance(value, float) and not value.is_integer()):
+      raise ConfigError(f'{field}={value!r}: expected an integer')
+    return int(value)
+  if hint is float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+      raise ConfigError(f'{field}={value!r}: expected a number')
+    return float(value)
+  if hint is str:
+    if not isinstance(value, str):
+      raise ConfigError(f'{field}={value!r}: expected a string')
+    return value
+  if origin is tuple:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+      value = (value,)
+    if not isinstance(value, Sequence) or isinstance(value, str):
+      raise ConfigError(f'{field}={value!r}: expected a list of numbers')
+    return tuple(_coerce(v, args[0], field) for v in value)
+  if origin in (Mapping, dict) or hint is Mapping:
+    if not isinstance(value, Mapping):
+      raise ConfigError(f'{field}={value!r}: expected a mapping')
+    return dict(value)
+  raise TypeError(f'unsupported config type {hint} for {field}')
+
+
+def _parse_literal(text: str) -> Any:
+  """'1e-3' -> 0.001, 'true' -> True, '30,60' -> (30, 60), 'adam' -> 'adam'."""
+  lowered = text.strip().lower()
+  if lowered in ('true', 'false'):
+    return lowered == 'true'
+  if lowered in ('none', 'null'):
+    return None
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    return text
+
+
+def _section_from_dict(cls, values: Mapping[str, Any], prefix: str):
+  types_by_name = _field_types(cls)
+  unknown = sorted(set(values) - set(types_by_name))
+  if unknown:
+    raise ConfigError(f'{prefix}.{unknown[0]}: unknown field; allowed: '
+                      f'{", ".join(sorted(types_by_name))}')
+  return cls(**{k: _coerce(v, types_by_name[k], f'{prefix}.{k}')
+                for k, v in values.items()})
+
+
+def from_dict(values: Mapping[str, Any]) -> Config:
+  """Builds a Config from nested dicts (e.g. a saved config.json); strict."""
+  unknown = sorted(set(values) - set(SECTIONS) - {'name'})
+  if unknown:
+    raise ConfigError(f'{unknown[0]}: unknown config section; allowed: '
+                      f'{", ".join(sorted(SECTIONS))}, name')
+  sections = {k: _section_from_dict(cls, values.get(k, {}), k)
+              for k, cls in SECTIONS.items()}
+  return Config(**sections, name=str(values.get('name', 'run')))
+
+
+def to_dict(config: Config) -> dict[str, Any]:
+  return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+def apply_overrides(config: Config, overrides: Sequence[str]) -> Config:
+  """Applies 'section.field=value' strings (model.options.key=value too)."""
+  values = to_dict(config)
+  for item in overrides:
+    key, sep, text = item.partition('=')
+    path = key.strip().split('.')
+    if not sep or not path[0]:
+      raise ConfigError(f'override {item!r}: expected section.field=value')
+    if path == ['name']:
+      values['name'] = text
+      continue
+    if path[0] not in SECTIONS:
+      raise ConfigError(f'{key}: unknown config section; allowed: '
+                        f'{", ".join(sorted(SECTIONS))}, name')
+    if len(path) == 3 and path[:2] == ['model', 'options']:
+      values['model']['options'][path[2]] = _parse_literal(text)
+      continue
+    if len(path) != 2:
+      raise ConfigError(f'{key}: expected section.field (or model.options.key)')
+    section, field = path
+    if field not in _field_types(SECTIONS[section]):
+      raise ConfigError(f'{key}: unknown field; allowed: '
+                        f'{", ".join(sorted(_field_types(SECTIONS[section])))}')
+    hint = _field_types(SECTIONS[section])[field]
+    parsed = _parse_literal(text)
+    if hint in (str, str | None) and parsed is not None:
+      parsed = text  # keep '1 epochs', '8000 steps' and names verbatim
+    values[section][field] = parsed
+  return from_dict(values)
+
+
+def load_config(path: str | pathlib.Path, overrides: Sequence[str] = ()) -> Config:
+  """Imports a configs/*.py file, calls get_config(), applies overrides."""
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise ConfigError(f'--config {path}: no such file')
+  spec = importlib.util.spec_from_file_location(f'mbx_config_{path.stem}', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not hasattr(module, 'get_config'):
+    raise ConfigError(f'--config {path}: defines no get_config()')
+  config = module.get_config()
+  if not isinstance(config, Config):
+    raise ConfigError(f'--config {path}: get_config() must return mbx.Config')
+  if config.name == 'run':
+    config = dataclasses.replace(config, name=path.stem)
+  return apply_overrides(config, overrides)
+
+
+def config_hash(config: Config) -> str:
+  return hashlib.sha1(json.dumps(to_dict(config), sort_keys=True).encode()).hexdigest()[:10]
+
+
+# ---------------------------------------------------------------- validation
+def _check(condition: bool, field: str, value: Any, allowed: str) -> None:
+  if not condition:
+    raise ConfigError(f'{field}={value!r}: {allowed}')
+
+
+def _check_choice(value: Any, choices: Sequence[str], field: str) -> None:
+  _check(value in choices, field, value, f'allowed: {", ".join(choices)}')
+
+
+def _check_positive_int(value: Any, field: str) -> None:
+  _check(isinstance(value, int) and value > 0, field, value, 'must be a positive integer')
+
+
+def validate(config: Config) -> None:
+  """Checks every field; raises ConfigError naming the first bad one."""
+  from mbx import data as data_lib  # pylint: disable=import-outside-toplevel
+  from mbx import models as models_lib  # pylint: disable=import-outside-toplevel
+
+  d, m, o, t = config.data, config.model, config.optim, config.train
+  try:
+    data_lib.validate_dataset(d.name, d.train_split, field='data.train_split')
+    if d.eval_split is not None:
+      data_lib.validate_dataset(d.name, d.eval_split, field='data.eval_split')
+    models_lib.validate_model(m.name, m.options)
+  except ValueError as error:
+    raise ConfigError(str(error)) from None
+  _check_choice(d.placement, PLACEMENTS, 'data.placement')
+  _check(d.prefetch >= 1, 'data.prefetch', d.prefetch, 'must be >= 1')
+  _check_choice(m.dtype, DTYPES, 'model.dtype')
+
+  _check_choice(o.name, OPTIMIZERS, 'optim.name')
+  _check(o.learning_rate > 0 and math.isfinite(o.learning_rate),
+         'optim.learning_rate', o.learning_rate, 'must be a positive number')
+  _check_choice(o.lr_scaling, LR_SCALING_RULES, 'optim.lr_scaling')
+  if o.base_batch_size is not None:
+    _check_positive_int(o.base_batch_size, 'optim.base_batch_size')
+  _check(0 <= o.momentum < 1, 'optim.momentum', o.momentum, 'must be in [0, 1)')
+  _check(0 <= o.b1 < 1, 'optim.b1', o.b1, 'must be in [0, 1)')
+  _check(0 <= o.b2 < 1, 'optim.b2', o.b2, 'must be in [0, 1)')
+  _check(o.eps >= 0, 'optim.eps', o.eps, 'must be >= 0')
+  _check(o.weight_decay >= 0, 'optim.weight_decay', o.weight_decay, 'must be >= 0')
+  _check(o.trust_coefficient > 0, 'optim.trust_coefficient', o.trust_coefficient,
+         'must be > 0')
+  if o.clip_grad_norm is not None:
+    _check(o.clip_grad_norm > 0, 'optim.clip_grad_norm', o.clip_grad_norm, 'must be > 0')
+  _check_choice(o.schedule, SCHEDULES, 'optim.schedule')
+  _check_choice(o.milestone_unit, DURATION_UNITS, 'optim.milestone_unit')
+  _check(all(x > 0 for x in o.milestones), 'optim.milestones', o.milestones,
+         'must be positive')
+  _check(list(o.milestones) == sorted(set(o.milestones)), 'optim.milestones',
+         o.milestones, 'must be strictly increasing')
+  _check(o.schedule == 'step' or not o.milestones, 'optim.milestones', o.milestones,
+         'only used by optim.schedule=step')
+  _check(0 < o.decay_factor <= 1, 'optim.decay_factor', o.decay_factor, 'must be in (0, 1]')
+  _check(0 <= o.end_lr_factor <= 1, 'optim.end_lr_factor', o.end_lr_factor,
+         'must be in [0, 1]')
+  _check(o.power > 0, 'optim.power', o.power, 'must be > 0')
+  parse_duration(o.warmup, 'optim.warmup')
+  _check(0 <= o.warmup_start_factor <= 1, 'optim.warmup_start_factor',
+         o.warmup_start_factor, 'must be in [0, 1]')
+
+  _check_positive_int(t.batch_size, 'train.batch_size')
+  if t.micro_batch_size is not None:
+    _check_positive_int(t.micro_batch_size, 'train.micro_batch_size')
+    _check(t.batch_size % t.micro_batch_size == 0, 'train.micro_batch_size',
+           t.micro_batch_size, f'must divide train.batch_size={t.batch_size}')
+  if t.max_device_batch_size is not None:
+    _check_positive_int(t.max_device_batch_size, 'train.max_device_batch_size')
+  _check(t.micro_batch_size is None or t.max_device_batch_size is None,
+         'train.max_device_batch_size', t.max_device_batch_size,
+         'set either train.micro_batch_size or train.max_device_batch_size, not both')
+  _check_choice(t.accumulation, ACCUMULATION_MODES, 'train.accumulation')
+  duration = parse_duration(t.duration, 'train.duration')
+  _check(duration.amount > 0, 'train.duration', t.duration, 'must be positive')
+  _check(isinstance(t.seed, int) and t.seed >= 0, 'train.seed', t.seed, 'must be >= 0')
+  if t.data_seed is not None:
+    _check(t.data_seed >= 0, 'train.data_seed', t.data_seed, 'must be >= 0')
+  for name in ('log_every', 'eval_every'):
+    every = parse_duration(getattr(t, name), f'train.{name}')
+    _check(every.amount > 0, f'train.{name}', getattr(t, name), 'must be positive')
+  if t.checkpoint_every is not None:
+    every = parse_duration(t.checkpoint_every, 'train.checkpoint_every')
+    _check(every.amount > 0, 'train.checkpoint_every', t.checkpoint_every,
+           'must be positive (or none to save only the final step)')
+  if t.eval_growth is not None:
+    _check(t.eval_growth > 1, 'train.eval_growth', t.eval_growth, 'must be > 1')
+  _check_positive_int(t.eval_batch_size, 'train.eval_batch_size')
+  _check_positive_int(t.keep_checkpoints, 'train.keep_checkpoints')
+  if t.max_loss is not None:
+    _check(t.max_loss > 0, 'train.max_loss', t.max_loss, 'must be > 0')
+  if t.noise_scale_groups is not None:
+    _check(isinstance(t.noise_scale_groups, int) and t.noise_scale_groups >= 2,
+           'train.noise_scale_groups', t.noise_scale_groups, 'must be an integer >= 2')
+  _check(0 <= t.noise_scale_ema < 1, 'train.noise_scale_ema', t.noise_scale_ema,
+         'must be in [0, 1)')
+  if t.target_metric is not None:
+    _check_choice(t.target_metric, TARGET_METRICS, 'train.target_metric')
+    _check(t.target_value is not None, 'train.target_value', t.target_value,
+           'required when train.target_metric is set')
+  _check(not t.stop_at_target or t.target_metric is not None, 'train.stop_at_target',
+         t.stop_at_target, 'needs train.target_metric')
+  _check(t.target_metric is not None or t.target_value is None, 'train.target_value',
+         t.target_value, 'needs train.target_metric')
+  _check(t.target_metric is None or 'eval' in t.target_metric or t.eval_on_train,
+         'train.target_metric', t.target_metric, 'train_* targets need train.eval_on_train=true')
+  _check_choice(t.batch_size_milestone_unit, ('epochs', 'examples'),
+                'train.batch_size_milestone_unit')
+  _check(all(x > 0 for x in t.batch_size_milestones), 'train.batch_size_milestones',
+         t.batch_size_milestones, 'must be positive')
+  _check(list(t.batch_size_milestones) == sorted(set(t.batch_size_milestones)),
+         'train.batch_size_milestones', t.batch_size_milestones,
+         'must be strictly increasing')
+  _check_positive_int(t.batch_size_factor, 'train.batch_size_factor')
+  if t.max_batch_size is not None:
+    _check(isinstance(t.max_batch_size, int) and t.max_batch_size >= t.batch_size,
+           'train.max_batch_size', t.max_batch_size,
+           f'must be an integer >= train.batch_size={t.batch_size}')
+  if t.batch_size_milestones:
+    _check(t.batch_size_factor > 1, 'train.batch_size_factor', t.batch_size_factor,
+           'must be > 1 when train.batch_size_milestones is set')
+    _check(duration.unit != 'steps', 'train.duration', t.duration,
+           'give it in epochs or examples when the batch size changes')
+    _check(o.milestone_unit != 'steps' or not o.milestones, 'optim.milestone_unit',
+           o.milestone_unit, 'use epochs or examples when the batch size changes')
+    _check(parse_duration(o.warmup, 'optim.warmup').unit != 'steps' or
+           parse_duration(o.warmup, 'optim.warmup').amount == 0, 'optim.warmup',
+           o.warmup, 'give it in epochs or examples when the batch size changes')
