@@ -1,0 +1,1 @@
+"""Training: the plan, the jitted step, feeds, checkpoints, run records and the loop."""

@@ -1,0 +1,141 @@
+"""Getting batches to the step: device-resident arrays, or a prefetching host reader.
+
+Both feeds follow the same example order (`mbx.data.example_order`), so a run
+gives the same batches whichever one it uses.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+
+import jax
+import numpy as np
+
+from mbx.data.example_order import device_major_arrangement, order_window, stream_indices
+from mbx.training.plan import Plan
+from mbx.training.step import batch_sharded, replicated
+
+
+def put(array: np.ndarray, sharding) -> jax.Array:
+  """A global array from host data that every process holds in full."""
+  return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
+
+
+class DeviceFeed:
+  """The training split lives in device memory; steps gather their batch there.
+
+  The host only swaps the order window when a step would run past its end (once
+  per epoch), so per-step host work is a comparison.
+  """
+
+  def __init__(self, train_x: np.ndarray, train_y: np.ndarray, mesh, *, seed: int,
+               max_batch_size: int):
+    self.mesh = mesh
+    self.seed = seed
+    self.num_examples = len(train_x)
+    self.max_batch_size = max_batch_size
+    self.x = put(train_x, replicated(mesh))
+    self.y = put(train_y, replicated(mesh))
+    self.window = None
+    self.args = None
+
+  def step_args(self, position: int, batch_size: int) -> tuple:
+    if self.window is None or not self.window.covers(position, batch_size):
+      self.window = order_window(self.seed, self.num_examples, position, self.max_batch_size)
+      sharding = replicated(self.mesh)
+      self.args = (self.x, self.y, put(self.window.indices, sharding),
+                   put(np.asarray(self.window.start, np.int32), sharding))
+    return self.args
+
+
+class HostFeed:
+  """Reads each step's rows from a random-access source on a background thread.
+
+  Every process reads only the rows of its own devices; `prefetch` batches are
+  kept ready ahead of the step.
+  """
+
+  def __init__(self, source, input_shape: tuple[int, ...], plan: Plan, mesh, *, seed: int,
+               start_step: int, prefetch: int):
+    self.source, self.input_shape = source, tuple(input_shape)
+    self.plan, self.mesh, self.seed = plan, mesh, seed
+    self.queue: queue.Queue = queue.Queue(maxsize=prefetch)
+    self.stop = threading.Event()
+    self.thread = threading.Thread(target=self._produce, args=(start_step,), daemon=True)
+    self.thread.start()
+
+  def _batch(self, step: int):
+    shape = self.plan.shape_at(step)
+    position = int(self.plan.examples_after_step[step])
+    arrangement = device_major_arrangement(shape.batch_size, self.plan.num_devices,
+                                           shape.num_micro_batches)
+    indices = stream_indices(self.seed, self.plan.num_train_examples, position,
+                             shape.batch_size)[arrangement]
+    sharding = batch_sharded(self.mesh)
+    local = {}
+
+    def rows(index):
+      key = (index[0].start, index[0].stop)
+      if key not in local:
+        local[key] = self.source[indices[index[0]]]
+      return local[key]
+
+    x = jax.make_array_from_callback((shape.batch_size, *self.input_shape), sharding,
+                                     lambda index: rows(index)[0])
+    y = jax.make_array_from_callback((shape.batch_size,), sharding,
+                                     lambda index: rows(index[:1])[1])
+    return x, y
+
+  def _produce(self, start_step: int):
+    try:
+      for step in range(start_step, self.plan.total_steps):
+        if self.stop.is_set():
+          return
+        self.queue.put(self._batch(step))
+    except Exception as error:  # pylint: disable=broad-except
+      self.queue.put(error)
+
+  def next(self):
+    item = self.queue.get()
+    if isinstance(item, Exception):
+      raise item
+    return item
+
+  def close(self):
+    self.stop.set()
+    while self.thread.is_alive():
+      try:
+        self.queue.get_nowait()
+      except queue.Empty:
+        self.thread.join(timeout=0.1)
+
+
+def eval_batch_size(requested: int, num_examples: int, num_devices: int) -> int:
+  batch_size = min(requested, num_examples)
+  return -(-batch_size // num_devices) * num_devices
+
+
+def _padded(x: np.ndarray, y: np.ndarray, batch_size: int, sharding) -> tuple:
+  """(x, y, mask) padded to batch_size rows; mask is 1 on real rows only."""
+  mask = np.zeros(batch_size, np.float32)
+  mask[:len(x)] = 1
+  pad = lambda a: np.concatenate([a, np.zeros((batch_size - len(a), *a.shape[1:]), a.dtype)])
+  return tuple(put(a, sharding) for a in (pad(x), pad(y), mask))
+
+
+def eval_batches(x: np.ndarray, y: np.ndarray, batch_size: int, mesh) -> list[tuple]:
+  """The whole in-memory split as padded, batch-sharded (x, y, mask) device batches.
+
+  Each example appears exactly once with mask 1; padding rows have mask 0.
+  """
+  batch_size = eval_batch_size(batch_size, len(x), mesh.devices.size)
+  return [_padded(x[i:i + batch_size], y[i:i + batch_size], batch_size, batch_sharded(mesh))
+          for i in range(0, len(x), batch_size)]
+
+
+def streamed_eval_batches(source, batch_size: int, mesh):
+  """Like `eval_batches`, read from a random-access source one batch at a time."""
+  batch_size = eval_batch_size(batch_size, len(source), mesh.devices.size)
+  for i in range(0, len(source), batch_size):
+    x, y = source[np.arange(i, min(i + batch_size, len(source)))]
+    yield _padded(x, y, batch_size, batch_sharded(mesh))

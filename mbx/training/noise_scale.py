@@ -1,0 +1,60 @@
+"""The simple gradient noise scale B_simple = tr(Sigma) / |G|^2, online and for free.
+
+McCandlish, Kaplan, Amodei et al. 2018, "An Empirical Model of Large-Batch
+Training" (arXiv 1812.06162), Appendix A.1. A gradient estimated from B
+examples has E|G_B|^2 = |G|^2 + tr(Sigma) / B. Two batch sizes give unbiased
+estimates of both terms; the train step already has k small-batch gradients
+(one per device and micro-batch) and their mean (the big batch), so no extra
+backward pass is needed. The two estimates are averaged separately (EMA,
+bias-corrected) and only then divided, since the ratio of noisy estimates is
+biased.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax.numpy as jnp
+
+
+def two_batch_estimates(sq_norm_small, sq_norm_big, batch_small, batch_big):
+  """Unbiased (|G|^2, tr(Sigma)) from |G_small|^2 and |G_big|^2 (McCandlish eq. A.2)."""
+  grad_sq = (batch_big * sq_norm_big - batch_small * sq_norm_small) / (batch_big - batch_small)
+  trace = (sq_norm_small - sq_norm_big) / (1.0 / batch_small - 1.0 / batch_big)
+  return grad_sq, trace
+
+
+def group_estimates(mean_group_sq_norm, mean_grad_sq_norm, group_size, num_groups):
+  """Estimates from k equal groups of b examples: small = one group, big = all k.
+
+  mean_group_sq_norm is mean_i |g_i|^2 (an unbiased |G_b|^2), mean_grad_sq_norm is
+  |mean_i g_i|^2 (= |G_kb|^2). Equals (k*total - local)/(k-1) and
+  b*k*(local - total)/(k-1).
+  """
+  return two_batch_estimates(mean_group_sq_norm, mean_grad_sq_norm,
+                             group_size, group_size * num_groups)
+
+
+class NoiseScaleState(NamedTuple):
+  """Exponential moving averages of the two unbiased estimates."""
+  grad_sq_ema: jnp.ndarray
+  trace_ema: jnp.ndarray
+  count: jnp.ndarray  # updates so far, for bias correction
+
+  @classmethod
+  def zeros(cls) -> NoiseScaleState:
+    return cls(jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32),
+               jnp.zeros((), jnp.int32))
+
+
+def update(state: NoiseScaleState, grad_sq, trace, decay: float) -> NoiseScaleState:
+  return NoiseScaleState(decay * state.grad_sq_ema + (1 - decay) * grad_sq,
+                         decay * state.trace_ema + (1 - decay) * trace,
+                         state.count + 1)
+
+
+def summarize(state: NoiseScaleState, decay: float) -> dict[str, jnp.ndarray]:
+  """Bias-corrected |G|^2 and tr(Sigma), and their ratio B_simple."""
+  correction = 1 - decay ** state.count.astype(jnp.float32)
+  grad_sq = state.grad_sq_ema / correction
+  trace = state.trace_ema / correction
+  return {'grad_sq': grad_sq, 'trace_sigma': trace, 'b_simple': trace / grad_sq}

@@ -1,0 +1,184 @@
+"""The run directory: resolved config, metric logs, status and checkpoints.
+
+    <run>/config.json          fully resolved config
+    <run>/status.json          running | done | diverged | failed, with reason and last step
+    <run>/train_metrics.jsonl  one row per log step (means over the interval)
+    <run>/eval_metrics.jsonl   one row per evaluation
+    <run>/checkpoints/<step>/  Orbax checkpoints
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import pathlib
+from typing import Any
+
+import pandas as pd
+
+from mbx import config as config_lib
+
+STATUSES = ('running', 'done', 'diverged', 'failed')
+
+
+def write_json_atomic(path: pathlib.Path, value: Any) -> None:
+  """Readers see the old or the new file, never a partial one."""
+  tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
+  tmp.write_text(json.dumps(value, indent=2, sort_keys=True, default=_jsonable) + '\n')
+  os.replace(tmp, path)
+
+
+def _jsonable(value):
+  if hasattr(value, 'item'):
+    return value.item()
+  raise TypeError(f'not JSON serialisable: {value!r}')
+
+
+def _clean(value):
+  """NaN/Inf are not JSON: store them as strings pandas reads back as floats."""
+  if isinstance(value, float) and not math.isfinite(value):
+    return str(value)
+  return value
+
+
+def read_jsonl(path: pathlib.Path) -> list[dict[str, Any]]:
+  if not path.exists():
+    return []
+  rows = []
+  for line in path.read_text().splitlines():
+    try:
+      rows.append(json.loads(line))
+    except json.JSONDecodeError:
+      break  # a line cut short by a crash; everything after it is suspect too
+  return rows
+
+
+class RunWriter:
+  """Appends metric rows and rewrites the status; used by the training loop."""
+
+  def __init__(self, workdir: str | pathlib.Path, enabled: bool = True):
+    self.workdir = pathlib.Path(workdir)
+    self.enabled = enabled
+    if enabled:
+      self.workdir.mkdir(parents=True, exist_ok=True)
+
+  def check_config(self, config: config_lib.Config) -> None:
+    """Refuses to resume a directory that holds a run of a different config."""
+    path = self.workdir / 'config.json'
+    if not path.exists():
+      return
+    resolved, existing = config_lib.to_dict(config), json.loads(path.read_text())
+    if existing != resolved:
+      changed = sorted(f'{section}.{key}' for section in resolved if isinstance(
+          resolved[section], dict) for key in resolved[section]
+          if existing.get(section, {}).get(key) != resolved[section][key])
+      raise config_lib.ConfigError(
+          f'{self.workdir} holds a run with a different config (differs in '
+          f'{", ".join(changed) or "name"}); choose another --workdir')
+
+  def write_config(self, config: config_lib.Config) -> None:
+    self.check_config(config)
+    path = self.workdir / 'config.json'
+    if self.enabled and not path.exists():
+      write_json_atomic(path, config_lib.to_dict(config))
+
+  def status(self) -> dict[str, Any] | None:
+    path = self.workdir / 'status.json'
+    return json.loads(path.read_text()) if path.exists() else None
+
+  def set_status(self, status: str, **fields) -> None:
+    assert status in STATUSES, status
+    if self.enabled:
+      write_json_atomic(self.workdir / 'status.json', {'status': status, **fields})
+
+  def append(self, log: str, row: dict[str, Any]) -> None:
+    if not self.enabled:
+      return
+    with open(self.workdir / f'{log}_metrics.jsonl', 'a') as f:
+      f.write(json.dumps({k: _clean(v) for k, v in row.items()}) + '\n')
+      f.flush()
+
+  def truncate_after(self, step: int) -> None:
+    """Drops rows logged after `step` (by a run that died after its last checkpoint)."""
+    if not self.enabled:
+      return
+    for log in ('train', 'eval'):
+      path = self.workdir / f'{log}_metrics.jsonl'
+      if path.exists():
+        rows = [r for r in read_jsonl(path) if r['step'] <= step]
+        tmp = path.with_name(f'.{path.name}.tmp')
+        tmp.write_text(''.join(json.dumps(r) + '\n' for r in rows))
+        os.replace(tmp, path)
+
+
+def _frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+  frame = pd.DataFrame(rows)
+  if frame.empty:
+    return pd.DataFrame({'step': pd.Series(dtype=int)})
+  for column in frame.columns:
+    if frame[column].dtype == object:
+      converted = pd.to_numeric(frame[column], errors='coerce')
+      if converted.notna().sum() == frame[column].notna().sum():
+        frame[column] = converted
+  return frame
+
+
+@dataclasses.dataclass
+class Run:
+  """A finished or running run, loaded for analysis (`mbx.load_run`)."""
+  workdir: pathlib.Path
+  config: config_lib.Config
+  status: dict[str, Any]
+  train_metrics: pd.DataFrame
+  eval_metrics: pd.DataFrame
+
+  @property
+  def metrics(self) -> pd.DataFrame:
+    """Train and eval rows merged on step (eval columns prefixed 'eval_'/'train_')."""
+    if self.eval_metrics.empty:
+      return self.train_metrics
+    drop = [c for c in ('examples_seen', 'epoch', 'wall_time') if c in self.train_metrics]
+    merged = self.eval_metrics.merge(self.train_metrics.drop(columns=drop), on='step',
+                                     how='outer', suffixes=('', '_train_log'))
+    return merged.sort_values('step').reset_index(drop=True)
+
+  def checkpoint_steps(self) -> list[int]:
+    from mbx.training.checkpoints import Checkpoints  # pylint: disable=import-outside-toplevel
+    return Checkpoints(self.workdir / 'checkpoints', read_only=True).steps()
+
+  def restore(self, step: int | None = None):
+    """(params, model_state, meta) at `step` (default: the latest checkpoint)."""
+    from mbx.training.checkpoints import Checkpoints  # pylint: disable=import-outside-toplevel
+    checkpoints = Checkpoints(self.workdir / 'checkpoints', read_only=True)
+    steps = checkpoints.steps()
+    if not steps:
+      raise FileNotFoundError(f'{self.workdir}: no checkpoints')
+    step = steps[-1] if step is None else step
+    if step not in steps:
+      raise ValueError(f'step={step}: no checkpoint there; saved steps: {steps}')
+    return checkpoints.restore_params(step)
+
+  def params(self, step: int | None = None):
+    return self.restore(step)[0]
+
+  def build_model(self):
+    from mbx import data, models  # pylint: disable=import-outside-toplevel
+    info = data.dataset_info(self.config.data.name, self.config.data.data_dir)
+    import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+    return models.build_model(self.config.model.name, num_classes=info.num_classes,
+                              options=self.config.model.options,
+                              dtype=jnp.dtype(self.config.model.dtype))
+
+
+def load_run(workdir: str | pathlib.Path) -> Run:
+  workdir = pathlib.Path(workdir)
+  config_path = workdir / 'config.json'
+  if not config_path.exists():
+    raise FileNotFoundError(f'{workdir}: not a run directory (no config.json)')
+  config = config_lib.from_dict(json.loads(config_path.read_text()))
+  status_path = workdir / 'status.json'
+  status = json.loads(status_path.read_text()) if status_path.exists() else {}
+  return Run(workdir=workdir, config=config, status=status,
+             train_metrics=_frame(read_jsonl(workdir / 'train_metrics.jsonl')),
+             eval_metrics=_frame(read_jsonl(workdir / 'eval_metrics.jsonl')))

@@ -1,0 +1,238 @@
+"""The train step: one jitted, data-parallel update (state, batch) -> (state, metrics).
+
+The global batch is sharded over a 1-D mesh axis 'data'; parameters and
+optimizer state are replicated. Inside `shard_map` each device loops over its
+slices of the micro-batches, accumulating gradients locally, and a single psum
+at the end forms the mean gradient. The per-device, per-micro-batch gradient
+norms fall out of that loop and give the gradient noise scale for free.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from mbx.data.example_order import device_major_arrangement
+from mbx.optim import set_learning_rate
+from mbx.training import noise_scale as noise_scale_lib
+from mbx.training.plan import StepShape
+
+DATA_AXIS = 'data'
+STEP_METRICS = ('loss', 'accuracy', 'grad_norm', 'update_norm', 'param_norm',
+                'learning_rate')
+NOISE_METRICS = ('grad_sq_estimate', 'trace_estimate')
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array            # int32, steps taken
+  examples_seen: jax.Array   # int32, training-stream position
+  params: Any
+  model_state: Any           # e.g. {'batch_stats': ...}; {} when none
+  opt_state: Any
+  noise_scale: noise_scale_lib.NoiseScaleState
+  metric_sums: dict[str, jax.Array]  # summed since the last log, plus 'steps'
+
+
+def make_mesh(devices=None) -> Mesh:
+  devices = np.asarray(devices if devices is not None else jax.devices())
+  return Mesh(devices, (DATA_AXIS,))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def batch_sharded(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def zero_metric_sums(noise_scale: bool) -> dict[str, jax.Array]:
+  names = STEP_METRICS + (NOISE_METRICS if noise_scale else ()) + ('steps',)
+  return {name: jnp.zeros((), jnp.float32) for name in names}
+
+
+def init_train_state(model, optimizer, sample_x, *, seed: int, mesh: Mesh,
+                     noise_scale: bool) -> TrainState:
+  """Initialises parameters from `seed` (whatever the device count), replicated."""
+  def init():
+    variables = model.init(jax.random.key(seed), sample_x, train=False)
+    params = variables['params']
+    model_state = {k: v for k, v in variables.items() if k != 'params'}
+    return TrainState(
+        step=jnp.zeros((), jnp.int32), examples_seen=jnp.zeros((), jnp.int32),
+        params=params, model_state=model_state, opt_state=optimizer.init(params),
+        noise_scale=noise_scale_lib.NoiseScaleState.zeros(),
+        metric_sums=zero_metric_sums(noise_scale))
+  return jax.jit(init, out_shardings=replicated(mesh))()
+
+
+def cross_entropy(logits, labels):
+  return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
+
+
+def apply_model(model, params, model_state, x, *, train: bool, dropout_key=None):
+  """Logits and the updated model state (BatchNorm statistics in train mode)."""
+  variables = {'params': params, **model_state}
+  if train and model_state:
+    logits, new_state = model.apply(variables, x, train=True, mutable=list(model_state),
+                                    rngs={'dropout': dropout_key})
+    return logits, dict(new_state)
+  rngs = {'dropout': dropout_key} if train else None
+  return model.apply(variables, x, train=train, rngs=rngs), model_state
+
+
+def _sum_sq(tree):
+  return sum(jnp.sum(jnp.square(leaf.astype(jnp.float32))) for leaf in jax.tree.leaves(tree))
+
+
+def _as_varying(value):
+  if DATA_AXIS in jax.typeof(value).manual_axis_type.varying:
+    return value
+  return jax.lax.pcast(value, (DATA_AXIS,), to='varying')
+
+
+def _sharded_gradients(model, shape: StepShape, mesh: Mesh, noise_scale: bool):
+  """Mean gradient over the global batch, computed per device then psum'ed once."""
+  num_devices = mesh.devices.size
+  num_micro = shape.num_micro_batches
+  num_groups = num_devices * num_micro
+
+  def micro_batch(params, model_state, x, y, key):
+    def loss_fn(p):
+      logits, new_state = apply_model(model, p, model_state, x, train=True, dropout_key=key)
+      losses = cross_entropy(logits, y)
+      correct = jnp.sum(jnp.argmax(logits, -1) == y)
+      return losses.mean(), (new_state, correct)
+    (loss, (new_state, correct)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    return grads, new_state, loss, correct
+
+  def local(params, model_state, x, y, key):
+    device = jax.lax.axis_index(DATA_AXIS)
+    # Differentiating w.r.t. replicated params would psum the gradient implicitly;
+    # marked per-device, each device keeps its own gradient (for the noise scale)
+    # and the one explicit psum below averages them.
+    params = jax.tree.map(_as_varying, params)
+    xs = x.reshape(num_micro, -1, *x.shape[1:])
+    ys = y.reshape(num_micro, -1)
+    zero = jnp.zeros((), jnp.float32)
+
+    def body(carry, inputs):
+      grad_sum, model_state, loss_sum, correct_sum, group_sq_sum = carry
+      xj, yj, j = inputs
+      key_j = jax.random.fold_in(key, device * num_micro + j)
+      grads, model_state, loss, correct = micro_batch(params, model_state, xj, yj, key_j)
+      grad_sum = jax.tree.map(jnp.add, grad_sum, grads)
+      if noise_scale:
+        group_sq_sum = group_sq_sum + _sum_sq(grads)
+      return (grad_sum, model_state, loss_sum + loss, correct_sum + correct,
+              group_sq_sum), None
+
+    carry = (jax.tree.map(jnp.zeros_like, params), model_state, zero,
+             jnp.zeros((), jnp.int32), zero)
+    if shape.accumulation == 'scan' and num_micro > 1:
+      # Everything the loop accumulates differs per device ('varying' in shard_map).
+      carry = jax.tree.map(_as_varying, carry)
+      carry, _ = jax.lax.scan(body, carry, (xs, ys, jnp.arange(num_micro)))
+    else:  # straight-line code: XLA:CPU runs loop bodies 5-30x slower (MEASURED.md)
+      for j in range(num_micro):
+        carry, _ = body(carry, (xs[j], ys[j], j))
+    grad_sum, model_state, loss_sum, correct_sum, group_sq_sum = carry
+    psum = lambda v: jax.lax.psum(v, DATA_AXIS)
+    grads = jax.tree.map(lambda g: psum(g) / num_groups, grad_sum)
+    # Ghost BatchNorm statistics differ per device; global BN ones already agree.
+    model_state = jax.lax.pmean(model_state, DATA_AXIS)
+    stats = {'loss': psum(loss_sum) / num_groups,
+             'accuracy': psum(correct_sum).astype(jnp.float32) / (x.shape[0] * num_devices),
+             'mean_group_sq_norm': psum(group_sq_sum) / num_groups}
+    return grads, model_state, stats
+
+  return jax.shard_map(local, mesh=mesh,
+                       in_specs=(P(), P(), P(DATA_AXIS), P(DATA_AXIS), P()),
+                       out_specs=(P(), P(), P()))
+
+
+def make_update(model, optimizer, lr_schedule: Callable, shape: StepShape, mesh: Mesh, *,
+                noise_scale: bool, noise_scale_ema: float, data_seed: int,
+                augment: Callable | None):
+  """The pure update (state, arranged global batch x, y) -> (state, metrics).
+
+  `x` rows must be in `device_major_arrangement` order (see example_order).
+  """
+  gradients = _sharded_gradients(model, shape, mesh, noise_scale)
+  arrangement = device_major_arrangement(shape.batch_size, mesh.devices.size,
+                                         shape.num_micro_batches)
+  data_key = jax.random.key(data_seed)
+  augment_key, dropout_key = jax.random.fold_in(data_key, 1), jax.random.fold_in(data_key, 2)
+
+  def update(state: TrainState, x, y):
+    if augment is not None:
+      # One key per stream position: augmentation does not depend on the device count.
+      positions = state.examples_seen + jnp.asarray(arrangement)
+      keys = jax.vmap(lambda p: jax.random.fold_in(augment_key, p))(positions)
+      x = jax.vmap(lambda k, xi: augment(k, xi[None])[0])(keys, x)
+    step_key = jax.random.fold_in(dropout_key, state.step)
+    grads, model_state, stats = gradients(state.params, state.model_state, x, y, step_key)
+    learning_rate = lr_schedule(state.examples_seen)
+    opt_state = set_learning_rate(state.opt_state, learning_rate)
+    updates, opt_state = optimizer.update(grads, opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {'loss': stats['loss'], 'accuracy': stats['accuracy'],
+               'grad_norm': optax.tree.norm(grads), 'update_norm': optax.tree.norm(updates),
+               'param_norm': optax.tree.norm(params), 'learning_rate': learning_rate}
+    noise_state = state.noise_scale
+    if noise_scale:
+      num_groups = mesh.devices.size * shape.num_micro_batches
+      grad_sq, trace = noise_scale_lib.group_estimates(
+          stats['mean_group_sq_norm'], _sum_sq(grads), shape.batch_size // num_groups,
+          num_groups)
+      metrics.update(grad_sq_estimate=grad_sq, trace_estimate=trace)
+      noise_state = noise_scale_lib.update(noise_state, grad_sq, trace, noise_scale_ema)
+    metric_sums = {k: v + metrics.get(k, 1.0) for k, v in state.metric_sums.items()}
+    new_state = TrainState(step=state.step + 1,
+                           examples_seen=state.examples_seen + shape.batch_size,
+                           params=params, model_state=model_state, opt_state=opt_state,
+                           noise_scale=noise_state, metric_sums=metric_sums)
+    return new_state, metrics
+
+  return update, arrangement
+
+
+def make_train_step(model, optimizer, lr_schedule, shape: StepShape, mesh: Mesh, *,
+                    on_device_data: bool, **options):
+  """Jitted step; `on_device_data` gathers the batch from device-resident arrays.
+
+  On device: step(state, train_x, train_y, window_indices, window_start) where the
+  window is the stretch of the example order holding this step's positions.
+  Otherwise: step(state, x, y) with x, y already arranged and batch-sharded.
+  """
+  update, arrangement = make_update(model, optimizer, lr_schedule, shape, mesh, **options)
+  sharding = batch_sharded(mesh)
+  if not on_device_data:
+    return jax.jit(update, donate_argnums=0)
+
+  def step(state, train_x, train_y, window_indices, window_start):
+    positions = state.examples_seen - window_start + jnp.asarray(arrangement)
+    indices = jax.lax.with_sharding_constraint(window_indices[positions], sharding)
+    return update(state, train_x[indices], train_y[indices])
+
+  return jax.jit(step, donate_argnums=0)
+
+
+def make_eval_step(model):
+  """Sums of loss and correct predictions over a padded batch (mask = real rows)."""
+  @jax.jit
+  def eval_step(params, model_state, x, y, mask):
+    logits, _ = apply_model(model, params, model_state, x, train=False)
+    mask = mask.astype(jnp.float32)
+    return {'loss_sum': jnp.sum(cross_entropy(logits, y) * mask),
+            'correct': jnp.sum((jnp.argmax(logits, -1) == y) * mask),
+            'count': jnp.sum(mask)}
+  return eval_step

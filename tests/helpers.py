@@ -1,0 +1,51 @@
+"""Small configs that train in seconds, and a runner for multi-device subprocesses.
+
+Forcing 8 host devices slows ordinary single-device jits (MEASURED.md), so only
+subprocesses started through `run_python(..., devices=8)` get that flag.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
+
+import mbx
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def tiny_config(**sections) -> mbx.Config:
+  """MNIST-1D CNN, Adam, batch 64, 20 steps; `sections` replace fields per section,
+  e.g. tiny_config(train=dict(batch_size=32), optim=dict(name='sgd'))."""
+  config = mbx.Config(
+      data=mbx.DataConfig(name='mnist1d'),
+      model=mbx.ModelConfig(name='cnn1d'),
+      optim=mbx.OptimConfig(name='adam', learning_rate=1e-2),
+      train=mbx.TrainConfig(batch_size=64, duration='20 steps', log_every='5 steps',
+                            eval_every='10 steps', checkpoint_every='10 steps'),
+      name='tiny')
+  for section, fields in sections.items():
+    if section == 'name':
+      config = dataclasses.replace(config, name=fields)
+      continue
+    config = dataclasses.replace(
+        config, **{section: dataclasses.replace(getattr(config, section), **fields)})
+  return config
+
+
+def run_python(code: str, *, devices: int = 1, timeout: float = 600, env: dict | None = None):
+  """Runs `code` in a fresh interpreter with `devices` host devices; returns its last
+  stdout line parsed as JSON (the code should print one)."""
+  full_env = dict(os.environ, **(env or {}))
+  full_env['XLA_FLAGS'] = (full_env.get('XLA_FLAGS', '') +
+                           f' --xla_force_host_platform_device_count={devices}').strip()
+  full_env['PYTHONPATH'] = str(REPO) + os.pathsep + full_env.get('PYTHONPATH', '')
+  result = subprocess.run([sys.executable, '-c', textwrap.dedent(code)], env=full_env,
+                          capture_output=True, text=True, timeout=timeout, cwd=REPO)
+  if result.returncode != 0:
+    raise AssertionError(f'subprocess failed ({result.returncode}):\n{result.stderr[-4000:]}')
+  return json.loads(result.stdout.strip().splitlines()[-1])

@@ -1,0 +1,132 @@
+"""Every invalid field is refused early, naming the field, the value and what is allowed."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+import mbx
+from mbx.config import ConfigError, apply_overrides, from_dict, parse_duration, to_dict
+from mbx.training.plan import make_plan
+
+from helpers import REPO, tiny_config
+
+BASE = tiny_config()
+
+
+@pytest.mark.parametrize('override, fragments', [
+    ('train.batchsize=3', ['train.batchsize', 'unknown field', 'batch_size']),
+    ('trian.batch_size=3', ['trian.batch_size', 'unknown config section', 'train']),
+    ('train.batch_size=0', ['train.batch_size=0', 'positive integer']),
+    ('train.batch_size=-4', ['train.batch_size=-4', 'positive integer']),
+    ('train.batch_size=2.5', ['train.batch_size=2.5', 'integer']),
+    ('train.micro_batch_size=48', ['train.micro_batch_size=48', 'divide', '64']),
+    ('data.name=imagenet', ['data.name', 'imagenet', 'mnist1d', 'cifar10']),
+    ('model.name=resnet9', ['model.name', 'resnet9', 'cnn1d']),
+    ('model.options.chanels=3', ['model.options', 'chanels', 'channels']),
+    ('model.options.channels=wide', ['model.options.channels', 'wide']),
+    ('model.dtype=float16', ['model.dtype', 'float16', 'bfloat16']),
+    ('optim.name=adagrad', ['optim.name', 'adagrad', 'lars', 'lamb']),
+    ('optim.schedule=exponential', ['optim.schedule', 'exponential', 'cosine']),
+    ('optim.learning_rate=-0.1', ['optim.learning_rate=-0.1', 'positive']),
+    ('optim.learning_rate=0', ['optim.learning_rate=0', 'positive']),
+    ('optim.lr_scaling=cubic', ['optim.lr_scaling', 'linear', 'sqrt']),
+    ('optim.momentum=1.0', ['optim.momentum', '[0, 1)']),
+    ('train.duration=10 parsecs', ['train.duration', 'parsecs', 'epochs']),
+    ('train.duration=-3 steps', ['train.duration', '-3 steps']),
+    ('train.eval_every=0 steps', ['train.eval_every', 'positive']),
+    ('train.accumulation=vmap', ['train.accumulation', 'unrolled', 'scan']),
+    ('train.target_metric=eval_f1', ['train.target_metric', 'eval_accuracy']),
+    ('train.stop_at_target=true', ['train.stop_at_target', 'target_metric']),
+    ('train.noise_scale_groups=1', ['train.noise_scale_groups', '>= 2']),
+    ('data.placement=gpu', ['data.placement', 'device', 'host']),
+])
+def test_invalid_field_is_named(override, fragments):
+  with pytest.raises(ConfigError) as error:
+    mbx.validate(apply_overrides(BASE, [override]))
+  for fragment in fragments:
+    assert fragment in str(error.value), (fragment, str(error.value))
+
+
+def test_step_schedule_milestones_must_increase():
+  config = tiny_config(optim=dict(schedule='step', milestones=(60.0, 30.0)))
+  with pytest.raises(ConfigError, match=r'optim\.milestones.*strictly increasing'):
+    mbx.validate(config)
+
+
+def test_batch_schedule_needs_epoch_units():
+  config = tiny_config(train=dict(batch_size_milestones=(1.0,), batch_size_factor=2))
+  with pytest.raises(ConfigError, match=r'train\.duration.*epochs or examples'):
+    mbx.validate(config)
+
+
+@pytest.mark.parametrize('fields, devices, fragments', [
+    (dict(batch_size=5000), 1, ['train.batch_size', '5000', '4000 training examples']),
+    (dict(batch_size=12), 8, ['train.batch_size', '12', '8 devices']),
+    (dict(batch_size=64, micro_batch_size=4), 8, ['train.micro_batch_size=4', '8 devices']),
+    (dict(batch_size=1, noise_scale=True), 1, ['train.noise_scale_groups', 'batch_size >= 2']),
+])
+def test_plan_errors_name_the_field(fields, devices, fragments):
+  config = tiny_config(train=fields)
+  mbx.validate(config)
+  with pytest.raises(ConfigError) as error:
+    make_plan(config, devices, 4000)
+  for fragment in fragments:
+    assert fragment in str(error.value)
+
+
+def test_overrides_parse_types_and_round_trip():
+  config = apply_overrides(BASE, [
+      'optim.learning_rate=3e-4', 'train.duration=2 epochs', 'optim.schedule=step',
+      'optim.milestones=1,2', 'train.eval_on_train=true', 'model.options.channels=8',
+      'train.max_loss=none'])
+  assert config.optim.learning_rate == pytest.approx(3e-4)
+  assert config.train.duration == '2 epochs'
+  assert config.optim.milestones == (1.0, 2.0)
+  assert config.train.eval_on_train is True
+  assert config.model.options == {'channels': 8}
+  mbx.validate(config)
+  assert from_dict(json.loads(json.dumps(to_dict(config)))) == config
+
+
+def test_config_is_frozen():
+  with pytest.raises(Exception):
+    BASE.train.batch_size = 3  # type: ignore[misc]
+
+
+def test_parse_duration():
+  assert parse_duration('8000 steps', 'f').to_steps(100, 4000) == 8000
+  assert parse_duration('2 epochs', 'f').to_steps(100, 4000) == 80
+  assert parse_duration('1e4 examples', 'f').to_examples(100, 4000) == 10000
+  assert parse_duration('1 epoch', 'f').unit == 'epochs'
+
+
+def test_cli_rejects_bad_field_before_compiling_and_keeps_the_run(tmp_path):
+  """The CLI exits 2 within seconds, and an existing run directory is untouched."""
+  workdir = tmp_path / 'run'
+  workdir.mkdir()
+  (workdir / 'config.json').write_text('{"sentinel": 1}')
+  start = time.perf_counter()
+  result = subprocess.run(
+      [sys.executable, '-m', 'mbx.cli', 'train', '--config', 'configs/mnist1d_cnn.py',
+       '--workdir', str(workdir), 'optim.name=adagrad'],
+      capture_output=True, text=True, cwd=REPO, timeout=120)
+  assert result.returncode == 2
+  assert 'optim.name' in result.stderr and 'adagrad' in result.stderr
+  assert 'Traceback' not in result.stderr
+  assert time.perf_counter() - start < 30
+  assert (workdir / 'config.json').read_text() == '{"sentinel": 1}'
+  assert sorted(p.name for p in workdir.iterdir()) == ['config.json']
+
+
+def test_refuses_to_resume_a_different_config(tmp_path):
+  mbx.train(tiny_config(train=dict(duration='2 steps', checkpoint_every=None)), tmp_path,
+            quiet=True)
+  before = (tmp_path / 'config.json').read_text()
+  with pytest.raises(ConfigError, match='optim.learning_rate'):
+    mbx.train(tiny_config(train=dict(duration='2 steps', checkpoint_every=None),
+                          optim=dict(learning_rate=0.5)), tmp_path, quiet=True)
+  assert (tmp_path / 'config.json').read_text() == before

@@ -1,0 +1,104 @@
+"""8 simulated CPU devices give the same training as 1 device (data parallelism is exact).
+
+Each side runs in its own interpreter: the 8-device one with
+--xla_force_host_platform_device_count=8 (see helpers.run_python).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from helpers import run_python
+
+TRAIN_AND_DUMP = '''
+  import json, sys, numpy as np, jax
+  import mbx
+  sys.path.insert(0, 'tests')
+  from helpers import tiny_config
+  config = tiny_config(train=dict(batch_size=64, duration='5 steps', log_every='1 steps',
+                                  eval_every='5 steps', checkpoint_every=None,
+                                  noise_scale={noise_scale}, micro_batch_size={micro}))
+  run = mbx.train(config, {workdir!r}, quiet=True)
+  leaves = [np.asarray(p).tolist() for p in jax.tree.leaves(run.params())]
+  print(json.dumps({{'devices': jax.device_count(), 'params': leaves,
+                    'loss': run.train_metrics['loss'].tolist(),
+                    'b_simple': run.train_metrics.get('b_simple', run.train_metrics['loss']).tolist()}}))
+'''
+
+
+def _relative_error(a, b) -> float:
+  return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y))) / np.max(np.abs(np.asarray(y))))
+             for x, y in zip(a, b, strict=True))
+
+
+@pytest.mark.parametrize('noise_scale, micro', [(False, None), (True, None), (False, 32)])
+def test_eight_devices_equal_one_device(tmp_path, noise_scale, micro):
+  results = {}
+  for devices in (1, 8):
+    results[devices] = run_python(TRAIN_AND_DUMP.format(
+        noise_scale=noise_scale, micro=micro, workdir=str(tmp_path / f'd{devices}')),
+        devices=devices)
+    assert results[devices]['devices'] == devices
+  assert _relative_error(results[8]['params'], results[1]['params']) <= 1e-5
+  np.testing.assert_allclose(results[8]['loss'], results[1]['loss'], rtol=1e-5)
+
+
+BATCH_NORM_STEPS = '''
+  import json, numpy as np, jax, jax.numpy as jnp
+  import mbx
+  from mbx import models
+  from mbx.data.example_order import device_major_arrangement
+  from mbx.optim import build_optimizer, learning_rate_schedule
+  from mbx.training.plan import StepShape
+  from mbx.training.step import batch_sharded, init_train_state, make_mesh, make_train_step
+  mesh = make_mesh()
+  model = models.build_model('resnet18', num_classes=10, options={{'width': 8, 'norm': {norm!r},
+                             'ghost_batch_size': 8}}, batch_norm_axis_name='data',
+                             dtype=jnp.{dtype})
+  optim = mbx.OptimConfig(name='momentum', learning_rate=0.1)
+  optimizer = build_optimizer(optim)
+  schedule = learning_rate_schedule(optim, batch_size=32, examples_per_epoch=256,
+                                    total_examples=10**4)
+  state = init_train_state(model, optimizer, jnp.zeros((1, 16, 16, 3)), seed=0, mesh=mesh,
+                           noise_scale=False)
+  shape = StepShape(batch_size=32, num_micro_batches={micro}, accumulation='unrolled')
+  step = make_train_step(model, optimizer, schedule, shape, mesh, on_device_data=False,
+                         noise_scale=False, noise_scale_ema=0.9, data_seed=0, augment=None)
+  rng = np.random.default_rng(0)
+  arrangement = device_major_arrangement(32, jax.device_count(), {micro})
+  for _ in range(3):
+    x = rng.normal(size=(32, 16, 16, 3)).astype(np.{dtype})
+    y = rng.integers(0, 10, 32).astype(np.int32)
+    state, metrics = step(state, jax.device_put(x[arrangement], batch_sharded(mesh)),
+                          jax.device_put(y[arrangement], batch_sharded(mesh)))
+  leaves = [np.asarray(v).tolist() for v in jax.tree.leaves((state.params, state.model_state))]
+  print(json.dumps({{'leaves': leaves, 'loss': float(metrics['loss'])}}))
+'''
+
+
+@pytest.mark.parametrize('micro', [1, 2])
+def test_global_batch_norm_is_exact_on_eight_devices(micro):
+  """Global BatchNorm statistics (cross-device pmean) make 8 devices equal 1.
+
+  Computed in float64 so the comparison sees the algorithm, not float32 round-off: in
+  float32, XLA:CPU's single-device reductions over the whole batch already differ from a
+  float64 reference by ~1e-5 relative after one step (the 8-device sums are closer to it).
+  """
+  env = {'JAX_ENABLE_X64': '1'}
+  one, eight = (run_python(BATCH_NORM_STEPS.format(norm='batch', micro=micro, dtype='float64'),
+                           devices=d, env=env) for d in (1, 8))
+  assert _relative_error(eight['leaves'], one['leaves']) <= 1e-6
+  assert eight['loss'] == pytest.approx(one['loss'], rel=1e-7)
+
+
+def test_global_batch_norm_in_float32_on_eight_devices():
+  one, eight = (run_python(BATCH_NORM_STEPS.format(norm='batch', micro=1, dtype='float32'),
+                           devices=d) for d in (1, 8))
+  assert _relative_error(eight['leaves'], one['leaves']) <= 1e-4
+
+
+def test_ghost_batch_norm_statistics_do_not_depend_on_the_device_count():
+  """Ghost batches of 8 examples are the same 8 examples on 1 or on 4 devices (32 / 4)."""
+  one, four = (run_python(BATCH_NORM_STEPS.format(norm='ghost', micro=1, dtype='float32'),
+                          devices=d) for d in (1, 4))
+  assert _relative_error(four['leaves'], one['leaves']) <= 1e-4

@@ -1,0 +1,146 @@
+"""The training loop end to end on MNIST-1D: records, accumulation, eval, divergence, loading."""
+from __future__ import annotations
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import mbx
+from mbx import data, models
+from mbx.training import feed as feed_lib
+from mbx.training.step import cross_entropy, make_eval_step, make_mesh
+
+from helpers import tiny_config
+
+
+def _max_relative_error(a, b) -> float:
+  errors = jax.tree.map(lambda x, y: float(np.max(np.abs(np.asarray(x) - np.asarray(y))) /
+                                           (np.max(np.abs(np.asarray(y))) + 1e-12)), a, b)
+  return max(jax.tree.leaves(errors))
+
+
+def test_run_directory_records(tmp_path):
+  run = mbx.train(tiny_config(train=dict(keep_checkpoints=1)), tmp_path, quiet=True)
+  assert run.status['status'] == 'done'
+  assert run.status['step'] == 20 and run.status['examples_seen'] == 20 * 64
+  assert run.status['epoch'] == pytest.approx(20 * 64 / 4000)
+  assert json.loads((tmp_path / 'config.json').read_text())['train']['batch_size'] == 64
+  assert list(run.train_metrics['step']) == [5, 10, 15, 20]
+  assert list(run.eval_metrics['step']) == [0, 10, 20]
+  for column in ('loss', 'accuracy', 'grad_norm', 'update_norm', 'param_norm',
+                 'learning_rate', 'examples_seen', 'epoch', 'examples_per_second'):
+    assert np.all(np.isfinite(run.train_metrics[column])), column
+  assert run.train_metrics['learning_rate'].iloc[0] == pytest.approx(1e-2)
+  assert run.eval_metrics['eval_examples'].iloc[-1] == 1000
+  assert run.eval_metrics['eval_accuracy'].iloc[-1] > run.eval_metrics['eval_accuracy'].iloc[0]
+  assert set(run.metrics['step']) == {0, 5, 10, 15, 20}
+  assert run.checkpoint_steps() == [20]  # keep_checkpoints=1 keeps the final one
+  loaded = mbx.load_run(tmp_path)
+  params = loaded.params()
+  model = loaded.build_model()
+  x, y = data.load_arrays('mnist1d', 'test')
+  logits = model.apply({'params': params}, x, train=False)
+  accuracy = float(np.mean(np.argmax(logits, -1) == y))
+  assert accuracy == pytest.approx(run.status['eval_accuracy'], abs=1e-6)
+
+
+@pytest.mark.parametrize('accumulation', ['unrolled', 'scan'])
+def test_accumulation_equals_the_big_batch(tmp_path, accumulation):
+  """A global batch of 512 as 8 x 64 gives the same update as 512 at once."""
+  def params_after(micro_batch_size, name):
+    config = tiny_config(train=dict(batch_size=512, micro_batch_size=micro_batch_size,
+                                    accumulation=accumulation, duration='4 steps',
+                                    checkpoint_every=None))
+    return mbx.train(config, tmp_path / name, quiet=True)
+  whole = params_after(None, 'whole')
+  accumulated = params_after(64, 'accumulated')
+  assert _max_relative_error(accumulated.params(), whole.params()) < 1e-5
+  np.testing.assert_allclose(accumulated.train_metrics['loss'], whole.train_metrics['loss'],
+                             rtol=1e-5)
+
+
+def test_accumulation_switches_on_above_the_device_maximum():
+  from mbx.training.plan import make_plan
+  config = tiny_config(train=dict(batch_size=512, max_device_batch_size=100))
+  plan = make_plan(config, 1, 4000)
+  assert plan.shape_at(0).num_micro_batches == 8  # 512 = 8 x 64, 64 <= 100
+
+
+def test_eval_counts_every_example_exactly_once():
+  """1000 examples in padded batches of 300: each counted once, none of the padding."""
+  model = models.build_model('cnn1d', num_classes=10)
+  x, y = data.load_arrays('mnist1d', 'test')
+  params = model.init(jax.random.key(0), x[:1], train=False)['params']
+  mesh = make_mesh()
+  batches = feed_lib.eval_batches(x, y, 300, mesh)
+  assert len(batches) == 4
+  eval_step = make_eval_step(model)
+  totals = [eval_step(params, {}, *batch) for batch in batches]
+  count = sum(float(t['count']) for t in totals)
+  loss = sum(float(t['loss_sum']) for t in totals) / count
+  correct = sum(float(t['correct']) for t in totals)
+  logits = model.apply({'params': params}, x, train=False)
+  assert count == 1000
+  assert loss == pytest.approx(float(cross_entropy(logits, jnp.asarray(y)).mean()), rel=1e-5)
+  assert correct == float(np.sum(np.argmax(logits, -1) == y))
+
+
+def test_divergence_is_a_recorded_outcome(tmp_path):
+  config = tiny_config(optim=dict(name='sgd', learning_rate=1e4),
+                       train=dict(duration='50 steps', log_every='1 steps'))
+  run = mbx.train(config, tmp_path, quiet=True)
+  assert run.status['status'] == 'diverged'
+  assert 'loss' in run.status['reason']
+  assert run.status['step'] < 50
+  assert not run.checkpoint_steps() or all(s < run.status['step'] for s in run.checkpoint_steps())
+  again = mbx.train(config, tmp_path, quiet=True)  # re-running does not retry it
+  assert again.status == run.status
+
+
+def test_loss_bound_counts_as_divergence(tmp_path):
+  run = mbx.train(tiny_config(train=dict(max_loss=1e-3)), tmp_path, quiet=True)
+  assert run.status['status'] == 'diverged'
+  assert 'train.max_loss' in run.status['reason']
+
+
+def test_target_stops_the_run_and_is_recorded(tmp_path):
+  config = tiny_config(train=dict(duration='400 steps', eval_every='20 steps',
+                                  target_metric='eval_accuracy', target_value=0.5,
+                                  stop_at_target=True, checkpoint_every=None))
+  run = mbx.train(config, tmp_path, quiet=True)
+  assert run.status['status'] == 'done' and 'target' in run.status['reason']
+  steps_to_target = run.status['steps_to_target']
+  assert run.status['step'] == steps_to_target < 400
+  first = run.eval_metrics[run.eval_metrics['eval_accuracy'] >= 0.5]['step'].min()
+  assert steps_to_target == first
+  assert run.status['examples_to_target'] == steps_to_target * 64
+  assert run.checkpoint_steps() == [steps_to_target]
+
+
+def test_bf16_compute_keeps_float32_params(tmp_path):
+  run = mbx.train(tiny_config(model=dict(dtype='bfloat16')), tmp_path, quiet=True)
+  assert run.status['status'] == 'done'
+  assert all(p.dtype == np.float32 for p in jax.tree.leaves(run.params()))
+  assert run.eval_metrics['eval_accuracy'].iloc[-1] > 0.2
+
+
+def test_host_placement_gives_the_same_run_as_device_placement(tmp_path):
+  """Batches read on the host follow the same example order as on-device gathering."""
+  on_device = mbx.train(tiny_config(data=dict(placement='device')), tmp_path / 'd', quiet=True)
+  on_host = mbx.train(tiny_config(data=dict(placement='host')), tmp_path / 'h', quiet=True)
+  assert _max_relative_error(on_host.params(), on_device.params()) < 1e-6
+
+
+def test_examples_and_epochs_are_exact_when_the_batch_does_not_divide_the_epoch(tmp_path):
+  config = tiny_config(train=dict(batch_size=96, duration='3 epochs', eval_every='1 epochs',
+                                  log_every='1 epochs', checkpoint_every=None))
+  run = mbx.train(config, tmp_path, quiet=True)
+  assert run.status['examples_seen'] == 125 * 96  # ceil(12000 / 96) steps
+  epochs = run.eval_metrics['epoch'].tolist()
+  assert epochs[0] == 0 and all(a < b for a, b in zip(epochs, epochs[1:]))
+  # each eval sits at the first step whose examples reach the epoch mark
+  for mark, epoch in zip([1, 2, 3], epochs[1:]):
+    assert mark <= epoch < mark + 96 / 4000
