@@ -1,0 +1,28 @@
+# Quick start: `make demo` (train the MNIST-1D CNN) and `make test` (the whole suite).
+# Both create .venv on first use and reuse it after (re-installed when pyproject.toml changes).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test test-fast bench clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+demo: $(VENV)/.installed
+	$(BIN)/mbx train --config configs/mnist1d_cnn.py
+
+test: $(VENV)/.installed
+	$(BIN)/python -m pytest
+
+test-fast: $(VENV)/.installed
+	$(BIN)/python -m pytest -m 'not slow'
+
+bench: $(VENV)/.installed
+	$(BIN)/python experiments/bench_step.py
+
+clean:
+	rm -rf $(VENV) runs sweeps .pytest_cache

@@ -1,0 +1,110 @@
+"""Is the mbx training loop as fast as a bare `jax.jit` loop? (core issue, must-show 4)
+
+Question: how much does mbx's loop (on-device batch gathering from the
+(seed, epoch) example order, in-step metrics, interval logging, progress bar)
+cost against the fastest plain JAX loop: one jitted Adam step on a batch that
+already sits on the device, called in a Python loop.
+
+    python experiments/bench_step.py            # ~2 min on a 2-core CPU
+    python experiments/bench_step.py --steps-scale 0.2   # quick look
+
+Model: the MNIST-1D CNN, Adam, B in {1, 32, 512, 4000}. Each measurement is the
+median of `--repeats` timed runs after a warm-up; mbx's throughput is its
+training time as recorded in status.json (`train_time`: the loop between events,
+excluding compilation, evaluation and checkpoint writes) and, separately, the
+whole-run wall time. Prints a Markdown table; results/bench_step.md holds one.
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import mbx
+from mbx import data, models
+from mbx.training.step import cross_entropy
+
+STEPS = {1: 20000, 32: 6000, 512: 1500, 4000: 250}
+
+
+def bare_loop(batch_size: int, steps: int, x_all, y_all) -> float:
+  """Examples/s of the plainest fast JAX loop: fixed on-device batch, jitted step."""
+  model = models.build_model('cnn1d', num_classes=10)
+  params = model.init(jax.random.key(0), x_all[:1], train=False)['params']
+  optimizer = optax.adam(1e-3)
+  opt_state = optimizer.init(params)
+
+  @jax.jit
+  def step(params, opt_state, x, y):
+    def loss_fn(p):
+      return cross_entropy(model.apply({'params': p}, x, train=True), y).mean()
+    loss, grads = jax.value_and_grad(loss_fn)(params)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+  x = jax.device_put(x_all[:batch_size])
+  y = jax.device_put(y_all[:batch_size])
+  params, opt_state, loss = step(params, opt_state, x, y)
+  loss.block_until_ready()
+  start = time.perf_counter()
+  for _ in range(steps):
+    params, opt_state, loss = step(params, opt_state, x, y)
+  loss.block_until_ready()
+  return batch_size * steps / (time.perf_counter() - start)
+
+
+def mbx_loop(batch_size: int, steps: int) -> tuple[float, float]:
+  """(examples/s of the training loop, examples/s over the whole run) for mbx.train."""
+  config = mbx.Config(
+      model=mbx.ModelConfig(name='cnn1d'),
+      optim=mbx.OptimConfig(name='adam', learning_rate=1e-3),
+      train=mbx.TrainConfig(batch_size=batch_size, duration=f'{steps} steps',
+                            log_every=f'{max(steps // 10, 1)} steps',
+                            eval_every=f'{steps} steps', checkpoint_every=None),
+      name='bench')
+  with tempfile.TemporaryDirectory() as workdir:
+    start = time.perf_counter()
+    run = mbx.train(config, workdir, quiet=True)
+    wall = time.perf_counter() - start
+  examples = batch_size * (steps - 1)  # the first step compiles and is timed apart
+  return examples / run.status['train_time'], batch_size * steps / wall
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--repeats', type=int, default=3)
+  parser.add_argument('--steps-scale', type=float, default=1.0)
+  parser.add_argument('--batch-sizes', type=int, nargs='*', default=sorted(STEPS))
+  args = parser.parse_args()
+  x_all, y_all = data.load_arrays('mnist1d', 'train')
+  rows = []
+  for batch_size in args.batch_sizes:
+    steps = max(int(STEPS.get(batch_size, 1000) * args.steps_scale), 10)
+    bare, loop, whole = [], [], []
+    for _ in range(args.repeats):
+      bare.append(bare_loop(batch_size, steps, x_all, y_all))
+      loop_rate, whole_rate = mbx_loop(batch_size, steps)
+      loop.append(loop_rate)
+      whole.append(whole_rate)
+    b, l, w = (statistics.median(v) for v in (bare, loop, whole))
+    rows.append((batch_size, steps, b, l, l / b, w))
+  print(f'Machine: {platform.processor() or platform.machine()}, {jax.device_count()} '
+        f'{jax.default_backend()} device(s), Python {platform.python_version()}, '
+        f'jax {jax.__version__}, flax {__import__("flax").__version__}, '
+        f'optax {optax.__version__}; median of {args.repeats}\n')
+  print('| batch | steps | bare jit loop (ex/s) | mbx loop (ex/s) | mbx / bare | '
+        'mbx whole run incl. compile+eval+ckpt (ex/s) |')
+  print('|---:|---:|---:|---:|---:|---:|')
+  for batch_size, steps, b, l, ratio, w in rows:
+    print(f'| {batch_size} | {steps} | {b:,.0f} | {l:,.0f} | {ratio:.2f} | {w:,.0f} |')
+
+
+if __name__ == '__main__':
+  main()
