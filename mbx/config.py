@@ -103,6 +103,7 @@ class TrainConfig:
   batch_size_factor: int = 1
   max_batch_size: int | None = None    # past it, milestones decay the LR instead
   sync_every_step: bool | None = None  # None: on multi-device CPU (rendezvous deadlock)
+  init_from: str | None = None         # 'RUN_DIR' or 'RUN_DIR@STEP': branch from a checkpoint
 
 
 @dataclasses.dataclass(frozen=True)
@@ -292,6 +293,17 @@ def config_hash(config: Config) -> str:
   return hashlib.sha1(json.dumps(to_dict(config), sort_keys=True).encode()).hexdigest()[:10]
 
 
+def parse_init_from(text: str) -> tuple[str, int | None]:
+  """'runs/a' -> ('runs/a', None: latest); 'runs/a@400' -> ('runs/a', 400)."""
+  path, sep, step = str(text).rpartition('@')
+  if not sep:
+    return str(text), None
+  if not step.isdigit() or not path:
+    raise ConfigError(f'train.init_from={text!r}: expected RUN_DIR or RUN_DIR@STEP '
+                      'with a non-negative integer step')
+  return path, int(step)
+
+
 # ---------------------------------------------------------------- validation
 def _check(condition: bool, field: str, value: Any, allowed: str) -> None:
   if not condition:
@@ -398,6 +410,8 @@ def validate(config: Config) -> None:
          t.target_value, 'needs train.target_metric')
   _check(t.target_metric is None or 'eval' in t.target_metric or t.eval_on_train,
          'train.target_metric', t.target_metric, 'train_* targets need train.eval_on_train=true')
+  if t.init_from is not None:
+    parse_init_from(t.init_from)
   _check_choice(t.batch_size_milestone_unit, ('epochs', 'examples'),
                 'train.batch_size_milestone_unit')
   _check(all(x > 0 for x in t.batch_size_milestones), 'train.batch_size_milestones',

@@ -144,3 +144,20 @@ def test_examples_and_epochs_are_exact_when_the_batch_does_not_divide_the_epoch(
   # each eval sits at the first step whose examples reach the epoch mark
   for mark, epoch in zip([1, 2, 3], epochs[1:]):
     assert mark <= epoch < mark + 96 / 4000
+
+
+def test_branch_from_another_runs_checkpoint(tmp_path):
+  """A branched run starts from the source checkpoint's parameters and optimizer state."""
+  source = mbx.train(tiny_config(), tmp_path / 'source', quiet=True)
+  branch_config = tiny_config(train=dict(batch_size=128, duration='1 steps', log_every='1 steps',
+                                         init_from=f'{tmp_path / "source"}@10',
+                                         checkpoint_every=None),
+                              optim=dict(learning_rate=1e-9))
+  branch = mbx.train(branch_config, tmp_path / 'branch', quiet=True)
+  assert branch.status['step'] == 1
+  # With a vanishing LR, one Adam step barely moves the parameters from step 10's.
+  assert _max_relative_error(branch.params(), source.params(10)) < 1e-6
+  assert _max_relative_error(branch.params(), source.params(20)) > 1e-3
+  with pytest.raises(mbx.ConfigError, match='no checkpoint at step 7'):
+    mbx.train(tiny_config(train=dict(init_from=f'{tmp_path / "source"}@7')), tmp_path / 'bad',
+              quiet=True)

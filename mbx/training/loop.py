@@ -94,6 +94,30 @@ class _Evaluator:
     return row
 
 
+def _branch_from(init_from: str, state: TrainState, config: config_lib.Config) -> TrainState:
+  """Params, model state and (same optimizer only) optimizer state of another run's checkpoint;
+  step, examples and metric sums start from zero (Merrill et al. 2025's branched runs)."""
+  source_dir, step = config_lib.parse_init_from(init_from)
+  source = load_run(source_dir)
+  steps = source.checkpoint_steps()
+  step = steps[-1] if step is None and steps else step
+  if step not in steps:
+    raise config_lib.ConfigError(f'train.init_from={init_from!r}: no checkpoint at step {step}; '
+                                 f'saved steps: {steps}')
+  if (source.config.model != config.model):
+    raise config_lib.ConfigError(f'train.init_from={init_from!r}: that run trains a different '
+                                 'model; branching needs the same model config')
+  restored, _ = Checkpoints(pathlib.Path(source_dir) / 'checkpoints', read_only=True).restore(
+      step, state) if source.config.optim.name == config.optim.name else (None, None)
+  if restored is None:
+    params, model_state, _ = source.restore(step)
+    put = lambda tree, like: jax.tree.map(lambda a, b: jax.device_put(a, b.sharding), tree, like)
+    return state.replace(params=put(params, state.params),
+                         model_state=put(model_state, state.model_state))
+  return restored.replace(step=state.step, examples_seen=state.examples_seen,
+                          noise_scale=state.noise_scale, metric_sums=state.metric_sums)
+
+
 def _reached(config: config_lib.Config, row: dict[str, float]) -> bool:
   metric, target = config.train.target_metric, config.train.target_value
   if metric is None or metric not in row:
@@ -161,6 +185,8 @@ def train(config: config_lib.Config, workdir: str | pathlib.Path | None = None, 
   latest = checkpoints.latest_step()
   if latest is not None:
     state, meta = checkpoints.restore(latest, state)
+  elif t.init_from is not None:
+    state = _branch_from(t.init_from, state, config)
   # Rows logged after the last checkpoint by a run that died are redone.
   writer.truncate_after(latest if latest is not None else -1)
   start_step = int(state.step)
