@@ -50,10 +50,11 @@ BATCH_NORM_STEPS = '''
   from mbx.data.example_order import device_major_arrangement
   from mbx.optim import build_optimizer, learning_rate_schedule
   from mbx.training.plan import StepShape
-  from mbx.training.step import batch_sharded, init_train_state, make_mesh, make_train_step
+  from mbx.training.step import (batch_norm_axis_name, batch_sharded, init_train_state,
+                                  make_mesh, make_train_step, metric_names)
   mesh = make_mesh()
   model = models.build_model('resnet18', num_classes=10, options={{'width': 8, 'norm': {norm!r},
-                             'ghost_batch_size': 8}}, batch_norm_axis_name='data',
+                             'ghost_batch_size': 8}}, batch_norm_axis_name=batch_norm_axis_name(mesh),
                              dtype=jnp.{dtype})
   optim = mbx.OptimConfig(name='momentum', learning_rate=0.1)
   optimizer = build_optimizer(optim)
@@ -72,7 +73,8 @@ BATCH_NORM_STEPS = '''
     state, metrics = step(state, jax.device_put(x[arrangement], batch_sharded(mesh)),
                           jax.device_put(y[arrangement], batch_sharded(mesh)))
   leaves = [np.asarray(v).tolist() for v in jax.tree.leaves((state.params, state.model_state))]
-  print(json.dumps({{'leaves': leaves, 'loss': float(metrics['loss'])}}))
+  loss = float(metrics[metric_names(False).index('loss')])
+  print(json.dumps({{'leaves': leaves, 'loss': loss}}))
 '''
 
 

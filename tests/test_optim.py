@@ -11,8 +11,7 @@ import pytest
 
 import mbx
 from mbx import models
-from mbx.optim import (build_optimizer, decay_mask, learning_rate_of, learning_rate_schedule,
-                       scaled_learning_rate, set_learning_rate)
+from mbx.optim import build_optimizer, decay_mask, learning_rate_schedule, scaled_learning_rate
 
 
 def _params(name, options, shape):
@@ -46,8 +45,7 @@ def test_weight_decay_skips_biases():
   zero_grads = jax.tree.map(jnp.zeros_like, params)
   for name in ('sgd', 'momentum', 'adamw', 'lars', 'lamb'):
     optimizer = build_optimizer(mbx.OptimConfig(name=name, learning_rate=0.1, weight_decay=0.5))
-    state = set_learning_rate(optimizer.init(params), 0.1)
-    updates, _ = optimizer.update(zero_grads, state, params)
+    updates, _ = optimizer.update(zero_grads, optimizer.init(params), params, 0.1)
     assert np.all(np.asarray(updates['Dense_0']['kernel']) < 0), name
     for leaf in (updates['Dense_0']['bias'], updates['BatchNorm_0']['scale'],
                  updates['BatchNorm_0']['bias']):
@@ -61,21 +59,42 @@ def test_lars_trust_ratio_applies_to_kernels_only():
   eta, lr = 0.001, 0.1
   optimizer = build_optimizer(mbx.OptimConfig(name='lars', learning_rate=lr, momentum=0.0,
                                               trust_coefficient=eta, eps=0.0))
-  state = set_learning_rate(optimizer.init(params), lr)
-  updates, _ = optimizer.update(grads, state, params)
+  updates, _ = optimizer.update(grads, optimizer.init(params), params, lr)
   trust = eta * float(jnp.linalg.norm(params['kernel'])) / float(jnp.linalg.norm(grads['kernel']))
   np.testing.assert_allclose(updates['kernel'], -lr * trust * 0.5, rtol=1e-6)
   np.testing.assert_allclose(updates['bias'], -lr * 0.5, rtol=1e-6)
 
 
-def test_learning_rate_is_set_per_step():
+def test_learning_rate_is_given_per_step():
   params = {'w': jnp.ones(3)}
   optimizer = build_optimizer(mbx.OptimConfig(name='sgd', learning_rate=1.0, clip_grad_norm=1.0))
-  state = set_learning_rate(optimizer.init(params), 0.25)
-  assert float(learning_rate_of(state)) == 0.25
-  updates, _ = optimizer.update({'w': jnp.full(3, 10.0)}, state, params)
+  updates, _ = optimizer.update({'w': jnp.full(3, 10.0)}, optimizer.init(params), params, 0.25)
   # clipped to norm 1 then scaled by 0.25
   np.testing.assert_allclose(np.linalg.norm(updates['w']), 0.25, rtol=1e-6)
+
+
+@pytest.mark.parametrize('name', ['sgd', 'momentum', 'nesterov', 'adam', 'adamw', 'lars', 'lamb'])
+def test_updates_equal_optax_with_a_changing_learning_rate(name):
+  """The LR given per step reproduces optax's own optimizer driven by a schedule."""
+  config = mbx.OptimConfig(name=name, learning_rate=1.0, weight_decay=0.01, momentum=0.9)
+  learning_rates = [0.1, 0.05, 0.2, 0.01]
+  schedule = lambda count: jnp.asarray(learning_rates)[count]
+  reference = optax.inject_hyperparams(
+      lambda learning_rate: __import__('mbx.optim.optimizers', fromlist=['x'])._optax_transform(
+          config, learning_rate))(learning_rate=schedule)
+  optimizer = build_optimizer(config)
+  params = {'kernel': jnp.linspace(-1, 1, 6).reshape(2, 3), 'bias': jnp.ones(3)}
+  ours, theirs = params, params
+  state, reference_state = optimizer.init(params), reference.init(params)
+  for step, lr in enumerate(learning_rates):
+    grads = jax.tree.map(lambda p: jnp.sin(p * (step + 1)), ours)
+    updates, state = optimizer.update(grads, state, ours, lr)
+    ours = optax.apply_updates(ours, updates)
+    grads = jax.tree.map(lambda p: jnp.sin(p * (step + 1)), theirs)
+    updates, reference_state = reference.update(grads, reference_state, theirs)
+    theirs = optax.apply_updates(theirs, updates)
+  for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs)):
+    np.testing.assert_allclose(a, b, rtol=2e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize('rule, expected', [('none', 0.1), ('linear', 0.4), ('sqrt', 0.2)])

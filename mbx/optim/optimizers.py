@@ -1,10 +1,15 @@
-"""optax optimizers by name, with the learning rate injected per step.
+"""optax optimizers by name; the train step supplies the learning rate each step.
 
-The learning rate is a hyperparameter in the optimizer state
-(`optax.inject_hyperparams`) so the train step can set it from the number of
-examples seen: schedules then stay correct when the batch size changes.
+Schedules are functions of examples seen (see schedules.py), so the learning rate
+is an input to the update rather than a function of optax's step count. For every
+optimizer whose LR multiplies its final update (sgd, momentum, nesterov, adam,
+adamw, lamb) mbx runs the optax transform at unit LR and scales the update by
+the current LR; that is exact and costs one fused multiply. LARS applies momentum
+after the LR (optax.lars), so its LR goes in through `optax.inject_hyperparams`.
 """
 from __future__ import annotations
+
+from typing import Any, NamedTuple
 
 import jax
 import optax
@@ -22,7 +27,7 @@ def decay_mask(params):
   return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
-def _base_optimizer(config: OptimConfig, learning_rate: float):
+def _optax_transform(config: OptimConfig, learning_rate) -> optax.GradientTransformation:
   name, wd = config.name, config.weight_decay
   coupled_decay = optax.add_decayed_weights(wd, mask=decay_mask) if wd else optax.identity()
   if name == 'sgd':
@@ -46,24 +51,32 @@ def _base_optimizer(config: OptimConfig, learning_rate: float):
   raise ValueError(f'optim.name={name!r}: unknown optimizer')
 
 
-def build_optimizer(config: OptimConfig) -> optax.GradientTransformation:
-  """The configured optimizer; its LR is set each step by `set_learning_rate`.
+class Optimizer(NamedTuple):
+  """init(params) -> state; update(grads, state, params, learning_rate) -> (updates, state).
 
-  The state is always (clip_state, injected_state) so the LR has a fixed home.
+  `updates` already include the learning rate: params + updates is the new point.
   """
+  init: Any
+  update: Any
+
+
+def build_optimizer(config: OptimConfig) -> Optimizer:
   clip = (optax.clip_by_global_norm(config.clip_grad_norm)
           if config.clip_grad_norm is not None else optax.identity())
-  injected = optax.inject_hyperparams(
-      lambda learning_rate: _base_optimizer(config, learning_rate))(learning_rate=0.0)
-  return optax.chain(clip, injected)
+  if config.name == 'lars':
+    transform = optax.chain(clip, optax.inject_hyperparams(
+        lambda learning_rate: _optax_transform(config, learning_rate))(learning_rate=0.0))
 
+    def update(grads, state, params, learning_rate):
+      clip_state, injected = state
+      injected = injected._replace(
+          hyperparams=dict(injected.hyperparams, learning_rate=learning_rate))
+      return transform.update(grads, (clip_state, injected), params)
+    return Optimizer(transform.init, update)
 
-def set_learning_rate(opt_state, learning_rate):
-  """Returns opt_state with the injected learning rate replaced."""
-  clip_state, injected = opt_state
-  hyperparams = dict(injected.hyperparams, learning_rate=learning_rate)
-  return (clip_state, injected._replace(hyperparams=hyperparams))
+  transform = optax.chain(clip, _optax_transform(config, 1.0))
 
-
-def learning_rate_of(opt_state):
-  return opt_state[1].hyperparams['learning_rate']
+  def update(grads, state, params, learning_rate):
+    updates, state = transform.update(grads, state, params)
+    return jax.tree.map(lambda u: learning_rate * u, updates), state
+  return Optimizer(transform.init, update)

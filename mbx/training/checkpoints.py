@@ -17,6 +17,15 @@ import orbax.checkpoint as ocp
 from mbx.training.step import TrainState
 
 
+def _rest(state: TrainState) -> dict[str, Any]:
+  """The train state except params and model state (saved as items of their own)."""
+  rest = {'counters': state.counters, 'opt_state': state.opt_state,
+          'metric_sums': state.metric_sums}
+  if state.noise_scale is not None:
+    rest['noise_scale'] = state.noise_scale
+  return rest
+
+
 def _abstract(tree):
   return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
 
@@ -40,9 +49,7 @@ class Checkpoints:
 
   def save(self, state: TrainState, meta: dict[str, Any]) -> None:
     step = int(meta['step'])
-    rest = {'step': state.step, 'examples_seen': state.examples_seen,
-            'opt_state': state.opt_state, 'noise_scale': state.noise_scale,
-            'metric_sums': state.metric_sums}
+    rest = _rest(state)
     items = {'params': ocp.args.StandardSave(state.params),
              'train_state': ocp.args.StandardSave(rest),
              'meta': ocp.args.JsonSave(meta)}
@@ -52,9 +59,7 @@ class Checkpoints:
 
   def restore(self, step: int, like: TrainState) -> tuple[TrainState, dict[str, Any]]:
     """Restores the full state onto the shardings and structure of `like`."""
-    rest = {'step': like.step, 'examples_seen': like.examples_seen,
-            'opt_state': like.opt_state, 'noise_scale': like.noise_scale,
-            'metric_sums': like.metric_sums}
+    rest = _rest(like)
     items = {'params': ocp.args.StandardRestore(_abstract(like.params)),
              'train_state': ocp.args.StandardRestore(_abstract(rest)),
              'meta': ocp.args.JsonRestore()}
@@ -62,11 +67,10 @@ class Checkpoints:
       items['model_state'] = ocp.args.StandardRestore(_abstract(like.model_state))
     restored = self.manager.restore(step, args=ocp.args.Composite(**items))
     rest = restored['train_state']
-    state = TrainState(step=rest['step'], examples_seen=rest['examples_seen'],
-                       params=restored['params'],
+    state = TrainState(params=restored['params'],
                        model_state=restored['model_state'] if like.model_state else {},
-                       opt_state=rest['opt_state'], noise_scale=rest['noise_scale'],
-                       metric_sums=rest['metric_sums'])
+                       noise_scale=rest.get('noise_scale'),
+                       **{k: rest[k] for k in ('counters', 'opt_state', 'metric_sums')})
     return state, restored['meta']
 
   def restore_params(self, step: int) -> tuple[Any, Any, dict[str, Any]]:

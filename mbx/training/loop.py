@@ -27,8 +27,8 @@ from mbx.training import noise_scale as noise_scale_lib
 from mbx.training.checkpoints import Checkpoints
 from mbx.training.plan import Plan, make_plan
 from mbx.training.records import Run, RunWriter, load_run
-from mbx.training.step import (TrainState, init_train_state, make_eval_step, make_mesh,
-                            make_train_step, replicated, zero_metric_sums)
+from mbx.training.step import (TrainState, batch_norm_axis_name, init_train_state, make_eval_step, make_mesh,
+                            make_train_step, metric_names, replicated, zero_metric_sums)
 
 DEVICE_DATA_LIMIT_BYTES = 2 * 2**30  # 'auto' placement keeps smaller splits on device
 MOMENTUM_OF = {'sgd': lambda o: 0.0, 'momentum': lambda o: o.momentum,
@@ -114,8 +114,8 @@ def _branch_from(init_from: str, state: TrainState, config: config_lib.Config) -
     put = lambda tree, like: jax.tree.map(lambda a, b: jax.device_put(a, b.sharding), tree, like)
     return state.replace(params=put(params, state.params),
                          model_state=put(model_state, state.model_state))
-  return restored.replace(step=state.step, examples_seen=state.examples_seen,
-                          noise_scale=state.noise_scale, metric_sums=state.metric_sums)
+  return restored.replace(counters=state.counters, noise_scale=state.noise_scale,
+                          metric_sums=state.metric_sums)
 
 
 def _reached(config: config_lib.Config, row: dict[str, float]) -> bool:
@@ -171,7 +171,7 @@ def train(config: config_lib.Config, workdir: str | pathlib.Path | None = None, 
 
   model = models_lib.build_model(
       config.model.name, num_classes=info.num_classes, options=config.model.options,
-      dtype=jnp.dtype(config.model.dtype), batch_norm_axis_name='data')
+      dtype=jnp.dtype(config.model.dtype), batch_norm_axis_name=batch_norm_axis_name(mesh))
   optimizer = build_optimizer(config.optim)
   lr_schedule = learning_rate_schedule(
       config.optim, batch_size=plan.initial_batch_size, examples_per_epoch=num_train,
@@ -189,7 +189,7 @@ def train(config: config_lib.Config, workdir: str | pathlib.Path | None = None, 
     state = _branch_from(t.init_from, state, config)
   # Rows logged after the last checkpoint by a run that died are redone.
   writer.truncate_after(latest if latest is not None else -1)
-  start_step = int(state.step)
+  start_step, start_examples = (int(v) for v in jax.device_get(state.counters))
 
   augment = data_lib.augment_fn(d.name) if d.augment else None
   step_options = dict(noise_scale=t.noise_scale, noise_scale_ema=t.noise_scale_ema,
@@ -207,7 +207,7 @@ def train(config: config_lib.Config, workdir: str | pathlib.Path | None = None, 
     # steps are in flight (MEASURED.md, jax-ml/jax#25861).
     sync_every_step = jax.default_backend() == 'cpu' and mesh.devices.size > 1
 
-  writer.set_status('running', step=start_step, examples_seen=int(state.examples_seen))
+  writer.set_status('running', step=start_step, examples_seen=start_examples)
   events = sorted(s for s in plan.log_steps | plan.eval_steps | plan.checkpoint_steps
                   if s > start_step)
   progress = _progress_bar(plan, start_step, quiet)
@@ -251,7 +251,7 @@ def train(config: config_lib.Config, workdir: str | pathlib.Path | None = None, 
       tic = time.perf_counter()
       args = device_feed.step_args(position, batch) if on_device else host_feed.next()
       state, _ = step_fn(state, *args)
-      jax.block_until_ready(state.step)
+      state.counters.block_until_ready()
       compile_time += time.perf_counter() - tic
       step, position = step + 1, position + batch
       interval_start = time.perf_counter()
@@ -264,20 +264,21 @@ def train(config: config_lib.Config, workdir: str | pathlib.Path | None = None, 
             progress.update(step - progress.n)
           if step == next_event:
             event_index += 1
-            jax.block_until_ready(state.step)
+            state.counters.block_until_ready()
             interval_time = time.perf_counter() - interval_start
             train_time += interval_time
             time_since_log += interval_time
             if step in plan.log_steps or step in plan.checkpoint_steps:
-              sums = jax.device_get(state.metric_sums)
-              count = max(float(sums['steps']), 1.0)
-              mean_loss = float(sums['loss']) / count
+              sums = dict(zip(metric_names(t.noise_scale),
+                              jax.device_get(state.metric_sums).tolist()))
+              count = max(sums['steps'], 1.0)
+              mean_loss = sums['loss'] / count
               diverged = not math.isfinite(mean_loss) or (
                   t.max_loss is not None and mean_loss > t.max_loss)
               if step in plan.log_steps or diverged:
                 row = {'step': step, 'examples_seen': position, 'epoch': position / num_train,
                        'batch_size': batch,
-                       **{k: float(v) / count for k, v in sums.items() if k != 'steps'}}
+                       **{k: v / count for k, v in sums.items() if k != 'steps'}}
                 row['sgd_noise_scale'] = _sgd_noise_scale(config, row['learning_rate'],
                                                           batch, num_train)
                 if t.noise_scale:
@@ -320,7 +321,7 @@ def train(config: config_lib.Config, workdir: str | pathlib.Path | None = None, 
           args = host_feed.next()
         state, _ = step_fn(state, *args)
         if sync_every_step:
-          jax.block_until_ready(state.step)
+          state.counters.block_until_ready()
         step, position = step + 1, position + batch
         interval_steps, interval_examples = interval_steps + 1, interval_examples + batch
       if stop:

@@ -20,7 +20,6 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from mbx.data.example_order import device_major_arrangement
-from mbx.optim import set_learning_rate
 from mbx.training import noise_scale as noise_scale_lib
 from mbx.training.plan import StepShape
 
@@ -28,22 +27,46 @@ DATA_AXIS = 'data'
 STEP_METRICS = ('loss', 'accuracy', 'grad_norm', 'update_norm', 'param_norm',
                 'learning_rate')
 NOISE_METRICS = ('grad_sq_estimate', 'trace_estimate')
+# Small models: one concatenated vector per norm is far fewer XLA:CPU kernels than one
+# reduction per leaf; large ones: per-leaf sums avoid a params-sized copy.
+CONCAT_NORM_MAX_PARAMS = 2**20
+
+
+def metric_names(noise_scale: bool) -> tuple[str, ...]:
+  """Names of the entries of the per-step metrics vector and of `metric_sums`."""
+  return STEP_METRICS + (NOISE_METRICS if noise_scale else ()) + ('steps',)
 
 
 @flax.struct.dataclass
 class TrainState:
-  step: jax.Array            # int32, steps taken
-  examples_seen: jax.Array   # int32, training-stream position
+  """Everything a step reads and writes. Scalars are packed into few arrays: on
+  XLA:CPU every buffer crossing the jit boundary costs ~1 us per step, which is
+  most of a step at batch size 1."""
+  counters: jax.Array        # int32 [steps taken, examples seen (training-stream position)]
   params: Any
   model_state: Any           # e.g. {'batch_stats': ...}; {} when none
   opt_state: Any
-  noise_scale: noise_scale_lib.NoiseScaleState
-  metric_sums: dict[str, jax.Array]  # summed since the last log, plus 'steps'
+  noise_scale: noise_scale_lib.NoiseScaleState | None  # None when not measured
+  metric_sums: jax.Array     # float32 [len(metric_names)], summed since the last log
+
+  @property
+  def step(self) -> jax.Array:
+    return self.counters[0]
+
+  @property
+  def examples_seen(self) -> jax.Array:
+    return self.counters[1]
 
 
 def make_mesh(devices=None) -> Mesh:
   devices = np.asarray(devices if devices is not None else jax.devices())
   return Mesh(devices, (DATA_AXIS,))
+
+
+def batch_norm_axis_name(mesh: Mesh) -> str | None:
+  """The axis BatchNorm must average over: none on one device, where the step runs
+  without shard_map (see _sharded_gradients)."""
+  return DATA_AXIS if mesh.devices.size > 1 else None
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -54,9 +77,8 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(DATA_AXIS))
 
 
-def zero_metric_sums(noise_scale: bool) -> dict[str, jax.Array]:
-  names = STEP_METRICS + (NOISE_METRICS if noise_scale else ()) + ('steps',)
-  return {name: jnp.zeros((), jnp.float32) for name in names}
+def zero_metric_sums(noise_scale: bool) -> np.ndarray:
+  return np.zeros(len(metric_names(noise_scale)), np.float32)
 
 
 def init_train_state(model, optimizer, sample_x, *, seed: int, mesh: Mesh,
@@ -67,10 +89,10 @@ def init_train_state(model, optimizer, sample_x, *, seed: int, mesh: Mesh,
     params = variables['params']
     model_state = {k: v for k, v in variables.items() if k != 'params'}
     return TrainState(
-        step=jnp.zeros((), jnp.int32), examples_seen=jnp.zeros((), jnp.int32),
-        params=params, model_state=model_state, opt_state=optimizer.init(params),
-        noise_scale=noise_scale_lib.NoiseScaleState.zeros(),
-        metric_sums=zero_metric_sums(noise_scale))
+        counters=jnp.zeros(2, jnp.int32), params=params, model_state=model_state,
+        opt_state=optimizer.init(params),
+        noise_scale=noise_scale_lib.NoiseScaleState.zeros() if noise_scale else None,
+        metric_sums=jnp.asarray(zero_metric_sums(noise_scale)))
   return jax.jit(init, out_shardings=replicated(mesh))()
 
 
@@ -90,7 +112,11 @@ def apply_model(model, params, model_state, x, *, train: bool, dropout_key=None)
 
 
 def _sum_sq(tree):
-  return sum(jnp.sum(jnp.square(leaf.astype(jnp.float32))) for leaf in jax.tree.leaves(tree))
+  leaves = [leaf.astype(jnp.float32) for leaf in jax.tree.leaves(tree)]
+  if sum(leaf.size for leaf in leaves) <= CONCAT_NORM_MAX_PARAMS:
+    flat = jnp.concatenate([leaf.ravel() for leaf in leaves])
+    return jnp.dot(flat, flat)
+  return sum(jnp.sum(jnp.square(leaf)) for leaf in leaves)
 
 
 def _as_varying(value):
@@ -100,7 +126,12 @@ def _as_varying(value):
 
 
 def _sharded_gradients(model, shape: StepShape, mesh: Mesh, noise_scale: bool):
-  """Mean gradient over the global batch, computed per device then psum'ed once."""
+  """Mean gradient over the global batch, computed per device then psum'ed once.
+
+  On one device the same code runs without shard_map: XLA:CPU then fuses across
+  what would be the shard_map boundary (~40 us less per step at batch size 1).
+  Models must then be built with batch_norm_axis_name=None.
+  """
   num_devices = mesh.devices.size
   num_micro = shape.num_micro_batches
   num_groups = num_devices * num_micro
@@ -114,12 +145,16 @@ def _sharded_gradients(model, shape: StepShape, mesh: Mesh, noise_scale: bool):
     (loss, (new_state, correct)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     return grads, new_state, loss, correct
 
+  sharded = num_devices > 1
+  psum = (lambda v: jax.lax.psum(v, DATA_AXIS)) if sharded else (lambda v: v)
+  as_varying = (lambda tree: jax.tree.map(_as_varying, tree)) if sharded else (lambda t: t)
+
   def local(params, model_state, x, y, key):
-    device = jax.lax.axis_index(DATA_AXIS)
+    device = jax.lax.axis_index(DATA_AXIS) if sharded else 0
     # Differentiating w.r.t. replicated params would psum the gradient implicitly;
     # marked per-device, each device keeps its own gradient (for the noise scale)
     # and the one explicit psum below averages them.
-    params = jax.tree.map(_as_varying, params)
+    params = as_varying(params)
     xs = x.reshape(num_micro, -1, *x.shape[1:])
     ys = y.reshape(num_micro, -1)
     zero = jnp.zeros((), jnp.float32)
@@ -139,21 +174,22 @@ def _sharded_gradients(model, shape: StepShape, mesh: Mesh, noise_scale: bool):
              jnp.zeros((), jnp.int32), zero)
     if shape.accumulation == 'scan' and num_micro > 1:
       # Everything the loop accumulates differs per device ('varying' in shard_map).
-      carry = jax.tree.map(_as_varying, carry)
+      carry = as_varying(carry)
       carry, _ = jax.lax.scan(body, carry, (xs, ys, jnp.arange(num_micro)))
     else:  # straight-line code: XLA:CPU runs loop bodies 5-30x slower (MEASURED.md)
       for j in range(num_micro):
         carry, _ = body(carry, (xs[j], ys[j], j))
     grad_sum, model_state, loss_sum, correct_sum, group_sq_sum = carry
-    psum = lambda v: jax.lax.psum(v, DATA_AXIS)
     grads = jax.tree.map(lambda g: psum(g) / num_groups, grad_sum)
     # Ghost BatchNorm statistics differ per device; global BN ones already agree.
-    model_state = jax.lax.pmean(model_state, DATA_AXIS)
+    model_state = jax.tree.map(lambda v: psum(v) / num_devices, model_state)
     stats = {'loss': psum(loss_sum) / num_groups,
              'accuracy': psum(correct_sum).astype(jnp.float32) / (x.shape[0] * num_devices),
              'mean_group_sq_norm': psum(group_sq_sum) / num_groups}
     return grads, model_state, stats
 
+  if not sharded:
+    return local
   return jax.shard_map(local, mesh=mesh,
                        in_specs=(P(), P(), P(DATA_AXIS), P(DATA_AXIS), P()),
                        out_specs=(P(), P(), P()))
@@ -164,7 +200,8 @@ def make_update(model, optimizer, lr_schedule: Callable, shape: StepShape, mesh:
                 augment: Callable | None):
   """The pure update (state, arranged global batch x, y) -> (state, metrics).
 
-  `x` rows must be in `device_major_arrangement` order (see example_order).
+  `x` rows must be in `device_major_arrangement` order (see example_order);
+  `metrics` is a float32 vector whose entries are named by `metric_names`.
   """
   gradients = _sharded_gradients(model, shape, mesh, noise_scale)
   arrangement = device_major_arrangement(shape.batch_size, mesh.devices.size,
@@ -181,25 +218,24 @@ def make_update(model, optimizer, lr_schedule: Callable, shape: StepShape, mesh:
     step_key = jax.random.fold_in(dropout_key, state.step)
     grads, model_state, stats = gradients(state.params, state.model_state, x, y, step_key)
     learning_rate = lr_schedule(state.examples_seen)
-    opt_state = set_learning_rate(state.opt_state, learning_rate)
-    updates, opt_state = optimizer.update(grads, opt_state, state.params)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params, learning_rate)
     params = optax.apply_updates(state.params, updates)
-    metrics = {'loss': stats['loss'], 'accuracy': stats['accuracy'],
-               'grad_norm': optax.tree.norm(grads), 'update_norm': optax.tree.norm(updates),
-               'param_norm': optax.tree.norm(params), 'learning_rate': learning_rate}
+    grad_sq = _sum_sq(grads)
+    metrics = [stats['loss'], stats['accuracy'], jnp.sqrt(grad_sq),
+               jnp.sqrt(_sum_sq(updates)), jnp.sqrt(_sum_sq(params)), learning_rate]
     noise_state = state.noise_scale
     if noise_scale:
       num_groups = mesh.devices.size * shape.num_micro_batches
-      grad_sq, trace = noise_scale_lib.group_estimates(
-          stats['mean_group_sq_norm'], _sum_sq(grads), shape.batch_size // num_groups,
-          num_groups)
-      metrics.update(grad_sq_estimate=grad_sq, trace_estimate=trace)
-      noise_state = noise_scale_lib.update(noise_state, grad_sq, trace, noise_scale_ema)
-    metric_sums = {k: v + metrics.get(k, 1.0) for k, v in state.metric_sums.items()}
-    new_state = TrainState(step=state.step + 1,
-                           examples_seen=state.examples_seen + shape.batch_size,
-                           params=params, model_state=model_state, opt_state=opt_state,
-                           noise_scale=noise_state, metric_sums=metric_sums)
+      grad_sq_estimate, trace_estimate = noise_scale_lib.group_estimates(
+          stats['mean_group_sq_norm'], grad_sq, shape.batch_size // num_groups, num_groups)
+      metrics += [grad_sq_estimate, trace_estimate]
+      noise_state = noise_scale_lib.update(noise_state, grad_sq_estimate, trace_estimate,
+                                           noise_scale_ema)
+    metrics = jnp.stack([jnp.asarray(m, jnp.float32) for m in metrics] + [jnp.ones(())])
+    new_state = TrainState(
+        counters=state.counters + jnp.array([1, shape.batch_size], jnp.int32),
+        params=params, model_state=model_state, opt_state=opt_state,
+        noise_scale=noise_state, metric_sums=state.metric_sums + metrics)
     return new_state, metrics
 
   return update, arrangement
