@@ -7,6 +7,7 @@ uninterrupted run.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import pathlib
@@ -134,23 +135,41 @@ def _progress_bar(plan: Plan, start_step: int, quiet: bool):
               disable=jax.process_index() != 0)
 
 
-def train(config: config_lib.Config, workdir: str | pathlib.Path | None = None, *,
-          quiet: bool = False) -> Run:
-  """Trains (or resumes) the configured run in `workdir`; returns the loaded Run."""
-  config_lib.validate(config)
-  maybe_initialize_distributed()
-  workdir = pathlib.Path(workdir) if workdir is not None else default_workdir(config)
-  is_writer = jax.process_index() == 0
-  writer = RunWriter(workdir, enabled=False)  # enabled once the plan checks out
-  writer.check_config(config)
-  status = writer.status()
+def finished_run(config: config_lib.Config, workdir: pathlib.Path, quiet: bool) -> Run | None:
+  """The run in `workdir` if it already ended (done or diverged); refuses another config."""
+  RunWriter(workdir, enabled=False).check_config(config)
+  status = RunWriter(workdir, enabled=False).status()
   if status and status.get('status') in ('done', 'diverged'):
     if not quiet:
       print(f'{workdir}: already {status["status"]} at step {status.get("step")}; '
             'nothing to do', file=sys.stderr)
     return load_run(workdir)
+  return None
 
-  d, t = config.data, config.train
+
+@dataclasses.dataclass
+class Setup:
+  """What every trial of a config shares: mesh, data, plan, model, optimizer, schedule."""
+  config: config_lib.Config
+  mesh: Any
+  info: data_lib.DatasetInfo
+  num_train: int
+  on_device: bool
+  train_arrays: tuple[np.ndarray, np.ndarray] | None
+  source: Any
+  plan: Plan
+  model: Any
+  optimizer: Any
+  lr_schedule: Any
+  evaluator: '_Evaluator'
+  augment: Any
+
+
+def setup(config: config_lib.Config) -> Setup:
+  """Loads the data and resolves the plan; raises ConfigError before any compilation."""
+  config_lib.validate(config)
+  maybe_initialize_distributed()
+  d = config.data
   mesh = make_mesh()
   info = data_lib.dataset_info(d.name, d.data_dir)
   # A sliced split ('train[:90%]') is at most as large as the split it slices.
@@ -158,104 +177,203 @@ def train(config: config_lib.Config, workdir: str | pathlib.Path | None = None, 
   on_device = d.placement == 'device' or (
       d.placement == 'auto' and
       4 * math.prod(info.input_shape) * (num_train or 10**9) <= DEVICE_DATA_LIMIT_BYTES)
+  train_arrays = source = None
   if on_device:
-    train_x, train_y = data_lib.load_arrays(d.name, d.train_split, d.data_dir, d.download)
-    num_train = len(train_x)
+    train_arrays = data_lib.load_arrays(d.name, d.train_split, d.data_dir, d.download)
+    num_train = len(train_arrays[0])
   else:
     source = data_lib.random_access_source(d.name, d.train_split, d.data_dir, d.download)
     num_train = len(source)
   plan = make_plan(config, mesh.devices.size, num_train, jax.default_backend())
-  writer = RunWriter(workdir, enabled=is_writer)
-  writer.write_config(config)
-  data_seed = t.seed if t.data_seed is None else t.data_seed
-
   model = models_lib.build_model(
       config.model.name, num_classes=info.num_classes, options=config.model.options,
       dtype=jnp.dtype(config.model.dtype), batch_norm_axis_name=batch_norm_axis_name(mesh))
-  optimizer = build_optimizer(config.optim)
   lr_schedule = learning_rate_schedule(
       config.optim, batch_size=plan.initial_batch_size, examples_per_epoch=num_train,
       total_examples=plan.total_examples, extra_decays=plan.lr_extra_decays)
-  sample_x = jnp.zeros((1, *info.input_shape), jnp.float32)
-  state = init_train_state(model, optimizer, sample_x, seed=t.seed, mesh=mesh,
-                           noise_scale=t.noise_scale)
+  return Setup(config=config, mesh=mesh, info=info, num_train=num_train, on_device=on_device,
+               train_arrays=train_arrays, source=source, plan=plan, model=model,
+               optimizer=build_optimizer(config.optim), lr_schedule=lr_schedule,
+               evaluator=_Evaluator(model, config, mesh, d.data_dir, on_device),
+               augment=data_lib.augment_fn(d.name) if d.augment else None)
 
-  checkpoints = Checkpoints(workdir / 'checkpoints', keep=t.keep_checkpoints)
-  meta: dict[str, Any] = {'wall_time': 0.0, 'train_time': 0.0}
-  latest = checkpoints.latest_step()
-  if latest is not None:
-    state, meta = checkpoints.restore(latest, state)
-  elif t.init_from is not None:
-    state = _branch_from(t.init_from, state, config)
-  # Rows logged after the last checkpoint by a run that died are redone.
-  writer.truncate_after(latest if latest is not None else -1)
-  start_step, start_examples = (int(v) for v in jax.device_get(state.counters))
 
-  augment = data_lib.augment_fn(d.name) if d.augment else None
-  step_options = dict(noise_scale=t.noise_scale, noise_scale_ema=t.noise_scale_ema,
-                      data_seed=data_seed, augment=augment)
-  evaluator = _Evaluator(model, config, mesh, d.data_dir, on_device)
-  if on_device:
-    device_feed = feed_lib.DeviceFeed(train_x, train_y, mesh, seed=data_seed,
-                                      max_batch_size=plan.max_batch_size)
-  else:
-    host_feed = feed_lib.HostFeed(source, info.input_shape, plan, mesh, seed=data_seed,
-                                  start_step=start_step, prefetch=d.prefetch)
-  sync_every_step = t.sync_every_step
-  if sync_every_step is None:
-    # Multi-device XLA:CPU can deadlock in all-reduce rendezvous when many sharded
-    # steps are in flight (MEASURED.md, jax-ml/jax#25861).
-    sync_every_step = jax.default_backend() == 'cpu' and mesh.devices.size > 1
+class TrialRecorder:
+  """One trial's records: logs, evaluations, checkpoints, outcome and final status.
 
-  writer.set_status('running', step=start_step, examples_seen=start_examples)
-  events = sorted(s for s in plan.log_steps | plan.eval_steps | plan.checkpoint_steps
-                  if s > start_step)
-  progress = _progress_bar(plan, start_step, quiet)
-  progress_every = max(1, plan.total_steps // 400)
-  summary: dict[str, Any] = dict(meta.get('summary', {}))
-  outcome, reason, stopped_early = 'done', 'budget reached', False
-  session_start = time.perf_counter()
-  wall_time_before = float(meta['wall_time'])
-  train_time = float(meta['train_time'])
-  compile_time = 0.0
+  Shared by the solo loop and the packed (many trials in one program) loop; the
+  caller hands it host copies of the trial's metric sums and its slice of the state.
+  """
 
-  def elapsed():
-    return wall_time_before + time.perf_counter() - session_start
+  def __init__(self, config: config_lib.Config, workdir: pathlib.Path, s: Setup):
+    self.config, self.workdir, self.setup = config, workdir, s
+    self.writer = RunWriter(workdir, enabled=jax.process_index() == 0)
+    self.writer.write_config(config)
+    self.checkpoints = Checkpoints(workdir / 'checkpoints', keep=config.train.keep_checkpoints)
+    self.meta: dict[str, Any] = {'wall_time': 0.0, 'train_time': 0.0}
+    self.summary: dict[str, Any] = {}
+    self.outcome, self.reason, self.stopped = 'done', 'budget reached', False
+    self.last_loss = math.nan
+    self.session_start = time.perf_counter()
 
-  def record_eval(step: int, state: TrainState) -> bool:
+  def resume(self, state: TrainState) -> TrainState:
+    """The latest checkpoint if any, else `state` (or the init_from branch)."""
+    latest = self.checkpoints.latest_step()
+    if latest is not None:
+      state, self.meta = self.checkpoints.restore(latest, state)
+    elif self.config.train.init_from is not None:
+      state = _branch_from(self.config.train.init_from, state, self.config)
+    # Rows logged after the last checkpoint by a run that died are redone.
+    self.writer.truncate_after(latest if latest is not None else -1)
+    self.summary = dict(self.meta.get('summary', {}))
+    self.session_start = time.perf_counter()
+    return state
+
+  @property
+  def train_time(self) -> float:
+    return float(self.meta['train_time'])
+
+  def add_train_time(self, seconds: float) -> None:
+    self.meta['train_time'] = self.train_time + seconds
+
+  def elapsed(self) -> float:
+    return float(self.meta['wall_time']) + time.perf_counter() - self.session_start
+
+  def log(self, step: int, sums: np.ndarray, noise_scale_state, *, examples_per_second: float,
+          steps_per_second: float, write: bool) -> bool:
+    """Checks divergence from the interval's metric sums; writes the row if asked or if
+    diverged. Returns True when the trial diverged (and records why)."""
+    t, plan = self.config.train, self.setup.plan
+    sums = dict(zip(metric_names(t.noise_scale), sums.tolist()))
+    count = max(sums.pop('steps'), 1.0)
+    mean_loss = self.last_loss = sums['loss'] / count
+    diverged = not math.isfinite(mean_loss) or (t.max_loss is not None and mean_loss > t.max_loss)
+    if write or diverged:
+      position, batch = int(plan.examples_after_step[step]), plan.shape_at(step - 1).batch_size
+      row = {'step': step, 'examples_seen': position, 'epoch': position / self.setup.num_train,
+             'batch_size': batch, **{k: v / count for k, v in sums.items()}}
+      row['sgd_noise_scale'] = _sgd_noise_scale(self.config, row['learning_rate'], batch,
+                                                self.setup.num_train)
+      if noise_scale_state is not None:
+        noise = jax.device_get(noise_scale_lib.summarize(noise_scale_state, t.noise_scale_ema))
+        row.update({k: float(v) for k, v in noise.items()})
+      row.update(examples_per_second=examples_per_second, steps_per_second=steps_per_second,
+                 wall_time=self.elapsed())
+      self.writer.append('train', row)
+    if diverged:
+      self.outcome = 'diverged'
+      self.reason = (f'training loss {mean_loss} at step {step} is not finite'
+                     if not math.isfinite(mean_loss) else
+                     f'training loss {mean_loss:.4g} > train.max_loss={t.max_loss}')
+    return diverged
+
+  def evaluate(self, step: int, params, model_state) -> bool:
+    """Evaluates and records; True when the target is reached and the run should stop."""
+    plan, t = self.setup.plan, self.config.train
     row = {'step': step, 'examples_seen': int(plan.examples_after_step[step]),
-           'epoch': plan.examples_after_step[step] / num_train,
-           **evaluator(state.params, state.model_state), 'wall_time': elapsed()}
-    writer.append('eval', row)
-    summary.update({k: v for k, v in row.items() if k.startswith(('eval_', 'train_'))})
-    if 'steps_to_target' not in summary and _reached(config, row):
-      summary.update(steps_to_target=step, examples_to_target=row['examples_seen'],
-                     epochs_to_target=row['epoch'], wall_time_to_target=row['wall_time'])
-      return t.stop_at_target
+           'epoch': plan.examples_after_step[step] / self.setup.num_train,
+           **self.setup.evaluator(params, model_state), 'wall_time': self.elapsed()}
+    self.writer.append('eval', row)
+    self.summary.update({k: v for k, v in row.items() if k.startswith(('eval_', 'train_'))})
+    if 'steps_to_target' not in self.summary and _reached(self.config, row):
+      self.summary.update(steps_to_target=step, examples_to_target=row['examples_seen'],
+                          epochs_to_target=row['epoch'], wall_time_to_target=row['wall_time'])
+      if t.stop_at_target:
+        self.stopped = True
+        self.reason = f'target {t.target_metric} reached'
+        return True
     return False
 
+  def checkpoint(self, step: int, state: TrainState) -> None:
+    position = int(self.setup.plan.examples_after_step[step])
+    self.meta.update(step=step, examples_seen=position, wall_time=self.elapsed(),
+                     summary=self.summary)
+    self.session_start = time.perf_counter()
+    self.checkpoints.save(state, dict(self.meta))
+    self.writer.set_status('running', step=step, examples_seen=position,
+                           wall_time=self.meta['wall_time'])
+
+  def fail(self, step: int, error: BaseException) -> None:
+    self.checkpoints.wait()
+    self.writer.set_status('failed', step=step, reason=f'{type(error).__name__}: {error}',
+                           wall_time=self.elapsed())
+
+  def finish(self, step: int, **extra) -> Run:
+    plan = self.setup.plan
+    self.checkpoints.wait()
+    self.checkpoints.close()
+    self.writer.set_status(
+        self.outcome, reason=self.reason, step=step,
+        examples_seen=int(plan.examples_after_step[step]),
+        epoch=float(plan.examples_after_step[step] / self.setup.num_train),
+        wall_time=self.elapsed(), train_time=self.train_time,
+        num_devices=self.setup.mesh.devices.size, backend=jax.default_backend(),
+        total_steps=plan.total_steps, **extra, **self.summary)
+    return load_run(self.workdir)
+
+
+def _sync_every_step(config: config_lib.Config, mesh) -> bool:
+  if config.train.sync_every_step is not None:
+    return config.train.sync_every_step
+  # Multi-device XLA:CPU can deadlock in all-reduce rendezvous when many sharded
+  # steps are in flight (MEASURED.md, jax-ml/jax#25861).
+  return jax.default_backend() == 'cpu' and mesh.devices.size > 1
+
+
+def train(config: config_lib.Config, workdir: str | pathlib.Path | None = None, *,
+          quiet: bool = False) -> Run:
+  """Trains (or resumes) the configured run in `workdir`; returns the loaded Run."""
+  workdir = pathlib.Path(workdir) if workdir is not None else default_workdir(config)
+  config_lib.validate(config)
+  done = finished_run(config, workdir, quiet)
+  if done is not None:
+    return done
+  s = setup(config)
+  t, plan, mesh = config.train, s.plan, s.mesh
+  data_seed = t.seed if t.data_seed is None else t.data_seed
+  sample_x = jnp.zeros((1, *s.info.input_shape), jnp.float32)
+  trial = TrialRecorder(config, workdir, s)
+  state = trial.resume(init_train_state(s.model, s.optimizer, sample_x, seed=t.seed, mesh=mesh,
+                                        noise_scale=t.noise_scale))
+  start_step, start_examples = (int(v) for v in jax.device_get(state.counters))
+  step_options = dict(noise_scale=t.noise_scale, noise_scale_ema=t.noise_scale_ema,
+                      data_seed=data_seed, augment=s.augment)
+  if s.on_device:
+    device_feed = feed_lib.DeviceFeed(*s.train_arrays, mesh, seed=data_seed,
+                                      max_batch_size=plan.max_batch_size)
+  else:
+    host_feed = feed_lib.HostFeed(s.source, s.info.input_shape, plan, mesh, seed=data_seed,
+                                  start_step=start_step, prefetch=config.data.prefetch)
+  sync_every_step = _sync_every_step(config, mesh)
+
+  trial.writer.set_status('running', step=start_step, examples_seen=start_examples)
+  events = sorted(e for e in plan.log_steps | plan.eval_steps | plan.checkpoint_steps
+                  if e > start_step)
+  progress = _progress_bar(plan, start_step, quiet)
+  progress_every = max(1, plan.total_steps // 400)
+  compile_time = 0.0
   step = start_step
   try:
     if step == 0 and 0 in plan.eval_steps:
-      record_eval(0, state)
+      trial.evaluate(0, state.params, state.model_state)
     interval_steps, interval_examples, time_since_log = 0, 0, 0.0
     event_index = 0
-    while step < plan.total_steps:
+    stop = False
+    while step < plan.total_steps and not stop:
       shape = plan.shape_at(step)
-      step_fn = make_train_step(model, optimizer, lr_schedule, shape, mesh,
-                                on_device_data=on_device, **step_options)
+      step_fn = make_train_step(s.model, s.optimizer, s.lr_schedule, shape, mesh,
+                                on_device_data=s.on_device, **step_options)
       phase_end = plan.next_phase_step(step)
       batch = shape.batch_size
       position = int(plan.examples_after_step[step])
       # The first step of a shape compiles it: time it apart from throughput.
       tic = time.perf_counter()
-      args = device_feed.step_args(position, batch) if on_device else host_feed.next()
+      args = device_feed.step_args(position, batch) if s.on_device else host_feed.next()
       state, _ = step_fn(state, *args)
       state.counters.block_until_ready()
       compile_time += time.perf_counter() - tic
       step, position = step + 1, position + batch
       interval_start = time.perf_counter()
-      stop = False
       while True:
         next_event = events[event_index] if event_index < len(events) else plan.total_steps
         if step == next_event or step == phase_end or step % progress_every == 0:
@@ -266,56 +384,31 @@ def train(config: config_lib.Config, workdir: str | pathlib.Path | None = None, 
             event_index += 1
             state.counters.block_until_ready()
             interval_time = time.perf_counter() - interval_start
-            train_time += interval_time
+            trial.add_train_time(interval_time)
             time_since_log += interval_time
             if step in plan.log_steps or step in plan.checkpoint_steps:
-              sums = dict(zip(metric_names(t.noise_scale),
-                              jax.device_get(state.metric_sums).tolist()))
-              count = max(sums['steps'], 1.0)
-              mean_loss = sums['loss'] / count
-              diverged = not math.isfinite(mean_loss) or (
-                  t.max_loss is not None and mean_loss > t.max_loss)
-              if step in plan.log_steps or diverged:
-                row = {'step': step, 'examples_seen': position, 'epoch': position / num_train,
-                       'batch_size': batch,
-                       **{k: v / count for k, v in sums.items() if k != 'steps'}}
-                row['sgd_noise_scale'] = _sgd_noise_scale(config, row['learning_rate'],
-                                                          batch, num_train)
-                if t.noise_scale:
-                  noise = jax.device_get(noise_scale_lib.summarize(state.noise_scale,
-                                                                   t.noise_scale_ema))
-                  row.update({k: float(v) for k, v in noise.items()})
-                row['examples_per_second'] = interval_examples / max(time_since_log, 1e-9)
-                row['steps_per_second'] = interval_steps / max(time_since_log, 1e-9)
-                row['wall_time'] = elapsed()
-                writer.append('train', row)
+              logged = step in plan.log_steps
+              stop = trial.log(step, jax.device_get(state.metric_sums), state.noise_scale,
+                               examples_per_second=interval_examples / max(time_since_log, 1e-9),
+                               steps_per_second=interval_steps / max(time_since_log, 1e-9),
+                               write=logged)
+              if logged:
                 state = state.replace(metric_sums=jax.device_put(
                     zero_metric_sums(t.noise_scale), replicated(mesh)))
                 if progress is not None:
-                  progress.set_postfix(loss=f'{mean_loss:.4f}',
-                                       ex_s=f'{row["examples_per_second"]:.0f}', refresh=False)
+                  progress.set_postfix(
+                      loss=f'{trial.last_loss:.4f}',
+                      ex_s=f'{interval_examples / max(time_since_log, 1e-9):.0f}', refresh=False)
                 interval_steps, interval_examples, time_since_log = 0, 0, 0.0
-              if diverged:
-                outcome = 'diverged'
-                reason = (f'training loss {mean_loss} at step {step} is not finite'
-                          if not math.isfinite(mean_loss) else
-                          f'training loss {mean_loss:.4g} > train.max_loss={t.max_loss}')
-                stop = True
             if not stop and step in plan.eval_steps:
-              stop = stopped_early = record_eval(step, state)
-              if stop:
-                reason = f'target {t.target_metric} reached'
-            if not stop and (step in plan.checkpoint_steps or step == plan.total_steps):
-              meta = {'step': step, 'examples_seen': position, 'wall_time': elapsed(),
-                      'train_time': train_time, 'summary': summary}
-              checkpoints.save(state, meta)
-              writer.set_status('running', step=step, examples_seen=position,
-                                wall_time=elapsed())
+              stop = trial.evaluate(step, state.params, state.model_state)
+            if not stop and step in plan.checkpoint_steps:
+              trial.checkpoint(step, state)
             interval_start = time.perf_counter()
         if stop or step >= phase_end:
           break
         # ----- the hot loop: nothing here may wait on the device
-        if on_device:
+        if s.on_device:
           args = device_feed.step_args(position, batch)
         else:
           args = host_feed.next()
@@ -324,33 +417,19 @@ def train(config: config_lib.Config, workdir: str | pathlib.Path | None = None, 
           state.counters.block_until_ready()
         step, position = step + 1, position + batch
         interval_steps, interval_examples = interval_steps + 1, interval_examples + batch
-      if stop:
-        break
   except BaseException as error:
-    checkpoints.wait()
-    writer.set_status('failed', step=step, reason=f'{type(error).__name__}: {error}',
-                      wall_time=elapsed())
+    trial.fail(step, error)
     raise
   finally:
     if progress is not None:
       progress.close()
-    if not on_device:
+    if not s.on_device:
       host_feed.close()
 
-  if stopped_early:
-    meta = {'step': step, 'examples_seen': position, 'wall_time': elapsed(),
-            'train_time': train_time, 'summary': summary}
-    checkpoints.save(state, meta)
-  checkpoints.wait()
-  checkpoints.close()
-  writer.set_status(outcome, reason=reason, step=step,
-                    examples_seen=int(plan.examples_after_step[step]),
-                    epoch=float(plan.examples_after_step[step] / num_train),
-                    wall_time=elapsed(), train_time=train_time, compile_time=compile_time,
-                    num_devices=mesh.devices.size, backend=jax.default_backend(),
-                    total_steps=plan.total_steps, **summary)
-  run = load_run(workdir)
-  if not quiet and is_writer:
+  if trial.stopped:
+    trial.checkpoint(step, state)
+  run = trial.finish(step, compile_time=compile_time)
+  if not quiet and jax.process_index() == 0:
     _print_summary(run)
   return run
 
