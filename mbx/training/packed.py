@@ -1,0 +1,222 @@
+"""Several trials that share model and batch size, trained as one vmapped program.
+
+Batch-size studies are thousands of small trainings. At small batch a step is
+mostly fixed per-step cost (dispatch, kernel launches, buffers), so K trials that
+differ only in learning rate, momentum or seed can share one jitted step over
+stacked states (`jax.vmap`) for nearly the price of one. Each packed trial follows
+exactly the computation of the same trial run alone (its own initialisation,
+example order, learning rate and momentum) and writes the same run directory;
+a trial that diverges or reaches its target leaves the pack without disturbing
+the others.
+
+Packing needs the training split on device and one batch size for the whole run;
+otherwise, and when the trials' checkpoints disagree on resume, the trials are
+run one after the other with `mbx.train`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+import sys
+import time
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mbx import config as config_lib
+from mbx.data.example_order import order_window
+from mbx.optim import build_optimizer, scaled_learning_rate
+from mbx.training import loop
+from mbx.training.records import Run
+from mbx.training.step import init_train_state, make_update, replicated, zero_metric_sums
+
+# The fields in which packed trials may differ.
+PACKABLE_FIELDS = (('optim', 'learning_rate'), ('optim', 'momentum'), ('train', 'seed'),
+                   ('train', 'data_seed'))
+
+
+def pack_key(config: config_lib.Config) -> str:
+  """Trials with equal keys can share one packed program."""
+  defaults = config_lib.Config()
+  blank = config
+  for section, field in PACKABLE_FIELDS:
+    blank = dataclasses.replace(blank, **{section: dataclasses.replace(
+        getattr(blank, section), **{field: getattr(getattr(defaults, section), field)})})
+  return config_lib.config_hash(dataclasses.replace(blank, name=''))
+
+
+def _data_seed(config: config_lib.Config) -> int:
+  return config.train.seed if config.train.data_seed is None else config.train.data_seed
+
+
+def _stack(trees):
+  return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
+
+
+def _slice(tree, index: int):
+  return jax.tree.map(lambda leaf: leaf[index], tree)
+
+
+def make_packed_step(s: loop.Setup, configs: Sequence[config_lib.Config]):
+  """A jitted step over stacked states: each trial with its own LR, momentum, data order.
+
+  step(states, hyper, train_x, train_y, windows, window_start) -> (states, metrics[K, M]).
+  """
+  reference = configs[0]
+  t = reference.train
+  shape = s.plan.phases[0][1]
+
+  def one_trial(state, hyper, train_x, train_y, window_indices, window_start):
+    optimizer = build_optimizer(dataclasses.replace(reference.optim, momentum=hyper['momentum']))
+    schedule = lambda examples: hyper['lr_scale'] * s.lr_schedule(examples)
+    update, arrangement = make_update(
+        s.model, optimizer, schedule, shape, s.mesh, noise_scale=t.noise_scale,
+        noise_scale_ema=t.noise_scale_ema, data_seed=hyper['data_seed'], augment=s.augment)
+    positions = state.examples_seen - window_start + jnp.asarray(arrangement)
+    indices = window_indices[positions]
+    return update(state, train_x[indices], train_y[indices])
+
+  return jax.jit(jax.vmap(one_trial, in_axes=(0, 0, None, None, 0, None)), donate_argnums=0)
+
+
+def _hyperparameters(configs: Sequence[config_lib.Config], batch_size: int) -> dict:
+  peak = scaled_learning_rate(configs[0].optim, batch_size)
+  return {'lr_scale': jnp.asarray([scaled_learning_rate(c.optim, batch_size) / peak
+                                   for c in configs], jnp.float32),
+          'momentum': jnp.asarray([c.optim.momentum for c in configs], jnp.float32),
+          'data_seed': jnp.asarray([_data_seed(c) for c in configs], jnp.int32)}
+
+
+def _sequential(configs, workdirs, quiet) -> list[Run]:
+  return [loop.train(c, w, quiet=quiet) for c, w in zip(configs, workdirs, strict=True)]
+
+
+def train_packed(configs: Sequence[config_lib.Config], workdirs: Sequence[str | pathlib.Path],
+                 *, quiet: bool = False) -> list[Run]:
+  """Trains each config in its workdir, as one vmapped program where possible.
+
+  The configs must share `pack_key` (differ only in PACKABLE_FIELDS). Finished trials
+  are skipped and interrupted ones resume, as with `mbx.train`.
+  """
+  workdirs = [pathlib.Path(w) for w in workdirs]
+  for config in configs:
+    config_lib.validate(config)
+  if len({pack_key(c) for c in configs}) > 1:
+    raise config_lib.ConfigError('packed trials must differ only in '
+                                 + ', '.join(f'{s}.{f}' for s, f in PACKABLE_FIELDS))
+  runs: list[Run | None] = [loop.finished_run(c, w, quiet=True) for c, w in zip(configs, workdirs)]
+  pending = [i for i, run in enumerate(runs) if run is None]
+  if len(pending) > 1:
+    packed = _train_pack([configs[i] for i in pending], [workdirs[i] for i in pending], quiet)
+    for i, run in zip(pending, packed):
+      runs[i] = run
+  elif pending:
+    runs[pending[0]] = loop.train(configs[pending[0]], workdirs[pending[0]], quiet=quiet)
+  return runs
+
+
+def _train_pack(configs, workdirs, quiet) -> list[Run]:
+  s = loop.setup(configs[0])
+  if not s.on_device or len(s.plan.phases) > 1:
+    return _sequential(configs, workdirs, quiet)
+  t, plan, mesh = configs[0].train, s.plan, s.mesh
+  sample_x = jnp.zeros((1, *s.info.input_shape), jnp.float32)
+  trials = [loop.TrialRecorder(c, w, s) for c, w in zip(configs, workdirs)]
+  states = [trial.resume(init_train_state(s.model, s.optimizer, sample_x, seed=c.train.seed,
+                                          mesh=mesh, noise_scale=t.noise_scale))
+            for trial, c in zip(trials, configs)]
+  counters = {tuple(int(v) for v in jax.device_get(state.counters)) for state in states}
+  if len(counters) > 1 or any(trial.config.train.init_from for trial in trials):
+    for trial in trials:  # interrupted at different steps: resume each on its own
+      trial.checkpoints.close()
+    return _sequential(configs, workdirs, quiet)
+  start_step, position = counters.pop()
+  stacked = _stack(states)
+  del states
+  batch = plan.phases[0][1].batch_size
+  hyper = _hyperparameters(configs, batch)
+  step_fn = make_packed_step(s, configs)
+  train_x, train_y = (jax.device_put(a, replicated(mesh)) for a in s.train_arrays)
+  window = None
+
+  def window_args(position):
+    nonlocal window
+    if window is None or not window[0][0].covers(position, batch):
+      per_trial = [order_window(_data_seed(c), s.num_train, position, batch) for c in configs]
+      window = (per_trial, jnp.asarray(np.stack([w.indices for w in per_trial])),
+                jnp.asarray(per_trial[0].start, jnp.int32))
+    return window[1], window[2]
+
+  active = list(range(len(configs)))
+  for trial in trials:
+    trial.writer.set_status('running', step=start_step, examples_seen=position)
+  events = sorted(e for e in plan.log_steps | plan.eval_steps | plan.checkpoint_steps
+                  if e > start_step)
+  sync_every_step = loop._sync_every_step(configs[0], mesh)  # pylint: disable=protected-access
+  step = start_step
+  compile_time = 0.0
+  interval_steps, interval_examples, time_since_log = 0, 0, 0.0
+  try:
+    if step == 0 and 0 in plan.eval_steps:
+      for k in active:
+        trials[k].evaluate(0, _slice(stacked.params, k), _slice(stacked.model_state, k))
+    tic = time.perf_counter()
+    stacked, _ = step_fn(stacked, hyper, train_x, train_y, *window_args(position))
+    stacked.counters.block_until_ready()
+    compile_time = time.perf_counter() - tic
+    step, position = step + 1, position + batch
+    interval_start = time.perf_counter()
+    for next_event in events:
+      while step < next_event:
+        stacked, _ = step_fn(stacked, hyper, train_x, train_y, *window_args(position))
+        if sync_every_step:
+          stacked.counters.block_until_ready()
+        step, position = step + 1, position + batch
+        interval_steps, interval_examples = interval_steps + 1, interval_examples + batch
+      # ----- events: everything below syncs with the device
+      stacked.counters.block_until_ready()
+      interval_time = time.perf_counter() - interval_start
+      time_since_log += interval_time
+      leaving = []
+      logged = step in plan.log_steps
+      sums = jax.device_get(stacked.metric_sums) if logged or step in plan.checkpoint_steps else None
+      for k in active:
+        trial = trials[k]
+        trial.add_train_time(interval_time)
+        if sums is not None and trial.log(
+            step, sums[k], None if stacked.noise_scale is None else _slice(stacked.noise_scale, k),
+            examples_per_second=interval_examples / max(time_since_log, 1e-9),
+            steps_per_second=interval_steps / max(time_since_log, 1e-9), write=logged):
+          leaving.append(k)  # diverged
+          continue
+        if step in plan.eval_steps and trial.evaluate(
+            step, _slice(stacked.params, k), _slice(stacked.model_state, k)):
+          leaving.append(k)  # reached its target
+          trial.checkpoint(step, _slice(stacked, k))
+          continue
+        if step in plan.checkpoint_steps:
+          trial.checkpoint(step, _slice(stacked, k))
+      if logged:
+        stacked = stacked.replace(metric_sums=jax.device_put(
+            np.tile(zero_metric_sums(t.noise_scale), (len(configs), 1)), replicated(mesh)))
+        interval_steps, interval_examples, time_since_log = 0, 0, 0.0
+      for k in leaving:
+        active.remove(k)
+        trials[k].finish(step, compile_time=compile_time, packed_trials=len(configs))
+      if not active:
+        break
+      interval_start = time.perf_counter()
+  except BaseException as error:
+    for k in active:
+      trials[k].fail(step, error)
+    raise
+  for k in active:
+    trials[k].finish(step, compile_time=compile_time, packed_trials=len(configs))
+  runs = [loop.load_run(w) for w in workdirs]
+  if not quiet:
+    for run in runs:
+      print(f'{run.workdir}: {run.status["status"]} at step {run.status["step"]}, '
+            f'eval accuracy {run.status.get("eval_accuracy", float("nan")):.4f}', file=sys.stderr)
+  return runs

@@ -1,0 +1,91 @@
+"""Packed trials (one vmapped program) equal the same trials run alone."""
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+
+import mbx
+from mbx.training.packed import pack_key, train_packed
+
+from helpers import tiny_config
+
+
+def _close(a, b, rtol=1e-5):
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+    scale = np.max(np.abs(np.asarray(y))) + 1e-12
+    assert np.max(np.abs(np.asarray(x) - np.asarray(y))) / scale <= rtol
+
+
+def _trials(**train):
+  base = dict(duration='30 steps', log_every='10 steps', eval_every='10 steps',
+              checkpoint_every='20 steps', batch_size=16, **train)
+  return [
+      tiny_config(optim=dict(name='momentum', learning_rate=0.05, momentum=0.9),
+                  train=dict(seed=0, **base)),
+      tiny_config(optim=dict(name='momentum', learning_rate=0.2, momentum=0.5),
+                  train=dict(seed=1, **base)),
+      tiny_config(optim=dict(name='momentum', learning_rate=0.01, momentum=0.0),
+                  train=dict(seed=2, data_seed=7, **base)),
+  ]
+
+
+def test_packed_trials_equal_solo_trials(tmp_path):
+  configs = _trials(noise_scale=True)
+  packed = train_packed(configs, [tmp_path / f'packed{i}' for i in range(3)], quiet=True)
+  for i, (config, run) in enumerate(zip(configs, packed)):
+    solo = mbx.train(config, tmp_path / f'solo{i}', quiet=True)
+    assert run.status['status'] == solo.status['status'] == 'done'
+    assert run.status['packed_trials'] == 3
+    _close(run.params(), solo.params())
+    _close(run.params(20), solo.params(20))
+    for column in ('loss', 'accuracy', 'grad_norm', 'learning_rate', 'b_simple'):
+      np.testing.assert_allclose(run.train_metrics[column], solo.train_metrics[column],
+                                 rtol=1e-4, err_msg=column)
+    np.testing.assert_allclose(run.eval_metrics['eval_loss'], solo.eval_metrics['eval_loss'],
+                               rtol=1e-4)
+    assert run.train_metrics['step'].tolist() == solo.train_metrics['step'].tolist()
+
+
+def test_a_diverging_trial_leaves_the_others_intact(tmp_path):
+  configs = _trials()
+  configs[1] = tiny_config(optim=dict(name='momentum', learning_rate=1e4, momentum=0.5),
+                           train=dict(seed=1, duration='30 steps', log_every='10 steps',
+                                      eval_every='10 steps', checkpoint_every='20 steps',
+                                      batch_size=16))
+  packed = train_packed(configs, [tmp_path / f'p{i}' for i in range(3)], quiet=True)
+  assert packed[1].status['status'] == 'diverged'
+  for i in (0, 2):
+    solo = mbx.train(configs[i], tmp_path / f'solo{i}', quiet=True)
+    assert packed[i].status['status'] == 'done'
+    _close(packed[i].params(), solo.params())
+
+
+def test_a_trial_that_reaches_its_target_stops_where_it_would_alone(tmp_path):
+  configs = _trials(target_metric='eval_accuracy', target_value=0.2, stop_at_target=True,
+                    eval_growth=1.3)
+  packed = train_packed(configs, [tmp_path / f'p{i}' for i in range(3)], quiet=True)
+  stopped = [run for run in packed if 'target' in run.status['reason']]
+  assert stopped, [run.status for run in packed]
+  for i, run in enumerate(packed):
+    solo = mbx.train(configs[i], tmp_path / f'solo{i}', quiet=True)
+    assert run.status['step'] == solo.status['step']
+    assert run.status.get('steps_to_target') == solo.status.get('steps_to_target')
+    _close(run.params(), solo.params())
+
+
+def test_rerunning_a_finished_pack_does_nothing(tmp_path):
+  configs = _trials()
+  workdirs = [tmp_path / f'p{i}' for i in range(3)]
+  first = train_packed(configs, workdirs, quiet=True)
+  again = train_packed(configs, workdirs, quiet=True)
+  assert [r.status for r in again] == [r.status for r in first]
+
+
+def test_pack_key_separates_what_cannot_share_a_program():
+  a, b, c = _trials()
+  assert pack_key(a) == pack_key(b) == pack_key(c)
+  other = tiny_config(train=dict(batch_size=32))
+  assert pack_key(other) != pack_key(a)
+  with pytest.raises(mbx.ConfigError, match='differ only in'):
+    train_packed([a, other], ['/tmp/unused_a', '/tmp/unused_b'], quiet=True)
