@@ -243,3 +243,15 @@ def test_validate_model_errors(name, options, match):
     validate_model(name, options)
   with pytest.raises(ValueError, match=match):
     build_model(name, num_classes=10, options=options)
+
+
+@pytest.mark.parametrize('kernel, stride, padding', [(5, 2, 1), (3, 2, 1), (3, 1, 0)])
+def test_conv1d_as_matmul_equals_flax_conv(kernel, stride, padding):
+  from mbx.models.cnn import Conv1DAsMatmul
+  x = jax.random.normal(jax.random.key(0), (4, 40, 3))
+  ours = Conv1DAsMatmul(7, kernel, stride=stride, padding=padding)
+  params = ours.init(jax.random.key(1), x)
+  params['params']['bias'] = jnp.linspace(-1, 1, 7)
+  reference = nn.Conv(7, (kernel,), strides=(stride,), padding=((padding, padding),))
+  np.testing.assert_allclose(ours.apply(params, x), reference.apply(params, x), rtol=1e-5,
+                             atol=1e-5)

@@ -6,6 +6,35 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 
+class Conv1DAsMatmul(nn.Module):
+  """A 1-D convolution (NWC, explicit symmetric padding) computed as patches @ kernel.
+
+  Same parameters ('kernel' (k, in, out), 'bias') and outputs as `nn.Conv`. XLA:CPU runs
+  these tiny convolutions faster this way (46 vs 119 us per CNN1D step at batch 1), and
+  under `vmap` over parameters (packed trials) they become batched matmuls instead of
+  grouped convolutions, which XLA:CPU runs several times slower.
+  """
+
+  features: int
+  kernel_size: int
+  stride: int = 1
+  padding: int = 0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    channels = x.shape[-1]
+    kernel = self.param('kernel', nn.initializers.lecun_normal(),
+                        (self.kernel_size, channels, self.features), jnp.float32)
+    bias = self.param('bias', nn.initializers.zeros, (self.features,), jnp.float32)
+    x = jnp.pad(x.astype(self.dtype), ((0, 0), (self.padding, self.padding), (0, 0)))
+    length = (x.shape[1] - self.kernel_size) // self.stride + 1
+    last = self.stride * (length - 1) + 1
+    patches = jnp.stack([x[:, j:j + last:self.stride] for j in range(self.kernel_size)], axis=2)
+    patches = patches.reshape(x.shape[0], length, self.kernel_size * channels)
+    return patches @ kernel.reshape(-1, self.features).astype(self.dtype) + bias.astype(self.dtype)
+
+
 class CNN1D(nn.Module):
   """The MNIST-1D CNN of Greydanus & Kobak (arXiv 2011.14439, their PyTorch `ConvBase`).
 
@@ -24,9 +53,9 @@ class CNN1D(nn.Module):
       x = x[..., None]
     if x.ndim != 3:
       raise ValueError(f'cnn1d expects (batch, length, channels) input, got shape {x.shape}')
-    for kernel in (5, 3, 3):
-      x = nn.Conv(self.channels, (kernel,), strides=(2,), padding=((1, 1),),
-                  dtype=self.dtype, param_dtype=jnp.float32)(x)
+    for i, kernel in enumerate((5, 3, 3)):
+      x = Conv1DAsMatmul(self.channels, kernel, stride=2, padding=1, dtype=self.dtype,
+                         name=f'Conv_{i}')(x)
       x = nn.relu(x)
     x = x.reshape(x.shape[0], -1)
     x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32)(x)
