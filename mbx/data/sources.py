@@ -19,6 +19,7 @@ order examples were generated in (tfds sorts them by a hash of their key).
 from __future__ import annotations
 
 import importlib.util
+import functools
 import os
 from typing import Any, Sequence
 
@@ -237,7 +238,17 @@ def load_arrays(
     manual_dir: str | os.PathLike | None = None,
     chunk_size: int = 4096,
 ) -> tuple[np.ndarray, np.ndarray]:
-  """The whole split in memory: x float32 (N,) + input_shape, y int32 (N,)."""
+  """The whole split in memory: x float32 (N,) + input_shape, y int32 (N,).
+
+  Read-only arrays, cached per process: a sweep's trials share one copy instead of
+  each decoding the split again (~1 s for MNIST-1D through tfds).
+  """
+  return _load_arrays_cached(name, split, resolve_data_dir(data_dir), download,
+                             None if manual_dir is None else str(manual_dir), chunk_size)
+
+
+@functools.lru_cache(maxsize=8)
+def _load_arrays_cached(name, split, data_dir, download, manual_dir, chunk_size):
   source = random_access_source(
       name, split, data_dir, download, manual_dir=manual_dir)
   n = len(source)
@@ -246,6 +257,8 @@ def load_arrays(
   for start in range(0, n, chunk_size):
     stop = min(n, start + chunk_size)
     x[start:stop], y[start:stop] = source[np.arange(start, stop)]
+  x.flags.writeable = False
+  y.flags.writeable = False
   return x, y
 
 
