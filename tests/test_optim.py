@@ -65,6 +65,18 @@ def test_lars_trust_ratio_applies_to_kernels_only():
   np.testing.assert_allclose(updates['bias'], -lr * 0.5, rtol=1e-6)
 
 
+def test_lamb_trust_ratio_applies_to_kernels_only():
+  """LAMB (You et al. 2020): Adam's update rescaled by |w|/|u| per layer, biases excepted."""
+  params = {'kernel': jnp.full((3, 4), 2.0), 'bias': jnp.full((4,), 2.0)}
+  grads = {'kernel': jnp.full((3, 4), 0.5), 'bias': jnp.full((4,), 0.5)}
+  optimizer = build_optimizer(mbx.OptimConfig(name='lamb', learning_rate=0.1, eps=0.0))
+  updates, _ = optimizer.update(grads, optimizer.init(params), params, 0.1)
+  adam = 1.0  # first Adam step: m_hat / sqrt(v_hat) = sign(g)
+  kernel_trust = float(jnp.linalg.norm(params['kernel'])) / (adam * np.sqrt(12))
+  np.testing.assert_allclose(updates['kernel'], -0.1 * kernel_trust * adam, rtol=1e-5)
+  np.testing.assert_allclose(updates['bias'], -0.1 * adam, rtol=1e-5)
+
+
 def test_learning_rate_is_given_per_step():
   params = {'w': jnp.ones(3)}
   optimizer = build_optimizer(mbx.OptimConfig(name='sgd', learning_rate=1.0, clip_grad_norm=1.0))

@@ -46,8 +46,12 @@ def _optax_transform(config: OptimConfig, learning_rate) -> optax.GradientTransf
                       trust_coefficient=config.trust_coefficient, eps=config.eps,
                       trust_ratio_mask=decay_mask, momentum=config.momentum)
   if name == 'lamb':
-    return optax.lamb(learning_rate, b1=config.b1, b2=config.b2, eps=config.eps,
-                      weight_decay=wd, mask=decay_mask)
+    # optax.lamb's chain with a trust-ratio mask (which optax.lamb lacks): biases and norm
+    # parameters are neither decayed nor layer-adapted (You et al. 2020, as in BERT).
+    return optax.chain(optax.scale_by_adam(b1=config.b1, b2=config.b2, eps=config.eps),
+                       optax.add_decayed_weights(wd, mask=decay_mask),
+                       optax.masked(optax.scale_by_trust_ratio(), decay_mask),
+                       optax.scale_by_learning_rate(learning_rate))
   raise ValueError(f'optim.name={name!r}: unknown optimizer')
 
 
