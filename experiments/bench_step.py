@@ -34,9 +34,10 @@ from mbx.training.step import cross_entropy
 STEPS = {1: 20000, 32: 6000, 512: 1500, 4000: 250}
 
 
-def bare_loop(batch_size: int, steps: int, x_all, y_all) -> float:
+def bare_loop(batch_size: int, steps: int, x_all, y_all, model_name: str = 'cnn1d',
+              model_options=None) -> float:
   """Examples/s of the plainest fast JAX loop: fixed on-device batch, jitted step."""
-  model = models.build_model('cnn1d', num_classes=10)
+  model = models.build_model(model_name, num_classes=10, options=model_options or {})
   params = model.init(jax.random.key(0), x_all[:1], train=False)['params']
   optimizer = optax.adam(1e-3)
   opt_state = optimizer.init(params)
@@ -60,14 +61,16 @@ def bare_loop(batch_size: int, steps: int, x_all, y_all) -> float:
   return batch_size * steps / (time.perf_counter() - start)
 
 
-def mbx_loop(batch_size: int, steps: int) -> tuple[float, float]:
+def mbx_loop(batch_size: int, steps: int, model_name: str = 'cnn1d', model_options=None,
+             noise_scale: bool = False) -> tuple[float, float]:
   """(examples/s of the training loop, examples/s over the whole run) for mbx.train."""
   config = mbx.Config(
-      model=mbx.ModelConfig(name='cnn1d'),
+      model=mbx.ModelConfig(name=model_name, options=dict(model_options or {})),
       optim=mbx.OptimConfig(name='adam', learning_rate=1e-3),
       train=mbx.TrainConfig(batch_size=batch_size, duration=f'{steps} steps',
                             log_every=f'{max(steps // 10, 1)} steps',
-                            eval_every=f'{steps} steps', checkpoint_every=None),
+                            eval_every=f'{steps} steps', checkpoint_every=None,
+                            noise_scale=noise_scale),
       name='bench')
   with tempfile.TemporaryDirectory() as workdir:
     start = time.perf_counter()

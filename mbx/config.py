@@ -13,6 +13,7 @@ import importlib.util
 import json
 import math
 import pathlib
+import re
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -78,7 +79,9 @@ class OptimConfig:
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
   batch_size: int = 128                # global batch, over all hosts and devices
-  micro_batch_size: int | None = None  # global micro-batch for accumulation
+  micro_batch_size: int | str | None = None  # global micro-batch; 'auto': the largest that fits
+  autobatch_budget: int | str | None = None  # for 'auto': per device, e.g. '2GiB'; None: 0.9 x
+                                             # the device's memory (no default on CPU)
   max_device_batch_size: int | None = None  # accumulate when exceeded
   accumulation: str = 'auto'           # how micro-batches are looped in the jit
   duration: str = '8000 steps'
@@ -95,11 +98,13 @@ class TrainConfig:
   noise_scale: bool = False            # log B_simple (McCandlish et al. 2018)
   noise_scale_groups: int | None = None  # small batches per step; None: devices x micro-batches (min 2)
   noise_scale_ema: float = 0.99
+  noise_scale_every: int | None = None  # measure on every n-th step; None: 1 if the step
+                                        # already has >= 2 gradient groups, else 10
   target_metric: str | None = None
   target_value: float | None = None
   stop_at_target: bool = False
-  batch_size_milestones: tuple[float, ...] = ()  # Smith et al. 2018
-  batch_size_milestone_unit: str = 'epochs'
+  batch_size_milestones: tuple[float, ...] = ()  # Smith et al. 2018: B x factor at each
+  batch_size_milestone_unit: str = 'epochs'      # or 'examples'; not steps (see validate)
   batch_size_factor: int = 1
   max_batch_size: int | None = None    # past it, milestones decay the LR instead
   sync_every_step: bool | None = None  # None: on multi-device CPU (rendezvous deadlock)
@@ -148,6 +153,23 @@ def parse_duration(text: str, field: str) -> Duration:
   raise ConfigError(f'{field}={text!r}: expected "<number> <unit>" with a '
                     f'non-negative number and unit in {DURATION_UNITS}, '
                     'e.g. "8000 steps" or "20 epochs"')
+
+
+_BYTE_UNITS = {'b': 1, 'kb': 10**3, 'mb': 10**6, 'gb': 10**9, 'tb': 10**12,
+               'kib': 2**10, 'mib': 2**20, 'gib': 2**30, 'tib': 2**40}
+
+
+def parse_bytes(value: int | str, field: str) -> int:
+  """2147483648, '2GiB', '1.5 GB' -> bytes."""
+  match = re.fullmatch(r'\s*([0-9.eE+]+)\s*([a-zA-Z]*)\s*', str(value))
+  try:
+    amount = float(match.group(1)) * _BYTE_UNITS[match.group(2).lower() or 'b']
+  except (AttributeError, KeyError, ValueError):
+    amount = float('nan')
+  if not (math.isfinite(amount) and amount >= 1):
+    raise ConfigError(f'{field}={value!r}: expected a positive number of bytes, optionally with '
+                      f'a unit in {", ".join(u for u in _BYTE_UNITS if u != "b")} (e.g. 2GiB)')
+  return int(amount)
 
 
 # ----------------------------------------------------------------- overrides
@@ -289,6 +311,24 @@ def load_config(path: str | pathlib.Path, overrides: Sequence[str] = ()) -> Conf
   return apply_overrides(config, overrides)
 
 
+# Fields in which trials may differ and still share one compiled train step (and be
+# packed into one vmapped program): they enter the step as inputs, not constants.
+TRIAL_FIELDS = (('optim', 'learning_rate'), ('optim', 'momentum'), ('train', 'seed'),
+                ('train', 'data_seed'), ('name', None))
+
+
+def trial_key(config: Config) -> str:
+  """Configs with equal keys differ only in TRIAL_FIELDS."""
+  blank, defaults = config, Config()
+  for section, field in TRIAL_FIELDS:
+    if field is None:
+      blank = dataclasses.replace(blank, **{section: getattr(defaults, section)})
+    else:
+      blank = dataclasses.replace(blank, **{section: dataclasses.replace(
+          getattr(blank, section), **{field: getattr(getattr(defaults, section), field)})})
+  return config_hash(blank)
+
+
 def config_hash(config: Config) -> str:
   return hashlib.sha1(json.dumps(to_dict(config), sort_keys=True).encode()).hexdigest()[:10]
 
@@ -367,10 +407,15 @@ def validate(config: Config) -> None:
          o.warmup_start_factor, 'must be in [0, 1]')
 
   _check_positive_int(t.batch_size, 'train.batch_size')
-  if t.micro_batch_size is not None:
-    _check_positive_int(t.micro_batch_size, 'train.micro_batch_size')
+  if t.micro_batch_size is not None and t.micro_batch_size != 'auto':
+    _check(isinstance(t.micro_batch_size, int) and t.micro_batch_size > 0,
+           'train.micro_batch_size', t.micro_batch_size, "must be a positive integer or 'auto'")
     _check(t.batch_size % t.micro_batch_size == 0, 'train.micro_batch_size',
            t.micro_batch_size, f'must divide train.batch_size={t.batch_size}')
+  if t.autobatch_budget is not None:
+    _check(t.micro_batch_size == 'auto', 'train.autobatch_budget', t.autobatch_budget,
+           'only used by train.micro_batch_size=auto')
+    parse_bytes(t.autobatch_budget, 'train.autobatch_budget')
   if t.max_device_batch_size is not None:
     _check_positive_int(t.max_device_batch_size, 'train.max_device_batch_size')
   _check(t.micro_batch_size is None or t.max_device_batch_size is None,
@@ -379,9 +424,12 @@ def validate(config: Config) -> None:
   _check_choice(t.accumulation, ACCUMULATION_MODES, 'train.accumulation')
   duration = parse_duration(t.duration, 'train.duration')
   _check(duration.amount > 0, 'train.duration', t.duration, 'must be positive')
-  _check(isinstance(t.seed, int) and t.seed >= 0, 'train.seed', t.seed, 'must be >= 0')
+  # Seeds enter the compiled step as float32 inputs (trial_hyperparameters).
+  _check(isinstance(t.seed, int) and 0 <= t.seed < 2**24, 'train.seed', t.seed,
+         'must be an integer in [0, 2^24)')
   if t.data_seed is not None:
-    _check(t.data_seed >= 0, 'train.data_seed', t.data_seed, 'must be >= 0')
+    _check(0 <= t.data_seed < 2**24, 'train.data_seed', t.data_seed,
+           'must be an integer in [0, 2^24)')
   for name in ('log_every', 'eval_every'):
     every = parse_duration(getattr(t, name), f'train.{name}')
     _check(every.amount > 0, f'train.{name}', getattr(t, name), 'must be positive')
@@ -398,6 +446,8 @@ def validate(config: Config) -> None:
   if t.noise_scale_groups is not None:
     _check(isinstance(t.noise_scale_groups, int) and t.noise_scale_groups >= 2,
            'train.noise_scale_groups', t.noise_scale_groups, 'must be an integer >= 2')
+  if t.noise_scale_every is not None:
+    _check_positive_int(t.noise_scale_every, 'train.noise_scale_every')
   _check(0 <= t.noise_scale_ema < 1, 'train.noise_scale_ema', t.noise_scale_ema,
          'must be in [0, 1)')
   if t.target_metric is not None:
@@ -412,8 +462,12 @@ def validate(config: Config) -> None:
          'train.target_metric', t.target_metric, 'train_* targets need train.eval_on_train=true')
   if t.init_from is not None:
     parse_init_from(t.init_from)
-  _check_choice(t.batch_size_milestone_unit, ('epochs', 'examples'),
-                'train.batch_size_milestone_unit')
+  # Not steps: Smith et al. compare schedules at equal epochs, and once B changes a
+  # step count means different amounts of data in different runs. A change after s
+  # steps of batch B is s*B examples.
+  _check(t.batch_size_milestone_unit in ('epochs', 'examples'),
+         'train.batch_size_milestone_unit', t.batch_size_milestone_unit,
+         'allowed: epochs, examples (a change after s steps of batch B is s*B examples)')
   _check(all(x > 0 for x in t.batch_size_milestones), 'train.batch_size_milestones',
          t.batch_size_milestones, 'must be positive')
   _check(list(t.batch_size_milestones) == sorted(set(t.batch_size_milestones)),

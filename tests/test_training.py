@@ -161,3 +161,24 @@ def test_branch_from_another_runs_checkpoint(tmp_path):
   with pytest.raises(mbx.ConfigError, match='no checkpoint at step 7'):
     mbx.train(tiny_config(train=dict(init_from=f'{tmp_path / "source"}@7')), tmp_path / 'bad',
               quiet=True)
+
+
+def test_noise_scale_every_nth_step_on_one_device(tmp_path):
+  """One device has no gradient groups of its own, so only every 10th step splits its batch."""
+  from mbx.training.plan import make_plan
+  config = tiny_config(train=dict(noise_scale=True, duration='40 steps', log_every='20 steps'))
+  plan = make_plan(config, 1, 4000)
+  assert plan.noise_scale_every == 10
+  assert [plan.shape_at(s).num_micro_batches for s in (0, 1, 9, 10, 11)] == [2, 1, 1, 2, 1]
+  assert not plan.shape_at(1).measure_noise and plan.shape_at(10).measure_noise
+  # With gradient groups already there (accumulation), every step measures.
+  assert make_plan(tiny_config(train=dict(noise_scale=True, micro_batch_size=32)), 1,
+                   4000).noise_scale_every == 1
+  run = mbx.train(config, tmp_path, quiet=True)
+  rows = run.train_metrics
+  assert np.all(np.isfinite(rows['b_simple'])) and np.all(rows['trace_estimate'] > 0)
+  every_step = mbx.train(tiny_config(train=dict(noise_scale=True, duration='40 steps',
+                                                log_every='20 steps', noise_scale_every=1)),
+                         tmp_path / 'every', quiet=True)
+  # Measuring splits the batch in two; the update is the same up to float round-off.
+  assert _max_relative_error(run.params(), every_step.params()) < 1e-5

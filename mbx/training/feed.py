@@ -21,6 +21,11 @@ def put(array: np.ndarray, sharding) -> jax.Array:
   return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
 
 
+def window_length(num_examples: int, max_batch_size: int) -> int:
+  """Length of the order windows `DeviceFeed` hands to the step (see order_window)."""
+  return (-(-max_batch_size // num_examples) + 1) * num_examples
+
+
 class DeviceFeed:
   """The training split lives in device memory; steps gather their batch there.
 

@@ -8,6 +8,7 @@ uninterrupted run.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import pathlib
@@ -22,14 +23,16 @@ import numpy as np
 from mbx import config as config_lib
 from mbx import data as data_lib
 from mbx import models as models_lib
-from mbx.optim import build_optimizer, learning_rate_schedule
+from mbx.optim import build_optimizer, learning_rate_schedule, scaled_learning_rate
 from mbx.training import feed as feed_lib
+from mbx.training.autobatch import resolve_auto_micro_batch
 from mbx.training import noise_scale as noise_scale_lib
 from mbx.training.checkpoints import Checkpoints
 from mbx.training.plan import Plan, make_plan
 from mbx.training.records import Run, RunWriter, load_run
-from mbx.training.step import (TrainState, batch_norm_axis_name, init_train_state, make_eval_step, make_mesh,
-                            make_train_step, metric_names, replicated, zero_metric_sums)
+from mbx.training.step import (TrainState, batch_norm_axis_name, batch_sharded, gathered,
+                               init_train_state, make_eval_step, make_mesh, make_trial_update,
+                               metric_names, replicated, trial_hyperparameters, zero_metric_sums)
 
 DEVICE_DATA_LIMIT_BYTES = 2 * 2**30  # 'auto' placement keeps smaller splits on device
 MOMENTUM_OF = {'sgd': lambda o: 0.0, 'momentum': lambda o: o.momentum,
@@ -60,8 +63,14 @@ def _sgd_noise_scale(config: config_lib.Config, learning_rate: float, batch_size
 class _Evaluator:
   """Loss and accuracy over every example of a split, once each."""
 
+  _eval_steps: dict = {}  # compiled once per model config, shared by a sweep's trials
+
   def __init__(self, model, config, mesh, data_dir, placement_on_device: bool):
-    self.eval_step = make_eval_step(model)
+    key = (json.dumps(config_lib.to_dict(config)['model'], sort_keys=True), config.data.name,
+           tuple(d.id for d in mesh.devices.flat))
+    if key not in self._eval_steps:
+      self._eval_steps[key] = make_eval_step(model)
+    self.eval_step = self._eval_steps[key]
     self.mesh = mesh
     self.splits = {'eval': _eval_split(config)}
     if config.train.eval_on_train:
@@ -108,8 +117,14 @@ def _branch_from(init_from: str, state: TrainState, config: config_lib.Config) -
   if (source.config.model != config.model):
     raise config_lib.ConfigError(f'train.init_from={init_from!r}: that run trains a different '
                                  'model; branching needs the same model config')
+  # The checkpoint holds the source's noise-scale state and metric sums, whose structure
+  # follows the source's train.noise_scale; restore onto that structure (both are reset below).
+  source_noise = source.config.train.noise_scale
+  like = state.replace(
+      noise_scale=noise_scale_lib.NoiseScaleState.zeros() if source_noise else None,
+      metric_sums=jnp.asarray(zero_metric_sums(source_noise)))
   restored, _ = Checkpoints(pathlib.Path(source_dir) / 'checkpoints', read_only=True).restore(
-      step, state) if source.config.optim.name == config.optim.name else (None, None)
+      step, like) if source.config.optim.name == config.optim.name else (None, None)
   if restored is None:
     params, model_state, _ = source.restore(step)
     put = lambda tree, like: jax.tree.map(lambda a, b: jax.device_put(a, b.sharding), tree, like)
@@ -184,7 +199,12 @@ def setup(config: config_lib.Config) -> Setup:
   else:
     source = data_lib.random_access_source(d.name, d.train_split, d.data_dir, d.download)
     num_train = len(source)
-  plan = make_plan(config, mesh.devices.size, num_train, jax.default_backend())
+  # train.micro_batch_size='auto' is resolved from the compiled step's memory analysis;
+  # config.json keeps 'auto' so that resuming sees the same config.
+  plan_config = resolve_auto_micro_batch(config, mesh.devices.size, info.input_shape,
+                                         info.num_classes, num_train_examples=num_train,
+                                         on_device=on_device)
+  plan = make_plan(plan_config, mesh.devices.size, num_train, jax.default_backend())
   model = models_lib.build_model(
       config.model.name, num_classes=info.num_classes, options=config.model.options,
       dtype=jnp.dtype(config.model.dtype), batch_norm_axis_name=batch_norm_axis_name(mesh))
@@ -246,12 +266,16 @@ class TrialRecorder:
     t, plan = self.config.train, self.setup.plan
     sums = dict(zip(metric_names(t.noise_scale), sums.tolist()))
     count = max(sums.pop('steps'), 1.0)
+    noise_count = sums.pop('noise_steps', 0.0)
     mean_loss = self.last_loss = sums['loss'] / count
     diverged = not math.isfinite(mean_loss) or (t.max_loss is not None and mean_loss > t.max_loss)
     if write or diverged:
       position, batch = int(plan.examples_after_step[step]), plan.shape_at(step - 1).batch_size
       row = {'step': step, 'examples_seen': position, 'epoch': position / self.setup.num_train,
              'batch_size': batch, **{k: v / count for k, v in sums.items()}}
+      if noise_scale_state is not None:  # means over the steps that measured it
+        for name in ('grad_sq_estimate', 'trace_estimate'):
+          row[name] = sums[name] / noise_count if noise_count else math.nan
       row['sgd_noise_scale'] = _sgd_noise_scale(self.config, row['learning_rate'], batch,
                                                 self.setup.num_train)
       if noise_scale_state is not None:
@@ -312,6 +336,93 @@ class TrialRecorder:
     return load_run(self.workdir)
 
 
+_TRIAL_STEPS: dict = {}  # steps shared by the trials of a sweep in this process
+
+
+def trial_step(s: Setup, shape, packed: bool = False):
+  """(jitted step(state, hyper, ...), reference peak LR, compiled cache) for the trial key.
+
+  Trials that differ only in config.TRIAL_FIELDS reuse one compiled program; `hyper`
+  carries their learning-rate scale (relative to the reference peak), momentum and
+  data seed. With packed=True the step is vmapped over stacked trial states.
+  """
+  key = (config_lib.trial_key(s.config), shape, s.on_device, packed,
+         tuple(d.id for d in s.mesh.devices.flat))
+  if key not in _TRIAL_STEPS:
+    if len(_TRIAL_STEPS) >= 32:
+      _TRIAL_STEPS.pop(next(iter(_TRIAL_STEPS)))
+    t = s.config.train
+    update, arrangement = make_trial_update(
+        s.model, s.config.optim, s.lr_schedule, shape, s.mesh, noise_scale=t.noise_scale,
+        noise_scale_ema=t.noise_scale_ema, augment=s.augment)
+    if s.on_device:
+      update = gathered(update, arrangement, batch_sharded(s.mesh))
+    if packed:
+      update = jax.vmap(update, in_axes=(0, 0) + ((None, None, 0, None) if s.on_device else (None, None)))
+    # (jitted step, reference peak LR, its compiled executables by argument signature)
+    _TRIAL_STEPS[key] = (jax.jit(update, donate_argnums=0),
+                         scaled_learning_rate(s.config.optim, s.plan.initial_batch_size), {})
+  return _TRIAL_STEPS[key]
+
+
+def _abstract(tree):
+  return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding),
+                      tree)
+
+
+def compiled_trial_steps(s: Setup, shapes, state, config: config_lib.Config, *,
+                         packed_configs=None):
+  """[(compiled step, hyper)] for the shapes of a phase, compiled ahead of time.
+
+  hyper is the trial's (or, packed, the stacked trials') input to the shared step.
+  """
+  plan, mesh = s.plan, s.mesh
+  results = []
+  for shape in shapes:
+    step_fn, reference_peak, compiled = trial_step(s, shape, packed=packed_configs is not None)
+    if packed_configs is None:
+      hyper = hyperparameters(config, reference_peak, plan.initial_batch_size)
+    else:
+      hyper = np.stack([hyperparameters(c, reference_peak, plan.initial_batch_size)
+                        for c in packed_configs])
+    hyper = jax.device_put(hyper, replicated(mesh))
+    if s.on_device:
+      data = (s.train_arrays[0].shape, s.train_arrays[1].shape)
+      window = feed_lib.window_length(s.num_train, plan.max_batch_size)
+      windows = (len(packed_configs), window) if packed_configs is not None else (window,)
+      batch_args = (jax.ShapeDtypeStruct(data[0], jnp.float32, sharding=replicated(mesh)),
+                    jax.ShapeDtypeStruct(data[1], jnp.int32, sharding=replicated(mesh)),
+                    jax.ShapeDtypeStruct(windows, jnp.int32, sharding=replicated(mesh)),
+                    jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated(mesh)))
+    else:
+      batch_args = (jax.ShapeDtypeStruct((shape.batch_size, *s.info.input_shape), jnp.float32,
+                                         sharding=batch_sharded(mesh)),
+                    jax.ShapeDtypeStruct((shape.batch_size,), jnp.int32,
+                                         sharding=batch_sharded(mesh)))
+    abstract = (_abstract(state), _abstract(hyper), *batch_args)
+    signature = (str(jax.tree.structure(abstract)),
+                 tuple((a.shape, str(a.dtype)) for a in jax.tree.leaves(abstract)))
+    if signature not in compiled:
+      compiled[signature] = step_fn.lower(*abstract).compile()
+    results.append((compiled[signature], hyper))
+  return results
+
+
+def initial_state(s: Setup, seed: int) -> TrainState:
+  """The freshly initialised state of a trial of `s.config` (compiled once per sweep)."""
+  sample_x = jnp.zeros((1, *s.info.input_shape), jnp.float32)
+  key = (config_lib.trial_key(s.config), tuple(d.id for d in s.mesh.devices.flat))
+  return init_train_state(s.model, s.optimizer, sample_x, seed=seed, mesh=s.mesh,
+                          noise_scale=s.config.train.noise_scale, cache_key=key)
+
+
+def hyperparameters(config: config_lib.Config, reference_peak: float, batch_size: int):
+  t = config.train
+  return trial_hyperparameters(scaled_learning_rate(config.optim, batch_size) / reference_peak,
+                               config.optim.momentum,
+                               t.seed if t.data_seed is None else t.data_seed)
+
+
 def _sync_every_step(config: config_lib.Config, mesh) -> bool:
   if config.train.sync_every_step is not None:
     return config.train.sync_every_step
@@ -331,13 +442,9 @@ def train(config: config_lib.Config, workdir: str | pathlib.Path | None = None, 
   s = setup(config)
   t, plan, mesh = config.train, s.plan, s.mesh
   data_seed = t.seed if t.data_seed is None else t.data_seed
-  sample_x = jnp.zeros((1, *s.info.input_shape), jnp.float32)
   trial = TrialRecorder(config, workdir, s)
-  state = trial.resume(init_train_state(s.model, s.optimizer, sample_x, seed=t.seed, mesh=mesh,
-                                        noise_scale=t.noise_scale))
+  state = trial.resume(initial_state(s, t.seed))
   start_step, start_examples = (int(v) for v in jax.device_get(state.counters))
-  step_options = dict(noise_scale=t.noise_scale, noise_scale_ema=t.noise_scale_ema,
-                      data_seed=data_seed, augment=s.augment)
   if s.on_device:
     device_feed = feed_lib.DeviceFeed(*s.train_arrays, mesh, seed=data_seed,
                                       max_batch_size=plan.max_batch_size)
@@ -360,19 +467,16 @@ def train(config: config_lib.Config, workdir: str | pathlib.Path | None = None, 
     event_index = 0
     stop = False
     while step < plan.total_steps and not stop:
-      shape = plan.shape_at(step)
-      step_fn = make_train_step(s.model, s.optimizer, s.lr_schedule, shape, mesh,
-                                on_device_data=s.on_device, **step_options)
-      phase_end = plan.next_phase_step(step)
-      batch = shape.batch_size
-      position = int(plan.examples_after_step[step])
-      # The first step of a shape compiles it: time it apart from throughput.
+      # Each shape of the phase compiles ahead of time, timed apart from throughput.
       tic = time.perf_counter()
-      args = device_feed.step_args(position, batch) if s.on_device else host_feed.next()
-      state, _ = step_fn(state, *args)
-      state.counters.block_until_ready()
+      step_fns = compiled_trial_steps(s, plan.shapes_of_phase(step), state, config)
       compile_time += time.perf_counter() - tic
-      step, position = step + 1, position + batch
+      measuring_fn, plain_fn = step_fns[0][0], step_fns[-1][0]
+      hyper = step_fns[0][1]
+      noise_every = plan.noise_scale_every
+      phase_end = plan.next_phase_step(step)
+      batch = plan.shape_at(step).batch_size
+      position = int(plan.examples_after_step[step])
       interval_start = time.perf_counter()
       while True:
         next_event = events[event_index] if event_index < len(events) else plan.total_steps
@@ -412,7 +516,7 @@ def train(config: config_lib.Config, workdir: str | pathlib.Path | None = None, 
           args = device_feed.step_args(position, batch)
         else:
           args = host_feed.next()
-        state, _ = step_fn(state, *args)
+        state, _ = (plain_fn if step % noise_every else measuring_fn)(state, hyper, *args)
         if sync_every_step:
           state.counters.block_until_ready()
         step, position = step + 1, position + batch

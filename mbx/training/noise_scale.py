@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import jax.numpy as jnp
+import numpy as np
 
 
 def two_batch_estimates(sq_norm_small, sq_norm_big, batch_small, batch_big):
@@ -58,3 +59,29 @@ def summarize(state: NoiseScaleState, decay: float) -> dict[str, jnp.ndarray]:
   grad_sq = state.grad_sq_ema / correction
   trace = state.trace_ema / correction
   return {'grad_sq': grad_sq, 'trace_sigma': trace, 'b_simple': trace / grad_sq}
+
+
+def run_average(log_steps, grad_sq_estimates, trace_estimates, until_step=None
+                ) -> dict[str, float]:
+  """B_simple over a whole run (or up to `until_step`) from its logged interval means.
+
+  `log_steps` and the two estimates are the `step`, `grad_sq_estimate` and
+  `trace_estimate` columns of train_metrics.jsonl (means over each log interval).
+  Each estimate is averaged over all steps, then the ratio is taken (McCandlish
+  et al. 2018, App. A.1). Rows after `until_step` are left out.
+  """
+  steps = np.asarray(log_steps, dtype=float)
+  grad_sq = np.asarray(grad_sq_estimates, dtype=float)
+  trace = np.asarray(trace_estimates, dtype=float)
+  order = np.argsort(steps)
+  steps, grad_sq, trace = steps[order], grad_sq[order], trace[order]
+  lengths = np.diff(np.concatenate([[0.0], steps]))
+  keep = np.isfinite(grad_sq) & np.isfinite(trace) & (lengths > 0)
+  if until_step is not None:
+    keep &= steps <= until_step
+  if not keep.any():
+    return {'grad_sq': float('nan'), 'trace_sigma': float('nan'), 'b_simple': float('nan')}
+  weights = lengths[keep] / lengths[keep].sum()
+  mean_grad_sq, mean_trace = float(weights @ grad_sq[keep]), float(weights @ trace[keep])
+  return {'grad_sq': mean_grad_sq, 'trace_sigma': mean_trace,
+          'b_simple': mean_trace / mean_grad_sq}

@@ -15,7 +15,6 @@ run one after the other with `mbx.train`.
 """
 from __future__ import annotations
 
-import dataclasses
 import pathlib
 import sys
 import time
@@ -27,24 +26,16 @@ import numpy as np
 
 from mbx import config as config_lib
 from mbx.data.example_order import order_window
-from mbx.optim import build_optimizer, scaled_learning_rate
 from mbx.training import loop
 from mbx.training.records import Run
-from mbx.training.step import init_train_state, make_update, replicated, zero_metric_sums
+from mbx.training.step import replicated, zero_metric_sums
 
-# The fields in which packed trials may differ.
-PACKABLE_FIELDS = (('optim', 'learning_rate'), ('optim', 'momentum'), ('train', 'seed'),
-                   ('train', 'data_seed'))
+PACKABLE_FIELDS = tuple(f for f in config_lib.TRIAL_FIELDS if f[1] is not None)
 
 
 def pack_key(config: config_lib.Config) -> str:
   """Trials with equal keys can share one packed program."""
-  defaults = config_lib.Config()
-  blank = config
-  for section, field in PACKABLE_FIELDS:
-    blank = dataclasses.replace(blank, **{section: dataclasses.replace(
-        getattr(blank, section), **{field: getattr(getattr(defaults, section), field)})})
-  return config_lib.config_hash(dataclasses.replace(blank, name=''))
+  return config_lib.trial_key(config)
 
 
 def _data_seed(config: config_lib.Config) -> int:
@@ -57,36 +48,6 @@ def _stack(trees):
 
 def _slice(tree, index: int):
   return jax.tree.map(lambda leaf: leaf[index], tree)
-
-
-def make_packed_step(s: loop.Setup, configs: Sequence[config_lib.Config]):
-  """A jitted step over stacked states: each trial with its own LR, momentum, data order.
-
-  step(states, hyper, train_x, train_y, windows, window_start) -> (states, metrics[K, M]).
-  """
-  reference = configs[0]
-  t = reference.train
-  shape = s.plan.phases[0][1]
-
-  def one_trial(state, hyper, train_x, train_y, window_indices, window_start):
-    optimizer = build_optimizer(dataclasses.replace(reference.optim, momentum=hyper['momentum']))
-    schedule = lambda examples: hyper['lr_scale'] * s.lr_schedule(examples)
-    update, arrangement = make_update(
-        s.model, optimizer, schedule, shape, s.mesh, noise_scale=t.noise_scale,
-        noise_scale_ema=t.noise_scale_ema, data_seed=hyper['data_seed'], augment=s.augment)
-    positions = state.examples_seen - window_start + jnp.asarray(arrangement)
-    indices = window_indices[positions]
-    return update(state, train_x[indices], train_y[indices])
-
-  return jax.jit(jax.vmap(one_trial, in_axes=(0, 0, None, None, 0, None)), donate_argnums=0)
-
-
-def _hyperparameters(configs: Sequence[config_lib.Config], batch_size: int) -> dict:
-  peak = scaled_learning_rate(configs[0].optim, batch_size)
-  return {'lr_scale': jnp.asarray([scaled_learning_rate(c.optim, batch_size) / peak
-                                   for c in configs], jnp.float32),
-          'momentum': jnp.asarray([c.optim.momentum for c in configs], jnp.float32),
-          'data_seed': jnp.asarray([_data_seed(c) for c in configs], jnp.int32)}
 
 
 def _sequential(configs, workdirs, quiet) -> list[Run]:
@@ -122,10 +83,8 @@ def _train_pack(configs, workdirs, quiet) -> list[Run]:
   if not s.on_device or len(s.plan.phases) > 1:
     return _sequential(configs, workdirs, quiet)
   t, plan, mesh = configs[0].train, s.plan, s.mesh
-  sample_x = jnp.zeros((1, *s.info.input_shape), jnp.float32)
   trials = [loop.TrialRecorder(c, w, s) for c, w in zip(configs, workdirs)]
-  states = [trial.resume(init_train_state(s.model, s.optimizer, sample_x, seed=c.train.seed,
-                                          mesh=mesh, noise_scale=t.noise_scale))
+  states = [trial.resume(loop.initial_state(s, c.train.seed))
             for trial, c in zip(trials, configs)]
   counters = {tuple(int(v) for v in jax.device_get(state.counters)) for state in states}
   if len(counters) > 1 or any(trial.config.train.init_from for trial in trials):
@@ -135,9 +94,13 @@ def _train_pack(configs, workdirs, quiet) -> list[Run]:
   start_step, position = counters.pop()
   stacked = _stack(states)
   del states
-  batch = plan.phases[0][1].batch_size
-  hyper = _hyperparameters(configs, batch)
-  step_fn = make_packed_step(s, configs)
+  batch = plan.initial_batch_size
+  tic = time.perf_counter()
+  step_fns = loop.compiled_trial_steps(s, plan.shapes_of_phase(0), stacked, configs[0],
+                                       packed_configs=configs)
+  compile_time = time.perf_counter() - tic
+  measuring_fn, plain_fn, hyper = step_fns[0][0], step_fns[-1][0], step_fns[0][1]
+  noise_every = plan.noise_scale_every
   train_x, train_y = (jax.device_put(a, replicated(mesh)) for a in s.train_arrays)
   window = None
 
@@ -156,20 +119,15 @@ def _train_pack(configs, workdirs, quiet) -> list[Run]:
                   if e > start_step)
   sync_every_step = loop._sync_every_step(configs[0], mesh)  # pylint: disable=protected-access
   step = start_step
-  compile_time = 0.0
   interval_steps, interval_examples, time_since_log = 0, 0, 0.0
   try:
     if step == 0 and 0 in plan.eval_steps:
       for k in active:
         trials[k].evaluate(0, _slice(stacked.params, k), _slice(stacked.model_state, k))
-    tic = time.perf_counter()
-    stacked, _ = step_fn(stacked, hyper, train_x, train_y, *window_args(position))
-    stacked.counters.block_until_ready()
-    compile_time = time.perf_counter() - tic
-    step, position = step + 1, position + batch
     interval_start = time.perf_counter()
     for next_event in events:
       while step < next_event:
+        step_fn = plain_fn if step % noise_every else measuring_fn
         stacked, _ = step_fn(stacked, hyper, train_x, train_y, *window_args(position))
         if sync_every_step:
           stacked.counters.block_until_ready()

@@ -22,6 +22,7 @@ class StepShape:
   batch_size: int          # global
   num_micro_batches: int   # looped inside the step, each spread over all devices
   accumulation: str        # 'unrolled' or 'scan'
+  measure_noise: bool = True  # with train.noise_scale: this step estimates B_simple
 
   @property
   def micro_batch_size(self) -> int:
@@ -39,6 +40,10 @@ class Plan:
   log_steps: frozenset[int]
   eval_steps: frozenset[int]       # 0 = before training
   checkpoint_steps: frozenset[int]
+  # With train.noise_scale, the steps in between measurements use these cheaper shapes
+  # (no extra split of the batch); step s measures when s % noise_scale_every == 0.
+  noise_scale_every: int = 1
+  plain_shapes: tuple[StepShape | None, ...] = ()  # per phase; None: every step measures
 
   @property
   def total_examples(self) -> int:
@@ -52,12 +57,19 @@ class Plan:
   def max_batch_size(self) -> int:
     return max(shape.batch_size for _, shape in self.phases)
 
+  def phase_index(self, step: int) -> int:
+    return max(i for i, (first_step, _) in enumerate(self.phases) if first_step <= step
+               or i == 0)
+
+  def shapes_of_phase(self, step: int) -> tuple[StepShape, ...]:
+    """The shapes the steps of `step`'s phase use (one, or two with sparse noise steps)."""
+    index = self.phase_index(step)
+    plain = self.plain_shapes[index] if self.plain_shapes else None
+    return (self.phases[index][1],) + ((plain,) if plain is not None else ())
+
   def shape_at(self, step: int) -> StepShape:
-    shape = self.phases[0][1]
-    for first_step, phase_shape in self.phases:
-      if first_step <= step:
-        shape = phase_shape
-    return shape
+    shapes = self.shapes_of_phase(step)
+    return shapes[1] if len(shapes) > 1 and step % self.noise_scale_every else shapes[0]
 
   def next_phase_step(self, step: int) -> int:
     later = [first for first, _ in self.phases if first > step]
@@ -78,6 +90,13 @@ def _batch_phases(config: Config, num_train_examples: int):
   return phases, decays
 
 
+def _ghost_batch_size(config: Config) -> int:
+  """Ghost BN needs per-device micro-batches that are multiples of this (else 1)."""
+  from mbx import models as models_lib  # pylint: disable=import-outside-toplevel
+  options = {**models_lib.model_options(config.model.name), **config.model.options}
+  return int(options['ghost_batch_size']) if options.get('norm') == 'ghost' else 1
+
+
 def _micro_batches(config: Config, batch_size: int, num_devices: int) -> int:
   t = config.train
   field = 'train.batch_size' if batch_size == t.batch_size else 'train.batch_size_factor'
@@ -85,6 +104,9 @@ def _micro_batches(config: Config, batch_size: int, num_devices: int) -> int:
     raise ConfigError(f'{field}: global batch {batch_size} is not divisible by the '
                       f'{num_devices} devices; use a multiple of {num_devices}')
   accumulation = 1
+  if t.micro_batch_size == 'auto':
+    raise ConfigError('train.micro_batch_size=auto: resolve it before planning '
+                      '(mbx.training.autobatch.resolve_auto_micro_batch)')
   if t.micro_batch_size is not None:
     if t.micro_batch_size % num_devices:
       raise ConfigError(f'train.micro_batch_size={t.micro_batch_size}: not divisible by '
@@ -94,11 +116,22 @@ def _micro_batches(config: Config, batch_size: int, num_devices: int) -> int:
                         f'the global batch {batch_size}')
     accumulation = batch_size // t.micro_batch_size
   elif t.max_device_batch_size is not None:
-    per_device = batch_size // num_devices
-    accumulation = next(k for k in range(1, per_device + 1)
-                        if per_device % k == 0 and per_device // k <= t.max_device_batch_size)
-  if not t.noise_scale:
-    return accumulation
+    per_device, ghost = batch_size // num_devices, _ghost_batch_size(config)
+    fits = [k for k in range(1, per_device + 1) if per_device % k == 0 and
+            per_device // k <= t.max_device_batch_size and (per_device // k) % ghost == 0]
+    if not fits:
+      raise ConfigError(f'train.max_device_batch_size={t.max_device_batch_size}: the '
+                        f'{per_device} examples per device cannot be split into equal '
+                        f'micro-batches of at most that size that are multiples of '
+                        f'model.options.ghost_batch_size={ghost}')
+    accumulation = fits[0]
+  return accumulation
+
+
+def _noise_micro_batches(config: Config, batch_size: int, num_devices: int,
+                         accumulation: int) -> int:
+  """Micro-batches per device for steps that estimate the noise scale (>= 2 groups)."""
+  t = config.train
   groups = t.noise_scale_groups or max(2, num_devices * accumulation)
   if groups % num_devices or (groups // num_devices) % accumulation:
     raise ConfigError(f'train.noise_scale_groups={groups}: must be a multiple of '
@@ -108,6 +141,31 @@ def _micro_batches(config: Config, batch_size: int, num_devices: int) -> int:
                       'cannot be split into that many equal groups (the noise scale needs '
                       'at least 2 groups, so batch_size >= 2)')
   return groups // num_devices
+
+
+def step_shape(config: Config, batch_size: int, num_devices: int,
+               backend: str = 'cpu', measure_noise: bool = True) -> StepShape:
+  """How a step of global batch `batch_size` runs: gradient accumulation switches on
+  when the per-device batch exceeds train.max_device_batch_size (or is fixed by
+  train.micro_batch_size); with train.noise_scale and measure_noise, the batch is
+  split into at least 2 groups. Raises ConfigError if the batch cannot be split."""
+  accumulation = _micro_batches(config, batch_size, num_devices)
+  micro = accumulation
+  if config.train.noise_scale and measure_noise:
+    micro = _noise_micro_batches(config, batch_size, num_devices, accumulation)
+  ghost = _ghost_batch_size(config)
+  if (batch_size // num_devices // micro) % ghost:
+    raise ConfigError(f'model.options.ghost_batch_size={ghost}: does not divide the '
+                      f'{batch_size // num_devices // micro} examples of each per-device '
+                      f'micro-batch (global batch {batch_size}, {num_devices} devices, '
+                      f'{micro} micro-batches); ghost BN statistics are per device')
+  mode = config.train.accumulation
+  if mode == 'auto':
+    # Accumulating to save memory needs a scan: XLA keeps the unrolled micro-batches'
+    # temporaries alive together. Splits made only for the noise scale are unrolled on
+    # CPU, whose loop bodies run far slower than straight-line code (MEASURED.md).
+    mode = 'unrolled' if backend == 'cpu' and accumulation == 1 and micro <= 32 else 'scan'
+  return StepShape(batch_size, micro, mode, measure_noise=config.train.noise_scale and measure_noise)
 
 
 def _event_steps(every: Duration | None, examples_after_step: np.ndarray,
@@ -123,6 +181,21 @@ def _event_steps(every: Duration | None, examples_after_step: np.ndarray,
   return set(np.searchsorted(examples_after_step, marks).tolist())
 
 
+def _lr_step_changes(config: Config, examples_after_step: np.ndarray, num_train_examples: int,
+                     lr_extra_decays) -> set[int]:
+  """Steps after which the LR of a 'step' schedule (or the hybrid's decays) changes."""
+  o, total_steps = config.optim, len(examples_after_step) - 1
+  marks = [at for at, _ in lr_extra_decays]
+  if o.schedule == 'step':
+    marks += [Duration(m, o.milestone_unit).to_examples(config.train.batch_size,
+                                                        num_train_examples)
+              for m in o.milestones]
+  # The LR is a function of the examples seen before a step (optim.schedules), so the
+  # first step at the new LR is the first one starting at or past the mark.
+  steps = np.searchsorted(examples_after_step, marks).tolist()
+  return {s for s in steps if 0 < s < total_steps}
+
+
 def make_plan(config: Config, num_devices: int, num_train_examples: int,
               backend: str = 'cpu') -> Plan:
   """Resolves batch phases, micro-batching and event steps; raises ConfigError."""
@@ -130,9 +203,14 @@ def make_plan(config: Config, num_devices: int, num_train_examples: int,
   phases, lr_extra_decays = _batch_phases(config, num_train_examples)
   for _, batch in phases:
     if batch > num_train_examples:
-      field = 'train.batch_size' if batch == t.batch_size else 'train.max_batch_size'
-      raise ConfigError(f'{field}: a global batch of {batch} exceeds the '
-                        f'{num_train_examples} training examples of {config.data.name}')
+      if batch == t.batch_size:
+        raise ConfigError(f'train.batch_size={batch}: exceeds the {num_train_examples} '
+                          f'training examples of {config.data.name}')
+      raise ConfigError(
+          f'train.batch_size_factor={t.batch_size_factor}: the batch-size schedule reaches '
+          f'a global batch of {batch}, more than the {num_train_examples} training examples '
+          f'of {config.data.name}; set train.max_batch_size (at most {num_train_examples}) '
+          'to decay the LR past it instead (Smith et al. 2018\'s hybrid)')
   duration = parse_duration(t.duration, 'train.duration')
 
   # Steps per phase: a phase's batch size applies to steps that start inside it.
@@ -160,12 +238,7 @@ def make_plan(config: Config, num_devices: int, num_train_examples: int,
   for batch, count in step_batches:
     if count == 0:
       continue
-    micro = _micro_batches(config, batch, num_devices)
-    mode = t.accumulation
-    if mode == 'auto':
-      # XLA:CPU runs loop bodies far slower than straight-line code (MEASURED.md).
-      mode = 'unrolled' if backend == 'cpu' and micro <= 32 else 'scan'
-    step_phases.append((first_step, StepShape(batch, micro, mode)))
+    step_phases.append((first_step, step_shape(config, batch, num_devices, backend)))
     first_step += count
 
   every = lambda text, name: parse_duration(text, name) if text is not None else None
@@ -178,9 +251,24 @@ def make_plan(config: Config, num_devices: int, num_train_examples: int,
         int(math.log(total_steps) / math.log(t.eval_growth)) + 2)) if s <= total_steps}
   checkpoint_steps = _event_steps(every(t.checkpoint_every, 'train.checkpoint_every'),
                                   examples_after_step, t.batch_size, num_train_examples)
+  # A log row averages over its interval; ending rows where the batch size or a step
+  # of the LR changes keeps each row's batch size, LR and noise scale g exact.
+  log_steps |= {first for first, _ in step_phases[1:]}
+  log_steps |= _lr_step_changes(config, examples_after_step, num_train_examples,
+                                lr_extra_decays)
+  noise_every, plain_shapes = 1, ()
+  if t.noise_scale:
+    plain_shapes = tuple(step_shape(config, shape.batch_size, num_devices, backend, False)
+                         for _, shape in step_phases)
+    splits_only_for_noise = any(plain.num_micro_batches != shape.num_micro_batches
+                                for plain, (_, shape) in zip(plain_shapes, step_phases))
+    noise_every = t.noise_scale_every or (10 if splits_only_for_noise else 1)
+    if noise_every == 1:
+      plain_shapes = ()
   final = {total_steps}
   return Plan(num_devices=num_devices, num_train_examples=num_train_examples,
               total_steps=total_steps, examples_after_step=examples_after_step,
               phases=tuple(step_phases), lr_extra_decays=tuple(lr_extra_decays),
               log_steps=frozenset(log_steps | final), eval_steps=frozenset(eval_steps | final),
-              checkpoint_steps=frozenset(checkpoint_steps | final))
+              checkpoint_steps=frozenset(checkpoint_steps | final),
+              noise_scale_every=noise_every, plain_shapes=plain_shapes)

@@ -26,7 +26,7 @@ from mbx.training.plan import StepShape
 DATA_AXIS = 'data'
 STEP_METRICS = ('loss', 'accuracy', 'grad_norm', 'update_norm', 'param_norm',
                 'learning_rate')
-NOISE_METRICS = ('grad_sq_estimate', 'trace_estimate')
+NOISE_METRICS = ('grad_sq_estimate', 'trace_estimate', 'noise_steps')
 # Small models: one concatenated vector per norm is far fewer XLA:CPU kernels than one
 # reduction per leaf; large ones: per-leaf sums avoid a params-sized copy.
 CONCAT_NORM_MAX_PARAMS = 2**20
@@ -81,19 +81,34 @@ def zero_metric_sums(noise_scale: bool) -> np.ndarray:
   return np.zeros(len(metric_names(noise_scale)), np.float32)
 
 
-def init_train_state(model, optimizer, sample_x, *, seed: int, mesh: Mesh,
-                     noise_scale: bool) -> TrainState:
-  """Initialises parameters from `seed` (whatever the device count), replicated."""
-  def init():
+_INIT_FNS: dict = {}  # jitted initialisations, shared by trials that differ only in seed
+
+
+def init_train_state(model, optimizer, sample_x, *, seed: int, mesh: Mesh, noise_scale: bool,
+                     cache_key=None) -> TrainState:
+  """Initialises parameters from `seed` (whatever the device count), replicated.
+
+  One jitted program: op-by-op initialisation differs in the last bit between
+  processes with different device counts, and some models (BatchNorm at small
+  batch) amplify that within a few steps. The seed is an input, so callers that
+  pass the same `cache_key` (same model, optimizer and mesh) compile it once.
+  """
+  def init(seed):
     variables = model.init(jax.random.key(seed), sample_x, train=False)
     params = variables['params']
-    model_state = {k: v for k, v in variables.items() if k != 'params'}
     return TrainState(
-        counters=jnp.zeros(2, jnp.int32), params=params, model_state=model_state,
+        counters=jnp.zeros(2, jnp.int32), params=params,
+        model_state={k: v for k, v in variables.items() if k != 'params'},
         opt_state=optimizer.init(params),
         noise_scale=noise_scale_lib.NoiseScaleState.zeros() if noise_scale else None,
         metric_sums=jnp.asarray(zero_metric_sums(noise_scale)))
-  return jax.jit(init, out_shardings=replicated(mesh))()
+  if cache_key is None:
+    return jax.jit(init, out_shardings=replicated(mesh))(seed)
+  if cache_key not in _INIT_FNS:
+    if len(_INIT_FNS) >= 16:
+      _INIT_FNS.pop(next(iter(_INIT_FNS)))
+    _INIT_FNS[cache_key] = jax.jit(init, out_shardings=replicated(mesh))
+  return _INIT_FNS[cache_key](seed)
 
 
 def cross_entropy(logits, labels):
@@ -165,7 +180,7 @@ def _sharded_gradients(model, shape: StepShape, mesh: Mesh, noise_scale: bool):
       key_j = jax.random.fold_in(key, device * num_micro + j)
       grads, model_state, loss, correct = micro_batch(params, model_state, xj, yj, key_j)
       grad_sum = jax.tree.map(jnp.add, grad_sum, grads)
-      if noise_scale:
+      if noise_scale and shape.measure_noise:
         group_sq_sum = group_sq_sum + _sum_sq(grads)
       return (grad_sum, model_state, loss_sum + loss, correct_sum + correct,
               group_sq_sum), None
@@ -224,13 +239,15 @@ def make_update(model, optimizer, lr_schedule: Callable, shape: StepShape, mesh:
     metrics = [stats['loss'], stats['accuracy'], jnp.sqrt(grad_sq),
                jnp.sqrt(_sum_sq(updates)), jnp.sqrt(_sum_sq(params)), learning_rate]
     noise_state = state.noise_scale
-    if noise_scale:
+    if noise_scale and shape.measure_noise:
       num_groups = mesh.devices.size * shape.num_micro_batches
       grad_sq_estimate, trace_estimate = noise_scale_lib.group_estimates(
           stats['mean_group_sq_norm'], grad_sq, shape.batch_size // num_groups, num_groups)
-      metrics += [grad_sq_estimate, trace_estimate]
+      metrics += [grad_sq_estimate, trace_estimate, 1.0]
       noise_state = noise_scale_lib.update(noise_state, grad_sq_estimate, trace_estimate,
                                            noise_scale_ema)
+    elif noise_scale:  # a step between measurements (train.noise_scale_every)
+      metrics += [0.0, 0.0, 0.0]
     metrics = jnp.stack([jnp.asarray(m, jnp.float32) for m in metrics] + [jnp.ones(())])
     new_state = TrainState(
         counters=state.counters + jnp.array([1, shape.batch_size], jnp.int32),
@@ -239,6 +256,17 @@ def make_update(model, optimizer, lr_schedule: Callable, shape: StepShape, mesh:
     return new_state, metrics
 
   return update, arrangement
+
+
+def gathered(update, arrangement, sharding):
+  """update(state, ..., x, y) -> step(state, ..., train_x, train_y, window_indices, window_start):
+  the batch is gathered on device from the split and the example-order window."""
+  def step(state, *args):
+    *leading, train_x, train_y, window_indices, window_start = args
+    positions = state.examples_seen - window_start + jnp.asarray(arrangement)
+    indices = jax.lax.with_sharding_constraint(window_indices[positions], sharding)
+    return update(state, *leading, train_x[indices], train_y[indices])
+  return step
 
 
 def make_train_step(model, optimizer, lr_schedule, shape: StepShape, mesh: Mesh, *,
@@ -250,16 +278,37 @@ def make_train_step(model, optimizer, lr_schedule, shape: StepShape, mesh: Mesh,
   Otherwise: step(state, x, y) with x, y already arranged and batch-sharded.
   """
   update, arrangement = make_update(model, optimizer, lr_schedule, shape, mesh, **options)
-  sharding = batch_sharded(mesh)
-  if not on_device_data:
-    return jax.jit(update, donate_argnums=0)
+  if on_device_data:
+    update = gathered(update, arrangement, batch_sharded(mesh))
+  return jax.jit(update, donate_argnums=0)
 
-  def step(state, train_x, train_y, window_indices, window_start):
-    positions = state.examples_seen - window_start + jnp.asarray(arrangement)
-    indices = jax.lax.with_sharding_constraint(window_indices[positions], sharding)
-    return update(state, train_x[indices], train_y[indices])
 
-  return jax.jit(step, donate_argnums=0)
+def trial_hyperparameters(learning_rate_scale: float, momentum: float, data_seed: int):
+  """The per-trial inputs of `make_trial_update`, as one float32 vector (one buffer)."""
+  if not 0 <= data_seed < 2**24:
+    raise ValueError(f'train.data_seed={data_seed}: must be in [0, 2^24) (exact in float32)')
+  return np.asarray([learning_rate_scale, momentum, data_seed], np.float32)
+
+
+def make_trial_update(model, optim_config, lr_schedule, shape: StepShape, mesh: Mesh, *,
+                      noise_scale: bool, noise_scale_ema: float, augment: Callable | None):
+  """update(state, hyper, x, y) for every trial that differs only in peak learning rate,
+  momentum and data seed, given as `hyper` (see trial_hyperparameters): one compiled
+  program then serves a whole sweep, and vmapping it packs trials (packed.py)."""
+  import dataclasses  # pylint: disable=import-outside-toplevel
+  from mbx.optim import build_optimizer  # pylint: disable=import-outside-toplevel
+
+  def update(state, hyper, x, y):
+    optimizer = build_optimizer(dataclasses.replace(optim_config, momentum=hyper[1]))
+    schedule = lambda examples: hyper[0] * lr_schedule(examples)
+    trial_update, _ = make_update(model, optimizer, schedule, shape, mesh,
+                                  noise_scale=noise_scale, noise_scale_ema=noise_scale_ema,
+                                  data_seed=hyper[2].astype(jnp.int32), augment=augment)
+    return trial_update(state, x, y)
+
+  arrangement = device_major_arrangement(shape.batch_size, mesh.devices.size,
+                                         shape.num_micro_batches)
+  return update, arrangement
 
 
 def make_eval_step(model):
