@@ -1,0 +1,1 @@
+"""Figures (matplotlib) from sweep tables and analysis results."""

@@ -1,0 +1,162 @@
+"""`mbx sweep`, `mbx analyze cbs` and `mbx analyze local-cbs`.
+
+    mbx sweep --config configs/cbs_mnist1d_cnn.py [--sweep-dir DIR] [--worker i --num-workers n]
+    mbx analyze cbs sweeps/cbs_mnist1d_cnn            # tables + figures in <sweep>/analysis
+    mbx analyze local-cbs RUN_DIR --step 400 --factors 1,2,4,8,16
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+
+
+def add_parser(subparsers) -> None:
+  parser = subparsers.add_parser(
+      'sweep', help='run a batch-size sweep (re-run to resume; split with --worker)',
+      description='Trains every trial of a sweep config (configs/<study>.py defining '
+                  'get_sweep()) as a run directory under SWEEP_DIR/trials, skipping '
+                  'finished ones, and writes SWEEP_DIR/trials.csv.')
+  parser.add_argument('--config', required=True, help='configs/<study>.py with get_sweep()')
+  parser.add_argument('--sweep-dir', default=None, help='default: sweeps/<sweep name>')
+  parser.add_argument('--worker', type=int, default=0, help='this worker, 0-based '
+                      '(e.g. $SLURM_ARRAY_TASK_ID)')
+  parser.add_argument('--num-workers', type=int, default=1, help='workers sharing the sweep')
+  parser.add_argument('--pack', action=argparse.BooleanOptionalAction, default=None,
+                      help='train trials that share a pack key as one program '
+                           '(default: the sweep config\'s `pack`)')
+  parser.add_argument('--no-compilation-cache', action='store_true',
+                      help="don't use JAX's persistent compilation cache in SWEEP_DIR/jax_cache")
+  parser.add_argument('--list', action='store_true',
+                      help="print this worker's trials and their status; train nothing")
+  parser.add_argument('overrides', nargs='*',
+                      help='sweep.<field>=value (e.g. sweep.seeds=0,1) or section.field=value '
+                           'for the base config')
+  parser.set_defaults(run=_sweep)
+
+
+def _sweep(args) -> None:
+  from mbx.sweep import grid, runner  # pylint: disable=import-outside-toplevel
+  sweep = grid.load_sweep(args.config, args.overrides)
+  sweep_dir = pathlib.Path(args.sweep_dir or pathlib.Path('sweeps') / sweep.name)
+  if args.list:
+    pack = sweep.pack if args.pack is None else args.pack
+    for unit in runner.assign(grid.expand(sweep), args.worker, args.num_workers, pack):
+      for trial in unit:
+        status = runner.read_status(runner.trial_dir(sweep_dir, trial)).get('status', 'pending')
+        print(f'{trial.id}\t{status}')
+    return
+  progress = runner.run_sweep(sweep, sweep_dir, worker=args.worker,
+                              num_workers=args.num_workers, pack=args.pack,
+                              compilation_cache=not args.no_compilation_cache)
+  table = runner.load_table(sweep_dir, refresh=False)
+  counts = runner.outcome_counts(table)
+  print(f'{sweep_dir}: worker {args.worker}/{args.num_workers} trained '
+        f'{len(progress.trained)}, skipped {len(progress.skipped)} finished and '
+        f'{len(progress.locked)} locked by another process, {len(progress.failed)} failed; '
+        f'sweep: {len(table)} trials, ' + ', '.join(f'{k} {v}' for k, v in counts.items()))
+  print(f'table: {sweep_dir / runner.TABLE_FILE}')
+  if progress.failed:
+    sys.exit(1)
+
+
+def add_analyze_parsers(subparsers) -> None:
+  cbs = subparsers.add_parser(
+      'cbs', help='critical batch size of a sweep: Shallue S(B), McCandlish fit, Zhang CBS',
+      description='Per batch size the minimum steps-to-target and best LR; the fit '
+                  'S = S_min (1 + B_crit / B) with a bootstrap interval; Zhang et al.\'s '
+                  '20%% CBS; the run-averaged noise scale; CSVs and figures.')
+  cbs.add_argument('sweep_dir')
+  cbs.add_argument('--out', default=None, help='default: SWEEP_DIR/analysis')
+  cbs.add_argument('--bootstrap', type=int, default=2000, help='bootstrap samples')
+  cbs.add_argument('--bootstrap-method', choices=('residuals', 'seeds'), default='residuals')
+  cbs.add_argument('--confidence', type=float, default=0.9)
+  cbs.add_argument('--no-figures', action='store_true')
+  cbs.set_defaults(run=_analyze_cbs)
+
+  local = subparsers.add_parser(
+      'local-cbs', help="Merrill et al. 2025's local critical batch size at a checkpoint",
+      description='Branches RUN_DIR at --step with k x B for each factor (LR scaled by the '
+                  'rule) on the same window of data; the local CBS is the largest k B whose '
+                  'final metric stays within --tolerance of k = 1.')
+  local.add_argument('run_dir')
+  local.add_argument('--step', type=int, required=True, help='a checkpointed step of RUN_DIR')
+  local.add_argument('--factors', default='1,2,4,8,16,32,64', help='comma-separated k')
+  local.add_argument('--window', default='2 epochs', help='data per branch, e.g. "8000 examples"')
+  local.add_argument('--lr-scaling', choices=('linear', 'sqrt', 'none'), default=None,
+                     help='default: linear for SGD-type, sqrt for Adam-type optimizers')
+  local.add_argument('--tolerance', type=float, default=0.01)
+  local.add_argument('--metric', default='eval_loss',
+                     choices=('eval_loss', 'eval_error', 'eval_accuracy', 'train_loss'))
+  local.add_argument('--seeds', default='0', help='comma-separated data seeds per branch')
+  local.add_argument('--workdir', default=None,
+                     help='branch runs (default RUN_DIR/local_cbs/step<N>)')
+  local.add_argument('--out', default=None, help='CSV/JSON/PNG here (default: the workdir)')
+  local.set_defaults(run=_analyze_local_cbs)
+
+
+def _analyze_cbs(args) -> None:
+  import pandas as pd  # pylint: disable=import-outside-toplevel
+
+  from mbx.sweep import critical_batch  # pylint: disable=import-outside-toplevel
+  analysis = critical_batch.analyze_sweep(args.sweep_dir, num_samples=args.bootstrap,
+                                          confidence=args.confidence,
+                                          bootstrap=args.bootstrap_method)
+  out = pathlib.Path(args.out or pathlib.Path(args.sweep_dir) / 'analysis')
+  out.mkdir(parents=True, exist_ok=True)
+  analysis.per_batch_size.to_csv(out / 'per_batch_size.csv', index=False)
+  analysis.summary.to_csv(out / 'cbs_summary.csv', index=False)
+  with pd.option_context('display.width', 160, 'display.max_columns', 20):
+    print(f'target: {analysis.target_metric} {analysis.target_value}')
+    print(analysis.per_batch_size[['optimizer', 'batch_size', 'steps_to_target',
+                                   'examples_to_target', 'learning_rate', 'momentum',
+                                   'num_reached', 'num_not_reached', 'num_infeasible',
+                                   'num_incomplete', 'b_simple']].to_string(index=False))
+  for _, row in analysis.summary.iterrows():
+    print(_summary_line(row, args.confidence))
+  if not args.no_figures:
+    from mbx.figures import critical_batch as figures  # pylint: disable=import-outside-toplevel
+    for path in figures.save_all(analysis, out):
+      print(f'figure: {path}')
+  print(f'tables: {out / "per_batch_size.csv"}, {out / "cbs_summary.csv"}')
+
+
+def _summary_line(row, confidence: float) -> str:
+  import math  # pylint: disable=import-outside-toplevel
+  text = f'{row["optimizer"]}: '
+  if 'b_crit' in row and not math.isnan(row.get('b_crit', math.nan)):
+    text += (f'B_crit = {row["b_crit"]:.1f} [{row["b_crit_lo"]:.1f}, {row["b_crit_hi"]:.1f}] '
+             f'({confidence:.0%} CI), S_min = {row["s_min"]:.1f} [{row["s_min_lo"]:.1f}, '
+             f'{row["s_min_hi"]:.1f}], E_min = {row["e_min"]:.4g} [{row["e_min_lo"]:.4g}, '
+             f'{row["e_min_hi"]:.4g}]; ')
+  else:
+    text += 'no fit (fewer than 3 batch sizes reached the target); '
+  text += f'Zhang 20% CBS = {row["zhang_cbs"]:.1f}'
+  if 'zhang_cbs_fit' in row and not math.isnan(row.get('zhang_cbs_fit', math.nan)):
+    text += f' (from the fit {row["zhang_cbs_fit"]:.1f})'
+  text += f'; run-averaged B_simple (median over B) = {row["b_simple_median"]:.1f}'
+  return text
+
+
+def _analyze_local_cbs(args) -> None:
+  from mbx.sweep import critical_batch  # pylint: disable=import-outside-toplevel
+  factors = [int(k) for k in args.factors.split(',') if k.strip()]
+  seeds = [int(s) for s in args.seeds.split(',') if s.strip()]
+  per_factor, summary = critical_batch.local_cbs(
+      args.run_dir, args.step, factors=factors, window=args.window,
+      lr_scaling=args.lr_scaling, tolerance=args.tolerance, metric=args.metric,
+      seeds=seeds, workdir=args.workdir)
+  out = pathlib.Path(args.out or args.workdir or
+                     pathlib.Path(args.run_dir) / 'local_cbs' / f'step{args.step}')
+  out.mkdir(parents=True, exist_ok=True)
+  per_factor.to_csv(out / 'local_cbs.csv', index=False)
+  (out / 'local_cbs.json').write_text(json.dumps(summary, indent=2) + '\n')
+  print(per_factor.to_string(index=False))
+  capped = ' (every factor tried stayed within tolerance: a lower bound)' if summary[
+      'capped'] else ''
+  print(f'local CBS at step {args.step} of {args.run_dir} (trained at B = '
+        f'{summary["batch_size"]}): {summary["local_cbs"]}{capped}')
+  from mbx.figures import critical_batch as figures  # pylint: disable=import-outside-toplevel
+  figures.local_cbs(per_factor, summary, out / 'local_cbs.png')
+  print(f'written: {out / "local_cbs.csv"}, {out / "local_cbs.json"}, {out / "local_cbs.png"}')

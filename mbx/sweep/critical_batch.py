@@ -1,0 +1,441 @@
+"""Critical batch size from a sweep, three ways, and the noise scale beside them.
+
+- Shallue et al. 2019 (arXiv 1811.03600): steps-to-result S(B) is the minimum
+  over the metaparameter search at each batch size. Here a search point's
+  steps are the mean over its seeds, and a point counts only if every seed
+  reached the target (a lucky seed cannot set the curve).
+- McCandlish et al. 2018 (arXiv 1812.06162, eq. 2.11): S(B) = S_min (1 + B_crit / B),
+  i.e. (S/S_min - 1)(E/E_min - 1) = 1 with E = B S and B_crit = E_min / S_min.
+  Fitted by least squares on log S (errors in steps are relative), with a
+  bootstrap confidence interval.
+- Zhang et al. 2024 (arXiv 2410.21676): the CBS is where steps-to-target exceed
+  perfect linear scaling by 20%, S(B) B / (S(B0) B0) = 1.2, B0 the smallest batch.
+- Merrill et al. 2025 (arXiv 2505.23971): the *local* CBS at a checkpoint, by
+  branching with k x B for a fixed amount of data (`local_cbs`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import pathlib
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+ZHANG_OVERHEAD = 0.2
+GROUP = ['optimizer', 'batch_size']
+SETTING = ['optimizer', 'batch_size', 'learning_rate', 'momentum']
+
+
+# ------------------------------------------------------------- Shallue S(B)
+def settings_table(table: pd.DataFrame) -> pd.DataFrame:
+  """One row per search point (optimizer, B, lr, momentum): steps averaged over seeds.
+
+  Incomplete trials are left out; a point reaches the target only if all its
+  finished seeds did (else its steps are inf), and is infeasible if any diverged.
+  """
+  finished = table[table['outcome'] != 'incomplete'].copy()
+  finished['momentum'] = finished['momentum'].astype(float).fillna(-1.0)  # groupby-able
+  finished['reached'] = finished['outcome'] == 'reached'
+  finished['steps'] = finished['steps_to_target'].astype(float).where(finished['reached'],
+                                                                      np.inf)
+  rows = []
+  for key, group in finished.groupby(SETTING, sort=True):
+    all_reached = bool(group['reached'].all())
+    rows.append({
+        **dict(zip(SETTING, key)),
+        'effective_learning_rate': float(group['effective_learning_rate'].iloc[0]),
+        'steps_to_target': float(group['steps'].mean()) if all_reached else np.inf,
+        'seed_steps': tuple(float(s) for s in group['steps']),
+        'num_seeds': len(group), 'all_reached': all_reached,
+        'infeasible': bool((group['outcome'] == 'infeasible').any()),
+        'b_simple': float(np.nanmedian(group['b_simple'])) if group['b_simple'].notna().any()
+        else np.nan})
+  settings = pd.DataFrame(rows)
+  if not settings.empty:
+    settings['momentum'] = settings['momentum'].where(settings['momentum'] >= 0)
+  return settings
+
+
+def steps_to_result(table: pd.DataFrame) -> pd.DataFrame:
+  """Shallue's S(B) per optimizer and batch size, with the best learning rate.
+
+  Columns: optimizer, batch_size, steps_to_target (inf if no point reached it),
+  examples_to_target, learning_rate, momentum, effective_learning_rate (of the
+  best point), seed_steps (its seeds), b_simple (its run-averaged noise scale),
+  and counts of trials by outcome.
+  """
+  settings = settings_table(table)
+  rows = []
+  for (optimizer, batch_size), group in table.groupby(GROUP, sort=True):
+    counts = group['outcome'].value_counts()
+    row = {'optimizer': optimizer, 'batch_size': int(batch_size),
+           'num_trials': len(group), 'num_reached': int(counts.get('reached', 0)),
+           'num_not_reached': int(counts.get('not_reached', 0)),
+           'num_infeasible': int(counts.get('infeasible', 0)),
+           'num_incomplete': int(counts.get('incomplete', 0)),
+           'steps_to_target': np.inf, 'examples_to_target': np.inf,
+           'learning_rate': np.nan, 'momentum': np.nan, 'effective_learning_rate': np.nan,
+           'seed_steps': (), 'b_simple': np.nan}
+    points = settings[(settings['optimizer'] == optimizer) &
+                      (settings['batch_size'] == batch_size)] if not settings.empty else settings
+    if len(points) and np.isfinite(points['steps_to_target']).any():
+      best = points.loc[points['steps_to_target'].idxmin()]
+      row.update(steps_to_target=float(best['steps_to_target']),
+                 examples_to_target=float(best['steps_to_target']) * int(batch_size),
+                 learning_rate=best['learning_rate'], momentum=best['momentum'],
+                 effective_learning_rate=best['effective_learning_rate'],
+                 seed_steps=best['seed_steps'], b_simple=best['b_simple'])
+    rows.append(row)
+  return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------ McCandlish fit
+@dataclasses.dataclass(frozen=True)
+class ParetoFit:
+  """S(B) = S_min (1 + B_crit / B) with bootstrap percentile intervals."""
+  s_min: float
+  e_min: float
+  b_crit: float
+  s_min_ci: tuple[float, float]
+  e_min_ci: tuple[float, float]
+  b_crit_ci: tuple[float, float]
+  confidence: float
+  num_points: int
+  rms_log_residual: float
+  samples: np.ndarray = dataclasses.field(repr=False)  # (R, 2): bootstrap S_min, E_min
+
+  def steps(self, batch_size) -> np.ndarray:
+    return self.s_min + self.e_min / np.asarray(batch_size, dtype=float)
+
+  def band(self, batch_size, confidence: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Pointwise bootstrap interval of the fitted S(B)."""
+    level = self.confidence if confidence is None else confidence
+    b = np.asarray(batch_size, dtype=float)
+    curves = self.samples[:, :1] + self.samples[:, 1:] / b[None, :]
+    q = (1 - level) / 2
+    return np.quantile(curves, q, axis=0), np.quantile(curves, 1 - q, axis=0)
+
+
+def _fit_log_least_squares(batch_sizes: np.ndarray, steps: np.ndarray,
+                           iterations: int = 200) -> np.ndarray:
+  """Minimises sum (log S - log(S_min + E_min / B))^2 for each row of `steps`.
+
+  batch_sizes (n,), steps (R, n) with NaN for missing points -> (R, 2) [S_min, E_min].
+  Levenberg-Marquardt on (log S_min, log E_min), vectorised over rows; starts from
+  the least-squares line S = S_min + E_min / B weighted by 1 / S^2.
+  """
+  steps = np.atleast_2d(np.asarray(steps, dtype=float))
+  mask = np.isfinite(steps) & (steps > 0)
+  log_s = np.where(mask, np.log(np.where(mask, steps, 1.0)), 0.0)
+  inv_b = 1.0 / np.asarray(batch_sizes, dtype=float)
+  log_b = np.log(np.asarray(batch_sizes, dtype=float))
+  # Start: weighted linear least squares, clipped to positive values.
+  w = np.where(mask, 1.0 / np.where(mask, steps, 1.0), 0.0)  # 1/S: relative residuals
+  a11, a12, a22 = (w**2).sum(1), (w**2 * inv_b).sum(1), (w**2 * inv_b**2).sum(1)
+  s_w = np.where(mask, steps, 0.0) * w**2
+  r1, r2 = s_w.sum(1), (s_w * inv_b).sum(1)
+  det = a11 * a22 - a12**2
+  with np.errstate(divide='ignore', invalid='ignore'):
+    s_min0 = (a22 * r1 - a12 * r2) / det
+    e_min0 = (a11 * r2 - a12 * r1) / det
+  smallest = np.where(mask, steps, np.inf).min(1)
+  smallest_e = np.where(mask, steps * np.asarray(batch_sizes)[None, :], np.inf).min(1)
+  s_min0 = np.where(np.isfinite(s_min0) & (s_min0 > 0), s_min0, 0.5 * smallest)
+  e_min0 = np.where(np.isfinite(e_min0) & (e_min0 > 0), e_min0, 0.5 * smallest_e)
+  theta = np.stack([np.log(s_min0), np.log(e_min0)], 1)
+  damping = np.full(len(steps), 1e-3)
+
+  def residuals(theta):
+    pred = np.logaddexp(theta[:, :1], theta[:, 1:] - log_b[None, :])
+    return np.where(mask, log_s - pred, 0.0), pred
+
+  r, pred = residuals(theta)
+  cost = (r**2).sum(1)
+  for _ in range(iterations):
+    d_a = np.exp(theta[:, :1] - pred) * mask  # d pred / d log S_min
+    d_c = (1.0 - np.exp(theta[:, :1] - pred)) * mask
+    jtj = np.stack([np.stack([(d_a * d_a).sum(1), (d_a * d_c).sum(1)], -1),
+                    np.stack([(d_a * d_c).sum(1), (d_c * d_c).sum(1)], -1)], -2)
+    jtr = np.stack([(d_a * r).sum(1), (d_c * r).sum(1)], -1)
+    diag = np.diagonal(jtj, axis1=1, axis2=2)
+    lhs = jtj + (damping[:, None] * diag + 1e-12)[:, :, None] * np.eye(2)[None]
+    delta = np.linalg.solve(lhs, jtr[..., None])[..., 0]
+    new_theta = np.clip(theta + delta, -50, 50)
+    new_r, new_pred = residuals(new_theta)
+    new_cost = (new_r**2).sum(1)
+    better = new_cost < cost
+    theta = np.where(better[:, None], new_theta, theta)
+    r = np.where(better[:, None], new_r, r)
+    pred = np.where(better[:, None], new_pred, pred)
+    converged = np.abs(cost - new_cost) <= 1e-12 * (1 + cost)
+    cost = np.where(better, new_cost, cost)
+    damping = np.where(better, damping / 3, damping * 3)
+    if np.all(converged | (damping > 1e12)):
+      break
+  return np.exp(theta)
+
+
+def fit_steps(batch_sizes: Sequence[float], steps: Sequence[float]) -> tuple[float, float]:
+  """(S_min, E_min) of S(B) = S_min + E_min / B, least squares on log S."""
+  s_min, e_min = _fit_log_least_squares(np.asarray(batch_sizes), np.asarray(steps)[None])[0]
+  return float(s_min), float(e_min)
+
+
+def fit_pareto(batch_sizes: Sequence[float], steps: Sequence[float], *,
+               num_samples: int = 2000, confidence: float = 0.9, seed: int = 0,
+               samples: np.ndarray | None = None) -> ParetoFit:
+  """McCandlish's fit with a bootstrap interval for S_min, E_min and B_crit.
+
+  The bootstrap resamples the log-residuals of the fit (inflated by sqrt(n/(n-2))
+  for the two fitted parameters), adds them to the fitted curve and refits: it
+  works with one seed per point and captures all scatter around the model. Pass
+  `samples` (R, n) to refit given bootstrap curves instead (e.g. seed resampling).
+  """
+  b = np.asarray(batch_sizes, dtype=float)
+  s = np.asarray(steps, dtype=float)
+  keep = np.isfinite(s) & (s > 0)
+  if keep.sum() < 3:
+    raise ValueError(f'the fit needs steps-to-target at >= 3 batch sizes, got {keep.sum()}')
+  s_min, e_min = fit_steps(b[keep], s[keep])
+  log_residuals = np.log(s[keep]) - np.log(s_min + e_min / b[keep])
+  n = int(keep.sum())
+  if samples is None:
+    rng = np.random.default_rng(seed)
+    centred = (log_residuals - log_residuals.mean()) * math.sqrt(n / (n - 2)) if n > 2 else 0
+    draws = rng.choice(centred, size=(num_samples, n), replace=True)
+    samples = (s_min + e_min / b[keep])[None, :] * np.exp(draws)
+    fits = _fit_log_least_squares(b[keep], samples)
+  else:
+    fits = _fit_log_least_squares(b, np.asarray(samples, dtype=float))
+  q = (1 - confidence) / 2
+  interval = lambda values: (float(np.quantile(values, q)), float(np.quantile(values, 1 - q)))
+  return ParetoFit(s_min=s_min, e_min=e_min, b_crit=e_min / s_min,
+                   s_min_ci=interval(fits[:, 0]), e_min_ci=interval(fits[:, 1]),
+                   b_crit_ci=interval(fits[:, 1] / fits[:, 0]), confidence=confidence,
+                   num_points=n, rms_log_residual=float(np.sqrt(np.mean(log_residuals**2))),
+                   samples=fits)
+
+
+def seed_bootstrap_curves(settings: pd.DataFrame, batch_sizes: Sequence[int],
+                          num_samples: int = 2000, seed: int = 0) -> np.ndarray:
+  """(R, n) bootstrap S(B): each search point's seeds resampled, then the minimum per B."""
+  rng = np.random.default_rng(seed)
+  curves = np.full((num_samples, len(batch_sizes)), np.inf)
+  for j, batch_size in enumerate(batch_sizes):
+    for seed_steps in settings.loc[settings['batch_size'] == batch_size, 'seed_steps']:
+      values = np.asarray(seed_steps, dtype=float)
+      means = values[rng.integers(0, len(values), (num_samples, len(values)))].mean(1)
+      curves[:, j] = np.minimum(curves[:, j], means)
+  return np.where(np.isfinite(curves), curves, np.nan)
+
+
+# ---------------------------------------------------------------- Zhang CBS
+def zhang_cbs(batch_sizes: Sequence[float], steps: Sequence[float],
+              overhead: float = ZHANG_OVERHEAD) -> float:
+  """The B where S(B) B / (S(B0) B0) first reaches 1 + overhead, B0 the smallest B.
+
+  Interpolated linearly in (log B, log ratio) between the last batch size below and
+  the first at or above; inf if the curve never gets there, nan without data.
+  """
+  b = np.asarray(batch_sizes, dtype=float)
+  s = np.asarray(steps, dtype=float)
+  keep = np.isfinite(s) & (s > 0)
+  b, s = b[keep], s[keep]
+  if len(b) < 2:
+    return float('nan')
+  order = np.argsort(b)
+  b, s = b[order], s[order]
+  log_ratio = np.log(s * b / (s[0] * b[0]))
+  threshold = math.log1p(overhead)
+  above = np.nonzero(log_ratio >= threshold)[0]
+  if not len(above):
+    return float('inf')
+  i = above[0]
+  if i == 0:
+    return float(b[0])
+  x0, x1, y0, y1 = math.log(b[i - 1]), math.log(b[i]), log_ratio[i - 1], log_ratio[i]
+  frac = (threshold - y0) / (y1 - y0) if y1 != y0 else 1.0
+  return float(math.exp(x0 + min(max(frac, 0.0), 1.0) * (x1 - x0)))
+
+
+def zhang_cbs_of_fit(s_min: float, e_min: float, smallest_batch: float,
+                     overhead: float = ZHANG_OVERHEAD) -> float:
+  """Zhang's CBS on the fitted curve: E(B)/E(B0) = 1 + overhead <=> B = (1+o) B0 + o B_crit."""
+  return (1 + overhead) * smallest_batch + overhead * e_min / s_min
+
+
+# ------------------------------------------------------------- the analysis
+@dataclasses.dataclass
+class CriticalBatchAnalysis:
+  """Everything `mbx analyze cbs` reports; DataFrames for tables, fits for figures."""
+  trials: pd.DataFrame          # the sweep's trial table
+  settings: pd.DataFrame        # per search point, seeds averaged
+  per_batch_size: pd.DataFrame  # Shallue's S(B) and best LR, per optimizer
+  summary: pd.DataFrame         # one row per optimizer: fit, CIs, Zhang CBS, B_simple
+  fits: dict[str, ParetoFit]
+  target_metric: str | None = None
+  target_value: float | None = None
+
+
+def analyze(table: pd.DataFrame, *, num_samples: int = 2000, confidence: float = 0.9,
+            bootstrap: str = 'residuals', seed: int = 0) -> CriticalBatchAnalysis:
+  """Shallue per-B minimum, McCandlish fit with CI, Zhang CBS, B_simple, per optimizer.
+
+  bootstrap: 'residuals' (log-residuals of the fit; works with one seed) or 'seeds'
+  (each search point's seeds resampled, S(B) re-minimised; needs >= 2 seeds, and
+  with few seeds underestimates the spread by (n-1)/n).
+  """
+  settings = settings_table(table)
+  per_b = steps_to_result(table)
+  rows, fits = [], {}
+  for optimizer, group in per_b.groupby('optimizer', sort=True):
+    group = group.sort_values('batch_size')
+    b, s = group['batch_size'].to_numpy(float), group['steps_to_target'].to_numpy(float)
+    finite = np.isfinite(s)
+    row: dict[str, Any] = {
+        'optimizer': optimizer, 'num_batch_sizes': int(finite.sum()),
+        'smallest_batch_size': float(b[finite].min()) if finite.any() else np.nan,
+        'zhang_cbs': zhang_cbs(b, s)}
+    noise = group.loc[np.isfinite(group['b_simple']), 'b_simple']
+    row.update(b_simple_median=float(noise.median()) if len(noise) else np.nan,
+               b_simple_min=float(noise.min()) if len(noise) else np.nan,
+               b_simple_max=float(noise.max()) if len(noise) else np.nan)
+    if finite.sum() >= 3:
+      curves = None
+      if bootstrap == 'seeds':
+        curves = seed_bootstrap_curves(settings[settings['optimizer'] == optimizer],
+                                       list(group['batch_size']), num_samples, seed)
+      fit = fit_pareto(b, s, num_samples=num_samples, confidence=confidence, seed=seed,
+                       samples=curves)
+      fits[optimizer] = fit
+      zhang_samples = [zhang_cbs_of_fit(sm, em, row['smallest_batch_size'])
+                       for sm, em in fit.samples]
+      q = (1 - confidence) / 2
+      row.update(s_min=fit.s_min, s_min_lo=fit.s_min_ci[0], s_min_hi=fit.s_min_ci[1],
+                 e_min=fit.e_min, e_min_lo=fit.e_min_ci[0], e_min_hi=fit.e_min_ci[1],
+                 b_crit=fit.b_crit, b_crit_lo=fit.b_crit_ci[0], b_crit_hi=fit.b_crit_ci[1],
+                 rms_log_residual=fit.rms_log_residual,
+                 zhang_cbs_fit=zhang_cbs_of_fit(fit.s_min, fit.e_min,
+                                                row['smallest_batch_size']),
+                 zhang_cbs_fit_lo=float(np.quantile(zhang_samples, q)),
+                 zhang_cbs_fit_hi=float(np.quantile(zhang_samples, 1 - q)))
+      if np.isfinite(row['b_simple_median']):
+        row['b_crit_over_b_simple'] = fit.b_crit / row['b_simple_median']
+    rows.append(row)
+  return CriticalBatchAnalysis(trials=table, settings=settings, per_batch_size=per_b,
+                               summary=pd.DataFrame(rows), fits=fits,
+                               target_metric=table.attrs.get('target_metric'),
+                               target_value=table.attrs.get('target_value'))
+
+
+def analyze_sweep(sweep_dir: str | pathlib.Path, **options) -> CriticalBatchAnalysis:
+  """`analyze` on a sweep directory's trial table (rebuilt from its run directories)."""
+  from mbx.sweep.runner import load_table  # pylint: disable=import-outside-toplevel
+  return analyze(load_table(sweep_dir), **options)
+
+
+# ------------------------------------------------------------ local CBS
+LOCAL_CBS_METRICS = ('eval_loss', 'eval_error', 'eval_accuracy', 'train_loss')
+
+
+def _default_lr_scaling(optimizer: str) -> str:
+  """Linear for SGD-type updates (Goyal et al. 2017), sqrt for Adam-type (Malladi et al.
+  2022, Hoffer et al. 2017)."""
+  from mbx.sweep.grid import ADAM_FAMILY  # pylint: disable=import-outside-toplevel
+  return 'sqrt' if optimizer in ADAM_FAMILY else 'linear'
+
+
+def branch_configs(run_dir: str | pathlib.Path, step: int, factors: Sequence[int],
+                   window: str, lr_scaling: str | None = None, seeds: Sequence[int] = (0,)):
+  """[(factor, seed, config)] continuing `run_dir`'s checkpoint at `step` with factor x B.
+
+  Every branch sees the same amount of data (`window`, converted to examples at the
+  source batch size when given in steps); the LR is scaled by factor (linear),
+  sqrt(factor) or not at all.
+  """
+  from mbx import config as config_lib  # pylint: disable=import-outside-toplevel
+  from mbx.training.records import load_run  # pylint: disable=import-outside-toplevel
+  source = load_run(run_dir).config
+  batch = source.train.batch_size
+  duration = config_lib.parse_duration(window, 'window')
+  if duration.unit == 'steps':
+    window = f'{int(duration.amount) * batch} examples'
+  rule = lr_scaling or _default_lr_scaling(source.optim.name)
+  scale = {'linear': lambda k: k, 'sqrt': math.sqrt, 'none': lambda k: 1.0}[rule]
+  branches = []
+  for factor in factors:
+    for seed in seeds:
+      optim = dataclasses.replace(source.optim,
+                                  learning_rate=source.optim.learning_rate * scale(factor))
+      train = dataclasses.replace(
+          source.train, batch_size=batch * factor, duration=window, seed=source.train.seed,
+          data_seed=seed, init_from=f'{pathlib.Path(run_dir).absolute()}@{step}',
+          target_metric=None, target_value=None, stop_at_target=False, noise_scale=False,
+          eval_growth=None, eval_every=window, log_every=window, checkpoint_every=None,
+          keep_checkpoints=1, batch_size_milestones=(), micro_batch_size=None)
+      branches.append((factor, seed, dataclasses.replace(
+          source, optim=optim, train=train, name=f'{source.name}-branch{step}-k{factor}')))
+  return branches
+
+
+def local_cbs(run_dir: str | pathlib.Path, step: int, *, factors: Sequence[int] = (
+    1, 2, 4, 8, 16, 32, 64), window: str = '2 epochs', lr_scaling: str | None = None,
+              tolerance: float = 0.01, metric: str = 'eval_loss', seeds: Sequence[int] = (0,),
+              workdir: str | pathlib.Path | None = None, quiet: bool = True
+              ) -> tuple[pd.DataFrame, dict[str, Any]]:
+  """Merrill et al. 2025's local critical batch size at a checkpoint.
+
+  From `run_dir`'s checkpoint at `step` (trained at batch B), branches train with
+  k B for every k in `factors` (the LR scaled by `lr_scaling`), each on the same
+  `window` of data, with every seed in `seeds` (data order). The local CBS is the
+  largest k B such that every branch with k' <= k ends with `metric` (mean over
+  seeds) within `tolerance` of the k = 1 branch (above it for losses/errors, below
+  for accuracy). Branches are ordinary run directories under `workdir`
+  (default RUN_DIR/local_cbs/step<N>) and are reused when run again.
+
+  Returns (per-factor DataFrame, summary dict with 'local_cbs' and the inputs).
+  """
+  from mbx.data import dataset_info  # pylint: disable=import-outside-toplevel
+  from mbx.training.loop import train  # pylint: disable=import-outside-toplevel
+  from mbx.training.records import load_run  # pylint: disable=import-outside-toplevel
+  if metric not in LOCAL_CBS_METRICS:
+    raise ValueError(f'metric={metric!r}: allowed {LOCAL_CBS_METRICS}')
+  factors = sorted(set(int(k) for k in factors) | {1})
+  source = load_run(run_dir).config
+  info = dataset_info(source.data.name, source.data.data_dir)
+  num_train = info.num_examples[source.data.train_split.split('[')[0]]
+  factors = [k for k in factors if k * source.train.batch_size <= num_train]
+  workdir = pathlib.Path(workdir) if workdir else pathlib.Path(run_dir) / 'local_cbs' / f'step{step}'
+  rows = []
+  for factor, seed, config in branch_configs(run_dir, step, factors, window, lr_scaling, seeds):
+    run = train(config, workdir / f'k{factor:05d}-s{seed}', quiet=quiet)
+    if metric == 'train_loss':
+      value = float(run.train_metrics['loss'].iloc[-1]) if len(run.train_metrics) else np.nan
+    else:
+      value = float(run.eval_metrics[metric].iloc[-1]) if len(run.eval_metrics) else np.nan
+    if run.status.get('status') == 'diverged':
+      value = np.nan
+    rows.append({'factor': factor, 'batch_size': config.train.batch_size, 'seed': seed,
+                 'learning_rate': config.optim.learning_rate, 'steps': run.status.get('step'),
+                 'status': run.status.get('status'), metric: value})
+  per_run = pd.DataFrame(rows)
+  per_factor = per_run.groupby(['factor', 'batch_size', 'learning_rate'], as_index=False).agg(
+      value=(metric, 'mean'), std=(metric, 'std'), steps=('steps', 'first'),
+      diverged=('status', lambda s: bool((s == 'diverged').any())))
+  baseline = float(per_factor.loc[per_factor['factor'] == 1, 'value'].iloc[0])
+  sign = -1.0 if metric.endswith('accuracy') else 1.0
+  per_factor['excess'] = sign * (per_factor['value'] - baseline)
+  per_factor['within_tolerance'] = (per_factor['excess'] <= tolerance) & ~per_factor['diverged']
+  within = per_factor['within_tolerance'].to_numpy()
+  last = int(np.argmin(within)) - 1 if not within.all() else len(within) - 1
+  cbs = int(per_factor['batch_size'].iloc[max(last, 0)])
+  summary = {'local_cbs': cbs, 'step': step, 'batch_size': int(source.train.batch_size),
+             'metric': metric, 'tolerance': tolerance, 'window': window,
+             'lr_scaling': lr_scaling or _default_lr_scaling(source.optim.name),
+             'seeds': list(seeds), 'baseline': baseline, 'run_dir': str(run_dir),
+             'capped': bool(within.all())}
+  per_factor = per_factor.rename(columns={'value': metric, 'std': f'{metric}_std'})
+  return per_factor, summary

@@ -1,0 +1,334 @@
+"""Sweep grids: batch sizes x optimizers x learning-rate (and momentum) search x seeds.
+
+A sweep file `configs/<study>.py` defines `get_sweep()` returning a `SweepConfig`;
+`expand(sweep)` turns it into `Trial`s, each an ordinary mbx config. The search
+follows Shallue et al. 2019 (arXiv 1811.03600, Sec. 3.3): at every batch size an
+independent search over a log-scaled learning rate (a grid, or a quasi-random
+log-uniform sequence) and optionally 1 - momentum, log-scaled too. Since the best
+learning rate moves with the batch size, the search range can move with it:
+range(B) = range(reference) x (min(B, max_scaled_batch_size) / reference)^power.
+"""
+from __future__ import annotations
+
+import ast
+import dataclasses
+import hashlib
+import json
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from mbx import config as config_lib
+
+SAMPLINGS = ('grid', 'quasirandom')
+# Optimizers whose `momentum` field is heavy-ball momentum (effective LR = lr / (1 - m));
+# for the Adam family the searched 'momentum' is b1 and the LR is not rescaled by it.
+HEAVY_BALL = ('momentum', 'nesterov', 'lars')
+ADAM_FAMILY = ('adam', 'adamw', 'lamb')
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchSpace:
+  """The per-batch-size metaparameter search of one optimizer."""
+  optimizer: str
+  learning_rate: tuple[float, float]     # log range at reference_batch_size
+  num_learning_rates: int = 6            # per batch size (grid: per momentum value too)
+  sampling: str = 'grid'                 # 'grid': log-spaced, ends included; 'quasirandom'
+  lr_scaling_power: float = 0.0          # the range moves as B^power (1 linear, 0.5 sqrt)
+  reference_batch_size: int = 1
+  max_scaled_batch_size: int | None = None  # the range stops moving above this B
+  one_minus_momentum: tuple[float, float] | None = None  # searched, log scale; None: fixed
+  num_momenta: int = 1                   # grid sampling only
+  momentum: float | None = None          # fixed value; None: the base config's
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepConfig:
+  """A batch-size study: trials are batch sizes x search points x seeds, per optimizer."""
+  base: config_lib.Config
+  search: tuple[SearchSpace, ...]
+  batch_sizes: tuple[int, ...] = ()      # (): powers of two below the training set, and it
+  seeds: tuple[int, ...] = (0,)          # train.seed (initialisation and data order)
+  budget: str = '8000 steps'             # per trial: steps, epochs or examples
+  budgets: Mapping[int, str] = dataclasses.field(default_factory=dict)  # per batch size
+  target_metric: str = 'eval_accuracy'
+  target_value: float = 0.9
+  stop_at_target: bool = True            # False: run on to the budget
+  eval_growth: float | None = 1.05       # geometric evaluations (steps_to_target module)
+  noise_scale: bool = False              # log B_simple where the batch allows (B >= 2, even)
+  pack: bool = False                     # route trials sharing a pack_key through train_packed
+  search_seed: int = 0                   # the quasi-random sequence
+  name: str = 'sweep'
+
+
+@dataclasses.dataclass(frozen=True)
+class Trial:
+  """One point of the grid: its parameters, its id and its full config."""
+  optimizer: str
+  batch_size: int
+  learning_rate: float
+  momentum: float | None                 # heavy-ball momentum or Adam's b1; None for sgd
+  seed: int
+  budget: str
+  config: config_lib.Config
+
+  @property
+  def id(self) -> str:
+    """Readable and unique: parameters, then a hash of the whole resolved config."""
+    momentum = '' if self.momentum is None else f'-m{self.momentum:.4g}'
+    return (f'{self.optimizer}-b{self.batch_size:05d}-lr{self.learning_rate:.4e}{momentum}'
+            f'-s{self.seed}-{config_lib.config_hash(self.config)[:6]}')
+
+  @property
+  def effective_learning_rate(self) -> float:
+    """lr / (1 - momentum) for heavy-ball momentum (Shallue Sec. 3.2), else lr."""
+    if self.optimizer in HEAVY_BALL and self.momentum is not None:
+      return self.learning_rate / (1 - self.momentum)
+    return self.learning_rate
+
+  def row(self) -> dict[str, Any]:
+    return {'trial_id': self.id, 'optimizer': self.optimizer, 'batch_size': self.batch_size,
+            'learning_rate': self.learning_rate, 'momentum': self.momentum,
+            'effective_learning_rate': self.effective_learning_rate, 'seed': self.seed,
+            'budget': self.budget}
+
+
+# ------------------------------------------------------------------- search
+def default_batch_sizes(num_train_examples: int) -> tuple[int, ...]:
+  """1, 2, 4, ... below the training-set size, then the full batch."""
+  sizes = [2**i for i in range(int(math.log2(num_train_examples)) + 1)]
+  if sizes[-1] != num_train_examples:
+    sizes.append(num_train_examples)
+  return tuple(sizes)
+
+
+def _unit_points(space: SearchSpace, seed: int) -> np.ndarray:
+  """Points in [0, 1]^d (d = 1, or 2 with momentum), the same at every batch size."""
+  searched_momentum = space.one_minus_momentum is not None
+  if space.sampling == 'grid':
+    lrs = np.linspace(0, 1, space.num_learning_rates) if space.num_learning_rates > 1 else [0.5]
+    if not searched_momentum:
+      return np.asarray(lrs)[:, None]
+    ms = np.linspace(0, 1, space.num_momenta) if space.num_momenta > 1 else [0.5]
+    return np.array([(a, b) for a in lrs for b in ms])
+  from scipy.stats import qmc  # pylint: disable=import-outside-toplevel
+  dims = 2 if searched_momentum else 1
+  return qmc.Halton(d=dims, scramble=True, seed=seed).random(space.num_learning_rates)
+
+
+def _log_interpolate(bounds: tuple[float, float], u: float) -> float:
+  low, high = bounds
+  return float(math.exp(math.log(low) + u * (math.log(high) - math.log(low))))
+
+
+def search_points(space: SearchSpace, batch_size: int, base_momentum: float,
+                  seed: int = 0) -> list[tuple[float, float | None]]:
+  """(learning rate, momentum) pairs to try at `batch_size`; momentum None for sgd."""
+  scaled = batch_size if space.max_scaled_batch_size is None else min(
+      batch_size, space.max_scaled_batch_size)
+  factor = (scaled / space.reference_batch_size) ** space.lr_scaling_power
+  lr_range = (space.learning_rate[0] * factor, space.learning_rate[1] * factor)
+  points = []
+  for u in _unit_points(space, seed):
+    lr = float(f'{_log_interpolate(lr_range, u[0]):.6g}')  # ids and tables stay readable
+    if space.optimizer == 'sgd':
+      momentum = None
+    elif space.one_minus_momentum is not None:
+      momentum = float(f'{1 - _log_interpolate(space.one_minus_momentum, u[1]):.6g}')
+    else:
+      momentum = space.momentum if space.momentum is not None else base_momentum
+    points.append((lr, momentum))
+  return points
+
+
+# ------------------------------------------------------------------- trials
+def _replace(config: config_lib.Config, section: str, **fields) -> config_lib.Config:
+  return dataclasses.replace(config, **{section: dataclasses.replace(
+      getattr(config, section), **fields)})
+
+
+def noise_scale_fits(config: config_lib.Config, batch_size: int) -> bool:
+  """On one device the noise scale splits the batch into >= 2 equal groups."""
+  groups = config.train.noise_scale_groups or 2
+  return batch_size >= groups and batch_size % groups == 0
+
+
+def trial_config(sweep: SweepConfig, optimizer: str, batch_size: int, learning_rate: float,
+                 momentum: float | None, seed: int, budget: str) -> config_lib.Config:
+  config = sweep.base
+  optim = dict(name=optimizer, learning_rate=learning_rate)
+  if momentum is not None:
+    optim['b1' if optimizer in ADAM_FAMILY else 'momentum'] = momentum
+  config = _replace(config, 'optim', **optim)
+  train = dict(batch_size=batch_size, seed=seed, duration=budget,
+               target_metric=sweep.target_metric, target_value=sweep.target_value,
+               stop_at_target=sweep.stop_at_target,
+               noise_scale=sweep.noise_scale and noise_scale_fits(config, batch_size))
+  if sweep.eval_growth is not None:
+    train['eval_growth'] = sweep.eval_growth
+  config = _replace(config, 'train', **train)
+  return dataclasses.replace(config, name=f'{sweep.name}-{optimizer}-b{batch_size}')
+
+
+def resolved_batch_sizes(sweep: SweepConfig) -> tuple[int, ...]:
+  if sweep.batch_sizes:
+    return tuple(sweep.batch_sizes)
+  from mbx import data as data_lib  # pylint: disable=import-outside-toplevel
+  d = sweep.base.data
+  info = data_lib.dataset_info(d.name, d.data_dir)
+  return default_batch_sizes(info.num_examples[d.train_split.split('[')[0]])
+
+
+def expand(sweep: SweepConfig) -> list[Trial]:
+  """Every trial of the sweep in a fixed order (optimizer, batch size, search point, seed)."""
+  validate(sweep)
+  trials = []
+  for space in sweep.search:
+    base_momentum = (sweep.base.optim.b1 if space.optimizer in ADAM_FAMILY
+                     else sweep.base.optim.momentum)
+    for batch_size in resolved_batch_sizes(sweep):
+      budget = sweep.budgets.get(batch_size, sweep.budget)
+      for lr, momentum in search_points(space, batch_size, base_momentum, sweep.search_seed):
+        for seed in sweep.seeds:
+          config = trial_config(sweep, space.optimizer, batch_size, lr, momentum, seed, budget)
+          trials.append(Trial(space.optimizer, batch_size, lr, momentum, seed, budget, config))
+  ids = [t.id for t in trials]
+  if len(set(ids)) != len(ids):
+    duplicate = next(i for i in ids if ids.count(i) > 1)
+    raise config_lib.ConfigError(f'the sweep has the trial {duplicate} twice (repeated batch '
+                                 'sizes, seeds or search points?)')
+  return trials
+
+
+# --------------------------------------------------------------- validation
+def _check(condition: bool, field: str, value: Any, allowed: str) -> None:
+  if not condition:
+    raise config_lib.ConfigError(f'{field}={value!r}: {allowed}')
+
+
+def _check_choice(value: Any, choices: tuple[str, ...], field: str) -> None:
+  _check(value in choices, field, value, f'allowed: {", ".join(choices)}')
+
+
+def validate(sweep: SweepConfig) -> None:
+  """Checks the sweep's own fields; each trial's config is validated before it trains."""
+  _check(isinstance(sweep.base, config_lib.Config), 'sweep.base', type(sweep.base).__name__,
+         'must be an mbx.Config')
+  _check(len(sweep.search) > 0, 'sweep.search', sweep.search, 'needs at least one SearchSpace')
+  for i, space in enumerate(sweep.search):
+    field = f'sweep.search[{i}]'
+    _check_choice(space.optimizer, config_lib.OPTIMIZERS, f'{field}.optimizer')
+    low, high = space.learning_rate
+    _check(0 < low <= high, f'{field}.learning_rate', space.learning_rate,
+           'must be (low, high) with 0 < low <= high')
+    _check(space.num_learning_rates >= 1, f'{field}.num_learning_rates',
+           space.num_learning_rates, 'must be >= 1')
+    _check_choice(space.sampling, SAMPLINGS, f'{field}.sampling')
+    _check(space.reference_batch_size >= 1, f'{field}.reference_batch_size',
+           space.reference_batch_size, 'must be >= 1')
+    if space.one_minus_momentum is not None:
+      low, high = space.one_minus_momentum
+      _check(0 < low <= high <= 1, f'{field}.one_minus_momentum', space.one_minus_momentum,
+             'must be (low, high) with 0 < low <= high <= 1')
+      _check(space.optimizer != 'sgd', f'{field}.one_minus_momentum',
+             space.one_minus_momentum, 'plain sgd has no momentum; use momentum or nesterov')
+    _check(space.num_momenta >= 1, f'{field}.num_momenta', space.num_momenta, 'must be >= 1')
+  _check(all(isinstance(b, int) and b >= 1 for b in sweep.batch_sizes), 'sweep.batch_sizes',
+         sweep.batch_sizes, 'must be positive integers')
+  _check(len(sweep.seeds) > 0 and all(isinstance(s, int) and s >= 0 for s in sweep.seeds),
+         'sweep.seeds', sweep.seeds, 'must be non-negative integers (at least one)')
+  for text in (sweep.budget, *sweep.budgets.values()):
+    config_lib.parse_duration(text, 'sweep.budget')
+  _check_choice(sweep.target_metric, config_lib.TARGET_METRICS, 'sweep.target_metric')
+  if sweep.eval_growth is not None:
+    _check(sweep.eval_growth > 1, 'sweep.eval_growth', sweep.eval_growth, 'must be > 1')
+  _check(bool(sweep.name) and '/' not in sweep.name, 'sweep.name', sweep.name,
+         'must be a non-empty name without "/"')
+
+
+# ------------------------------------------------------------ serialisation
+def to_dict(sweep: SweepConfig) -> dict[str, Any]:
+  """JSON-ready; `from_dict(to_dict(s)) == s`."""
+  values = {f.name: getattr(sweep, f.name) for f in dataclasses.fields(sweep)}
+  values['base'] = config_lib.to_dict(sweep.base)
+  values['search'] = [dataclasses.asdict(s) for s in sweep.search]
+  values['budgets'] = {str(k): v for k, v in sorted(sweep.budgets.items())}
+  return json.loads(json.dumps(values))
+
+
+def from_dict(values: Mapping[str, Any]) -> SweepConfig:
+  values = dict(values)
+  values['base'] = config_lib.from_dict(values['base'])
+  values['search'] = tuple(SearchSpace(**{k: tuple(v) if isinstance(v, list) else v
+                                          for k, v in s.items()}) for s in values['search'])
+  values['budgets'] = {int(k): v for k, v in values.get('budgets', {}).items()}
+  for key in ('batch_sizes', 'seeds'):
+    values[key] = tuple(values.get(key, ()))
+  return SweepConfig(**values)
+
+
+def spec_hash(sweep: SweepConfig) -> str:
+  """Identity of the grid; `pack` only changes how trials run, not what they are."""
+  values = to_dict(sweep)
+  values.pop('pack')
+  return hashlib.sha1(json.dumps(values, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def apply_overrides(sweep: SweepConfig, overrides: list[str]) -> SweepConfig:
+  """'sweep.seeds=0,1' sets a sweep field; 'train.log_every=...' (any section) the base."""
+  base_overrides, values = [], to_dict(sweep)
+  for item in overrides:
+    key, sep, text = item.partition('=')
+    if not key.startswith('sweep.'):
+      base_overrides.append(item)
+      continue
+    field = key[len('sweep.'):]
+    allowed = {f.name for f in dataclasses.fields(SweepConfig)} - {'base', 'search', 'budgets'}
+    if not sep or field not in allowed:
+      raise config_lib.ConfigError(f'{key}: unknown sweep field; allowed: '
+                                   f'{", ".join(sorted(allowed))}')
+    value = text if field in ('budget', 'name', 'target_metric') else _literal(text)
+    if field in ('batch_sizes', 'seeds') and not isinstance(value, (tuple, list)):
+      value = (value,)
+    values[field] = value
+  sweep = from_dict(values)
+  if base_overrides:
+    sweep = dataclasses.replace(sweep, base=config_lib.apply_overrides(sweep.base,
+                                                                       base_overrides))
+  return sweep
+
+
+def _literal(text: str) -> Any:
+  """'0,1' -> (0, 1), 'true' -> True, '1e-3' -> 0.001, 'none' -> None."""
+  lowered = text.strip().lower()
+  if lowered in ('true', 'false', 'none', 'null'):
+    return {'true': True, 'false': False}.get(lowered)
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    return text
+
+
+def load_sweep(path, overrides: list[str] = ()) -> SweepConfig:
+  """Imports configs/<study>.py, calls get_sweep(), applies overrides."""
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  import pathlib  # pylint: disable=import-outside-toplevel
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise config_lib.ConfigError(f'--config {path}: no such file')
+  spec = importlib.util.spec_from_file_location(f'mbx_sweep_{path.stem}', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not hasattr(module, 'get_sweep'):
+    raise config_lib.ConfigError(f'--config {path}: defines no get_sweep()')
+  sweep = module.get_sweep()
+  if not isinstance(sweep, SweepConfig):
+    raise config_lib.ConfigError(f'--config {path}: get_sweep() must return '
+                                 'mbx.sweep.SweepConfig')
+  if sweep.name == 'sweep':
+    sweep = dataclasses.replace(sweep, name=path.stem)
+  sweep = apply_overrides(sweep, list(overrides))
+  validate(sweep)
+  return sweep

@@ -1,0 +1,325 @@
+"""Running a sweep: one ordinary run directory per trial, resumable, split over workers.
+
+    <sweep>/sweep.json          the grid spec (SweepConfig) and its trials, like Shallue
+                                et al.'s study.json
+    <sweep>/trials/<trial_id>/  each trial's run directory (config, status, metrics, checkpoints)
+    <sweep>/locks/<trial_id>    flock'ed by the process training that trial
+    <sweep>/trials.csv          the tidy table: one row per trial of the grid
+
+A trial's result is its run directory's status.json, which `mbx.train` replaces
+atomically; the table is derived from those files, so neither re-running nor
+concurrent workers can duplicate or lose a row. Trial ids come from the trial's
+parameters and a hash of its resolved config. Trials are dealt to workers
+round-robin in the grid's fixed order (`worker` of `num_workers`), so the split
+is a partition; with packing, whole pack groups are dealt. A worker skips trials
+whose status is done or diverged and resumes the rest from their last checkpoint.
+The per-trial flock (released by the kernel when its process dies, even on
+SIGKILL) stops two processes from ever training the same trial at once, should
+splits overlap.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import json
+import os
+import pathlib
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import pandas as pd
+
+from mbx import config as config_lib
+from mbx.sweep import grid as grid_lib
+from mbx.sweep import steps_to_target as stt
+from mbx.training import noise_scale as noise_scale_lib
+from mbx.training.records import read_jsonl, write_json_atomic
+
+SPEC_FILE = 'sweep.json'
+TABLE_FILE = 'trials.csv'
+TRIALS_DIR = 'trials'
+LOCKS_DIR = 'locks'
+FINISHED = ('done', 'diverged')
+# Shallue et al.'s trial statuses, refined: 'infeasible' = diverged.
+OUTCOMES = ('reached', 'not_reached', 'infeasible', 'incomplete')
+
+
+def trial_dir(sweep_dir: str | pathlib.Path, trial: grid_lib.Trial | str) -> pathlib.Path:
+  trial_id = trial if isinstance(trial, str) else trial.id
+  return pathlib.Path(sweep_dir) / TRIALS_DIR / trial_id
+
+
+def read_status(run_dir: pathlib.Path) -> dict[str, Any]:
+  path = run_dir / 'status.json'
+  try:
+    return json.loads(path.read_text())
+  except (FileNotFoundError, json.JSONDecodeError):
+    return {}
+
+
+def is_finished(sweep_dir, trial: grid_lib.Trial) -> bool:
+  return read_status(trial_dir(sweep_dir, trial)).get('status') in FINISHED
+
+
+# ---------------------------------------------------------------- the spec
+def write_spec(sweep_dir: pathlib.Path, sweep: grid_lib.SweepConfig,
+               trials: Sequence[grid_lib.Trial]) -> None:
+  """Writes sweep.json, or checks that the one there describes the same grid."""
+  path = sweep_dir / SPEC_FILE
+  spec = {'name': sweep.name, 'spec_hash': grid_lib.spec_hash(sweep),
+          'sweep': grid_lib.to_dict(sweep), 'trials': [t.row() for t in trials]}
+  if path.exists():
+    existing = json.loads(path.read_text())
+    if existing.get('spec_hash') != spec['spec_hash']:
+      raise config_lib.ConfigError(
+          f'{sweep_dir} holds a different sweep ({existing.get("name")!r}, spec '
+          f'{existing.get("spec_hash")}; this one is {spec["spec_hash"]}); use another '
+          '--sweep-dir (a changed grid is a new sweep; finished trials of the same '
+          'configs can be copied or linked into its trials/ folder)')
+    return
+  sweep_dir.mkdir(parents=True, exist_ok=True)
+  write_json_atomic(path, spec)
+
+
+def load_spec(sweep_dir: str | pathlib.Path) -> tuple[grid_lib.SweepConfig, list[dict]]:
+  path = pathlib.Path(sweep_dir) / SPEC_FILE
+  if not path.exists():
+    raise FileNotFoundError(f'{sweep_dir}: not a sweep directory (no {SPEC_FILE})')
+  spec = json.loads(path.read_text())
+  return grid_lib.from_dict(spec['sweep']), spec['trials']
+
+
+# ----------------------------------------------------------- worker split
+def assign(trials: Sequence[grid_lib.Trial], worker: int, num_workers: int,
+           pack: bool = False) -> list[list[grid_lib.Trial]]:
+  """This worker's share, as groups trained together (single trials unless packing).
+
+  Units (trials, or pack groups in order of first appearance) are dealt round-robin:
+  unit j goes to worker j mod num_workers, so the workers' shares partition the grid.
+  """
+  if not 0 <= worker < num_workers:
+    raise config_lib.ConfigError(f'--worker {worker}: must be in [0, --num-workers '
+                                 f'{num_workers})')
+  if pack:
+    from mbx.training.packed import pack_key  # pylint: disable=import-outside-toplevel
+    groups: dict[str, list[grid_lib.Trial]] = {}
+    for trial in trials:
+      groups.setdefault(pack_key(trial.config), []).append(trial)
+    units = list(groups.values())
+  else:
+    units = [[t] for t in trials]
+  return [unit for j, unit in enumerate(units) if j % num_workers == worker]
+
+
+@contextlib.contextmanager
+def _locks(sweep_dir: pathlib.Path, trials: Sequence[grid_lib.Trial]):
+  """Yields the trials whose lock this process could take (non-blocking flock)."""
+  lock_dir = sweep_dir / LOCKS_DIR
+  lock_dir.mkdir(parents=True, exist_ok=True)
+  held, files = [], []
+  try:
+    for trial in trials:
+      f = open(lock_dir / trial.id, 'a')  # pylint: disable=consider-using-with
+      try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+      except BlockingIOError:
+        f.close()
+        continue
+      files.append(f)
+      held.append(trial)
+    yield held
+  finally:
+    for f in files:
+      f.close()  # closing releases the flock
+
+
+def _enable_compilation_cache(sweep_dir: pathlib.Path) -> None:
+  """Trials of one (optimizer, batch size, seed) share programs (init, eval); JAX's
+  persistent cache then compiles them once per sweep rather than once per trial."""
+  import jax  # pylint: disable=import-outside-toplevel
+  if jax.config.jax_compilation_cache_dir is None:
+    jax.config.update('jax_compilation_cache_dir', str((sweep_dir / 'jax_cache').absolute()))
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
+
+
+# ------------------------------------------------------------------ running
+@dataclasses.dataclass
+class SweepProgress:
+  """What one worker did: trial ids trained, skipped (finished or locked) and failed."""
+  trained: list[str] = dataclasses.field(default_factory=list)
+  skipped: list[str] = dataclasses.field(default_factory=list)
+  locked: list[str] = dataclasses.field(default_factory=list)
+  failed: list[str] = dataclasses.field(default_factory=list)
+
+
+def _mark_failed(run_dir: pathlib.Path, error: BaseException) -> None:
+  """mbx.train marks failures once running; errors before that (plan) are marked here."""
+  if read_status(run_dir).get('status') != 'failed':
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(run_dir / 'status.json',
+                      {'status': 'failed', 'reason': f'{type(error).__name__}: {error}'})
+
+
+def run_sweep(sweep: grid_lib.SweepConfig, sweep_dir: str | pathlib.Path, *, worker: int = 0,
+              num_workers: int = 1, pack: bool | None = None, compilation_cache: bool = False,
+              log: Callable[[str], None] | None = None) -> SweepProgress:
+  """Trains this worker's unfinished trials, then rewrites trials.csv; returns what it did.
+
+  Re-running resumes: finished trials are skipped, interrupted ones continue from
+  their last checkpoint. A trial that raises is marked failed (retried next time)
+  and the sweep goes on; diverged trials are recorded outcomes, not failures.
+  """
+  sweep_dir = pathlib.Path(sweep_dir)
+  log = log or (lambda text: print(text, file=sys.stderr, flush=True))
+  pack = sweep.pack if pack is None else pack
+  trials = grid_lib.expand(sweep)
+  for trial in trials:  # every config error before the first trial trains
+    config_lib.validate(trial.config)
+  write_spec(sweep_dir, sweep, trials)
+  if compilation_cache:
+    _enable_compilation_cache(sweep_dir)
+  progress = SweepProgress()
+  units = assign(trials, worker, num_workers, pack)
+  total, position = sum(len(u) for u in units), 0
+  for unit in units:
+    position += len(unit)
+    todo = [t for t in unit if not is_finished(sweep_dir, t)]
+    progress.skipped += [t.id for t in unit if t not in todo]
+    with _locks(sweep_dir, todo) as held:
+      progress.locked += [t.id for t in todo if t not in held]
+      held = [t for t in held if not is_finished(sweep_dir, t)]  # finished meanwhile?
+      if held:
+        _train_unit(held, sweep_dir, pack, progress)
+    for trial in held:
+      log(f'[worker {worker}/{num_workers}] {position}/{total} {trial.id}: '
+          f'{_describe(read_status(trial_dir(sweep_dir, trial)))}')
+  write_table(sweep_dir)
+  return progress
+
+
+def _train_unit(trials: list[grid_lib.Trial], sweep_dir: pathlib.Path, pack: bool,
+                progress: SweepProgress) -> None:
+  from mbx.training.loop import train  # pylint: disable=import-outside-toplevel
+  from mbx.training.packed import train_packed  # pylint: disable=import-outside-toplevel
+  dirs = [trial_dir(sweep_dir, t) for t in trials]
+  try:
+    if pack and len(trials) > 1:
+      train_packed([t.config for t in trials], dirs, quiet=True)
+    else:
+      for trial, run_dir in zip(trials, dirs):
+        train(trial.config, run_dir, quiet=True)
+  except Exception as error:  # pylint: disable=broad-except
+    for trial, run_dir in zip(trials, dirs):
+      if not is_finished(sweep_dir, trial):
+        _mark_failed(run_dir, error)
+        progress.failed.append(trial.id)
+  progress.trained += [t.id for t in trials if t.id not in progress.failed]
+
+
+def _describe(status: dict[str, Any]) -> str:
+  text = status.get('status', 'pending')
+  if 'steps_to_target' in status:
+    text += f', steps_to_target={status["steps_to_target"]}'
+  elif text in ('failed', 'diverged'):
+    text += f' ({status.get("reason")})'
+  return text
+
+
+# -------------------------------------------------------------------- table
+def trial_result(run_dir: pathlib.Path, target_metric: str, target_value: float
+                 ) -> dict[str, Any]:
+  """Status, steps-to-target, best metric, wall time and noise scale of one trial."""
+  status = read_status(run_dir)
+  evals = read_jsonl(run_dir / 'eval_metrics.jsonl')
+  logs = read_jsonl(run_dir / 'train_metrics.jsonl')
+  state = status.get('status', 'pending')
+  row: dict[str, Any] = {'status': state}
+  row.update(stt.summarize([r['step'] for r in evals], [r['examples_seen'] for r in evals],
+                           [_float(r.get(target_metric)) for r in evals], target_value,
+                           target_metric))
+  if state == 'diverged':
+    outcome = 'infeasible'
+  elif row['steps_to_target'] is not None:
+    outcome = 'reached'
+  elif state == 'done':
+    outcome = 'not_reached'
+  else:
+    outcome = 'incomplete'
+  row['outcome'] = outcome
+  row.update(steps=status.get('step'), examples_seen=status.get('examples_seen'),
+             wall_time=status.get('wall_time'), train_time=status.get('train_time'),
+             compile_time=status.get('compile_time'), reason=status.get('reason'))
+  noisy = [r for r in logs if 'trace_estimate' in r]
+  if noisy:
+    summary = noise_scale_lib.run_average(
+        [r['step'] for r in noisy], [_float(r['grad_sq_estimate']) for r in noisy],
+        [_float(r['trace_estimate']) for r in noisy], until_step=row['steps_to_target'])
+    row['b_simple'] = summary['b_simple']
+    row['b_simple_final'] = _float(noisy[-1].get('b_simple'))
+  else:
+    row['b_simple'] = row['b_simple_final'] = float('nan')
+  return row
+
+
+def _float(value) -> float:
+  try:
+    return float(value)
+  except (TypeError, ValueError):
+    return float('nan')
+
+
+TABLE_COLUMNS = ('trial_id', 'optimizer', 'batch_size', 'learning_rate', 'momentum',
+                 'effective_learning_rate', 'seed', 'budget', 'status', 'outcome',
+                 'steps_to_target', 'steps_to_target_lower', 'examples_to_target',
+                 'best_metric', 'final_metric', 'steps', 'examples_seen', 'wall_time',
+                 'train_time', 'compile_time', 'b_simple', 'b_simple_final', 'reason',
+                 'run_dir')
+
+
+def trial_table(sweep_dir: str | pathlib.Path) -> pd.DataFrame:
+  """The tidy table, read fresh from the trials' run directories (one row per trial)."""
+  sweep_dir = pathlib.Path(sweep_dir)
+  sweep, trial_rows = load_spec(sweep_dir)
+  rows = []
+  for trial in trial_rows:
+    run_dir = trial_dir(sweep_dir, trial['trial_id'])
+    rows.append({**trial, **trial_result(run_dir, sweep.target_metric, sweep.target_value),
+                 'run_dir': str(run_dir.relative_to(sweep_dir))})
+  table = pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
+  for column in ('steps_to_target', 'steps_to_target_lower', 'examples_to_target', 'steps',
+                 'examples_seen'):
+    table[column] = table[column].astype('Int64')
+  table.attrs.update(target_metric=sweep.target_metric, target_value=sweep.target_value,
+                     eval_growth=sweep.eval_growth, name=sweep.name)
+  return table
+
+
+def write_table(sweep_dir: str | pathlib.Path) -> pd.DataFrame:
+  """Rebuilds trials.csv atomically from the run directories."""
+  sweep_dir = pathlib.Path(sweep_dir)
+  table = trial_table(sweep_dir)
+  tmp = sweep_dir / f'.{TABLE_FILE}.{os.getpid()}.tmp'
+  table.to_csv(tmp, index=False)
+  os.replace(tmp, sweep_dir / TABLE_FILE)
+  return table
+
+
+def load_table(sweep_dir: str | pathlib.Path, refresh: bool = True) -> pd.DataFrame:
+  """The trial table as a DataFrame; `refresh` rebuilds it from the run directories."""
+  sweep_dir = pathlib.Path(sweep_dir)
+  if refresh:
+    return write_table(sweep_dir)
+  table = pd.read_csv(sweep_dir / TABLE_FILE)
+  sweep, _ = load_spec(sweep_dir)
+  table.attrs.update(target_metric=sweep.target_metric, target_value=sweep.target_value,
+                     eval_growth=sweep.eval_growth, name=sweep.name)
+  return table
+
+
+def outcome_counts(table: pd.DataFrame) -> dict[str, int]:
+  counts = table['outcome'].value_counts()
+  return {o: int(counts.get(o, 0)) for o in OUTCOMES}
+
+

@@ -1,0 +1,208 @@
+"""Critical batch size: Shallue's S(B), McCandlish's fit with bootstrap CI, Zhang's 20% CBS,
+Merrill's local CBS; on synthetic sweeps with known answers, and end to end."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import mbx
+from mbx import cli
+from mbx.sweep import SearchSpace, SweepConfig, critical_batch as cb, expand, runner
+from mbx.training.records import write_json_atomic
+
+from helpers import tiny_config
+
+POWERS = 2.0**np.arange(0, 13)
+
+
+def _model(b, s_min=50.0, b_crit=200.0):
+  return s_min * (1 + b_crit / np.asarray(b, dtype=float))
+
+
+def synthetic_table(*, s_min=50.0, b_crit=200.0, seeds=(0, 1), noise=0.05, rng=None,
+                    batch_sizes=(1, 4, 16, 64, 256, 1024, 4000)) -> pd.DataFrame:
+  """A sweep table whose S(B) follows McCandlish's model exactly at the best LR.
+
+  Per B, 5 LRs a factor 2 apart around lr* = 1e-3 min(B, B_crit); steps grow by
+  (1 + 0.5 log2(lr/lr*)^2), lr = 4 lr* diverges, and trials past 5 S_true never
+  reach the target.
+  """
+  rng = rng or np.random.default_rng(0)
+  rows = []
+  for b in batch_sizes:
+    best = 1e-3 * min(b, b_crit)
+    for k in (-2, -1, 0, 1, 2):
+      lr = best * 2.0**k
+      for seed in seeds:
+        steps = _model(b, s_min, b_crit) * (1 + 0.5 * k**2) * np.exp(noise * rng.normal())
+        outcome = 'infeasible' if k == 2 else ('reached' if steps < 5 * _model(
+            b, s_min, b_crit) else 'not_reached')
+        rows.append({'trial_id': f'b{b}-k{k}-s{seed}', 'optimizer': 'momentum',
+                     'batch_size': b, 'learning_rate': lr, 'momentum': 0.9,
+                     'effective_learning_rate': lr * 10, 'seed': seed,
+                     'outcome': outcome, 'b_simple': 150.0 if b > 1 else np.nan,
+                     'steps_to_target': round(steps) if outcome == 'reached' else pd.NA})
+  table = pd.DataFrame(rows)
+  table['steps_to_target'] = table['steps_to_target'].astype('Int64')
+  return table
+
+
+def test_fit_recovers_known_parameters():
+  s_min, e_min = cb.fit_steps(POWERS, _model(POWERS, 50, 200))
+  assert s_min == pytest.approx(50, rel=1e-6) and e_min == pytest.approx(50 * 200, rel=1e-6)
+  rng = np.random.default_rng(1)
+  noisy = _model(POWERS, 30, 1000) * np.exp(0.05 * rng.normal(size=len(POWERS)))
+  fit = cb.fit_pareto(POWERS, noisy)
+  assert fit.s_min == pytest.approx(30, rel=0.15) and fit.b_crit == pytest.approx(1000, rel=0.15)
+  # The hyperbola (S/S_min - 1)(E/E_min - 1) = 1 holds along the fitted curve.
+  s = fit.steps(POWERS)
+  np.testing.assert_allclose((s / fit.s_min - 1) * (POWERS * s / fit.e_min - 1), 1, rtol=1e-9)
+
+
+def test_bootstrap_interval_covers_the_truth():
+  """90% intervals from 13-point curves with 15% log-normal scatter: over 40 synthetic
+  sweeps, each of B_crit, S_min and E_min is covered about 90% of the time."""
+  rng = np.random.default_rng(2)
+  covered = {'b_crit': 0, 's_min': 0, 'e_min': 0}
+  truth = {'b_crit': 200.0, 's_min': 50.0, 'e_min': 10_000.0}
+  for i in range(40):
+    steps = _model(POWERS) * np.exp(0.15 * rng.normal(size=len(POWERS)))
+    fit = cb.fit_pareto(POWERS, steps, num_samples=1000, seed=i)
+    for name in covered:
+      low, high = getattr(fit, f'{name}_ci')
+      assert low <= getattr(fit, name) <= high
+      covered[name] += low <= truth[name] <= high
+  for name, count in covered.items():
+    assert 0.75 <= count / 40 <= 1.0, (name, count)
+
+
+def test_zhang_cbs_on_synthetic_curves():
+  """Exceeding linear scaling from B0 by 20% happens at B = 1.2 B0 + 0.2 B_crit."""
+  dense = np.geomspace(1, 4096, 200)
+  assert cb.zhang_cbs(dense, _model(dense, 50, 200)) == pytest.approx(1.2 + 40, rel=0.01)
+  assert cb.zhang_cbs(POWERS, _model(POWERS, 50, 200)) == pytest.approx(41.2, rel=0.05)
+  assert cb.zhang_cbs_of_fit(50, 50 * 200, 1) == pytest.approx(41.2)
+  assert cb.zhang_cbs(POWERS, 1e5 / POWERS) == float('inf')  # perfect scaling throughout
+  assert cb.zhang_cbs(POWERS, np.full(13, 40.0)) == pytest.approx(2 ** (np.log(1.2) /
+                                                                         np.log(2)), rel=1e-6)
+  assert np.isnan(cb.zhang_cbs([8], [10]))
+
+
+def test_steps_to_result_is_the_minimum_over_the_search():
+  """Seeds are averaged per search point; a point with a seed that missed does not count."""
+  table = pd.DataFrame([
+      # lr 0.1: both seeds reach -> mean 110; lr 0.2: one seed misses (lucky 50 ignored);
+      # lr 0.4: diverged
+      dict(optimizer='sgd', batch_size=8, learning_rate=0.1, seed=0, steps_to_target=100),
+      dict(optimizer='sgd', batch_size=8, learning_rate=0.1, seed=1, steps_to_target=120),
+      dict(optimizer='sgd', batch_size=8, learning_rate=0.2, seed=0, steps_to_target=50),
+      dict(optimizer='sgd', batch_size=8, learning_rate=0.2, seed=1, steps_to_target=None),
+      dict(optimizer='sgd', batch_size=8, learning_rate=0.4, seed=0, steps_to_target=None),
+      dict(optimizer='sgd', batch_size=8, learning_rate=0.4, seed=1, steps_to_target=None),
+      dict(optimizer='sgd', batch_size=16, learning_rate=0.1, seed=0, steps_to_target=None),
+  ])
+  table['outcome'] = ['reached', 'reached', 'reached', 'not_reached', 'infeasible',
+                      'infeasible', 'incomplete']
+  table['momentum'] = np.nan
+  table['effective_learning_rate'] = table['learning_rate']
+  table['b_simple'] = np.nan
+  per_b = cb.steps_to_result(table).set_index('batch_size')
+  assert per_b.loc[8, 'steps_to_target'] == 110 and per_b.loc[8, 'learning_rate'] == 0.1
+  assert per_b.loc[8, 'examples_to_target'] == 880
+  assert per_b.loc[8, 'seed_steps'] == (100.0, 120.0)
+  assert (per_b.loc[8, 'num_reached'], per_b.loc[8, 'num_not_reached'],
+          per_b.loc[8, 'num_infeasible']) == (3, 1, 2)
+  assert per_b.loc[16, 'steps_to_target'] == np.inf and per_b.loc[16, 'num_incomplete'] == 1
+
+
+@pytest.mark.parametrize('bootstrap', ['residuals', 'seeds'])
+def test_analysis_of_a_synthetic_sweep(bootstrap):
+  # One fixed draw (coverage as a rate is test_bootstrap_interval_covers_the_truth's job).
+  table = synthetic_table(seeds=(0, 1, 2, 3), rng=np.random.default_rng(1))
+  analysis = cb.analyze(table, num_samples=1000, bootstrap=bootstrap)
+  per_b = analysis.per_batch_size.set_index('batch_size')
+  for b in per_b.index:  # the best LR is the one the model puts the optimum at
+    assert per_b.loc[b, 'learning_rate'] == pytest.approx(1e-3 * min(b, 200))
+    assert per_b.loc[b, 'effective_learning_rate'] == pytest.approx(1e-2 * min(b, 200))
+  row = analysis.summary.iloc[0]
+  assert row['b_crit_lo'] <= 200 <= row['b_crit_hi']
+  assert row['s_min_lo'] <= 50 <= row['s_min_hi']
+  assert row['b_crit'] == pytest.approx(200, rel=0.2)
+  assert 16 <= row['zhang_cbs'] <= 64  # the grid points around the true 41.2
+  assert row['zhang_cbs_fit'] == pytest.approx(1.2 + 40, rel=0.25)
+  assert row['b_simple_median'] == 150 and row['b_crit_over_b_simple'] == pytest.approx(
+      row['b_crit'] / 150)
+
+
+def _fake_sweep_dir(path, table: pd.DataFrame) -> None:
+  """A sweep directory whose run directories hold the synthetic table's outcomes."""
+  base = tiny_config(train=dict(log_every='10 steps', eval_every='1000 epochs'))
+  sweep = SweepConfig(base=base, search=(SearchSpace('momentum', (1e-3, 1e-3 * 2**4),
+                                                     num_learning_rates=5),),
+                      batch_sizes=(1, 4, 16, 64, 256, 1024, 4000), seeds=(0, 1),
+                      target_value=0.8, noise_scale=True, name='fake')
+  trials = expand(sweep)
+  runner.write_spec(path, sweep, trials)
+  for trial, (_, row) in zip(trials, table.iterrows()):
+    run_dir = runner.trial_dir(path, trial)
+    run_dir.mkdir(parents=True)
+    steps = row['steps_to_target']
+    status = {'diverged' if row['outcome'] == 'infeasible' else 'done'}.pop()
+    final = int(steps) if row['outcome'] == 'reached' else 1000
+    evals = [{'step': s, 'examples_seen': s * trial.batch_size,
+              'eval_accuracy': 0.9 if row['outcome'] == 'reached' and s >= final else 0.5}
+             for s in sorted({0, max(final - 1, 0), final})]
+    logs = [{'step': final, 'grad_sq_estimate': 1.0, 'trace_estimate': 150.0, 'b_simple': 150.0}]
+    (run_dir / 'eval_metrics.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in evals))
+    (run_dir / 'train_metrics.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in logs))
+    write_json_atomic(run_dir / 'status.json', {'status': status, 'step': final,
+                                                'wall_time': 1.0})
+
+
+def test_analyze_cbs_command_writes_tables_and_figures(tmp_path, capsys, session_data_dir):
+  table = synthetic_table(rng=np.random.default_rng(4))
+  _fake_sweep_dir(tmp_path, table)
+  loaded = runner.load_table(tmp_path)
+  assert len(loaded) == 70 and loaded['trial_id'].is_unique
+  assert (loaded['outcome'].value_counts().to_dict() ==
+          table['outcome'].value_counts().to_dict())
+  assert np.allclose(loaded['b_simple'], 150.0)
+  cli.main(['analyze', 'cbs', str(tmp_path), '--bootstrap', '300'])
+  printed = capsys.readouterr().out
+  assert 'B_crit' in printed and 'Zhang' in printed and 'B_simple' in printed
+  out = tmp_path / 'analysis'
+  summary = pd.read_csv(out / 'cbs_summary.csv').iloc[0]
+  assert summary['b_crit_lo'] <= 200 <= summary['b_crit_hi']
+  for name in ('steps_vs_batch_size.png', 'pareto.png', 'best_learning_rate.png',
+               'lr_heatmap.png', 'per_batch_size.csv'):
+    assert (out / name).stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_local_cbs_branches_from_a_checkpoint(tmp_path, capsys, session_data_dir):
+  source = mbx.train(tiny_config(train=dict(batch_size=16, duration='40 steps',
+                                            eval_every='20 steps', checkpoint_every='20 steps')),
+                     tmp_path / 'source', quiet=True)
+  per_factor, summary = cb.local_cbs(tmp_path / 'source', 20, factors=(1, 2, 4, 8),
+                                     window='320 examples', tolerance=0.05)
+  assert list(per_factor['batch_size']) == [16, 32, 64, 128]
+  np.testing.assert_allclose(per_factor['learning_rate'], 1e-2 * np.sqrt([1, 2, 4, 8]))
+  assert list(per_factor['steps']) == [20, 10, 5, 3]  # the same data for every branch
+  within = list(per_factor['within_tolerance'])
+  expected = 16 * 2**(within.index(False) - 1) if False in within else 128
+  assert summary['local_cbs'] == expected and summary['lr_scaling'] == 'sqrt'
+  branch = mbx.load_run(tmp_path / 'source' / 'local_cbs' / 'step20' / 'k00004-s0')
+  # The branch starts from the source's step-20 parameters: the same evaluation.
+  source_eval = source.eval_metrics.set_index('step').loc[20, 'eval_loss']
+  assert branch.eval_metrics.iloc[0]['eval_loss'] == pytest.approx(source_eval, rel=1e-5)
+  assert branch.config.train.init_from.endswith('source@20')
+  cli.main(['analyze', 'local-cbs', str(tmp_path / 'source'), '--step', '20',
+            '--factors', '1,2,4,8', '--window', '320 examples', '--tolerance', '0.05'])
+  assert f'local CBS at step 20' in capsys.readouterr().out
+  written = json.loads((tmp_path / 'source' / 'local_cbs' / 'step20' / 'local_cbs.json')
+                       .read_text())
+  assert written['local_cbs'] == summary['local_cbs']
+  assert (tmp_path / 'source' / 'local_cbs' / 'step20' / 'local_cbs.png').exists()
