@@ -26,17 +26,23 @@ def _train(args) -> None:
   train(config, args.workdir, quiet=args.quiet)
 
 
-# Subcommands registered by other modules: each exposes add_parser(subparsers).
-COMMAND_MODULES: tuple[str, ...] = ()
+# Subcommands that live beside their code. Each module exposes add_parser(subparsers);
+# `mbx analyze <what>` subcommands come from add_analyze_parsers(analyze_subparsers).
+COMMAND_MODULES = ('mbx.sweep.cli', 'mbx.training.autobatch')
+ANALYZE_MODULES = ('mbx.sweep.cli', 'mbx.measure.cli')
 
 
 def main(argv=None) -> None:
+  import importlib  # pylint: disable=import-outside-toplevel
   parser = argparse.ArgumentParser(prog='mbx', description=__doc__.splitlines()[0])
   subparsers = parser.add_subparsers(dest='command', required=True)
   _add_train(subparsers)
-  import importlib  # pylint: disable=import-outside-toplevel
   for name in COMMAND_MODULES:
     importlib.import_module(name).add_parser(subparsers)
+  analyze = subparsers.add_parser('analyze', help='analyses of runs and sweeps')
+  analyze_subparsers = analyze.add_subparsers(dest='analysis', required=True)
+  for name in ANALYZE_MODULES:
+    importlib.import_module(name).add_analyze_parsers(analyze_subparsers)
   args = parser.parse_args(argv)
   try:
     args.run(args)

@@ -1,0 +1,274 @@
+"""How fast is mbx against a bare `jax.jit` loop and PyTorch, and what does the noise scale cost?
+(issue 6; must-show 2: mbx >= 1.5x PyTorch eager examples/s on CPU, or say where not)
+
+    pip install -e '.[bench]'     # PyTorch 2.13, CPU wheel: benchmark-only, never a runtime dep
+    python experiments/benchmarks.py --out results/benchmarks.md    # ~25 min on a quiet 2-core CPU (est.)
+    python experiments/benchmarks.py --steps-scale 0.05 --repeats 1  # a quick look (~3-5 min)
+
+CPU table: the MNIST-1D CNN and MLP (Greydanus & Kobak), Adam (lr 1e-3), B in {32, 512, 4000};
+examples/s, median of --repeats timed runs, each after a warm-up:
+  - mbx loop: `mbx.train` with the data on device, throughput from status.json's train_time
+    (the loop between events: no compile, eval or checkpoint); `experiments/bench_step.py`
+  - mbx + B_simple: the same with train.noise_scale=true (the batch is split in >= 2 groups)
+  - bare jit: one jitted Adam step on a fixed on-device batch, in a Python loop
+  - PyTorch eager / torch.compile (model compiled, default mode): the same architecture,
+    Adam (PyTorch's CPU default: neither foreach nor fused), a fixed batch pre-loaded as tensors,
+    torch's default thread count (printed)
+GPU table (only when jax.default_backend() == 'gpu'; skipped with a note otherwise): the mbx
+train step (batch already on device) for ResNet-18 (32x32), ResNet-50 (224x224) and a small ViT
+(32x32) at large batch in bfloat16: step time, examples/s and model-FLOPs utilisation = the
+FLOPs of the lowered step (XLA's cost analysis before optimisation) / (step time x the
+device's dense bf16 peak).
+Outputs: the tables on stdout; with --out, a Markdown file with machine, versions, thread
+counts and the command.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import platform
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from bench_step import STEPS, bare_loop, mbx_loop  # pylint: disable=wrong-import-position
+
+from mbx import data  # pylint: disable=wrong-import-position
+
+MODELS = {'cnn1d': {}, 'mlp': {'hidden': (100, 100), 'residual': True}}
+BATCH_SIZES = (32, 512, 4000)
+
+# Dense bf16 tensor-core peak per device (vendor datasheets, no sparsity); matched in order
+# against jax's device_kind.
+PEAK_BF16_FLOPS = (
+    ('H100 PCIe', 756e12), ('H100 NVL', 835e12), ('H100', 989e12),
+    ('H200 NVL', 835e12), ('H200', 989e12), ('GH200', 989e12),
+    ('A100', 312e12), ('L40S', 362e12), ('L4', 121e12),
+    ('TPU v4', 275e12), ('TPU v5 lite', 197e12), ('TPU v5e', 197e12), ('TPU v5', 459e12),
+    ('TPU v6 lite', 918e12),
+)
+# (name, model, options, input shape, per-device batch, optimizer)
+GPU_MODELS = (
+    ('ResNet-18', 'resnet18', {}, (32, 32, 3), 1024, 'momentum'),
+    ('ResNet-50', 'resnet50', {}, (224, 224, 3), 256, 'momentum'),
+    ('ViT (6 x 192, patch 4)', 'vit', {}, (32, 32, 3), 1024, 'adamw'),
+)
+
+
+# ----------------------------------------------------------------------------- PyTorch
+def torch_model(name: str):
+  """The PyTorch twin of mbx's model (MNIST-1D paper's ConvBase / MLPBase)."""
+  import torch  # pylint: disable=import-outside-toplevel
+  from torch import nn  # pylint: disable=import-outside-toplevel
+
+  if name == 'cnn1d':  # lengths 40 -> 19 -> 10 -> 5, as CNN1D
+    return nn.Sequential(nn.Conv1d(1, 25, 5, 2, 1), nn.ReLU(), nn.Conv1d(25, 25, 3, 2, 1),
+                         nn.ReLU(), nn.Conv1d(25, 25, 3, 2, 1), nn.ReLU(), nn.Flatten(),
+                         nn.Linear(125, 10))
+
+  class ResidualMLP(nn.Module):
+    def __init__(self):
+      super().__init__()
+      self.l1, self.l2, self.out = nn.Linear(40, 100), nn.Linear(100, 100), nn.Linear(100, 10)
+
+    def forward(self, x):
+      h = torch.relu(self.l1(x.flatten(1)))
+      return self.out(h + torch.relu(self.l2(h)))
+
+  return ResidualMLP()
+
+
+def torch_loop(name: str, batch_size: int, steps: int, x_all, y_all, *, compiled: bool,
+               repeats: int) -> list[float]:
+  """Examples/s of `repeats` timed runs of a PyTorch Adam loop on a fixed batch."""
+  import torch  # pylint: disable=import-outside-toplevel
+  torch.manual_seed(0)
+  net = torch_model(name)
+  optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+  forward = torch.compile(net) if compiled else net
+  x = torch.from_numpy(np.array(x_all[:batch_size].transpose(0, 2, 1), order='C'))  # NWC -> NCW
+  y = torch.from_numpy(y_all[:batch_size].astype(np.int64))
+
+  def step():
+    optimizer.zero_grad(set_to_none=True)
+    loss = torch.nn.functional.cross_entropy(forward(x), y)
+    loss.backward()
+    optimizer.step()
+
+  for _ in range(max(steps // 20, 3)):  # warm-up, and torch.compile's compile
+    step()
+  rates = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    for _ in range(steps):
+      step()
+    rates.append(batch_size * steps / (time.perf_counter() - start))
+  return rates
+
+
+def torch_version() -> str | None:
+  try:
+    import torch  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    return None
+  return (f'torch {torch.__version__} ({torch.get_num_threads()} intra-op / '
+          f'{torch.get_num_interop_threads()} inter-op threads, the defaults)')
+
+
+# ----------------------------------------------------------------------------- CPU table
+def emit(lines: list[str], *new: str) -> None:
+  """Adds lines to the report and prints them at once (the runs are long)."""
+  lines.extend(new)
+  print('\n'.join(new), flush=True)
+
+
+def cpu_table(args) -> list[str]:
+  x_all, y_all = data.load_arrays('mnist1d', 'train')
+  have_torch = torch_version() is not None
+  median = lambda f: statistics.median(f() for _ in range(args.repeats))
+  lines = []
+  emit(lines, f'## CPU: examples/s (median of {args.repeats})', '',
+       '| model | batch | steps | mbx loop | mbx + B_simple | B_simple cost | bare jit | '
+       'PyTorch eager | torch.compile | mbx / eager |', '|---|---:|' + '---:|' * 8)
+  for name, options in MODELS.items():
+    for batch_size in args.batch_sizes:
+      steps = max(int(STEPS.get(batch_size, 1000) * args.steps_scale), 10)
+      mbx = median(lambda: mbx_loop(batch_size, steps, name, options)[0])
+      with_noise = median(lambda: mbx_loop(batch_size, steps, name, options, noise_scale=True)[0])
+      bare = median(lambda: bare_loop(batch_size, steps, x_all, y_all, name, options))
+      eager = compiled = float('nan')
+      if have_torch:
+        eager, compiled = (statistics.median(torch_loop(
+            name, batch_size, steps, x_all, y_all, compiled=c, repeats=args.repeats))
+                           for c in (False, True))
+      emit(lines, f'| {name} | {batch_size} | {steps} | {mbx:,.0f} | {with_noise:,.0f} | '
+           f'{1 - with_noise / mbx:.0%} | {bare:,.0f} | {eager:,.0f} | {compiled:,.0f} | '
+           f'{mbx / eager:.2f} |')
+  if not have_torch:
+    emit(lines, '', "PyTorch columns are nan: torch is not installed (pip install -e '.[bench]').")
+  emit(lines, '')
+  return lines
+
+
+# ----------------------------------------------------------------------------- GPU table
+def peak_bf16_flops(device_kind: str) -> float | None:
+  return next((peak for key, peak in PEAK_BF16_FLOPS if key in device_kind), None)
+
+
+def step_time(name: str, options: dict, input_shape, per_device_batch: int, optimizer: str,
+              steps: int) -> tuple[float, float]:
+  """(seconds per step, FLOPs per step per device) of mbx's bf16 train step."""
+  from mbx import models  # pylint: disable=import-outside-toplevel
+  from mbx.config import OptimConfig  # pylint: disable=import-outside-toplevel
+  from mbx.optim import build_optimizer, learning_rate_schedule  # pylint: disable=import-outside-toplevel
+  from mbx.training import step as step_lib  # pylint: disable=import-outside-toplevel
+  from mbx.training.plan import StepShape  # pylint: disable=import-outside-toplevel
+
+  mesh = step_lib.make_mesh()
+  batch = per_device_batch * mesh.devices.size
+  model = models.build_model(name, num_classes=10, options=options, dtype=jnp.bfloat16,
+                             batch_norm_axis_name=step_lib.batch_norm_axis_name(mesh))
+  optim = OptimConfig(name=optimizer, learning_rate=0.1 if optimizer == 'momentum' else 1e-3)
+  opt = build_optimizer(optim)
+  schedule = learning_rate_schedule(optim, batch_size=batch, examples_per_epoch=50000,
+                                    total_examples=10**7)
+  step = step_lib.make_train_step(model, opt, schedule, StepShape(batch, 1, 'unrolled'), mesh,
+                                  on_device_data=False, noise_scale=False, noise_scale_ema=0.99,
+                                  data_seed=0, augment=None)
+  state = step_lib.init_train_state(model, opt, jnp.zeros((1, *input_shape)), seed=0, mesh=mesh,
+                                    noise_scale=False)
+  sharding = step_lib.batch_sharded(mesh)
+  x = jax.device_put(jnp.zeros((batch, *input_shape), jnp.float32), sharding)
+  y = jax.device_put(jnp.zeros((batch,), jnp.int32), sharding)
+  lowered = step.lower(state, x, y)
+  # FLOPs of the program as written (before XLA's optimisation passes): the model's own
+  # arithmetic, whatever the backend turns convolutions into.
+  cost = lowered.cost_analysis()
+  flops = float((cost[0] if isinstance(cost, (list, tuple)) else cost)['flops'])
+  compiled = lowered.compile()
+  for _ in range(3):
+    state, _ = compiled(state, x, y)
+  jax.block_until_ready(state)
+  start = time.perf_counter()
+  for _ in range(steps):
+    state, _ = compiled(state, x, y)
+  jax.block_until_ready(state)
+  return (time.perf_counter() - start) / steps, flops
+
+
+def gpu_table(args) -> list[str]:
+  lines = []
+  emit(lines, '## GPU: bf16 train step at large batch', '')
+  if jax.default_backend() != 'gpu':
+    emit(lines, f'GPU rows skipped: the JAX backend here is {jax.default_backend()!r}, not gpu.')
+    return lines
+  kind = jax.devices()[0].device_kind
+  peak = peak_bf16_flops(kind)
+  emit(lines, f'{jax.device_count()} x {kind}; peak dense bf16 '
+       f'{f"{peak / 1e12:.0f} TFLOP/s" if peak else "unknown (add it to PEAK_BF16_FLOPS)"} '
+       'per device', '',
+       '| model | input | batch / device | step (ms) | examples/s | TFLOP/s / device | MFU |',
+       '|---|---|---:|---:|---:|---:|---:|')
+  for label, name, options, shape, per_device, optimizer in GPU_MODELS:
+    seconds, flops = step_time(name, options, shape, per_device, optimizer, args.gpu_steps)
+    achieved = flops / seconds
+    mfu = f'{achieved / peak:.1%}' if peak else 'n/a'
+    emit(lines, f'| {label} | {"x".join(map(str, shape))} | {per_device} | '
+         f'{seconds * 1e3:.1f} | {per_device * jax.device_count() / seconds:,.0f} | '
+         f'{achieved / 1e12:.1f} | {mfu} |')
+  return lines
+
+
+# ----------------------------------------------------------------------------- report
+def machine() -> list[str]:
+  cpu = platform.processor() or platform.machine()
+  try:
+    cpu = next(line.split(':', 1)[1].strip() for line in open('/proc/cpuinfo')
+               if line.startswith('model name'))
+  except (OSError, StopIteration):
+    pass
+  import flax  # pylint: disable=import-outside-toplevel
+  import optax  # pylint: disable=import-outside-toplevel
+  import jaxlib  # pylint: disable=import-outside-toplevel
+  return [f'- machine: {cpu}, {os.cpu_count()} logical CPUs, {platform.system()} '
+          f'{platform.release()}; JAX backend {jax.default_backend()} with {jax.device_count()} '
+          f'device(s) ({jax.devices()[0].device_kind})',
+          f'- Python {platform.python_version()}, jax {jax.__version__}, jaxlib '
+          f'{jaxlib.__version__}, flax {flax.__version__}, optax {optax.__version__}, '
+          f'{torch_version() or "torch not installed"}',
+          f'- XLA_FLAGS={os.environ.get("XLA_FLAGS", "")!r}; XLA:CPU uses its default '
+          'thread pool (all cores)']
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--repeats', type=int, default=3)
+  parser.add_argument('--steps-scale', type=float, default=1.0)
+  parser.add_argument('--batch-sizes', type=int, nargs='*', default=list(BATCH_SIZES))
+  parser.add_argument('--gpu-steps', type=int, default=20)
+  parser.add_argument('--skip-cpu', action='store_true', help='only the GPU table')
+  parser.add_argument('--out', default=None, help='also write Markdown here')
+  args = parser.parse_args()
+  command = 'python ' + ' '.join([os.path.relpath(sys.argv[0])] + sys.argv[1:])
+  header = machine()
+  print('\n'.join(header) + '\n', flush=True)
+  sections = ([] if args.skip_cpu else cpu_table(args)) + gpu_table(args)
+  if args.out:
+    text = ['# Benchmarks: mbx vs a bare jax.jit loop vs PyTorch', '',
+            f'Command: `{command}` ({time.strftime("%Y-%m-%d")})', '', *header, '', *sections,
+            '', 'mbx loop: `mbx.train`\'s training time (status.json `train_time`: the loop '
+            'between events, without compile, eval or checkpoints), data on device. Bare jit and '
+            'PyTorch train on one fixed pre-loaded batch. B_simple cost = 1 - (mbx + B_simple) / '
+            'mbx loop.']
+    pathlib.Path(args.out).write_text('\n'.join(text) + '\n')
+    print(f'\nwritten to {args.out}')
+
+
+if __name__ == '__main__':
+  main()
