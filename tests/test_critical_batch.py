@@ -201,7 +201,7 @@ def test_local_cbs_branches_from_a_checkpoint(tmp_path, capsys, session_data_dir
   assert branch.config.train.init_from.endswith('source@20')
   cli.main(['analyze', 'local-cbs', str(tmp_path / 'source'), '--step', '20',
             '--factors', '1,2,4,8', '--window', '320 examples', '--tolerance', '0.05'])
-  assert f'local CBS at step 20' in capsys.readouterr().out
+  assert 'local CBS at step 20' in capsys.readouterr().out
   written = json.loads((tmp_path / 'source' / 'local_cbs' / 'step20' / 'local_cbs.json')
                        .read_text())
   assert written['local_cbs'] == summary['local_cbs']

@@ -22,7 +22,6 @@ import pytest
 
 from mbx import data
 from mbx.data import augment
-from mbx.data import mnist1d_builder
 from mbx.data import preprocess
 from mbx.data import sources
 

@@ -15,7 +15,7 @@ import pytest
 import mbx
 from mbx.training.checkpoints import Checkpoints
 
-from helpers import REPO, run_python, tiny_config
+from helpers import REPO, run_python
 
 OVERRIDES = ['train.batch_size=256', 'train.duration=3000 steps', 'train.log_every=50 steps',
              'train.eval_every=500 steps', 'train.checkpoint_every=300 steps',

@@ -34,13 +34,13 @@ def stream_indices(seed: int, num_examples: int, start: int, length: int) -> np.
 
 @dataclasses.dataclass(frozen=True)
 class OrderWindow:
-  """A stretch of the stream that a device can index without asking the host.
+  """A stretch of the stream that a device can read without asking the host.
 
-  It spans whole epochs [first_epoch, first_epoch + num_epochs); steps whose
-  positions fall inside read from it on device, so the host only builds a new
-  window when an epoch boundary is about to be crossed.
+  It starts at an epoch boundary and is one epoch plus the largest batch long, so
+  every step starting inside that epoch reads from it; the host builds a new
+  window once per epoch.
   """
-  indices: np.ndarray  # int32, num_epochs * num_examples
+  indices: np.ndarray  # int32
   start: int           # stream position of indices[0]
 
   @property
@@ -51,12 +51,15 @@ class OrderWindow:
     return self.start <= position and position + length <= self.end
 
 
+def window_length(num_examples: int, max_batch: int) -> int:
+  return num_examples + max_batch
+
+
 def order_window(seed: int, num_examples: int, position: int, max_batch: int) -> OrderWindow:
   """The window starting at the epoch of `position`, long enough for any batch."""
-  first_epoch = position // num_examples
-  num_epochs = -(-max_batch // num_examples) + 1
-  start = first_epoch * num_examples
-  return OrderWindow(stream_indices(seed, num_examples, start, num_epochs * num_examples), start)
+  start = position // num_examples * num_examples
+  return OrderWindow(stream_indices(seed, num_examples, start,
+                                    window_length(num_examples, max_batch)), start)
 
 
 def device_major_arrangement(batch_size: int, num_devices: int, num_micro_batches: int) -> np.ndarray:

@@ -34,12 +34,12 @@ import jax.numpy as jnp
 from mbx import config as config_lib
 from mbx import data as data_lib
 from mbx import models as models_lib
-from mbx.data.example_order import order_window
-from mbx.optim import build_optimizer, learning_rate_schedule
-from mbx.training.feed import eval_batch_size
+from mbx.data.example_order import window_length
+from mbx.training.components import build_components
+from mbx.training.feed import eval_batch_size, keeps_data_on_device
 from mbx.training.plan import StepShape, make_plan
-from mbx.training.step import (batch_norm_axis_name, batch_sharded, init_train_state,
-                               make_eval_step, make_mesh, make_train_step, replicated)
+from mbx.training.step import (batch_sharded, init_train_state, make_eval_step, make_mesh,
+                               make_train_step, replicated)
 
 DEFAULT_MEMORY_FRACTION = 0.9
 
@@ -68,16 +68,13 @@ class DataFacts:
 
     A sliced split ('train[:90%]') counts as the whole split: an overestimate.
     """
-    # Imported here: the loop imports this module.
-    from mbx.training.loop import DEVICE_DATA_LIMIT_BYTES  # pylint: disable=import-outside-toplevel
     d = config.data
     info = data_lib.dataset_info(d.name, d.data_dir)
     size = lambda split: info.num_examples.get(split.split('[')[0].split('+')[0], 0)
     input_shape = tuple(input_shape or info.input_shape)
     num_train = num_train_examples or size(d.train_split)
-    if on_device is None:  # the loop's rule for data.placement='auto'
-      on_device = d.placement == 'device' or (
-          d.placement == 'auto' and 4 * math.prod(input_shape) * num_train <= DEVICE_DATA_LIMIT_BYTES)
+    if on_device is None:
+      on_device = keeps_data_on_device(d.placement, input_shape, num_train)
     return cls(input_shape=input_shape, num_classes=num_classes or info.num_classes,
                num_train_examples=num_train,
                num_eval_examples=size(d.eval_split or data_lib.default_eval_split(d.name)),
@@ -134,14 +131,9 @@ class _StepCompiler:
     t = config.train
     self.base_plan = make_plan(_with_micro_batch(config, None), self.num_devices,
                                facts.num_train_examples, self.backend)
-    self.model = models_lib.build_model(
-        config.model.name, num_classes=facts.num_classes, options=config.model.options,
-        dtype=jnp.dtype(config.model.dtype), batch_norm_axis_name=batch_norm_axis_name(mesh))
-    self.optimizer = build_optimizer(config.optim)
-    self.lr_schedule = learning_rate_schedule(
-        config.optim, batch_size=self.base_plan.initial_batch_size,
-        examples_per_epoch=facts.num_train_examples, total_examples=self.base_plan.total_examples,
-        extra_decays=self.base_plan.lr_extra_decays)
+    c = build_components(config, self.base_plan, num_classes=facts.num_classes, mesh=mesh)
+    self.model, self.optimizer, self.lr_schedule, self.augment = (
+        c.model, c.optimizer, c.lr_schedule, c.augment)
     self.sample_x = jnp.zeros((1, *facts.input_shape), jnp.float32)
     abstract = jax.eval_shape(lambda: init_train_state(
         self.model, self.optimizer, self.sample_x, seed=t.seed, mesh=mesh,
@@ -150,7 +142,6 @@ class _StepCompiler:
     self.state = jax.tree.map(
         lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=self.replicated), abstract)
     self.state_bytes = _per_device_bytes(self.state)
-    self.augment = data_lib.augment_fn(config.data.name) if config.data.augment else None
     self.data_seed = t.seed if t.data_seed is None else t.data_seed
     self.compiles, self.compile_seconds = 0, 0.0
     self._train_cache: dict[StepShape, StepMemory] = {}
@@ -165,12 +156,18 @@ class _StepCompiler:
             self._array((batch_size,), jnp.int32, True))
 
   def _train_split(self, max_batch_size: int) -> tuple:
-    """The device-resident split and order window, as `DeviceFeed` holds them."""
+    """The step's on-device data, as `DeviceFeed` passes it: the split's rows in the order
+    of one window (one epoch plus the largest batch) and the window's start."""
     n = self.facts.num_train_examples
-    window = len(order_window(0, n, 0, max_batch_size).indices)
-    return (self._array((n, *self.facts.input_shape), jnp.float32, False),
-            self._array((n,), jnp.int32, False), self._array((window,), jnp.int32, False),
-            self._array((), jnp.int32, False))
+    window = window_length(n, max_batch_size)
+    return (self._array((window, *self.facts.input_shape), jnp.float32, False),
+            self._array((window,), jnp.int32, False), self._array((), jnp.int32, False))
+
+  def _train_split_bytes(self) -> int:
+    """The split itself, which `DeviceFeed` keeps beside the windows it builds from it."""
+    n = self.facts.num_train_examples
+    return _per_device_bytes((self._array((n, *self.facts.input_shape), jnp.float32, False),
+                              self._array((n,), jnp.int32, False)))
 
   def _eval_cache_bytes(self) -> int:
     """The eval splits that `_Evaluator` keeps on device: padded, batch-sharded (x, y, mask)."""
@@ -205,7 +202,7 @@ class _StepCompiler:
         noise_scale_ema=t.noise_scale_ema, data_seed=self.data_seed, augment=self.augment)
     if self.facts.on_device:
       data = self._train_split(max(shape.batch_size, self.base_plan.max_batch_size))
-      beside = self._eval_cache_bytes()
+      beside = self._eval_cache_bytes() + self._train_split_bytes()
     else:
       data, beside = self._batch(shape.batch_size), self._prefetched_bytes(shape.batch_size)
     return step, (self.state, *data), beside
@@ -245,6 +242,7 @@ class _StepCompiler:
       beside = self.state_bytes - eval_params
       if f.on_device:
         beside += (_per_device_bytes(self._train_split(self.base_plan.max_batch_size)) +
+                   self._train_split_bytes() +
                    self._eval_cache_bytes() - eval_batch)
       else:  # the next streamed eval batch is built while the step runs
         beside += self._prefetched_bytes(max_batch_size) + eval_batch

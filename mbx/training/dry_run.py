@@ -15,11 +15,9 @@ import jax.numpy as jnp
 
 from mbx import config as config_lib
 from mbx import data as data_lib
-from mbx import models as models_lib
-from mbx.optim import build_optimizer, learning_rate_schedule
-from mbx.training.plan import StepShape, step_shape
-from mbx.training.step import (batch_norm_axis_name, batch_sharded, init_train_state,
-                               make_mesh, make_train_step)
+from mbx.training.components import build_components
+from mbx.training.plan import StepShape, make_plan, step_shape
+from mbx.training.step import batch_sharded, init_train_state, make_mesh, make_train_step
 
 # Unoptimised XLA:CPU code, about half the compile time of ResNet-50's step: enough to know
 # that it compiles, not to measure its speed or memory.
@@ -70,21 +68,13 @@ def compile_one_step(config: config_lib.Config, *, batch_size: int | None = None
 
   mesh = make_mesh()
   shape = step_shape(config, batch_size, mesh.devices.size, jax.default_backend())
-  model = models_lib.build_model(
-      config.model.name, num_classes=num_classes, options=config.model.options,
-      dtype=jnp.dtype(config.model.dtype), batch_norm_axis_name=batch_norm_axis_name(mesh))
-  optimizer = build_optimizer(config.optim)
-  total = config_lib.parse_duration(config.train.duration, 'train.duration').to_examples(
-      config.train.batch_size, examples_per_epoch)
-  lr_schedule = learning_rate_schedule(config.optim, batch_size=config.train.batch_size,
-                                       examples_per_epoch=examples_per_epoch,
-                                       total_examples=total)
-  t = config.train
-  augment = data_lib.augment_fn(config.data.name) if config.data.augment else None
-  step = make_train_step(model, optimizer, lr_schedule, shape, mesh, on_device_data=False,
+  plan = make_plan(config, mesh.devices.size, examples_per_epoch, jax.default_backend())
+  c = build_components(config, plan, num_classes=num_classes, mesh=mesh)
+  model, optimizer, t = c.model, c.optimizer, config.train
+  step = make_train_step(model, optimizer, c.lr_schedule, shape, mesh, on_device_data=False,
                          noise_scale=t.noise_scale, noise_scale_ema=t.noise_scale_ema,
                          data_seed=t.data_seed if t.data_seed is not None else t.seed,
-                         augment=augment)
+                         augment=c.augment)
   sample_x = jnp.zeros((1, *input_shape), jnp.float32)
   state = jax.eval_shape(lambda: init_train_state(model, optimizer, sample_x, seed=t.seed,
                                                   mesh=mesh, noise_scale=t.noise_scale))

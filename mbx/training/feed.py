@@ -5,10 +5,12 @@ gives the same batches whichever one it uses.
 """
 from __future__ import annotations
 
+import functools
 import queue
 import threading
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from mbx.data.example_order import device_major_arrangement, order_window, stream_indices
@@ -16,21 +18,42 @@ from mbx.training.plan import Plan
 from mbx.training.step import batch_sharded, replicated
 
 
+# data.placement='auto' keeps a split on device when it and its order window (about as
+# large again) take at most this much.
+DEVICE_DATA_LIMIT_BYTES = 2 * 2**30
+
+
+def keeps_data_on_device(placement: str, input_shape, num_examples: int | None) -> bool:
+  """Whether the training split lives in device memory (DeviceFeed) or is read (HostFeed)."""
+  if placement != 'auto':
+    return placement == 'device'
+  split_bytes = 4 * (int(np.prod(input_shape)) + 1) * (num_examples or 10**9)
+  return 2 * split_bytes <= DEVICE_DATA_LIMIT_BYTES
+
+
 def put(array: np.ndarray, sharding) -> jax.Array:
   """A global array from host data that every process holds in full."""
   return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
 
 
-def window_length(num_examples: int, max_batch_size: int) -> int:
-  """Length of the order windows `DeviceFeed` hands to the step (see order_window)."""
-  return (-(-max_batch_size // num_examples) + 1) * num_examples
+@functools.lru_cache(maxsize=4)
+def _window_gather(sharding):
+  """Jitted rows[indices] (leading axes of indices kept), placed with `sharding`."""
+  return jax.jit(lambda rows, indices: jnp.take(rows, indices, axis=0), out_shardings=sharding)
+
+
+def window_rows(rows: jax.Array, indices, sharding) -> jax.Array:
+  """The training rows in the order of an example-order window (or a stack of them)."""
+  return _window_gather(sharding)(rows, jnp.asarray(indices))
 
 
 class DeviceFeed:
-  """The training split lives in device memory; steps gather their batch there.
+  """The training split lives in device memory; steps slice their batch there.
 
-  The host only swaps the order window when a step would run past its end (once
-  per epoch), so per-step host work is a comparison.
+  Once per epoch the host sends the epoch's order and the device permutes the
+  split into a window (one epoch plus the largest batch); each step then reads
+  a contiguous slice of it. A slice is far cheaper than a gather on XLA:CPU, and
+  per-step host work is one comparison.
   """
 
   def __init__(self, train_x: np.ndarray, train_y: np.ndarray, mesh, *, seed: int,
@@ -45,10 +68,12 @@ class DeviceFeed:
     self.args = None
 
   def step_args(self, position: int, batch_size: int) -> tuple:
+    """(window_x, window_y, window_start) for the step starting at stream `position`."""
     if self.window is None or not self.window.covers(position, batch_size):
       self.window = order_window(self.seed, self.num_examples, position, self.max_batch_size)
       sharding = replicated(self.mesh)
-      self.args = (self.x, self.y, put(self.window.indices, sharding),
+      self.args = (window_rows(self.x, self.window.indices, sharding),
+                   window_rows(self.y, self.window.indices, sharding),
                    put(np.asarray(self.window.start, np.int32), sharding))
     return self.args
 

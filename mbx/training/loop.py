@@ -22,19 +22,19 @@ import numpy as np
 
 from mbx import config as config_lib
 from mbx import data as data_lib
-from mbx import models as models_lib
-from mbx.optim import build_optimizer, learning_rate_schedule, scaled_learning_rate
+from mbx.optim import scaled_learning_rate
 from mbx.training import feed as feed_lib
 from mbx.training.autobatch import resolve_auto_micro_batch
+from mbx.training.components import build_components
 from mbx.training import noise_scale as noise_scale_lib
 from mbx.training.checkpoints import Checkpoints
 from mbx.training.plan import Plan, make_plan
 from mbx.training.records import Run, RunWriter, load_run
-from mbx.training.step import (TrainState, batch_norm_axis_name, batch_sharded, gathered,
+from mbx.data.example_order import window_length
+from mbx.training.step import (TrainState, batch_sharded, sliced,
                                init_train_state, make_eval_step, make_mesh, make_trial_update,
                                metric_names, replicated, trial_hyperparameters, zero_metric_sums)
 
-DEVICE_DATA_LIMIT_BYTES = 2 * 2**30  # 'auto' placement keeps smaller splits on device
 MOMENTUM_OF = {'sgd': lambda o: 0.0, 'momentum': lambda o: o.momentum,
                'nesterov': lambda o: o.momentum, 'lars': lambda o: o.momentum}
 
@@ -189,9 +189,7 @@ def setup(config: config_lib.Config) -> Setup:
   info = data_lib.dataset_info(d.name, d.data_dir)
   # A sliced split ('train[:90%]') is at most as large as the split it slices.
   num_train = info.num_examples.get(d.train_split.split('[')[0].split('+')[0])
-  on_device = d.placement == 'device' or (
-      d.placement == 'auto' and
-      4 * math.prod(info.input_shape) * (num_train or 10**9) <= DEVICE_DATA_LIMIT_BYTES)
+  on_device = feed_lib.keeps_data_on_device(d.placement, info.input_shape, num_train)
   train_arrays = source = None
   if on_device:
     train_arrays = data_lib.load_arrays(d.name, d.train_split, d.data_dir, d.download)
@@ -205,17 +203,12 @@ def setup(config: config_lib.Config) -> Setup:
                                          info.num_classes, num_train_examples=num_train,
                                          on_device=on_device)
   plan = make_plan(plan_config, mesh.devices.size, num_train, jax.default_backend())
-  model = models_lib.build_model(
-      config.model.name, num_classes=info.num_classes, options=config.model.options,
-      dtype=jnp.dtype(config.model.dtype), batch_norm_axis_name=batch_norm_axis_name(mesh))
-  lr_schedule = learning_rate_schedule(
-      config.optim, batch_size=plan.initial_batch_size, examples_per_epoch=num_train,
-      total_examples=plan.total_examples, extra_decays=plan.lr_extra_decays)
+  c = build_components(config, plan, num_classes=info.num_classes, mesh=mesh)
   return Setup(config=config, mesh=mesh, info=info, num_train=num_train, on_device=on_device,
-               train_arrays=train_arrays, source=source, plan=plan, model=model,
-               optimizer=build_optimizer(config.optim), lr_schedule=lr_schedule,
-               evaluator=_Evaluator(model, config, mesh, d.data_dir, on_device),
-               augment=data_lib.augment_fn(d.name) if d.augment else None)
+               train_arrays=train_arrays, source=source, plan=plan, model=c.model,
+               optimizer=c.optimizer, lr_schedule=c.lr_schedule,
+               evaluator=_Evaluator(c.model, config, mesh, d.data_dir, on_device),
+               augment=c.augment)
 
 
 class TrialRecorder:
@@ -356,9 +349,9 @@ def trial_step(s: Setup, shape, packed: bool = False):
         s.model, s.config.optim, s.lr_schedule, shape, s.mesh, noise_scale=t.noise_scale,
         noise_scale_ema=t.noise_scale_ema, augment=s.augment)
     if s.on_device:
-      update = gathered(update, arrangement, batch_sharded(s.mesh))
-    if packed:
-      update = jax.vmap(update, in_axes=(0, 0) + ((None, None, 0, None) if s.on_device else (None, None)))
+      update = sliced(update, arrangement, batch_sharded(s.mesh))
+    if packed:  # stacked states, hyperparameters and (on device) order windows
+      update = jax.vmap(update, in_axes=(0, 0) + ((0, 0, None) if s.on_device else (None, None)))
     # (jitted step, reference peak LR, its compiled executables by argument signature)
     _TRIAL_STEPS[key] = (jax.jit(update, donate_argnums=0),
                          scaled_learning_rate(s.config.optim, s.plan.initial_batch_size), {})
@@ -387,12 +380,12 @@ def compiled_trial_steps(s: Setup, shapes, state, config: config_lib.Config, *,
                         for c in packed_configs])
     hyper = jax.device_put(hyper, replicated(mesh))
     if s.on_device:
-      data = (s.train_arrays[0].shape, s.train_arrays[1].shape)
-      window = feed_lib.window_length(s.num_train, plan.max_batch_size)
-      windows = (len(packed_configs), window) if packed_configs is not None else (window,)
-      batch_args = (jax.ShapeDtypeStruct(data[0], jnp.float32, sharding=replicated(mesh)),
-                    jax.ShapeDtypeStruct(data[1], jnp.int32, sharding=replicated(mesh)),
-                    jax.ShapeDtypeStruct(windows, jnp.int32, sharding=replicated(mesh)),
+      window = (window_length(s.num_train, plan.max_batch_size),)
+      if packed_configs is not None:
+        window = (len(packed_configs), *window)
+      batch_args = (jax.ShapeDtypeStruct((*window, *s.info.input_shape), jnp.float32,
+                                         sharding=replicated(mesh)),
+                    jax.ShapeDtypeStruct(window, jnp.int32, sharding=replicated(mesh)),
                     jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated(mesh)))
     else:
       batch_args = (jax.ShapeDtypeStruct((shape.batch_size, *s.info.input_shape), jnp.float32,

@@ -27,6 +27,7 @@ import numpy as np
 from mbx import config as config_lib
 from mbx.data.example_order import order_window
 from mbx.training import loop
+from mbx.training.feed import window_rows
 from mbx.training.records import Run
 from mbx.training.step import replicated, zero_metric_sums
 
@@ -105,12 +106,15 @@ def _train_pack(configs, workdirs, quiet) -> list[Run]:
   window = None
 
   def window_args(position):
+    """Each trial's rows in its own example order (its data seed), stacked."""
     nonlocal window
-    if window is None or not window[0][0].covers(position, batch):
+    if window is None or not window[0].covers(position, batch):
       per_trial = [order_window(_data_seed(c), s.num_train, position, batch) for c in configs]
-      window = (per_trial, jnp.asarray(np.stack([w.indices for w in per_trial])),
-                jnp.asarray(per_trial[0].start, jnp.int32))
-    return window[1], window[2]
+      indices = np.stack([w.indices for w in per_trial])
+      window = (per_trial[0], window_rows(train_x, indices, replicated(mesh)),
+                window_rows(train_y, indices, replicated(mesh)),
+                jax.device_put(np.asarray(per_trial[0].start, np.int32), replicated(mesh)))
+    return window[1:]
 
   active = list(range(len(configs)))
   for trial in trials:
@@ -128,7 +132,7 @@ def _train_pack(configs, workdirs, quiet) -> list[Run]:
     for next_event in events:
       while step < next_event:
         step_fn = plain_fn if step % noise_every else measuring_fn
-        stacked, _ = step_fn(stacked, hyper, train_x, train_y, *window_args(position))
+        stacked, _ = step_fn(stacked, hyper, *window_args(position))
         if sync_every_step:
           stacked.counters.block_until_ready()
         step, position = step + 1, position + batch

@@ -258,28 +258,35 @@ def make_update(model, optimizer, lr_schedule: Callable, shape: StepShape, mesh:
   return update, arrangement
 
 
-def gathered(update, arrangement, sharding):
-  """update(state, ..., x, y) -> step(state, ..., train_x, train_y, window_indices, window_start):
-  the batch is gathered on device from the split and the example-order window."""
+def sliced(update, arrangement, sharding):
+  """update(state, ..., x, y) -> step(state, ..., window_x, window_y, window_start): the
+  batch is the slice of the device's order window (feed.DeviceFeed) at this step."""
+  identity = np.array_equal(arrangement, np.arange(len(arrangement)))
+
   def step(state, *args):
-    *leading, train_x, train_y, window_indices, window_start = args
-    positions = state.examples_seen - window_start + jnp.asarray(arrangement)
-    indices = jax.lax.with_sharding_constraint(window_indices[positions], sharding)
-    return update(state, *leading, train_x[indices], train_y[indices])
+    *leading, window_x, window_y, window_start = args
+    offset = state.examples_seen - window_start
+    x = jax.lax.dynamic_slice_in_dim(window_x, offset, len(arrangement))
+    y = jax.lax.dynamic_slice_in_dim(window_y, offset, len(arrangement))
+    if not identity:  # several devices or micro-batches: see device_major_arrangement
+      x, y = x[arrangement], y[arrangement]
+    x = jax.lax.with_sharding_constraint(x, sharding)
+    y = jax.lax.with_sharding_constraint(y, sharding)
+    return update(state, *leading, x, y)
   return step
 
 
 def make_train_step(model, optimizer, lr_schedule, shape: StepShape, mesh: Mesh, *,
                     on_device_data: bool, **options):
-  """Jitted step; `on_device_data` gathers the batch from device-resident arrays.
+  """Jitted step; `on_device_data` slices the batch from device-resident arrays.
 
-  On device: step(state, train_x, train_y, window_indices, window_start) where the
-  window is the stretch of the example order holding this step's positions.
+  On device: step(state, window_x, window_y, window_start), the training rows in the
+  order of the example-order window holding this step (feed.DeviceFeed).
   Otherwise: step(state, x, y) with x, y already arranged and batch-sharded.
   """
   update, arrangement = make_update(model, optimizer, lr_schedule, shape, mesh, **options)
   if on_device_data:
-    update = gathered(update, arrangement, batch_sharded(mesh))
+    update = sliced(update, arrangement, batch_sharded(mesh))
   return jax.jit(update, donate_argnums=0)
 
 
