@@ -23,8 +23,6 @@ import tempfile
 import time
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 import optax
 
 import mbx

@@ -34,6 +34,7 @@ import json
 import math
 import multiprocessing
 import os
+import re
 import pathlib
 import platform
 import shutil
@@ -223,7 +224,7 @@ def readme(analysis, local: pd.DataFrame, sweep: grid.SweepConfig, command: str,
       'and not-reached (open circles) trials, the best per B outlined.',
       '- `local_cbs_<optimizer>.png` — the local-CBS branches: test loss after the window vs '
       'k·B, the tolerance band and the local CBS.', '',
-      '## Interpretation', '', '<!-- The lead adds the interpretation of this run here. -->', '',
+      '## Interpretation', '', '<!-- The lead adds the interpretation of this run here; re-runs keep it. -->', '',
       '## Files', '',
       '`trials.csv` (one row per trial: optimizer, batch_size, learning_rate, momentum, seed, '
       'status, outcome, steps_to_target, examples_to_target, best_metric, wall_time, b_simple, '
@@ -282,8 +283,15 @@ def main() -> None:
   (out / 'study.json').write_text(json.dumps({
       **timings, 'spec_hash': grid.spec_hash(sweep), 'trials': len(table),
       'outcomes': runner.outcome_counts(table)}, indent=2) + '\n')
-  (out / 'README.md').write_text(readme(analysis, local, sweep, command, timings,
-                                        runner.outcome_counts(table), args.quick))
+  text = readme(analysis, local, sweep, command, timings, runner.outcome_counts(table),
+                args.quick)
+  previous = out / 'README.md'
+  if previous.exists():  # keep a hand-written interpretation across re-runs
+    kept = re.search(r'## Interpretation\n(.*?)\n## ', previous.read_text(), re.S)
+    if kept and 'The lead adds' not in kept.group(1):
+      text = re.sub(r'## Interpretation\n.*?\n## ', lambda _: f'## Interpretation\n{kept.group(1)}\n## ',
+                    text, count=1, flags=re.S)
+  previous.write_text(text)
   for _, row in analysis.summary.iterrows():
     print(f'{row["optimizer"]}: B_crit = {row.get("b_crit", float("nan")):.1f} '
           f'[{row.get("b_crit_lo", float("nan")):.1f}, {row.get("b_crit_hi", float("nan")):.1f}], '

@@ -238,7 +238,7 @@ def readme(budgets: dict, args, timing: dict) -> str:
       f' — **{timing["wall_time_s"] / 60:.1f} min** of wall time for the whole study '
       f'({timing["runs_trained"]} of {timing["runs"]} runs trained in that invocation, '
       f'{timing["date"]}) on {platform.machine()} with {len(os.sched_getaffinity(0))} CPU '
-      f'cores shared with other jobs (1-minute load average {timing["load_average"][0]:g} at '
+      f'cores (1-minute load average {timing["load_average"][0]:g} at '
       f'the start, {timing["load_average"][1]:g} at the end), {jax.device_count()} '
       f'{jax.default_backend()} device, jax {jax.__version__}. Per-run numbers: `results.csv`.',
       '',

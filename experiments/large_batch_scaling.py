@@ -193,7 +193,7 @@ def readme(table, sweep, best, args, batch_sizes, timing) -> str:
       f' — **{timing["wall_time_s"] / 60:.1f} min** of wall time ({timing["date"]}; '
       f'{timing["runs_trained"]} runs trained for {timing["points"]} points, as points with the '
       f'same config, e.g. every SGD method at B0, share a run) on {platform.machine()} with '
-      f'{len(os.sched_getaffinity(0))} CPU cores shared with other jobs (1-minute load average '
+      f'{len(os.sched_getaffinity(0))} CPU cores (1-minute load average '
       f'{timing["load_average"][0]:g} at the start, {timing["load_average"][1]:g} at the end), '
       f'{jax.device_count()} '
       f'{jax.default_backend()} device, jax {jax.__version__}. Over the {len(distinct)} runs: '
@@ -313,14 +313,12 @@ def interpretation(table, sweep, best, batch_sizes) -> list[str]:
       'bias-free convolution is followed by BatchNorm and that is harmless; this CNN has a '
       f'bias on every layer, and at B = {mid} its largest bias norm grew to {lars_bias:.0f} '
       f'(largest kernel norm {lars_kernel:.0f}). Adam and LAMB bound every coordinate\'s '
-      'step by about the LR whatever the gradient, and optax\'s LAMB, which mbx uses, also '
-      f'applies the trust ratio to biases (largest bias norm {lamb_bias:.1f}, kernel '
-      f'{lamb_kernel:.1f} at B = {mid}). (So mbx\'s LAMB does not exempt biases and norm '
-      'parameters from the trust ratio, unlike its LARS and unlike You et al.\'s BERT code.)',
+      'step by about the LR whatever the gradient; mbx\'s LAMB exempts biases from its trust '
+      'ratio too, but their Adam-normalised steps stay of the order of the LR '
+      f'(largest bias norm {lamb_bias:.1f}, kernel {lamb_kernel:.1f} at B = {mid}).',
       '- One seed per point: near the edge of stability single runs are erratic (e.g. SGD at '
-      'B = 250 with and without warmup; while mbx was being developed, rewriting the '
-      'convolutions as matmuls, which changes only floating-point rounding, moved the SGD run '
-      'at B0 and LR 0.2 by more than a point), '
+      'B = 250 with and without warmup; changes that only alter floating-point rounding move '
+      'such runs by more than a point), '
       'so read the table for where each method breaks down, not for differences of a point '
       'or two.',
   ]

@@ -13,7 +13,7 @@ the same initialisation per seed (train.seed), use Adam at the same constant LR 
 at the same training loss (<= 0.01, `configs/mnist1d_sharp_minima.py`). Every measure is on the
 full training set (4000 examples) in float32, the CNN has no BatchNorm.
 
-    python experiments/sharp_minima.py           # ~11 min on a shared 2-core CPU (3 seeds, 8 B)
+    python experiments/sharp_minima.py           # ~5 min on a 2-core CPU (3 seeds, 8 B)
     python experiments/sharp_minima.py --quick   # ~2 min: 1 seed, 4 batch sizes, fewer HVPs
     python experiments/sharp_minima.py --sweep-dir sweeps/cbs   # also analyse a batch-size sweep
 
@@ -306,7 +306,7 @@ def main() -> None:
       interpolations[f'SB_{other}_seed{seed}'] = result
       curves.append(result['rows'])
     figures.parametric_plot(
-        curves, out / f'parametric_sb_{other.lower()}.png', label_a=f'SB (B=256)',
+        curves, out / f'parametric_sb_{other.lower()}.png', label_a='SB (B=256)',
         label_b=f'{other} (B={REGIMES[other]})',
         title=f'θ(α) = α·θ_{other} + (1−α)·θ_SB, MNIST-1D CNN, {len(seeds)} seed(s)')
   landscapes = {f'{regime} (B={b})': analysis.landscape_analysis(runs[(regime, seeds[0])])['rows']
@@ -389,8 +389,7 @@ def write_readme(out, args, seeds, grid, settings, density, grid_settings, rows,
       f'Command: `{command}` — wall time **{first["wall_time_s"] / 60:.1f} min** for the '
       f'invocation that trained and analysed everything ({phase_text(first)}), on '
       f'{os.cpu_count()} CPU cores ({platform.machine()}, jax {jax.__version__}, '
-      f'{jax.device_count()} {jax.default_backend()} device); the machine was shared with other '
-      'jobs during the run, so times are upper bounds.'
+      f'{jax.device_count()} {jax.default_backend()} device).'
       + (f' This README was written by a later invocation ({wall:.0f} s: {phase_text(this_run)})'
          f' that reused {analyze.reused} of {analyze.reused + analyze.computed} checkpoint '
          'analyses from summaries.json (same run, step and settings) and every finished run.'
