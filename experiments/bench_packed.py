@@ -5,7 +5,7 @@ seed) — trained one after the other with `mbx.train`, or packed into one jitte
 vmapped step with `mbx.training.packed.train_packed`. Both write identical run
 directories (tests/test_packed.py checks the parameters agree).
 
-    python experiments/bench_packed.py                 # ~4 min on a 2-core CPU
+    python experiments/bench_packed.py                 # ~3 min on a 2-core CPU
     python experiments/bench_packed.py --trials 4 --batch-sizes 1 16
 
 Reports, per batch size, the wall time of the whole sweep (data loading,
@@ -59,23 +59,25 @@ def measure(batch_size: int, steps: int, trials: int) -> dict[str, float]:
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--trials', type=int, default=8)
+  parser.add_argument('--trials', type=int, nargs='*', default=[8, 16],
+                      help='pack sizes K to measure')
   parser.add_argument('--batch-sizes', type=int, nargs='*', default=sorted(STEPS))
   parser.add_argument('--steps-scale', type=float, default=1.0)
   args = parser.parse_args()
   print(f'Machine: {platform.machine()}, {jax.device_count()} {jax.default_backend()} device(s); '
-        f'jax {jax.__version__}; MNIST-1D CNN, momentum SGD, {args.trials} trials per batch size '
+        f'jax {jax.__version__}; MNIST-1D CNN, momentum SGD; K trials per batch size '
         'differing in learning rate and seed.\n')
-  print('| batch | steps | one-by-one: wall (s) | packed: wall (s) | wall speed-up | '
+  print('| K | batch | steps | one-by-one: wall (s) | packed: wall (s) | wall speed-up | '
         'one-by-one: loop (s) | packed: loop (s) | loop speed-up | compile one-by-one / packed (s) |')
-  print('|---:|---:|---:|---:|---:|---:|---:|---:|---:|')
-  for batch_size in args.batch_sizes:
-    steps = max(int(STEPS.get(batch_size, 200) * args.steps_scale), 10)
-    m = measure(batch_size, steps, args.trials)
-    print(f'| {batch_size} | {steps} | {m["solo_wall"]:.1f} | {m["packed_wall"]:.1f} | '
-          f'{m["solo_wall"] / m["packed_wall"]:.2f}x | {m["solo_train"]:.2f} | '
-          f'{m["packed_train"]:.2f} | {m["solo_train"] / m["packed_train"]:.2f}x | '
-          f'{m["solo_compile"]:.1f} / {m["packed_compile"]:.1f} |', flush=True)
+  print('|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|')
+  for trials in args.trials:
+    for batch_size in args.batch_sizes:
+      steps = max(int(STEPS.get(batch_size, 200) * args.steps_scale), 10)
+      m = measure(batch_size, steps, trials)
+      print(f'| {trials} | {batch_size} | {steps} | {m["solo_wall"]:.1f} | {m["packed_wall"]:.1f} | '
+            f'{m["solo_wall"] / m["packed_wall"]:.2f}x | {m["solo_train"]:.2f} | '
+            f'{m["packed_train"]:.2f} | {m["solo_train"] / m["packed_train"]:.2f}x | '
+            f'{m["solo_compile"]:.1f} / {m["packed_compile"]:.1f} |', flush=True)
 
 
 if __name__ == '__main__':

@@ -104,3 +104,31 @@ def test_ghost_batch_norm_statistics_do_not_depend_on_the_device_count():
   one, four = (run_python(BATCH_NORM_STEPS.format(norm='ghost', micro=1, dtype='float32'),
                           devices=d) for d in (1, 4))
   assert _relative_error(four['leaves'], one['leaves']) <= 1e-4
+
+
+PACKED_AND_SOLO = '''
+  import json, sys, numpy as np, jax
+  import mbx
+  from mbx.training.packed import train_packed
+  sys.path.insert(0, 'tests')
+  from helpers import tiny_config
+  configs = [tiny_config(optim=dict(name='momentum', learning_rate=lr, momentum=0.9),
+                         train=dict(batch_size=32, duration='6 steps', seed=seed,
+                                    log_every='3 steps', eval_every='6 steps',
+                                    checkpoint_every=None, noise_scale=True))
+             for seed, lr in enumerate((0.05, 0.2))]
+  packed = train_packed(configs, [f'{workdir}/packed{{i}}' for i in range(2)], quiet=True)
+  solo = [mbx.train(c, f'{workdir}/solo{{i}}', quiet=True) for i, c in enumerate(configs)]
+  error = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))) / np.max(np.abs(np.asarray(b))))
+              for p, s in zip(packed, solo)
+              for a, b in zip(jax.tree.leaves(p.params()), jax.tree.leaves(s.params())))
+  print(json.dumps({{'devices': jax.device_count(), 'error': error,
+                    'packed': [p.status.get('packed_trials') for p in packed]}}))
+'''
+
+
+def test_packed_trials_equal_solo_trials_on_eight_devices(tmp_path):
+  result = run_python(PACKED_AND_SOLO.format(workdir=str(tmp_path)), devices=8)
+  assert result['devices'] == 8
+  assert result['packed'] == [2, 2]  # really packed, not the sequential fallback
+  assert result['error'] <= 1e-5

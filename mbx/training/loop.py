@@ -347,11 +347,11 @@ def trial_step(s: Setup, shape, packed: bool = False):
     t = s.config.train
     update, arrangement = make_trial_update(
         s.model, s.config.optim, s.lr_schedule, shape, s.mesh, noise_scale=t.noise_scale,
-        noise_scale_ema=t.noise_scale_ema, augment=s.augment)
+        noise_scale_ema=t.noise_scale_ema, augment=s.augment, packed=packed)
+    if packed:  # over stacked states, hyperparameters and batches
+      update = jax.vmap(update)
     if s.on_device:
-      update = sliced(update, arrangement, batch_sharded(s.mesh))
-    if packed:  # stacked states, hyperparameters and (on device) order windows
-      update = jax.vmap(update, in_axes=(0, 0) + ((0, 0, None) if s.on_device else (None, None)))
+      update = sliced(update, arrangement, s.mesh, packed=packed)
     # (jitted step, reference peak LR, its compiled executables by argument signature)
     _TRIAL_STEPS[key] = (jax.jit(update, donate_argnums=0),
                          scaled_learning_rate(s.config.optim, s.plan.initial_batch_size), {})

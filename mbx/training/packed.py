@@ -43,11 +43,14 @@ def _data_seed(config: config_lib.Config) -> int:
   return config.train.seed if config.train.data_seed is None else config.train.data_seed
 
 
+# Jitted: op by op, every leaf's stack or slice would compile on its own (0.8 s a pack).
+@jax.jit
 def _stack(trees):
   return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
 
 
-def _slice(tree, index: int):
+@jax.jit
+def _slice(tree, index):
   return jax.tree.map(lambda leaf: leaf[index], tree)
 
 

@@ -126,9 +126,11 @@ def apply_model(model, params, model_state, x, *, train: bool, dropout_key=None)
   return model.apply(variables, x, train=train, rngs=rngs), model_state
 
 
-def _sum_sq(tree):
+def _sum_sq(tree, per_leaf: bool = False):
+  """Squared L2 norm of a tree. Under vmap (packed trials) concatenating the leaves
+  copies strided arrays: per-leaf sums are then faster (112 vs 185 us per K=8 step)."""
   leaves = [leaf.astype(jnp.float32) for leaf in jax.tree.leaves(tree)]
-  if sum(leaf.size for leaf in leaves) <= CONCAT_NORM_MAX_PARAMS:
+  if not per_leaf and sum(leaf.size for leaf in leaves) <= CONCAT_NORM_MAX_PARAMS:
     flat = jnp.concatenate([leaf.ravel() for leaf in leaves])
     return jnp.dot(flat, flat)
   return sum(jnp.sum(jnp.square(leaf)) for leaf in leaves)
@@ -140,7 +142,8 @@ def _as_varying(value):
   return jax.lax.pcast(value, (DATA_AXIS,), to='varying')
 
 
-def _sharded_gradients(model, shape: StepShape, mesh: Mesh, noise_scale: bool):
+def _sharded_gradients(model, shape: StepShape, mesh: Mesh, noise_scale: bool,
+                       per_leaf_norms: bool = False):
   """Mean gradient over the global batch, computed per device then psum'ed once.
 
   On one device the same code runs without shard_map: XLA:CPU then fuses across
@@ -181,7 +184,7 @@ def _sharded_gradients(model, shape: StepShape, mesh: Mesh, noise_scale: bool):
       grads, model_state, loss, correct = micro_batch(params, model_state, xj, yj, key_j)
       grad_sum = jax.tree.map(jnp.add, grad_sum, grads)
       if noise_scale and shape.measure_noise:
-        group_sq_sum = group_sq_sum + _sum_sq(grads)
+        group_sq_sum = group_sq_sum + _sum_sq(grads, per_leaf_norms)
       return (grad_sum, model_state, loss_sum + loss, correct_sum + correct,
               group_sq_sum), None
 
@@ -212,13 +215,14 @@ def _sharded_gradients(model, shape: StepShape, mesh: Mesh, noise_scale: bool):
 
 def make_update(model, optimizer, lr_schedule: Callable, shape: StepShape, mesh: Mesh, *,
                 noise_scale: bool, noise_scale_ema: float, data_seed: int,
-                augment: Callable | None):
+                augment: Callable | None, packed: bool = False):
   """The pure update (state, arranged global batch x, y) -> (state, metrics).
 
   `x` rows must be in `device_major_arrangement` order (see example_order);
   `metrics` is a float32 vector whose entries are named by `metric_names`.
+  packed: the update will be vmapped over trials (packed.py).
   """
-  gradients = _sharded_gradients(model, shape, mesh, noise_scale)
+  gradients = _sharded_gradients(model, shape, mesh, noise_scale, per_leaf_norms=packed)
   arrangement = device_major_arrangement(shape.batch_size, mesh.devices.size,
                                          shape.num_micro_batches)
   data_key = jax.random.key(data_seed)
@@ -235,9 +239,10 @@ def make_update(model, optimizer, lr_schedule: Callable, shape: StepShape, mesh:
     learning_rate = lr_schedule(state.examples_seen)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params, learning_rate)
     params = optax.apply_updates(state.params, updates)
-    grad_sq = _sum_sq(grads)
+    grad_sq = _sum_sq(grads, packed)
     metrics = [stats['loss'], stats['accuracy'], jnp.sqrt(grad_sq),
-               jnp.sqrt(_sum_sq(updates)), jnp.sqrt(_sum_sq(params)), learning_rate]
+               jnp.sqrt(_sum_sq(updates, packed)), jnp.sqrt(_sum_sq(params, packed)),
+               learning_rate]
     noise_state = state.noise_scale
     if noise_scale and shape.measure_noise:
       num_groups = mesh.devices.size * shape.num_micro_batches
@@ -258,18 +263,25 @@ def make_update(model, optimizer, lr_schedule: Callable, shape: StepShape, mesh:
   return update, arrangement
 
 
-def sliced(update, arrangement, sharding):
+def sliced(update, arrangement, mesh: Mesh, packed: bool = False):
   """update(state, ..., x, y) -> step(state, ..., window_x, window_y, window_start): the
-  batch is the slice of the device's order window (feed.DeviceFeed) at this step."""
+  batch is the slice of the device's order window (feed.DeviceFeed) at this step.
+
+  packed: `update` is vmapped over K trials whose windows are stacked; they share their
+  stream position, so one slice serves all (a vmapped slice would be a gather).
+  """
   identity = np.array_equal(arrangement, np.arange(len(arrangement)))
+  axis = 1 if packed else 0
+  sharding = NamedSharding(mesh, P(*(None,) * axis, DATA_AXIS))
 
   def step(state, *args):
     *leading, window_x, window_y, window_start = args
-    offset = state.examples_seen - window_start
-    x = jax.lax.dynamic_slice_in_dim(window_x, offset, len(arrangement))
-    y = jax.lax.dynamic_slice_in_dim(window_y, offset, len(arrangement))
+    examples_seen = state.counters[..., 1]
+    offset = (examples_seen[0] if packed else examples_seen) - window_start
+    x = jax.lax.dynamic_slice_in_dim(window_x, offset, len(arrangement), axis=axis)
+    y = jax.lax.dynamic_slice_in_dim(window_y, offset, len(arrangement), axis=axis)
     if not identity:  # several devices or micro-batches: see device_major_arrangement
-      x, y = x[arrangement], y[arrangement]
+      x, y = jnp.take(x, arrangement, axis=axis), jnp.take(y, arrangement, axis=axis)
     x = jax.lax.with_sharding_constraint(x, sharding)
     y = jax.lax.with_sharding_constraint(y, sharding)
     return update(state, *leading, x, y)
@@ -286,7 +298,7 @@ def make_train_step(model, optimizer, lr_schedule, shape: StepShape, mesh: Mesh,
   """
   update, arrangement = make_update(model, optimizer, lr_schedule, shape, mesh, **options)
   if on_device_data:
-    update = sliced(update, arrangement, batch_sharded(mesh))
+    update = sliced(update, arrangement, mesh)
   return jax.jit(update, donate_argnums=0)
 
 
@@ -298,7 +310,8 @@ def trial_hyperparameters(learning_rate_scale: float, momentum: float, data_seed
 
 
 def make_trial_update(model, optim_config, lr_schedule, shape: StepShape, mesh: Mesh, *,
-                      noise_scale: bool, noise_scale_ema: float, augment: Callable | None):
+                      noise_scale: bool, noise_scale_ema: float, augment: Callable | None,
+                      packed: bool = False):
   """update(state, hyper, x, y) for every trial that differs only in peak learning rate,
   momentum and data seed, given as `hyper` (see trial_hyperparameters): one compiled
   program then serves a whole sweep, and vmapping it packs trials (packed.py)."""
@@ -310,7 +323,8 @@ def make_trial_update(model, optim_config, lr_schedule, shape: StepShape, mesh: 
     schedule = lambda examples: hyper[0] * lr_schedule(examples)
     trial_update, _ = make_update(model, optimizer, schedule, shape, mesh,
                                   noise_scale=noise_scale, noise_scale_ema=noise_scale_ema,
-                                  data_seed=hyper[2].astype(jnp.int32), augment=augment)
+                                  data_seed=hyper[2].astype(jnp.int32), augment=augment,
+                                  packed=packed)
     return trial_update(state, x, y)
 
   arrangement = device_major_arrangement(shape.batch_size, mesh.devices.size,
