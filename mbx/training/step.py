@@ -224,7 +224,7 @@ def make_update(model, optimizer, lr_schedule: Callable, shape: StepShape, mesh:
   """The pure update (state, arranged global batch x, y) -> (state, metrics).
 
   `x` rows must be in `device_major_arrangement` order (see example_order);
-  `metrics` is a float32 vector whose entries are named by `metric_names`.
+  `metrics` is a float32 vector whose entries are named by `step_metric_names`.
   packed: the update will be vmapped over trials (packed.py).
   """
   gradients = _sharded_gradients(model, shape, mesh, noise_scale, per_leaf_norms=packed)
