@@ -27,6 +27,17 @@ def _run_info(run, meta: dict) -> dict:
           'seed': run.config.train.seed, 'status': run.status.get('status')}
 
 
+def _train_and_test(run, step, subset, batch_size):
+  """The training loss at the run's checkpoint (on `subset` examples) and the same
+  parameters on the evaluation split, batched alike."""
+  train, meta = loss_fn.from_run(run, step, subset=subset, batch_size=batch_size)
+  test = loss_fn.LossFunction(train.model, train.unravel(train.theta), train.model_state,
+                              loss_fn.load_data(run.config, loss_fn.eval_split(run.config)),
+                              batch_size=batch_size or run.config.train.eval_batch_size,
+                              mesh=train.mesh)
+  return train, test, meta
+
+
 def sharpness_analysis(run, step: int | None = None, *,
                        epsilons: Sequence[float] = EPSILONS, subspace_dim: int | None = 100,
                        subspace_std: float = 1.0,
@@ -44,11 +55,7 @@ def sharpness_analysis(run, step: int | None = None, *,
                   batch_size=batch_size, seed=seed)
   timings = {}
   tic = time.perf_counter()
-  train, meta = loss_fn.from_run(run, step, subset=subset, batch_size=batch_size)
-  test = loss_fn.LossFunction(train.model, train.unravel(train.theta), train.model_state,
-                              loss_fn.load_data(run.config, loss_fn.eval_split(run.config)),
-                              batch_size=batch_size or run.config.train.eval_batch_size,
-                              mesh=train.mesh)
+  train, test, meta = _train_and_test(run, step, subset, batch_size)
   train_metrics, test_metrics = train.evaluate(), test.evaluate()
   # A large gradient means the point is not a minimiser and first-order terms dominate φ.
   train_metrics['grad_norm'] = float(np.linalg.norm(np.asarray(train.value_and_grad()[1])))
@@ -119,11 +126,7 @@ def interpolation_analysis(run_a, run_b, step_a: int | None = None, step_b: int 
     raise ValueError(f'{run_a.workdir} and {run_b.workdir} train different models or data; '
                      'interpolation needs the same architecture')
   tic = time.perf_counter()
-  train, meta_a = loss_fn.from_run(run_a, step_a, subset=subset, batch_size=batch_size)
-  test = loss_fn.LossFunction(train.model, train.unravel(train.theta), train.model_state,
-                              loss_fn.load_data(run_a.config, loss_fn.eval_split(run_a.config)),
-                              batch_size=batch_size or run_a.config.train.eval_batch_size,
-                              mesh=train.mesh)
+  train, test, meta_a = _train_and_test(run_a, step_a, subset, batch_size)
   steps_b = run_b.checkpoint_steps()
   step_b = steps_b[-1] if step_b is None and steps_b else step_b
   params_b, state_b, meta_b = run_b.restore(step_b)
