@@ -69,6 +69,21 @@ def test_accumulation_switches_on_above_the_device_maximum():
   assert plan.shape_at(0).num_micro_batches == 8  # 512 = 8 x 64, 64 <= 100
 
 
+def test_cross_entropy_is_optax_integer_label_cross_entropy():
+  """Same loss as optax's (which picks the label logit with take_along_axis); gradients
+  equal to rounding, also for extreme logits."""
+  import optax  # pylint: disable=import-outside-toplevel
+  logits = jax.random.normal(jax.random.key(0), (64, 10)) * jnp.array([1.0] * 9 + [80.0])
+  labels = jax.random.randint(jax.random.key(1), (64,), 0, 10)
+  ours = jax.value_and_grad(lambda l: cross_entropy(l, labels).mean())(logits)
+  reference = jax.value_and_grad(
+      lambda l: optax.softmax_cross_entropy_with_integer_labels(l, labels).mean())(logits)
+  np.testing.assert_array_equal(cross_entropy(logits, labels),
+                                optax.softmax_cross_entropy_with_integer_labels(logits, labels))
+  assert float(ours[0]) == float(reference[0])
+  np.testing.assert_allclose(ours[1], reference[1], rtol=1e-6, atol=1e-9)
+
+
 def test_eval_counts_every_example_exactly_once():
   """1000 examples in padded batches of 300: each counted once, none of the padding."""
   model = models.build_model('cnn1d', num_classes=10)
