@@ -20,10 +20,10 @@ full training set (4000 examples) in float32, the CNN has no BatchNorm.
 Outputs: results/sharp_minima/ (README.md, table.md/.csv, batch_size_grid.md/.csv,
 parametric_sb_lb.png, parametric_sb_fb.png, hessian_density.png, landscape_1d.png,
 sharpness_vs_batch_size.png, summaries.json, timings.json); runs under runs/sharp_minima/.
-Finished runs, and analyses in an earlier summaries.json with the same run, step and settings,
-are reused. `--sweep-dir` (default: sweeps/ when it exists) adds the best trial per optimizer
-and batch size of the finished MNIST-1D CNN runs found below it (not branched ones), e.g. the
-critical-batch-size sweep's, trained to their own target.
+Finished runs, and analyses in an earlier summaries.json with the same run, step, parameters
+and settings, are reused. `--sweep-dir` (default: sweeps/ when it exists) adds the best trial
+per optimizer and batch size of the finished MNIST-1D CNN runs found below it (not branched
+ones), e.g. the critical-batch-size sweep's, trained to their own target.
 """
 from __future__ import annotations
 
@@ -75,7 +75,7 @@ def unit_column_sharpness(run, epsilon: float = 1e-3) -> float:
 
 class Analyses:
   """`analysis.sharpness_analysis`, reusing any analysis in an earlier summaries.json of the same
-  run, checkpoint step and settings, so that re-running the script redoes only what changed."""
+  run, checkpoint step, parameters and settings: re-running the script redoes only what changed."""
 
   def __init__(self, path: pathlib.Path):
     self.cached = (list(json.loads(path.read_text())['analyses'].values())
@@ -88,8 +88,10 @@ class Analyses:
     settings = json.loads(json.dumps({k: v for k, v in bound.arguments.items()
                                       if k not in ('run', 'step')}))
     step = run.checkpoint_steps()[-1]
+    fingerprint = analysis.parameters_sha256(run, step)
     summary = next((c for c in self.cached if c['run']['workdir'] == str(run.workdir)
-                    and c['run']['step'] == step and c.get('settings') == settings), None)
+                    and c['run']['step'] == step and c.get('settings') == settings
+                    and c['run'].get('parameters_sha256') == fingerprint), None)
     if summary is None:
       summary = analysis.sharpness_analysis(run, **kwargs)
       self.computed += 1
@@ -392,7 +394,7 @@ def write_readme(out, args, seeds, grid, settings, density, grid_settings, rows,
       f'{jax.device_count()} {jax.default_backend()} device).'
       + (f' This README was written by a later invocation ({wall:.0f} s: {phase_text(this_run)})'
          f' that reused {analyze.reused} of {analyze.reused + analyze.computed} checkpoint '
-         'analyses from summaries.json (same run, step and settings) and every finished run.'
+         'analyses from summaries.json (same run, step, parameters and settings) and every finished run.'
          if analyze.reused else ''), '',
       '## Setup', '',
       f'- Model and training: `{CONFIG}` — MNIST-1D CNN ({example["parameters"]:,} parameters), '

@@ -9,6 +9,7 @@ setting next to the numbers. `mbx analyze ...` (mbx/measure/cli.py) writes them 
 """
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Sequence
 
@@ -21,10 +22,21 @@ EPSILONS = (1e-3, 5e-4)  # Keskar et al. 2017, Tables 3-4
 INTERPOLATION_ALPHAS = tuple(np.linspace(-1.0, 2.0, 25).tolist())  # Keskar et al. 2017, Fig. 3
 
 
+def parameters_sha256(run, step: int) -> str:
+  """A fingerprint of the parameters and model state saved at `step`: the same run
+  directory and step hold other weights once the run is retrained (e.g. by newer code)."""
+  params, model_state, _ = run.restore(step)
+  digest = hashlib.sha256()
+  for leaf in jax.tree.leaves((params, model_state)):
+    digest.update(np.ascontiguousarray(jax.device_get(leaf)).tobytes())
+  return digest.hexdigest()
+
+
 def _run_info(run, meta: dict) -> dict:
   return {'workdir': str(run.workdir), 'name': run.config.name, 'step': meta['step'],
           'examples_seen': meta.get('examples_seen'), 'batch_size': run.config.train.batch_size,
-          'seed': run.config.train.seed, 'status': run.status.get('status')}
+          'seed': run.config.train.seed, 'status': run.status.get('status'),
+          'parameters_sha256': parameters_sha256(run, meta['step'])}
 
 
 def _train_and_test(run, step, subset, batch_size):

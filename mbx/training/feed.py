@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import queue
 import threading
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -53,13 +54,15 @@ class DeviceFeed:
   Once per epoch the host sends the epoch's order and the device permutes the
   split into a window (one epoch plus the largest batch); each step then reads
   a contiguous slice of it. A slice is far cheaper than a gather on XLA:CPU, and
-  per-step host work is one comparison.
+  per-step host work is one comparison. Given several data seeds (packed trials),
+  the windows of all the seeds are stacked: they share their start.
   """
 
-  def __init__(self, train_x: np.ndarray, train_y: np.ndarray, mesh, *, seed: int,
-               max_batch_size: int):
+  def __init__(self, train_x: np.ndarray, train_y: np.ndarray, mesh, *,
+               seed: int | Sequence[int], max_batch_size: int):
     self.mesh = mesh
-    self.seed = seed
+    self.stacked = not isinstance(seed, (int, np.integer))
+    self.seeds = list(seed) if self.stacked else [seed]
     self.num_examples = len(train_x)
     self.max_batch_size = max_batch_size
     self.x = put(train_x, replicated(mesh))
@@ -68,12 +71,16 @@ class DeviceFeed:
     self.args = None
 
   def step_args(self, position: int, batch_size: int) -> tuple:
-    """(window_x, window_y, window_start) for the step starting at stream `position`."""
+    """(window_x, window_y, window_start) for the step starting at stream `position`;
+    window_x and window_y have a leading seed axis when the feed was given several."""
     if self.window is None or not self.window.covers(position, batch_size):
-      self.window = order_window(self.seed, self.num_examples, position, self.max_batch_size)
+      windows = [order_window(seed, self.num_examples, position, self.max_batch_size)
+                 for seed in self.seeds]
+      self.window = windows[0]
+      indices = np.stack([w.indices for w in windows]) if self.stacked else self.window.indices
       sharding = replicated(self.mesh)
-      self.args = (window_rows(self.x, self.window.indices, sharding),
-                   window_rows(self.y, self.window.indices, sharding),
+      self.args = (window_rows(self.x, indices, sharding),
+                   window_rows(self.y, indices, sharding),
                    put(np.asarray(self.window.start, np.int32), sharding))
     return self.args
 

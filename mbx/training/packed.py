@@ -25,9 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from mbx import config as config_lib
-from mbx.data.example_order import order_window
 from mbx.training import loop
-from mbx.training.feed import window_rows
+from mbx.training.feed import DeviceFeed
 from mbx.training.records import Run
 from mbx.training.step import replicated, zero_metric_sums
 
@@ -105,19 +104,8 @@ def _train_pack(configs, workdirs, quiet) -> list[Run]:
   compile_time = time.perf_counter() - tic
   measuring_fn, plain_fn, hyper = step_fns[0][0], step_fns[-1][0], step_fns[0][1]
   noise_every = plan.noise_scale_every
-  train_x, train_y = (jax.device_put(a, replicated(mesh)) for a in s.train_arrays)
-  window = None
-
-  def window_args(position):
-    """Each trial's rows in its own example order (its data seed), stacked."""
-    nonlocal window
-    if window is None or not window[0].covers(position, batch):
-      per_trial = [order_window(_data_seed(c), s.num_train, position, batch) for c in configs]
-      indices = np.stack([w.indices for w in per_trial])
-      window = (per_trial[0], window_rows(train_x, indices, replicated(mesh)),
-                window_rows(train_y, indices, replicated(mesh)),
-                jax.device_put(np.asarray(per_trial[0].start, np.int32), replicated(mesh)))
-    return window[1:]
+  feed = DeviceFeed(*s.train_arrays, mesh, seed=[_data_seed(c) for c in configs],
+                    max_batch_size=batch)
 
   active = list(range(len(configs)))
   for trial in trials:
@@ -135,7 +123,7 @@ def _train_pack(configs, workdirs, quiet) -> list[Run]:
     for next_event in events:
       while step < next_event:
         step_fn = plain_fn if step % noise_every else measuring_fn
-        stacked, _ = step_fn(stacked, hyper, *window_args(position))
+        stacked, _ = step_fn(stacked, hyper, *feed.step_args(position, batch))
         if sync_every_step:
           stacked.counters.block_until_ready()
         step, position = step + 1, position + batch
