@@ -16,7 +16,7 @@ of step time. Four variants of the same run are timed:
 so `on / off` is the cost a user pays by default and `every / split` the
 estimator's own cost where the groups exist anyway.
 
-    python experiments/bench_noise_scale.py                # ~3 min on a 2-core CPU
+    python experiments/bench_noise_scale.py                # ~4 min on a 2-core CPU
     python experiments/bench_noise_scale.py --steps-scale 0.1 --repeats 1   # quick look
     -> prints a Markdown table; --out results/noise_scale_overhead.md writes it
 
@@ -60,7 +60,7 @@ def step_time(batch_size: int, steps: int, variant: str) -> float:
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--repeats', type=int, default=3)
+  parser.add_argument('--repeats', type=int, default=5)
   parser.add_argument('--steps-scale', type=float, default=1.0)
   parser.add_argument('--batch-sizes', type=int, nargs='*', default=sorted(STEPS))
   parser.add_argument('--out', default=None, help='also write the table here')
@@ -82,7 +82,7 @@ def main() -> None:
       '# Gradient noise scale: overhead per training step', '',
       'Command: `python experiments/bench_noise_scale.py'
       + (f' --steps-scale {args.steps_scale}' if args.steps_scale != 1 else '')
-      + (f' --repeats {args.repeats}' if args.repeats != 3 else '') + '`', '',
+      + (f' --repeats {args.repeats}' if args.repeats != 5 else '') + '`', '',
       f'Machine: {platform.machine()}, {len(os.sched_getaffinity(0))} CPU cores, '
       f'{jax.device_count()} {jax.default_backend()} device(s); jax {jax.__version__}. '
       f'MNIST-1D CNN, Adam; median of {args.repeats} runs per cell.', '',
