@@ -461,15 +461,17 @@ def train(config: config_lib.Config, workdir: str | pathlib.Path | None = None, 
     stop = False
     while step < plan.total_steps and not stop:
       # Each shape of the phase compiles ahead of time, timed apart from throughput.
+      batch = plan.shape_at(step).batch_size
+      position = int(plan.examples_after_step[step])
       tic = time.perf_counter()
       step_fns = compiled_trial_steps(s, plan.shapes_of_phase(step), state, config)
+      if s.on_device:  # the first window's gather compiles too
+        jax.block_until_ready(device_feed.step_args(position, batch))
       compile_time += time.perf_counter() - tic
       measuring_fn, plain_fn = step_fns[0][0], step_fns[-1][0]
       hyper = step_fns[0][1]
       noise_every = plan.noise_scale_every
       phase_end = plan.next_phase_step(step)
-      batch = plan.shape_at(step).batch_size
-      position = int(plan.examples_after_step[step])
       interval_start = time.perf_counter()
       while True:
         next_event = events[event_index] if event_index < len(events) else plan.total_steps

@@ -101,11 +101,12 @@ def _train_pack(configs, workdirs, quiet) -> list[Run]:
   tic = time.perf_counter()
   step_fns = loop.compiled_trial_steps(s, plan.shapes_of_phase(0), stacked, configs[0],
                                        packed_configs=configs)
+  feed = DeviceFeed(*s.train_arrays, mesh, seed=[_data_seed(c) for c in configs],
+                    max_batch_size=batch)
+  jax.block_until_ready(feed.step_args(position, batch))  # the first window's gather compiles
   compile_time = time.perf_counter() - tic
   measuring_fn, plain_fn, hyper = step_fns[0][0], step_fns[-1][0], step_fns[0][1]
   noise_every = plan.noise_scale_every
-  feed = DeviceFeed(*s.train_arrays, mesh, seed=[_data_seed(c) for c in configs],
-                    max_batch_size=batch)
 
   active = list(range(len(configs)))
   for trial in trials:
