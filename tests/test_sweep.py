@@ -137,6 +137,18 @@ def test_worker_split_is_a_partition(session_data_dir, pack):
     runner.assign(trials, 2, 2)
 
 
+def test_packing_stops_above_pack_max_batch_size(session_data_dir):
+  """Above sweep.pack_max_batch_size every trial is its own unit; the grid is the same."""
+  sweep = _sweep(search=(SearchSpace('adam', (1e-3, 1e-2), num_learning_rates=3),),
+                 batch_sizes=(2, 4, 8), seeds=(0, 1), pack_max_batch_size=4)
+  units = runner.assign(expand(sweep), 0, 1, True, sweep.pack_max_batch_size)
+  assert sorted((u[0].batch_size, len(u)) for u in units) == [(2, 6), (4, 6)] + [(8, 1)] * 6
+  assert grid.spec_hash(sweep) == grid.spec_hash(dataclasses.replace(sweep,
+                                                                     pack_max_batch_size=None))
+  with pytest.raises(mbx.ConfigError, match='sweep.pack_max_batch_size'):
+    grid.validate(dataclasses.replace(sweep, pack_max_batch_size=0))
+
+
 def test_trial_lock_excludes_a_second_holder(tmp_path, session_data_dir):
   trial = expand(_sweep())[0]
   with runner._locks(tmp_path, [trial]) as held:

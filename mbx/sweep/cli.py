@@ -42,7 +42,8 @@ def _sweep(args) -> None:
   sweep_dir = pathlib.Path(args.sweep_dir or pathlib.Path('sweeps') / sweep.name)
   if args.list:
     pack = sweep.pack if args.pack is None else args.pack
-    for unit in runner.assign(grid.expand(sweep), args.worker, args.num_workers, pack):
+    for unit in runner.assign(grid.expand(sweep), args.worker, args.num_workers, pack,
+                              sweep.pack_max_batch_size):
       for trial in unit:
         status = runner.read_status(runner.trial_dir(sweep_dir, trial)).get('status', 'pending')
         print(f'{trial.id}\t{status}')

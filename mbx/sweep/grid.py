@@ -59,6 +59,8 @@ class SweepConfig:
   eval_growth: float | None = 1.05       # geometric evaluations (steps_to_target module)
   noise_scale: bool = False              # log B_simple where the batch allows (B >= 2, even)
   pack: bool = False                     # route trials sharing a pack_key through train_packed
+  # Packing pays on XLA:CPU at small batch only (results/bench_packed.md); None: every B.
+  pack_max_batch_size: int | None = 64
   search_seed: int = 0                   # the quasi-random sequence
   name: str = 'sweep'
 
@@ -235,6 +237,10 @@ def validate(sweep: SweepConfig) -> None:
       _check(space.optimizer != 'sgd', f'{field}.one_minus_momentum',
              space.one_minus_momentum, 'plain sgd has no momentum; use momentum or nesterov')
     _check(space.num_momenta >= 1, f'{field}.num_momenta', space.num_momenta, 'must be >= 1')
+  _check(sweep.pack_max_batch_size is None or (isinstance(sweep.pack_max_batch_size, int)
+                                               and sweep.pack_max_batch_size >= 1),
+         'sweep.pack_max_batch_size', sweep.pack_max_batch_size,
+         'must be a positive integer or None (pack every batch size)')
   _check(all(isinstance(b, int) and b >= 1 for b in sweep.batch_sizes), 'sweep.batch_sizes',
          sweep.batch_sizes, 'must be positive integers')
   _check(len(sweep.seeds) > 0 and all(isinstance(s, int) and s >= 0 for s in sweep.seeds),
@@ -270,9 +276,10 @@ def from_dict(values: Mapping[str, Any]) -> SweepConfig:
 
 
 def spec_hash(sweep: SweepConfig) -> str:
-  """Identity of the grid; `pack` only changes how trials run, not what they are."""
+  """Identity of the grid; packing only changes how trials run, not what they are."""
   values = to_dict(sweep)
   values.pop('pack')
+  values.pop('pack_max_batch_size')
   return hashlib.sha1(json.dumps(values, sort_keys=True).encode()).hexdigest()[:10]
 
 

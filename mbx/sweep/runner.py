@@ -93,8 +93,10 @@ def load_spec(sweep_dir: str | pathlib.Path) -> tuple[grid_lib.SweepConfig, list
 
 # ----------------------------------------------------------- worker split
 def assign(trials: Sequence[grid_lib.Trial], worker: int, num_workers: int,
-           pack: bool = False) -> list[list[grid_lib.Trial]]:
-  """This worker's share, as groups trained together (single trials unless packing).
+           pack: bool = False, pack_max_batch_size: int | None = None
+           ) -> list[list[grid_lib.Trial]]:
+  """This worker's share, as groups trained together (single trials unless packing, and
+  above `pack_max_batch_size`).
 
   Units (trials, or pack groups in order of first appearance) are dealt round-robin:
   unit j goes to worker j mod num_workers, so the workers' shares partition the grid.
@@ -106,7 +108,8 @@ def assign(trials: Sequence[grid_lib.Trial], worker: int, num_workers: int,
     from mbx.training.packed import pack_key  # pylint: disable=import-outside-toplevel
     groups: dict[str, list[grid_lib.Trial]] = {}
     for trial in trials:
-      groups.setdefault(pack_key(trial.config), []).append(trial)
+      packs = pack_max_batch_size is None or trial.batch_size <= pack_max_batch_size
+      groups.setdefault(pack_key(trial.config) if packs else trial.id, []).append(trial)
     units = list(groups.values())
   else:
     units = [[t] for t in trials]
@@ -181,7 +184,7 @@ def run_sweep(sweep: grid_lib.SweepConfig, sweep_dir: str | pathlib.Path, *, wor
   if compilation_cache:
     _enable_compilation_cache(sweep_dir)
   progress = SweepProgress()
-  units = assign(trials, worker, num_workers, pack)
+  units = assign(trials, worker, num_workers, pack, sweep.pack_max_batch_size)
   total, position = sum(len(u) for u in units), 0
   for unit in units:
     position += len(unit)

@@ -64,6 +64,7 @@ class _Evaluator:
   """Loss and accuracy over every example of a split, once each."""
 
   _eval_steps: dict = {}  # compiled once per model config, shared by a sweep's trials
+  _vmapped: dict = {}     # their vmapped versions, for packed trials
 
   def __init__(self, model, config, mesh, data_dir, placement_on_device: bool):
     key = (json.dumps(config_lib.to_dict(config)['model'], sort_keys=True), config.data.name,
@@ -87,21 +88,33 @@ class _Evaluator:
     self.batch_size = config.train.eval_batch_size
 
   def __call__(self, params, model_state) -> dict[str, float]:
-    row = {}
+    return self._rows(self.eval_step, params, model_state)[0]
+
+  def stacked(self, params, model_state) -> list[dict[str, float]]:
+    """One row per trial of a stack (packed.py), from one vmapped pass over the data."""
+    if self.eval_step not in self._vmapped:
+      self._vmapped[self.eval_step] = jax.jit(
+          jax.vmap(self.eval_step, in_axes=(0, 0, None, None, None)))
+    return self._rows(self._vmapped[self.eval_step], params, model_state)
+
+  def _rows(self, eval_step, params, model_state) -> list[dict[str, float]]:
+    rows = None
     for prefix in self.splits:
       batches = self.cached.get(prefix) or feed_lib.streamed_eval_batches(
           self.sources[prefix], self.batch_size, self.mesh)
       totals = None
       for x, y, mask in batches:
-        sums = self.eval_step(params, model_state, x, y, mask)
+        sums = eval_step(params, model_state, x, y, mask)
         totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-      totals = jax.device_get(totals)
-      count = float(totals['count'])
-      row[f'{prefix}_loss'] = float(totals['loss_sum']) / count
-      row[f'{prefix}_accuracy'] = float(totals['correct']) / count
-      row[f'{prefix}_error'] = 1.0 - row[f'{prefix}_accuracy']
-      row[f'{prefix}_examples'] = int(count)
-    return row
+      totals = {k: np.atleast_1d(v) for k, v in jax.device_get(totals).items()}
+      rows = rows or [{} for _ in totals['count']]
+      for row, count, loss_sum, correct in zip(rows, totals['count'], totals['loss_sum'],
+                                               totals['correct']):
+        row[f'{prefix}_loss'] = float(loss_sum) / float(count)
+        row[f'{prefix}_accuracy'] = float(correct) / float(count)
+        row[f'{prefix}_error'] = 1.0 - row[f'{prefix}_accuracy']
+        row[f'{prefix}_examples'] = int(count)
+    return rows
 
 
 def _branch_from(init_from: str, state: TrainState, config: config_lib.Config) -> TrainState:
@@ -284,12 +297,15 @@ class TrialRecorder:
                      f'training loss {mean_loss:.4g} > train.max_loss={t.max_loss}')
     return diverged
 
-  def evaluate(self, step: int, params, model_state) -> bool:
-    """Evaluates and records; True when the target is reached and the run should stop."""
+  def evaluate(self, step: int, params, model_state, metrics: dict | None = None) -> bool:
+    """Evaluates (or takes `metrics`, the evaluator's row for these parameters) and records;
+    True when the target is reached and the run should stop."""
     plan, t = self.setup.plan, self.config.train
+    if metrics is None:
+      metrics = self.setup.evaluator(params, model_state)
     row = {'step': step, 'examples_seen': int(plan.examples_after_step[step]),
            'epoch': plan.examples_after_step[step] / self.setup.num_train,
-           **self.setup.evaluator(params, model_state), 'wall_time': self.elapsed()}
+           **metrics, 'wall_time': self.elapsed()}
     self.writer.append('eval', row)
     self.summary.update({k: v for k, v in row.items() if k.startswith(('eval_', 'train_'))})
     if 'steps_to_target' not in self.summary and _reached(self.config, row):

@@ -118,8 +118,9 @@ def _train_pack(configs, workdirs, quiet) -> list[Run]:
   interval_steps, interval_examples, time_since_log = 0, 0, 0.0
   try:
     if step == 0 and 0 in plan.eval_steps:
+      rows = s.evaluator.stacked(stacked.params, stacked.model_state)
       for k in active:
-        trials[k].evaluate(0, _slice(stacked.params, k), _slice(stacked.model_state, k))
+        trials[k].evaluate(0, None, None, metrics=rows[k])
     interval_start = time.perf_counter()
     for next_event in events:
       while step < next_event:
@@ -136,6 +137,8 @@ def _train_pack(configs, workdirs, quiet) -> list[Run]:
       leaving = []
       logged = step in plan.log_steps
       sums = jax.device_get(stacked.metric_sums) if logged or step in plan.checkpoint_steps else None
+      rows = (s.evaluator.stacked(stacked.params, stacked.model_state)
+              if step in plan.eval_steps else None)
       for k in active:
         trial = trials[k]
         trial.add_train_time(interval_time)
@@ -145,8 +148,7 @@ def _train_pack(configs, workdirs, quiet) -> list[Run]:
             steps_per_second=interval_steps / max(time_since_log, 1e-9), write=logged):
           leaving.append(k)  # diverged
           continue
-        if step in plan.eval_steps and trial.evaluate(
-            step, _slice(stacked.params, k), _slice(stacked.model_state, k)):
+        if rows is not None and trial.evaluate(step, None, None, metrics=rows[k]):
           leaving.append(k)  # reached its target
           trial.checkpoint(step, _slice(stacked, k))
           continue
