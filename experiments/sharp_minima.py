@@ -88,7 +88,7 @@ class Analyses:
     settings = json.loads(json.dumps({k: v for k, v in bound.arguments.items()
                                       if k not in ('run', 'step')}))
     step = run.checkpoint_steps()[-1]
-    fingerprint = analysis.parameters_sha256(run, step)
+    fingerprint = analysis.checkpoint_sha256(run, step)
     summary = next((c for c in self.cached if c['run']['workdir'] == str(run.workdir)
                     and c['run']['step'] == step and c.get('settings') == settings
                     and c['run'].get('parameters_sha256') == fingerprint), None)

@@ -9,7 +9,6 @@ setting next to the numbers. `mbx analyze ...` (mbx/measure/cli.py) writes them 
 """
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Sequence
 
@@ -22,21 +21,17 @@ EPSILONS = (1e-3, 5e-4)  # Keskar et al. 2017, Tables 3-4
 INTERPOLATION_ALPHAS = tuple(np.linspace(-1.0, 2.0, 25).tolist())  # Keskar et al. 2017, Fig. 3
 
 
-def parameters_sha256(run, step: int) -> str:
-  """A fingerprint of the parameters and model state saved at `step`: the same run
-  directory and step hold other weights once the run is retrained (e.g. by newer code)."""
+def checkpoint_sha256(run, step: int) -> str:
+  """loss_fn.parameters_sha256 of the checkpoint of `run` at `step`."""
   params, model_state, _ = run.restore(step)
-  digest = hashlib.sha256()
-  for leaf in jax.tree.leaves((params, model_state)):
-    digest.update(np.ascontiguousarray(jax.device_get(leaf)).tobytes())
-  return digest.hexdigest()
+  return loss_fn.parameters_sha256(params, model_state)
 
 
 def _run_info(run, meta: dict) -> dict:
   return {'workdir': str(run.workdir), 'name': run.config.name, 'step': meta['step'],
           'examples_seen': meta.get('examples_seen'), 'batch_size': run.config.train.batch_size,
           'seed': run.config.train.seed, 'status': run.status.get('status'),
-          'parameters_sha256': parameters_sha256(run, meta['step'])}
+          'parameters_sha256': meta['parameters_sha256']}
 
 
 def _train_and_test(run, step, subset, batch_size):
@@ -142,11 +137,13 @@ def interpolation_analysis(run_a, run_b, step_a: int | None = None, step_b: int 
   steps_b = run_b.checkpoint_steps()
   step_b = steps_b[-1] if step_b is None and steps_b else step_b
   params_b, state_b, meta_b = run_b.restore(step_b)
+  meta_b = {**meta_b, 'step': step_b,
+            'parameters_sha256': loss_fn.parameters_sha256(params_b, state_b)}
   params_a, state_a = train.unravel(train.theta), train.model_state
   rows = landscape.interpolation(params_a, params_b, alphas,
                                  {'train': train.evaluate, 'test': test.evaluate},
                                  state_a, state_b)
-  return {'run_a': _run_info(run_a, meta_a), 'run_b': _run_info(run_b, {**meta_b, 'step': step_b}),
+  return {'run_a': _run_info(run_a, meta_a), 'run_b': _run_info(run_b, meta_b),
           'same_initialization': same_initialization(run_a, run_b),
           'definition': 'theta(alpha) = alpha * theta_B + (1 - alpha) * theta_A',
           'batch_norm_statistics': ('interpolated like the parameters' if train.has_batch_norm

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 from typing import Any
 
 import jax
@@ -152,11 +153,20 @@ class LossFunction:
             'accuracy': float(totals['correct']) / count}
 
 
+def parameters_sha256(params, model_state) -> str:
+  """A fingerprint of a checkpoint's weights: the same run directory and step hold other
+  weights once the run is retrained (e.g. by newer code)."""
+  digest = hashlib.sha256()
+  for leaf in jax.tree.leaves((params, model_state)):
+    digest.update(np.ascontiguousarray(jax.device_get(leaf)).tobytes())
+  return digest.hexdigest()
+
+
 def from_run(run, step: int | None = None, *, split: str | None = None,
              subset: int | None = None, batch_size: int | None = None,
              mesh=None) -> tuple[LossFunction, dict[str, Any]]:
   """The loss over a run's training split (or `split`) at its checkpoint `step` (default: the
-  latest), and the checkpoint's meta. `batch_size` defaults to the run's eval batch size, which
+  latest), and the checkpoint's meta with its fingerprint. `batch_size` defaults to the run's eval batch size, which
   makes `evaluate` reproduce the run's recorded metrics exactly."""
   config = run.config
   steps = run.checkpoint_steps()
@@ -168,4 +178,5 @@ def from_run(run, step: int | None = None, *, split: str | None = None,
   loss = LossFunction(build_model_float32(config), params, model_state,
                       load_data(config, split, subset),
                       batch_size=batch_size or config.train.eval_batch_size, mesh=mesh)
-  return loss, {**meta, 'step': step}
+  return loss, {**meta, 'step': step,
+                'parameters_sha256': parameters_sha256(params, model_state)}
