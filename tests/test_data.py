@@ -5,6 +5,7 @@ fixture), so a code path that tried to download would fail loudly instead of
 hanging on tfds's offline DNS retries.
 """
 
+import hashlib
 import json
 import os
 import pathlib
@@ -21,9 +22,12 @@ import numpy as np
 import pytest
 
 from mbx import data
+from mbx.config import DataConfig
 from mbx.data import augment
 from mbx.data import preprocess
 from mbx.data import sources
+from mbx.data import resolve_dataset
+from tests import user_datasets
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 TF_INSTALLED = sources.tensorflow_available()
@@ -81,7 +85,10 @@ def test_mnist1d_shapes_dtypes_and_sizes(mnist1d_dir):
   assert set(np.unique(y)) == set(np.unique(y_test)) == set(range(10))
   info = data.dataset_info("mnist1d", data_dir=mnist1d_dir)
   assert info == data.DatasetInfo(
-      "mnist1d", 10, (40, 1), {"train": 4000, "test": 1000})
+      name="mnist1d", splits={"train": 4000, "test": 1000},
+      element_spec={"inputs": ((40, 1), "float32"), "targets": ((), "int32")},
+      num_classes=10, eval_split="test")
+  assert info.input_shape == (40, 1) and info.num_examples == info.splits
 
 
 def test_mnist1d_values_match_make_dataset(mnist1d_dir, mnist1d_reference):
@@ -290,13 +297,15 @@ def test_catalog_random_access_matches_load_arrays(catalog_dir):
 
 def test_catalog_dataset_info_reads_prepared_sizes(catalog_dir, tmp_path):
   data_dir, _ = catalog_dir
-  assert data.dataset_info("mnist", data_dir).num_examples == {
+  assert data.dataset_info("mnist", data_dir).splits == {
       "train": 20, "test": 10}
+  image_spec = {"inputs": ((32, 32, 3), "float32"), "targets": ((), "int32")}
   assert data.dataset_info("cifar10", data_dir) == data.DatasetInfo(
-      "cifar10", 10, (32, 32, 3), {"train": 8, "test": 4})
+      "cifar10", {"train": 8, "test": 4}, image_spec, 10, "test")
   # Unprepared: the canonical sizes, without creating anything.
   assert data.dataset_info("cifar100", tmp_path / "none") == data.DatasetInfo(
-      "cifar100", 100, (32, 32, 3), {"train": 50000, "test": 10000})
+      "cifar100", {"train": 50000, "test": 10000}, image_spec, 100, "test")
+  assert data.dataset_info("imagenet2012", tmp_path / "none").eval_split == "validation"
   assert not (tmp_path / "none").exists()
 
 
@@ -494,3 +503,289 @@ def test_validate_dataset_split_field_and_imagenet_splits():
   data.validate_dataset("imagenet2012", "validation")
   with pytest.raises(ValueError, match="split='validation'"):
     data.load_arrays("mnist", "validation")  # before any I/O
+
+
+# --- Datasets as dicts: resolve_dataset, user builders, ArrayDataset ----------
+
+# sha256 of load_arrays("mnist1d", "train") before the data layer returned dicts: the
+# trainer's committed results were computed on exactly these bytes (x, then y).
+MNIST1D_TRAIN_SHA256 = ("707d6ee2b8ead208", "badaca193f716048")
+
+
+def _sha(array):
+  return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()[:16]
+
+
+def _one_line_value_error(fn, *needles):
+  with pytest.raises(ValueError) as error:
+    fn()
+  message = str(error.value)
+  assert "\n" not in message, message
+  for needle in needles:
+    assert needle in message, (needle, message)
+  return message
+
+
+def test_resolve_mnist1d_is_the_old_load_arrays(session_data_dir, mnist1d_reference):
+  dataset = resolve_dataset(DataConfig(name="mnist1d"))  # $MBX_DATA_DIR: the session dir
+  assert resolve_dataset(DataConfig(name="mnist1d")) is dataset  # cached per config
+  train = dataset.arrays("train")
+  assert set(train) == {"inputs", "targets"}
+  assert train["inputs"].shape == (4000, 40, 1) and train["inputs"].dtype == np.float32
+  assert train["targets"].shape == (4000,) and train["targets"].dtype == np.int32
+  assert not train["inputs"].flags.writeable and not train["targets"].flags.writeable
+  assert dataset.arrays("train")["inputs"] is train["inputs"]  # decoded once
+  assert (_sha(train["inputs"]), _sha(train["targets"])) == MNIST1D_TRAIN_SHA256
+  x, y = data.load_arrays("mnist1d", "train")
+  np.testing.assert_array_equal(train["inputs"], x)
+  np.testing.assert_array_equal(train["targets"], y)
+  # Same rows as make_dataset's, in the on-disk order the builder's `index` gives.
+  records = sources.prepared_builder("mnist1d", session_data_dir).as_data_source("train")
+  index = np.array([r["index"] for r in records.__getitems__(list(range(len(records))))])
+  np.testing.assert_array_equal(
+      train["inputs"], mnist1d_reference["x"][index].astype(np.float32)[..., None])
+  info = dataset.info()
+  assert info.num_classes == 10 and info.eval_split == "test"
+  assert info.input_shape == (40, 1) and info.splits == {"train": 4000, "test": 1000}
+  assert dataset.augment() is None
+  assert dataset.num_examples("train[:90%]") == 3600
+  source = dataset.source("test")
+  assert isinstance(source, data.DataSource) and isinstance(dataset, data.Dataset)
+  test = dataset.arrays("test")
+  row = source[7]
+  assert row["inputs"].shape == (40, 1) and row["targets"].shape == ()
+  np.testing.assert_array_equal(row["inputs"], test["inputs"][7])
+  batch = source[np.array([5, -1, 5])]
+  np.testing.assert_array_equal(batch["inputs"], test["inputs"][[5, -1, 5]])
+  np.testing.assert_array_equal(batch["targets"], test["targets"][[5, -1, 5]])
+  _one_line_value_error(lambda: dataset.check_split("validation", "data.eval_split"),
+                        "data.eval_split='validation'", "train, test")
+
+
+@pytest.mark.parametrize("split", [
+    "train", "train[:90%]", "train[90%:]", "train[1000:]", "test[-100:]",
+    "train[10%:20%]", "train[:10%]+test", "test[-33%:]", "train[:1%]", "test[5:-5]",
+    "train[10:50%]"])
+def test_array_dataset_slices_like_tfds(split):
+  """ArrayDataset reads split strings into exactly the rows tfds does."""
+  tfds_dataset = resolve_dataset(DataConfig(name="mnist1d"))
+  arrays = data.ArrayDataset({s: tfds_dataset.arrays(s) for s in ("train", "test")})
+  expected = tfds_dataset.arrays(split)
+  assert tfds_dataset.num_examples(split) == arrays.num_examples(split) == len(
+      expected["targets"])
+  for key in ("inputs", "targets"):
+    np.testing.assert_array_equal(arrays.arrays(split)[key], expected[key])
+
+
+@pytest.mark.parametrize("split,needle", [
+    ("test[7:3]", "selects no examples"), ("test[5:5]", "selects no examples"),
+    ("test[-1001:]", "out of range")])
+def test_empty_or_out_of_range_slices_are_errors(split, needle):
+  tfds_dataset = resolve_dataset(DataConfig(name="mnist1d"))
+  arrays = data.ArrayDataset({"test": tfds_dataset.arrays("test")})
+  for dataset in (tfds_dataset, arrays):
+    _one_line_value_error(lambda: dataset.num_examples(split), f"split={split!r}", needle)
+    _one_line_value_error(lambda: dataset.source(split), f"split={split!r}", needle)
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+  """TinyBuilder (tests/user_datasets.py, outside mbx) prepared the way its user would."""
+  data_dir = tmp_path_factory.mktemp("tiny")
+  user_datasets.TinyBuilder(data_dir=data_dir).download_and_prepare(
+      file_format="array_record")
+  return data_dir
+
+
+@pytest.mark.parametrize("name", [
+    "tests.user_datasets:TinyBuilder", "tests/user_datasets.py:TinyBuilder"])
+def test_user_tfds_builder_by_import_path(tiny_dir, name):
+  dataset = resolve_dataset(DataConfig(name=name, data_dir=str(tiny_dir)))
+  assert isinstance(dataset, data.TfdsDataset)
+  info = dataset.info()
+  assert info.splits == user_datasets.TINY_SIZES
+  assert info.element_spec == {"inputs": ((8,), "float32"), "targets": ((), "int32")}
+  assert info.num_classes == 3 and info.eval_split == "test" and info.input_shape == (8,)
+  assert dataset.num_examples("train") == 200 and dataset.num_examples("train[:10%]") == 20
+  assert dataset.augment() is None
+  for split in ("train", "test"):
+    x, label = user_datasets.tiny_arrays(split)
+    arrays = dataset.arrays(split)
+    assert arrays["inputs"].dtype == np.float32 and arrays["targets"].dtype == np.int32
+    lookup = {row.tobytes(): i for i, row in enumerate(x)}
+    order = np.array([lookup[row.tobytes()] for row in arrays["inputs"]])  # on-disk order
+    np.testing.assert_array_equal(np.sort(order), np.arange(len(x)))
+    np.testing.assert_array_equal(arrays["targets"], label[order])
+    source = dataset.source(split)
+    assert len(source) == len(x)
+    row = source[3]
+    np.testing.assert_array_equal(row["inputs"], arrays["inputs"][3])
+    assert row["targets"] == arrays["targets"][3]
+    batch = source[np.array([1, 0, 1])]
+    np.testing.assert_array_equal(batch["inputs"], arrays["inputs"][[1, 0, 1]])
+  _one_line_value_error(lambda: dataset.check_split("validation", "data.eval_split"),
+                        "data.eval_split='validation'", "train, test")
+
+
+def test_user_builder_is_prepared_locally_on_first_use(tmp_path):
+  dataset = resolve_dataset(DataConfig(name="tests.user_datasets:TinyBuilder",
+                                       data_dir=str(tmp_path)))
+  assert dataset.num_examples("test") == 50  # prepared here, download=False
+  assert (tmp_path / "tiny_builder" / "1.0.0" / "dataset_info.json").exists()
+  with pytest.raises(ValueError, match=r"data\.name=.*supervised_keys"):
+    resolve_dataset(DataConfig(name="tests.user_datasets:NoSupervisedKeys",
+                               data_dir=str(tmp_path))).info()
+  assert not (tmp_path / "no_supervised_keys").exists()  # refused before preparing
+
+
+def test_function_import_path_returns_array_dataset():
+  config = DataConfig(name="tests.user_datasets:make_regression", options={"n": 100})
+  dataset = resolve_dataset(config)
+  assert isinstance(dataset, data.ArrayDataset)
+  info = dataset.info()
+  assert info.splits == {"train": 100, "test": 25}
+  assert info.element_spec == {"inputs": ((4,), "float32"), "targets": ((), "float32")}
+  assert info.num_classes is None and info.eval_split == "test"
+  expected = user_datasets.make_regression(n=100).arrays("train")
+  for key in ("inputs", "targets"):
+    np.testing.assert_array_equal(dataset.arrays("train")[key], expected[key])
+  _one_line_value_error(
+      lambda: resolve_dataset(DataConfig(name="tests.user_datasets:make_regression",
+                                         options={"m": 1})),
+      "data.options={'m': 1}", "make_regression", "'m'")
+  _one_line_value_error(
+      lambda: resolve_dataset(DataConfig(name="tests.user_datasets:TinyBuilder",
+                                         options={"size": 1})),
+      "data.options={'size': 1}", "TinyBuilder")
+  _one_line_value_error(
+      lambda: resolve_dataset(DataConfig(name="tests.user_datasets:not_a_dataset")),
+      "data.name='tests.user_datasets:not_a_dataset'", "returned dict",
+      "mbx.data.ArrayDataset")
+
+
+def test_preprocess_import_path(tiny_dir):
+  base = resolve_dataset(DataConfig(name="tests.user_datasets:TinyBuilder",
+                                    data_dir=str(tiny_dir)))
+  dataset = resolve_dataset(DataConfig(
+      name="tests.user_datasets:TinyBuilder", data_dir=str(tiny_dir),
+      preprocess="tests.user_datasets:scale_inputs"))
+  assert dataset.info().element_spec == {
+      "inputs": ((8,), "float32"), "targets": ((), "int32"), "weights": ((), "float32")}
+  assert dataset.info().num_classes == 3
+  arrays = dataset.arrays("train")
+  np.testing.assert_array_equal(arrays["inputs"], 2 * base.arrays("train")["inputs"])
+  np.testing.assert_array_equal(arrays["targets"], base.arrays("train")["targets"])
+  np.testing.assert_array_equal(arrays["weights"], np.ones(200, np.float32))
+  row = dataset.source("train")[4]
+  np.testing.assert_array_equal(row["inputs"], arrays["inputs"][4])
+  assert row["weights"] == 1.0
+  # A Dataset object passed in, preprocessed the same way.
+  own = data.ArrayDataset({"train": (np.arange(6.0).reshape(3, 2), np.array([0, 1, 1]))})
+  scaled = resolve_dataset(DataConfig(preprocess="tests.user_datasets:scale_inputs"), own)
+  np.testing.assert_array_equal(scaled.arrays("train")["inputs"],
+                                2 * np.arange(6.0).reshape(3, 2))
+  assert resolve_dataset(DataConfig(), own) is own
+  _one_line_value_error(
+      lambda: resolve_dataset(DataConfig(preprocess="tests.user_datasets:nope"), own),
+      "data.preprocess='tests.user_datasets:nope'")
+  _one_line_value_error(lambda: resolve_dataset(DataConfig(), object()), "dataset=",
+                        "mbx.data.Dataset")
+
+
+def test_resolve_errors_name_the_field(tmp_path):
+  message = _one_line_value_error(
+      lambda: resolve_dataset(DataConfig(name="cifar-10")), "data.name='cifar-10'",
+      "not a tfds builder", "package.module:Builder", "package.module:function")
+  assert all(name in message for name in data.DATASET_NAMES)
+  _one_line_value_error(lambda: resolve_dataset(DataConfig(name="mnist", options={"a": 1})),
+                        "data.options=")
+  _one_line_value_error(
+      lambda: resolve_dataset(DataConfig(name="tests.user_datasets:TINY_SIZES")),
+      "data.name='tests.user_datasets:TINY_SIZES'", "tfds.core.DatasetBuilder")
+  _one_line_value_error(lambda: resolve_dataset(DataConfig(name="no_such_module:Builder")),
+                        "data.name='no_such_module:Builder'")
+  _one_line_value_error(lambda: resolve_dataset(DataConfig(name="tests/nope.py:Builder")),
+                        "data.name='tests/nope.py:Builder'", "no such file")
+  # A registered tfds name that is not in mbx's catalog resolves, and is not fetched.
+  other = resolve_dataset(DataConfig(name="svhn_cropped", data_dir=str(tmp_path / "empty")))
+  with pytest.raises(data.DatasetNotPreparedError, match="tfds build svhn_cropped"):
+    other.info()
+  assert not (tmp_path / "empty").exists()
+
+
+def test_unprepared_catalog_dataset_through_resolve(tmp_path):
+  data_dir = tmp_path / "empty"
+  dataset = resolve_dataset(DataConfig(name="mnist", data_dir=str(data_dir)))
+  assert dataset.info().splits == {"train": 60000, "test": 10000}  # canonical, no I/O
+  assert dataset.num_examples("train[:90%]") == 54000
+  start = time.monotonic()
+  with pytest.raises(data.DatasetNotPreparedError, match="tfds build mnist"):
+    dataset.arrays("train")
+  with pytest.raises(data.DatasetNotPreparedError):
+    dataset.source("test")
+  assert time.monotonic() - start < 5
+  assert not data_dir.exists()
+
+
+def test_catalog_dataset_augment(catalog_dir):
+  dataset = resolve_dataset(DataConfig(name="cifar10", data_dir=str(catalog_dir[0])))
+  assert dataset.augment() is augment.cifar_augment
+  assert dataset.arrays("train")["inputs"].shape == (8, 32, 32, 3)
+
+
+def test_array_dataset_dtypes_classes_and_eval_split():
+  x = np.arange(24, dtype=np.float64).reshape(6, 4)
+  dataset = data.ArrayDataset(
+      {"train": {"inputs": x, "targets": np.array([0, 1, 2, 0, 1, 4], np.int64),
+                 "weights": np.ones(6)},
+       "validation": {"inputs": x[:2], "targets": np.array([1, 1]),
+                      "weights": np.ones(2, np.int32)}})
+  info = dataset.info()
+  assert info.element_spec == {"inputs": ((4,), "float32"), "targets": ((), "int32"),
+                               "weights": ((), "float32")}
+  assert info.num_classes == 5 and info.eval_split == "validation"
+  assert info.name == "arrays" and info.splits == {"train": 6, "validation": 2}
+  assert dataset.augment() is None
+  row = dataset.source("train")[-1]
+  assert row["targets"] == 4 and row["inputs"].dtype == np.float32
+  batch = dataset.source("train[2:]")[np.array([0, 3])]
+  np.testing.assert_array_equal(batch["inputs"], x[[2, 5]].astype(np.float32))
+  assert dataset.arrays("train")["inputs"].flags.writeable is False
+  assert x.flags.writeable  # the caller's arrays keep their flags
+  both = dataset.arrays("train+validation")
+  assert len(both["targets"]) == 8
+  images = np.zeros((3, 2, 2, 1), np.uint8)
+  kept = data.ArrayDataset({"train": (images, np.zeros(3, int))}, num_classes=10)
+  assert kept.info().element_spec["inputs"] == ((2, 2, 1), "uint8")  # kept as given
+  assert kept.info().num_classes == 10 and kept.info().eval_split == "train"
+  assert data.ArrayDataset({"train": (x, x[:, 0]), "holdout": (x, x[:, 0])},
+                           eval_split="train").info().eval_split == "train"
+  assert data.ArrayDataset({"train": (x, x[:, 0]), "holdout": (x, x[:, 0])}
+                           ).info().eval_split == "holdout"
+  _one_line_value_error(lambda: dataset.check_split("test", "data.eval_split"),
+                        "data.eval_split='test'", "train, validation")
+
+
+X3, Y3 = np.zeros((3, 2), np.float32), np.array([0, 1, 2])
+
+
+@pytest.mark.parametrize("splits,kwargs,needles", [
+    ({}, {}, ["non-empty"]),
+    ({"train": (X3, Y3[:2])}, {}, ["'train'", "differ in length", "'inputs': 3",
+                                   "'targets': 2"]),
+    ({"train": {"inputs": X3}}, {}, ["'train'", "'targets' missing"]),
+    ({"test": {"inputs": X3, "targets": Y3, "mask": Y3}}, {}, ["'test'", "'mask'"]),
+    ({"train": (X3[:0], Y3[:0])}, {}, ["'train'", "no examples"]),
+    ({"train": (X3, Y3)}, {"num_classes": 2}, ["num_classes=2", "needs >= 3"]),
+    ({"train": (X3, Y3), "test": (np.zeros((3, 5)), Y3)}, {},
+     ["'test'", "'inputs'", "(5,)", "(2,)"]),
+    ({"train": (X3, Y3), "test": (X3, Y3.astype(np.float32))}, {}, ["'test'", "'targets'"]),
+    ({"train": (X3, Y3), "test": {"inputs": X3, "targets": Y3, "weights": Y3}}, {},
+     ["'test'", "weights"]),
+    ({"train": (X3, np.array(["a", "b", "c"]))}, {}, ["'train'", "'targets'"]),
+    ({"train": (X3, Y3 - 1)}, {}, [">= 0"]),
+    ({"train": (X3, Y3)}, {"eval_split": "test"}, ["eval_split='test'"]),
+    ({"train": (X3, Y3, Y3)}, {}, ["'train'", "(inputs, targets)"]),
+])
+def test_array_dataset_validation(splits, kwargs, needles):
+  _one_line_value_error(lambda: data.ArrayDataset(splits, **kwargs), *needles)

@@ -7,8 +7,9 @@ so validating a config costs nothing.
 from __future__ import annotations
 
 import dataclasses
-import re
 from typing import Mapping
+
+from mbx.data import splits
 
 DATASET_NAMES: tuple[str, ...] = (
     "mnist1d",
@@ -23,20 +24,6 @@ DATASET_NAMES: tuple[str, ...] = (
 # centre crop of IMAGENET_CROP); see `preprocess.resize_and_center_crop`.
 IMAGENET_RESIZE = 256
 IMAGENET_CROP = 224
-
-
-@dataclasses.dataclass(frozen=True)
-class DatasetInfo:
-  """What a trainer needs to know about a dataset before reading it.
-
-  `input_shape` is the shape of one preprocessed example (NHWC images without
-  N; MNIST-1D as (40, 1), NWC). `num_examples` maps split name to size.
-  """
-
-  name: str
-  num_classes: int
-  input_shape: tuple[int, ...]
-  num_examples: dict[str, int]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,11 +67,6 @@ _SPECS: dict[str, _Spec] = {
         mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)),
 }
 
-# tfds split grammar (tensorflow_datasets/core/splits.py), kept to what mbx
-# passes through: 'train', 'train[:90%]', 'train[1000:]', 'train+test'.
-_SUB_SPLIT_RE = re.compile(r"^(?P<name>[\w-]+)(\[(?P<selector>[^\]]*)\])?$")
-_BOUND_RE = re.compile(r"^(-?\d+%?)?$")
-
 
 def spec(name: str) -> _Spec:
   validate_dataset(name)
@@ -112,30 +94,5 @@ def validate_dataset(
     raise ValueError(
         f"data.name={name!r} is not a known dataset; allowed values: "
         f"{', '.join(DATASET_NAMES)}.")
-  if split is None:
-    return
-  allowed = tuple(_SPECS[name].num_examples)
-  problem = _split_problem(split, allowed)
-  if problem:
-    raise ValueError(
-        f"{field}={split!r} is not a valid split of {name!r}: {problem}. "
-        f"Allowed splits: {', '.join(allowed)}, optionally sliced the tfds "
-        "way ('train[:90%]', 'train[1000:]') and joined with '+'.")
-
-
-def _split_problem(split: str, allowed: tuple[str, ...]) -> str | None:
-  if not isinstance(split, str) or not split.strip():
-    return "empty split"
-  for part in re.split(r"\s*\+\s*", split.strip()):
-    match = _SUB_SPLIT_RE.match(part)
-    if not match:
-      return f"cannot parse {part!r}"
-    if match["name"] not in allowed:
-      return f"unknown split name {match['name']!r}"
-    selector = match["selector"]
-    if selector is not None:
-      bounds = selector.split(":")
-      if (len(bounds) > 2 or not all(_BOUND_RE.match(b) for b in bounds)
-          or not any(bounds)):
-        return f"cannot parse the slice [{selector}]"
-  return None
+  if split is not None:
+    splits.check_split(name, split, _SPECS[name].num_examples, field)
