@@ -1,15 +1,16 @@
 """Frozen experiment configs, command-line overrides and validation.
 
-A config is four frozen dataclasses (data, model, optim, train). Every field is
-checked by `validate` before anything is compiled; errors name the field, the
-value and what is allowed.
+A config is five frozen dataclasses (data, model, task, optim, train). `validate` checks
+every field's value here, with no I/O; the names in `data.name`, `model.name`, `task.name`
+and `train.probes` (built-in names or import paths, see `mbx.registry`) are resolved and
+checked against each other by `mbx.training.workload.resolve`, still before anything is
+compiled. Errors name the field, the value and what is allowed.
 """
 from __future__ import annotations
 
 import ast
 import dataclasses
 import hashlib
-import importlib.util
 import json
 import math
 import pathlib
@@ -19,6 +20,8 @@ import typing
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from mbx import registry
+
 DURATION_UNITS = ('steps', 'epochs', 'examples')
 OPTIMIZERS = ('sgd', 'momentum', 'nesterov', 'adam', 'adamw', 'lars', 'lamb')
 SCHEDULES = ('constant', 'step', 'cosine', 'linear', 'polynomial')
@@ -26,8 +29,10 @@ LR_SCALING_RULES = ('none', 'linear', 'sqrt')
 ACCUMULATION_MODES = ('auto', 'unrolled', 'scan')
 PLACEMENTS = ('auto', 'device', 'host')
 DTYPES = ('float32', 'bfloat16')
-TARGET_METRICS = ('eval_accuracy', 'eval_error', 'eval_loss',
-                  'train_accuracy', 'train_error', 'train_loss')
+TARGET_PREFIXES = ('eval_', 'train_')
+# Field names of earlier versions, read from old config.json files and overrides.
+RENAMED_FIELDS = {('train', 'noise_scale_every'): 'probe_every',
+                  ('train', 'noise_scale_groups'): 'probe_groups'}
 
 
 class ConfigError(ValueError):
@@ -36,7 +41,12 @@ class ConfigError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
+  # A catalog name (mnist1d, mnist, ...), any tfds builder name, or an import path
+  # 'pkg.mod:Name' of a tfds.core.DatasetBuilder subclass or of a function returning
+  # mbx.data.ArrayDataset (called with `options`).
   name: str = 'mnist1d'
+  options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  preprocess: str | None = None        # import path of fn(batch dict) -> batch dict, on the host
   data_dir: str | None = None          # None: $MBX_DATA_DIR or ~/tensorflow_datasets
   download: bool = False               # allow tfds to download (needs internet)
   train_split: str = 'train'
@@ -48,9 +58,18 @@ class DataConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
+  # A zoo name (mbx.models) or an import path 'pkg.mod:Name' of a flax.linen.Module class
+  # or of a factory returning one; `options` are its keyword arguments.
   name: str = 'cnn1d'
   options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   dtype: str = 'float32'               # compute dtype; parameters stay float32
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskConfig:
+  # The loss and metrics (mbx.tasks): classification, regression, or an import path.
+  name: str = 'classification'
+  options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,9 +115,10 @@ class TrainConfig:
   keep_checkpoints: int = 2
   max_loss: float | None = None        # divergence bound on the training loss
   noise_scale: bool = False            # log B_simple (McCandlish et al. 2018)
-  noise_scale_groups: int | None = None  # small batches per step; None: devices x micro-batches (min 2)
+  probe_groups: int | None = None  # small batches per step; None: devices x micro-batches (min 2)
   noise_scale_ema: float = 0.99
-  noise_scale_every: int | None = None  # measure on every n-th step; None: 1 if the step
+  probes: tuple[str, ...] = ()         # import paths of extra in-step probes (mbx.training.probes)
+  probe_every: int | None = None  # measure on every n-th step; None: 1 if the step
                                         # already has >= 2 gradient groups, else 10
   target_metric: str | None = None
   target_value: float | None = None
@@ -115,13 +135,15 @@ class TrainConfig:
 class Config:
   data: DataConfig = dataclasses.field(default_factory=DataConfig)
   model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+  task: TaskConfig = dataclasses.field(default_factory=TaskConfig)
   optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
   train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
   name: str = 'run'
 
 
-SECTIONS = {'data': DataConfig, 'model': ModelConfig, 'optim': OptimConfig,
-            'train': TrainConfig}
+SECTIONS = {'data': DataConfig, 'model': ModelConfig, 'task': TaskConfig,
+            'optim': OptimConfig, 'train': TrainConfig}
+MAPPING_FIELDS = (('data', 'options'), ('model', 'options'), ('task', 'options'))
 
 
 # ----------------------------------------------------------------- durations
@@ -214,8 +236,11 @@ def _coerce(value: Any, hint: Any, field: str) -> Any:
   if origin is tuple:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
       value = (value,)
+    if isinstance(value, str) and args[0] is str:
+      value = (value,)
     if not isinstance(value, Sequence) or isinstance(value, str):
-      raise ConfigError(f'{field}={value!r}: expected a list of numbers')
+      raise ConfigError(f'{field}={value!r}: expected a list of '
+                        f'{"names" if args[0] is str else "numbers"}')
     return tuple(_coerce(v, args[0], field) for v in value)
   if origin in (Mapping, dict) or hint is Mapping:
     if not isinstance(value, Mapping):
@@ -238,6 +263,9 @@ def _parse_literal(text: str) -> Any:
 
 
 def _section_from_dict(cls, values: Mapping[str, Any], prefix: str):
+  if not isinstance(values, Mapping):
+    raise ConfigError(f'{prefix}={values!r}: expected a mapping of fields')
+  values = {RENAMED_FIELDS.get((prefix, k), k): v for k, v in values.items()}
   types_by_name = _field_types(cls)
   unknown = sorted(set(values) - set(types_by_name))
   if unknown:
@@ -276,12 +304,13 @@ def apply_overrides(config: Config, overrides: Sequence[str]) -> Config:
     if path[0] not in SECTIONS:
       raise ConfigError(f'{key}: unknown config section; allowed: '
                         f'{", ".join(sorted(SECTIONS))}, name')
-    if len(path) == 3 and path[:2] == ['model', 'options']:
-      values['model']['options'][path[2]] = _parse_literal(text)
+    if len(path) == 3 and tuple(path[:2]) in MAPPING_FIELDS:
+      values[path[0]][path[1]][path[2]] = _parse_literal(text)
       continue
     if len(path) != 2:
-      raise ConfigError(f'{key}: expected section.field (or model.options.key)')
+      raise ConfigError(f'{key}: expected section.field (or data|model|task.options.key)')
     section, field = path
+    field = RENAMED_FIELDS.get((section, field), field)
     if field not in _field_types(SECTIONS[section]):
       raise ConfigError(f'{key}: unknown field; allowed: '
                         f'{", ".join(sorted(_field_types(SECTIONS[section])))}')
@@ -289,18 +318,30 @@ def apply_overrides(config: Config, overrides: Sequence[str]) -> Config:
     parsed = _parse_literal(text)
     if hint in (str, str | None) and parsed is not None:
       parsed = text  # keep '1 epochs', '8000 steps' and names verbatim
+    if hint == tuple[str, ...] and isinstance(parsed, str):
+      parsed = tuple(p.strip() for p in text.split(',') if p.strip())
     values[section][field] = parsed
   return from_dict(values)
 
 
 def load_config(path: str | pathlib.Path, overrides: Sequence[str] = ()) -> Config:
-  """Imports a configs/*.py file, calls get_config(), applies overrides."""
+  """A configs/*.py file (its get_config()) or a run's config.json, with overrides applied."""
   path = pathlib.Path(path)
+  if path.is_dir() and (path / 'config.json').is_file():
+    path = path / 'config.json'
   if not path.is_file():
     raise ConfigError(f'--config {path}: no such file')
-  spec = importlib.util.spec_from_file_location(f'mbx_config_{path.stem}', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  if path.suffix == '.json':
+    try:
+      values = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+      raise ConfigError(f'--config {path}:{error.lineno}: not valid JSON ({error.msg})') from None
+    return apply_overrides(from_dict(values), overrides)
+  try:
+    module = registry.module_from_file(path)
+  except SyntaxError as error:
+    raise ConfigError(f'--config {error.filename}:{error.lineno}: syntax error '
+                      f'({error.msg})') from None
   if not hasattr(module, 'get_config'):
     raise ConfigError(f'--config {path}: defines no get_config()')
   config = module.get_config()
@@ -360,17 +401,15 @@ def _check_positive_int(value: Any, field: str) -> None:
 
 def validate(config: Config) -> None:
   """Checks every field; raises ConfigError naming the first bad one."""
-  from mbx import data as data_lib  # pylint: disable=import-outside-toplevel
-  from mbx import models as models_lib  # pylint: disable=import-outside-toplevel
-
   d, m, o, t = config.data, config.model, config.optim, config.train
-  try:
-    data_lib.validate_dataset(d.name, d.train_split, field='data.train_split')
-    if d.eval_split is not None:
-      data_lib.validate_dataset(d.name, d.eval_split, field='data.eval_split')
-    models_lib.validate_model(m.name, m.options)
-  except ValueError as error:
-    raise ConfigError(str(error)) from None
+  for section, name in (('data', d.name), ('model', m.name), ('task', config.task.name)):
+    _check(isinstance(name, str) and bool(name.strip()), f'{section}.name', name,
+           'expected a built-in name or an import path "package.module:Name"')
+  for section, field in MAPPING_FIELDS:
+    value = getattr(getattr(config, section), field)
+    _check(isinstance(value, Mapping), f'{section}.{field}', value, 'expected a mapping')
+  _check(isinstance(d.train_split, str) and bool(d.train_split.strip()), 'data.train_split',
+         d.train_split, 'expected a split name')
   _check_choice(d.placement, PLACEMENTS, 'data.placement')
   _check(d.prefetch >= 1, 'data.prefetch', d.prefetch, 'must be >= 1')
   _check_choice(m.dtype, DTYPES, 'model.dtype')
@@ -443,15 +482,17 @@ def validate(config: Config) -> None:
   _check_positive_int(t.keep_checkpoints, 'train.keep_checkpoints')
   if t.max_loss is not None:
     _check(t.max_loss > 0, 'train.max_loss', t.max_loss, 'must be > 0')
-  if t.noise_scale_groups is not None:
-    _check(isinstance(t.noise_scale_groups, int) and t.noise_scale_groups >= 2,
-           'train.noise_scale_groups', t.noise_scale_groups, 'must be an integer >= 2')
-  if t.noise_scale_every is not None:
-    _check_positive_int(t.noise_scale_every, 'train.noise_scale_every')
+  if t.probe_groups is not None:
+    _check(isinstance(t.probe_groups, int) and t.probe_groups >= 2,
+           'train.probe_groups', t.probe_groups, 'must be an integer >= 2')
+  if t.probe_every is not None:
+    _check_positive_int(t.probe_every, 'train.probe_every')
   _check(0 <= t.noise_scale_ema < 1, 'train.noise_scale_ema', t.noise_scale_ema,
          'must be in [0, 1)')
-  if t.target_metric is not None:
-    _check_choice(t.target_metric, TARGET_METRICS, 'train.target_metric')
+  if t.target_metric is not None:  # the task's metrics are checked by workload.resolve
+    _check(isinstance(t.target_metric, str) and t.target_metric.startswith(TARGET_PREFIXES),
+           'train.target_metric', t.target_metric,
+           'expected eval_<metric> or train_<metric>, e.g. eval_accuracy or eval_loss')
     _check(t.target_value is not None, 'train.target_value', t.target_value,
            'required when train.target_metric is set')
   _check(not t.stop_at_target or t.target_metric is not None, 'train.stop_at_target',

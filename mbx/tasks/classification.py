@@ -1,0 +1,51 @@
+"""Classification with integer labels: softmax cross-entropy, accuracy and error."""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from mbx.tasks.base import count, weighted_sum
+
+
+def cross_entropy(logits, labels):
+  """optax.softmax_cross_entropy_with_integer_labels (same value, gradient equal to
+  rounding) with the label logit picked by a mask, not take_along_axis: the gradient of
+  that is a scatter whose constant input, shared by unrolled micro-batches, became an
+  input-free kernel that made XLA:CPU run the step on its thread pool."""
+  logits = logits.astype(jnp.float32)
+  is_label = labels[..., None] == jnp.arange(logits.shape[-1])
+  label_logits = jnp.sum(jnp.where(is_label, logits, 0.0), axis=-1)
+  return jax.nn.logsumexp(logits, axis=-1) - label_logits
+
+
+@dataclasses.dataclass(frozen=True)
+class Classification:
+  """Logits [..., num_classes] against integer targets [...] (per example, or per token)."""
+  metrics = {'loss': 'min', 'accuracy': 'max', 'error': 'min'}
+
+  def losses(self, outputs, batch):
+    return cross_entropy(outputs, batch['targets'])
+
+  def sums(self, outputs, batch, weights):
+    correct = jnp.argmax(outputs, -1) == batch['targets']
+    return {'loss': weighted_sum(self.losses(outputs, batch), weights),
+            'correct': weighted_sum(correct, weights), 'count': count(correct, weights)}
+
+  def finalize(self, sums):
+    accuracy = sums['correct'] / sums['count']
+    return {'loss': sums['loss'] / sums['count'], 'accuracy': accuracy, 'error': 1.0 - accuracy}
+
+  def check(self, outputs, info):
+    target_shape, target_dtype = info.element_spec['targets']
+    if not jnp.issubdtype(jnp.dtype(target_dtype), jnp.integer):
+      raise ValueError(f'task.name=classification: the data\'s targets are {target_dtype}, '
+                       'expected integer labels (task.name=regression scores float targets)')
+    if tuple(outputs.shape[1:-1]) != tuple(target_shape):
+      raise ValueError(f'model output shape {tuple(outputs.shape[1:])} per example does not '
+                       f'match targets of shape {tuple(target_shape)}: classification expects '
+                       f'{tuple(target_shape) + ("num_classes",)}')
+    if info.num_classes is not None and outputs.shape[-1] != info.num_classes:
+      raise ValueError(f'model output size {outputs.shape[-1]} does not match the '
+                       f'{info.num_classes} classes of the data (model.options.num_classes)')
