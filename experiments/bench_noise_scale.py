@@ -4,12 +4,12 @@ B_simple (McCandlish et al. 2018, arXiv 1812.06162, App. A.1) needs the squared
 norm of >= 2 small-batch gradients besides the full one. With several devices or
 micro-batches the step already has them and the estimator adds one squared norm
 per group; on one device mbx splits the batch into 2 micro-batches to get them,
-by default on every 10th step only (train.noise_scale_every). The target is <= 5%
+by default on every 10th step only (train.probe_every). The target is <= 5%
 of step time. Four variants of the same run are timed:
 
   off    noise_scale=false: one gradient over the whole batch
   on     noise_scale=true with the defaults: every 10th step split + estimator
-  every  noise_scale=true, noise_scale_every=1: every step split + estimator
+  every  noise_scale=true, probe_every=1: every step split + estimator
   split  noise_scale=false, micro_batch_size=B/2: the split alone, as when
          accumulation or several devices already provide the groups
 
@@ -47,7 +47,7 @@ def step_time(batch_size: int, steps: int, variant: str) -> float:
   train = dict(batch_size=batch_size, duration=f'{steps} steps', log_every=f'{steps} steps',
                eval_every='1000 epochs', checkpoint_every=None,
                noise_scale=variant in ('on', 'every'),
-               noise_scale_every=1 if variant == 'every' else None,
+               probe_every=1 if variant == 'every' else None,
                micro_batch_size=batch_size // 2 if variant == 'split' else None,
                accumulation='unrolled')
   config = mbx.Config(model=mbx.ModelConfig(name='cnn1d'),
@@ -99,7 +99,7 @@ def main() -> None:
       '', 'off: noise_scale=false. on: noise_scale=true with the defaults — on one device '
       'every 10th step splits its batch into 2 micro-batches, keeps each gradient\'s squared '
       'norm and updates McCandlish\'s two-batch estimates and their EMAs; the other steps run '
-      'as with off. every: the same on every step (noise_scale_every=1). split: 2 '
+      'as with off. every: the same on every step (probe_every=1). split: 2 '
       'micro-batches (unrolled) without the estimator, as when gradient accumulation or '
       'several devices already provide the groups: there the noise scale costs only '
       '"estimator alone".', '',

@@ -2,7 +2,7 @@
 
 Question: K trials of the MNIST-1D CNN that differ only in learning rate (and
 seed) — trained one after the other with `mbx.train`, or packed into one jitted,
-vmapped step with `mbx.training.packed.train_packed`. Both write identical run
+vmapped step with `mbx.train_packed`. Both write identical run
 directories (tests/test_packed.py checks the parameters agree).
 
     python experiments/bench_packed.py                 # ~3 min on a 2-core CPU
@@ -24,7 +24,7 @@ import jax
 import numpy as np
 
 import mbx
-from mbx.training.packed import train_packed
+from mbx.training.loop import train_packed
 
 STEPS = {1: 3000, 16: 1500, 256: 300, 4000: 40}
 

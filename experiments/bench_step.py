@@ -27,7 +27,7 @@ import optax
 
 import mbx
 from mbx import data, models
-from mbx.training.step import cross_entropy
+from mbx.tasks.classification import cross_entropy
 
 STEPS = {1: 20000, 32: 6000, 512: 1500, 4000: 250}
 

@@ -39,7 +39,12 @@ import numpy as np
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from bench_step import STEPS, bare_loop, mbx_loop  # pylint: disable=wrong-import-position
 
-from mbx import data  # pylint: disable=wrong-import-position
+from mbx import data, models  # pylint: disable=wrong-import-position
+from mbx.config import OptimConfig  # pylint: disable=wrong-import-position
+from mbx.optim import build_optimizer, learning_rate_schedule  # pylint: disable=wrong-import-position
+from mbx.tasks import Classification  # pylint: disable=wrong-import-position
+from mbx.training import step as step_lib  # pylint: disable=wrong-import-position
+from mbx.training.plan import StepShape  # pylint: disable=wrong-import-position
 
 MODELS = {'cnn1d': {}, 'mlp': {'hidden': (100, 100), 'residual': True}}
 BATCH_SIZES = (32, 512, 4000)
@@ -164,40 +169,36 @@ def peak_bf16_flops(device_kind: str) -> float | None:
 def step_time(name: str, options: dict, input_shape, per_device_batch: int, optimizer: str,
               steps: int) -> tuple[float, float]:
   """(seconds per step, FLOPs per step per device) of mbx's bf16 train step."""
-  from mbx import models  # pylint: disable=import-outside-toplevel
-  from mbx.config import OptimConfig  # pylint: disable=import-outside-toplevel
-  from mbx.optim import build_optimizer, learning_rate_schedule  # pylint: disable=import-outside-toplevel
-  from mbx.training import step as step_lib  # pylint: disable=import-outside-toplevel
-  from mbx.training.plan import StepShape  # pylint: disable=import-outside-toplevel
-
   mesh = step_lib.make_mesh()
   batch = per_device_batch * mesh.devices.size
   model = models.build_model(name, num_classes=10, options=options, dtype=jnp.bfloat16,
                              batch_norm_axis_name=step_lib.batch_norm_axis_name(mesh))
   optim = OptimConfig(name=optimizer, learning_rate=0.1 if optimizer == 'momentum' else 1e-3)
-  opt = build_optimizer(optim)
   schedule = learning_rate_schedule(optim, batch_size=batch, examples_per_epoch=50000,
                                     total_examples=10**7)
-  step = step_lib.make_train_step(model, opt, schedule, StepShape(batch, 1, 'unrolled'), mesh,
-                                  on_device_data=False, noise_scale=False, noise_scale_ema=0.99,
-                                  data_seed=0, augment=None)
-  state = step_lib.init_train_state(model, opt, jnp.zeros((1, *input_shape)), seed=0, mesh=mesh,
-                                    noise_scale=False)
+  task = Classification()
+  step = step_lib.make_step(step_lib.StepParts(model=model, task=task, optim=optim,
+                                               lr_schedule=schedule),
+                            StepShape(batch, 1, 'unrolled'), mesh, on_device_data=False)
+  state = step_lib.init_train_state(model, build_optimizer(optim), jnp.zeros((1, *input_shape)),
+                                    seed=0, mesh=mesh, task=task)
   sharding = step_lib.batch_sharded(mesh)
-  x = jax.device_put(jnp.zeros((batch, *input_shape), jnp.float32), sharding)
-  y = jax.device_put(jnp.zeros((batch,), jnp.int32), sharding)
-  lowered = step.lower(state, x, y)
+  hyper = jax.device_put(step_lib.trial_hyperparameters(1.0, optim.momentum, 0),
+                         step_lib.replicated(mesh))
+  batch_arrays = {'inputs': jax.device_put(jnp.zeros((batch, *input_shape), jnp.float32), sharding),
+                  'targets': jax.device_put(jnp.zeros((batch,), jnp.int32), sharding)}
+  lowered = step.lower(state, hyper, batch_arrays)
   # FLOPs of the program as written (before XLA's optimisation passes): the model's own
   # arithmetic, whatever the backend turns convolutions into.
   cost = lowered.cost_analysis()
   flops = float((cost[0] if isinstance(cost, (list, tuple)) else cost)['flops'])
   compiled = lowered.compile()
   for _ in range(3):
-    state, _ = compiled(state, x, y)
+    state, _ = compiled(state, hyper, batch_arrays)
   jax.block_until_ready(state)
   start = time.perf_counter()
   for _ in range(steps):
-    state, _ = compiled(state, x, y)
+    state, _ = compiled(state, hyper, batch_arrays)
   jax.block_until_ready(state)
   return (time.perf_counter() - start) / steps, flops
 

@@ -1,22 +1,26 @@
 """mbx: large-batch scaling studies in JAX.
 
     run = mbx.train(mbx.load_config('configs/mnist1d_cnn.py'))
+    run = mbx.train(config, data=mbx.ArrayDataset({...}), model=MyModule())  # your own
     run = mbx.load_run('runs/mnist1d_cnn')   # config, metrics DataFrame, checkpoints
 
-Kept import-light: the heavy modules load on first use.
+The facade: `import mbx` loads only the configs; the training stack (jax) loads when one of
+`train`, `load_run`, `Run` or `ArrayDataset` is first used.
 """
-from mbx.config import (Config, ConfigError, DataConfig, ModelConfig, OptimConfig,
+import importlib
+
+from mbx.config import (Config, ConfigError, DataConfig, ModelConfig, OptimConfig, TaskConfig,
                         TrainConfig, apply_overrides, load_config, validate)
 
-__all__ = ['Config', 'ConfigError', 'DataConfig', 'ModelConfig', 'OptimConfig', 'TrainConfig',
-           'apply_overrides', 'load_config', 'validate', 'train', 'load_run', 'Run']
+_LAZY = {'train': 'mbx.training.loop', 'train_packed': 'mbx.training.loop',
+         'load_run': 'mbx.training.records', 'Run': 'mbx.training.records',
+         'ArrayDataset': 'mbx.data', 'resolve': 'mbx.training.workload'}
+
+__all__ = ['Config', 'ConfigError', 'DataConfig', 'ModelConfig', 'OptimConfig', 'TaskConfig',
+           'TrainConfig', 'apply_overrides', 'load_config', 'validate', *_LAZY]
 
 
 def __getattr__(name):
-  if name == 'train':
-    from mbx.training.loop import train  # pylint: disable=import-outside-toplevel
-    return train
-  if name in ('load_run', 'Run'):
-    from mbx.training import records  # pylint: disable=import-outside-toplevel
-    return getattr(records, name)
+  if name in _LAZY:
+    return getattr(importlib.import_module(_LAZY[name]), name)
   raise AttributeError(f'module mbx has no attribute {name!r}')

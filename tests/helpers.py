@@ -1,6 +1,6 @@
 """Small configs that train in seconds, and a runner for multi-device subprocesses.
 
-Forcing 8 host devices slows ordinary single-device jits (MEASURED.md), so only
+Forcing 8 host devices slows ordinary single-device jits (docs/performance.md), so only
 subprocesses started through `run_python(..., devices=8)` get that flag.
 """
 from __future__ import annotations

@@ -8,6 +8,7 @@ from mbx import cli
 from mbx.config import ConfigError, validate
 from mbx.training import autobatch as autobatch_lib
 from mbx.training.plan import make_plan
+from mbx.training.workload import resolve
 
 from helpers import REPO, tiny_config
 
@@ -66,7 +67,7 @@ def test_cpu_without_a_budget_is_a_clear_error():
   with pytest.raises(ConfigError, match='--budget 2GiB'):
     autobatch_lib.autobatch(config)
   with pytest.raises(ConfigError, match='train.autobatch_budget=2GiB'):
-    autobatch_lib.resolve_auto_micro_batch(config, 1, (40, 1), 10)
+    autobatch_lib.resolve_auto_micro_batch(resolve(config), 1)
   with pytest.raises(ConfigError, match='micro_batch_size=auto: resolve it'):
     make_plan(config, 1, 4000)
 
@@ -75,7 +76,7 @@ def test_auto_micro_batch_resolves_to_a_plan():
   config = tiny_config(model=MLP, train=dict(batch_size=2000, micro_batch_size='auto',
                                              autobatch_budget='1GiB'))
   validate(config)
-  resolved = autobatch_lib.resolve_auto_micro_batch(config, 1, (40, 1), 10, quiet=True)
+  resolved = autobatch_lib.resolve_auto_micro_batch(resolve(config), 1, quiet=True)
   assert resolved.train.micro_batch_size == 2000  # 1 GiB holds the whole batch
   assert make_plan(resolved, 1, 4000).phases[0][1].num_micro_batches == 1
 

@@ -11,6 +11,7 @@ import pytest
 import mbx
 from mbx import data as data_lib
 from mbx.training.plan import make_plan
+from mbx.training.workload import resolve
 
 from helpers import REPO, run_python, tiny_config
 
@@ -71,11 +72,13 @@ def test_accumulation_switches_on_per_phase_and_respects_ghost_batch_norm():
   assert [s.num_micro_batches for _, s in make_plan(config, 4, N).phases] == [1, 1, 5]
   # Smith et al.'s ghost BN over 128: B = 16000 splits into 25 x 640, not 16 x 1000.
   wrn = mbx.load_config(REPO / 'configs/smith_wrn16_4_cifar10_increasing_batch.py')
-  plan = make_plan(wrn, 1, 50000, backend='gpu')
+  ghost = resolve(wrn).batch_granule
+  assert ghost == 128
+  plan = make_plan(wrn, 1, 50000, backend='gpu', batch_granule=ghost)
   assert [(s.batch_size, s.micro_batch_size) for _, s in plan.phases] == [
       (128, 128), (640, 640), (3200, 640), (16000, 640)]
   with pytest.raises(mbx.ConfigError, match='ghost_batch_size=128'):
-    make_plan(wrn, 8, 50000)  # 16 examples per device cannot hold a ghost batch of 128
+    make_plan(wrn, 8, 50000, batch_granule=ghost)  # 16 examples per device cannot hold a ghost batch of 128
 
 
 @pytest.fixture(scope='module')
@@ -118,10 +121,9 @@ def test_logged_batch_size_learning_rate_and_noise_scale(compiled_run):
                              rtol=1e-6)
 
 
-def test_examples_per_epoch_are_exact_across_batch_changes(tmp_path, monkeypatch):
+def test_examples_per_epoch_are_exact_across_batch_changes(tmp_path):
   """Every example once per epoch, whatever the batch: read from the host source."""
   reads = []
-  real_source = data_lib.random_access_source
 
   class Recording:
     def __init__(self, source):
@@ -134,13 +136,21 @@ def test_examples_per_epoch_are_exact_across_batch_changes(tmp_path, monkeypatch
       reads.append(np.asarray(indices).copy())
       return self.source[indices]
 
-  def recording_source(name, split, *args, **kwargs):
-    source = real_source(name, split, *args, **kwargs)
-    return Recording(source) if split == 'train' else source
+  class RecordingDataset:
+    """The MNIST-1D dataset, with the reads of its train split recorded."""
+    def __init__(self, base):
+      self.base, self.name = base, base.name
 
-  monkeypatch.setattr(data_lib, 'random_access_source', recording_source)
+    def __getattr__(self, name):
+      return getattr(self.base, name)
+
+    def source(self, split):
+      source = self.base.source(split)
+      return Recording(source) if split == 'train' else source
+
   config = mbx.apply_overrides(hybrid_config(log_every='1 epochs'), ['data.placement=host'])
-  run = mbx.train(config, tmp_path, quiet=True)
+  dataset = RecordingDataset(data_lib.resolve_dataset(config.data))
+  run = mbx.train(config, tmp_path, data=dataset, quiet=True)
   assert [len(r) for r in reads] == [100] * 40 + [200] * 20 + [400] * 20
   stream = np.concatenate(reads)
   for epoch in range(4):

@@ -11,6 +11,7 @@ import pytest
 import mbx
 from mbx.config import ConfigError, apply_overrides, from_dict, parse_duration, to_dict
 from mbx.training.plan import make_plan
+from mbx.training.workload import resolve
 
 from helpers import REPO, tiny_config
 
@@ -39,14 +40,14 @@ BASE = tiny_config()
     ('train.duration=-3 steps', ['train.duration', '-3 steps']),
     ('train.eval_every=0 steps', ['train.eval_every', 'positive']),
     ('train.accumulation=vmap', ['train.accumulation', 'unrolled', 'scan']),
-    ('train.target_metric=eval_f1', ['train.target_metric', 'eval_accuracy']),
+    ('train.target_metric=eval_f1', ['train.target_value', 'train.target_metric']),
     ('train.stop_at_target=true', ['train.stop_at_target', 'target_metric']),
-    ('train.noise_scale_groups=1', ['train.noise_scale_groups', '>= 2']),
+    ('train.probe_groups=1', ['train.probe_groups', '>= 2']),
     ('data.placement=gpu', ['data.placement', 'device', 'host']),
 ])
 def test_invalid_field_is_named(override, fragments):
   with pytest.raises(ConfigError) as error:
-    mbx.validate(apply_overrides(BASE, [override]))
+    resolve(apply_overrides(BASE, [override]))  # fields, then names and their combination
   for fragment in fragments:
     assert fragment in str(error.value), (fragment, str(error.value))
 
@@ -67,13 +68,13 @@ def test_batch_schedule_needs_epoch_units():
     (dict(batch_size=5000), 1, ['train.batch_size', '5000', '4000 training examples']),
     (dict(batch_size=12), 8, ['train.batch_size', '12', '8 devices']),
     (dict(batch_size=64, micro_batch_size=4), 8, ['train.micro_batch_size=4', '8 devices']),
-    (dict(batch_size=1, noise_scale=True), 1, ['train.noise_scale_groups', 'batch_size >= 2']),
+    (dict(batch_size=1, noise_scale=True), 1, ['train.probe_groups', 'batch_size >= 2']),
 ])
 def test_plan_errors_name_the_field(fields, devices, fragments):
   config = tiny_config(train=fields)
-  mbx.validate(config)
+  workload = resolve(config)
   with pytest.raises(ConfigError) as error:
-    make_plan(config, devices, 4000)
+    make_plan(config, devices, 4000, probe_groups=workload.probe_groups)
   for fragment in fragments:
     assert fragment in str(error.value)
 

@@ -11,7 +11,8 @@ import pytest
 import mbx
 from mbx import models
 from mbx.measure import analysis, hessian, landscape, loss_fn, sharpness
-from mbx.training.step import cross_entropy
+from mbx.tasks import Classification
+from mbx.tasks.classification import cross_entropy
 
 from helpers import run_python, tiny_config
 
@@ -135,17 +136,17 @@ def _small_problem(model_name='mlp', options=None, shape=(40, 1), n=48, seed=0):
                  else rng.uniform(0.5, 1.5, s.shape)).astype(np.float32),
       dict(shapes))
   params = variables.pop('params')
-  return model, params, variables, loss_fn.Data(x, y, 'random test data')
+  return model, params, variables, loss_fn.Data({'inputs': x, 'targets': y}, 'random test data')
 
 
 def test_loss_function_hvp_and_top_eigenvalue_match_the_dense_hessian():
   model, params, state, data = _small_problem(options={'hidden': (4,)})
-  loss = loss_fn.LossFunction(model, params, state, data, batch_size=20)  # 3 padded batches
+  loss = loss_fn.LossFunction(model, Classification(), params, state, data, batch_size=20)  # 3 padded batches
   unravel = loss.unravel
 
   def f(w):
-    logits = model.apply({'params': unravel(w)}, jnp.asarray(data.x), train=False)
-    return jnp.mean(cross_entropy(logits, jnp.asarray(data.y)))
+    logits = model.apply({'params': unravel(w)}, jnp.asarray(data.rows['inputs']), train=False)
+    return jnp.mean(cross_entropy(logits, jnp.asarray(data.rows['targets'])))
 
   theta = loss.theta
   dense = np.asarray(jax.jit(jax.hessian(f))(theta), np.float64)
@@ -163,19 +164,19 @@ def test_batch_norm_models_are_evaluated_in_inference_mode():
   model, params, state, data = _small_problem('resnet18', {'width': 2}, shape=(8, 8, 3), n=16)
   # The running statistics are random (uniform in [0.5, 1.5]), far from the batch statistics,
   # so inference and training mode disagree.
-  loss = loss_fn.LossFunction(model, params, state, data)
-  inference = model.apply({'params': params, **state}, data.x, train=False)
-  expected = float(jnp.mean(cross_entropy(inference, data.y)))
-  training, _ = model.apply({'params': params, **state}, data.x, train=True,
+  loss = loss_fn.LossFunction(model, Classification(), params, state, data)
+  inference = model.apply({'params': params, **state}, data.rows['inputs'], train=False)
+  expected = float(jnp.mean(cross_entropy(inference, data.rows['targets'])))
+  training, _ = model.apply({'params': params, **state}, data.rows['inputs'], train=True,
                             mutable=['batch_stats'])
   assert loss.loss() == pytest.approx(expected, rel=1e-5)
-  assert abs(float(jnp.mean(cross_entropy(training, data.y))) - expected) > 1e-3
+  assert abs(float(jnp.mean(cross_entropy(training, data.rows['targets']))) - expected) > 1e-3
   assert 'BatchNorm in inference mode' in loss.mode
 
 
 def _sharded_problem() -> dict:
   model, params, _, data = _small_problem(options={'hidden': (8,)}, n=50)
-  loss = loss_fn.LossFunction(model, params, {}, data, batch_size=16)
+  loss = loss_fn.LossFunction(model, Classification(), params, {}, data, batch_size=16)
   v = np.asarray(jax.random.normal(jax.random.key(1), (loss.dim,)))
   return {'devices': int(loss.mesh.devices.size), 'loss': loss.loss(),
           'hvp': np.asarray(loss.hvp(v)).tolist(),

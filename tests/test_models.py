@@ -224,8 +224,8 @@ def test_model_options_and_has_batch_norm():
 
 
 @pytest.mark.parametrize('name, options, match', [
-    ('resnet', {}, r"model\.name='resnet' is not a model; choose one of mlp, cnn1d, .*vit"),
-    ('mlp', {'width': 3}, r'model\.options\.width is not an option .*; allowed: hidden'),
+    ('resnet', {}, r"model\.name='resnet': not a built-in name \(allowed: mlp, cnn1d, .*vit\)"),
+    ('mlp', {'width': 3}, r'model\.options\.width is not an option .*; allowed: .*hidden'),
     ('mlp', {'hidden': 100}, r'model\.options\.hidden=100 must be a tuple of positive ints'),
     ('mlp', {'hidden': (100, 0)}, r'model\.options\.hidden=\(100, 0\) must be'),
     ('cnn1d', {'channels': 25.0}, r'model\.options\.channels=25\.0 must be a positive int'),

@@ -49,31 +49,35 @@ BATCH_NORM_STEPS = '''
   from mbx import models
   from mbx.data.example_order import device_major_arrangement
   from mbx.optim import build_optimizer, learning_rate_schedule
+  from mbx.tasks import Classification
   from mbx.training.plan import StepShape
-  from mbx.training.step import (batch_norm_axis_name, batch_sharded, init_train_state,
-                                  make_mesh, make_train_step, metric_names)
+  from mbx.training.step import (StepParts, batch_norm_axis_name, batch_sharded,
+                                  init_train_state, make_mesh, make_step, metric_names,
+                                  trial_hyperparameters, replicated)
   mesh = make_mesh()
   model = models.build_model('resnet18', num_classes=10, options={{'width': 8, 'norm': {norm!r},
                              'ghost_batch_size': 8}}, batch_norm_axis_name=batch_norm_axis_name(mesh),
                              dtype=jnp.{dtype})
   optim = mbx.OptimConfig(name='momentum', learning_rate=0.1)
-  optimizer = build_optimizer(optim)
   schedule = learning_rate_schedule(optim, batch_size=32, examples_per_epoch=256,
                                     total_examples=10**4)
-  state = init_train_state(model, optimizer, jnp.zeros((1, 16, 16, 3)), seed=0, mesh=mesh,
-                           noise_scale=False)
+  task = Classification()
+  state = init_train_state(model, build_optimizer(optim), jnp.zeros((1, 16, 16, 3)), seed=0,
+                           mesh=mesh, task=task)
   shape = StepShape(batch_size=32, num_micro_batches={micro}, accumulation='unrolled')
-  step = make_train_step(model, optimizer, schedule, shape, mesh, on_device_data=False,
-                         noise_scale=False, noise_scale_ema=0.9, data_seed=0, augment=None)
+  step = make_step(StepParts(model=model, task=task, optim=optim, lr_schedule=schedule), shape,
+                   mesh, on_device_data=False)
+  hyper = jax.device_put(trial_hyperparameters(1.0, 0.9, 0), replicated(mesh))
   rng = np.random.default_rng(0)
   arrangement = device_major_arrangement(32, jax.device_count(), {micro})
-  for _ in range(3):
+  for _ in range({steps}):
     x = rng.normal(size=(32, 16, 16, 3)).astype(np.{dtype})
     y = rng.integers(0, 10, 32).astype(np.int32)
-    state, metrics = step(state, jax.device_put(x[arrangement], batch_sharded(mesh)),
-                          jax.device_put(y[arrangement], batch_sharded(mesh)))
+    batch = {{'inputs': jax.device_put(x[arrangement], batch_sharded(mesh)),
+              'targets': jax.device_put(y[arrangement], batch_sharded(mesh))}}
+    state, metrics = step(state, hyper, batch)
   leaves = [np.asarray(v).tolist() for v in jax.tree.leaves((state.params, state.model_state))]
-  loss = float(metrics[metric_names(False).index('loss')])
+  loss = float(metrics[metric_names(task, ()).index('loss')])
   print(json.dumps({{'leaves': leaves, 'loss': loss}}))
 '''
 
@@ -87,21 +91,33 @@ def test_global_batch_norm_is_exact_on_eight_devices(micro):
   float64 reference by ~1e-5 relative after one step (the 8-device sums are closer to it).
   """
   env = {'JAX_ENABLE_X64': '1'}
-  one, eight = (run_python(BATCH_NORM_STEPS.format(norm='batch', micro=micro, dtype='float64'),
+  one, eight = (run_python(BATCH_NORM_STEPS.format(norm='batch', micro=micro, dtype='float64', steps=3),
                            devices=d, env=env) for d in (1, 8))
   assert _relative_error(eight['leaves'], one['leaves']) <= 1e-6
   assert eight['loss'] == pytest.approx(one['loss'], rel=1e-7)
 
 
 def test_global_batch_norm_in_float32_on_eight_devices():
-  one, eight = (run_python(BATCH_NORM_STEPS.format(norm='batch', micro=1, dtype='float32'),
-                           devices=d) for d in (1, 8))
-  assert _relative_error(eight['leaves'], one['leaves']) <= 1e-4
+  """In float32 one step agrees to round-off, measured against the largest parameter.
+
+  Not per leaf, nor over several steps: the gradient of a BN bias that feeds another BN nearly
+  cancels, so its float32 value is mostly round-off, and XLA:CPU picks convolution kernels per
+  shape (batch 32 on one device, 4 per device on eight). On an AMD EPYC that gave 38% per-leaf
+  relative error after 3 steps at LR 0.1 (with this code and the code before the Task redesign
+  alike) and 2.2e-4 of the largest parameter after one step. Exactness is the float64 test's.
+  """
+  one, eight = (run_python(BATCH_NORM_STEPS.format(norm='batch', micro=1, dtype='float32',
+                                                   steps=1), devices=d) for d in (1, 8))
+  largest = max(float(np.max(np.abs(np.asarray(a)))) for a in one['leaves'])
+  worst = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+              for a, b in zip(one['leaves'], eight['leaves']))
+  assert worst / largest <= 1e-3
+  assert eight['loss'] == pytest.approx(one['loss'], rel=1e-5)
 
 
 def test_ghost_batch_norm_statistics_do_not_depend_on_the_device_count():
   """Ghost batches of 8 examples are the same 8 examples on 1 or on 4 devices (32 / 4)."""
-  one, four = (run_python(BATCH_NORM_STEPS.format(norm='ghost', micro=1, dtype='float32'),
+  one, four = (run_python(BATCH_NORM_STEPS.format(norm='ghost', micro=1, dtype='float32', steps=3),
                           devices=d) for d in (1, 4))
   assert _relative_error(four['leaves'], one['leaves']) <= 1e-4
 
@@ -109,7 +125,7 @@ def test_ghost_batch_norm_statistics_do_not_depend_on_the_device_count():
 PACKED_AND_SOLO = '''
   import json, sys, numpy as np, jax
   import mbx
-  from mbx.training.packed import train_packed
+  from mbx.training.loop import train_packed
   sys.path.insert(0, 'tests')
   from helpers import tiny_config
   configs = [tiny_config(optim=dict(name='momentum', learning_rate=lr, momentum=0.9),

@@ -15,7 +15,7 @@ import pytest
 import mbx
 from mbx import data
 from mbx.training import noise_scale
-from mbx.training.step import cross_entropy
+from mbx.tasks.classification import cross_entropy
 
 from helpers import tiny_config
 
@@ -100,7 +100,7 @@ def test_in_step_estimate_matches_exact_logistic_regression(tmp_path, groups):
       optim=dict(name='sgd', learning_rate=1e-7),
       train=dict(batch_size=64, duration='3000 steps', log_every='100 steps',
                  eval_every='3000 steps', checkpoint_every=None, noise_scale=True,
-                 noise_scale_groups=groups, noise_scale_ema=0.995))
+                 probe_groups=groups, noise_scale_ema=0.995))
   run = mbx.train(config, tmp_path, quiet=True)
   logs = run.train_metrics
   assert {'b_simple', 'grad_sq', 'trace_sigma', 'grad_sq_estimate',

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import mbx
-from mbx.training.packed import pack_key, train_packed
+from mbx.training.loop import pack_key, train_packed
 
 from helpers import tiny_config
 

@@ -11,7 +11,9 @@ import pytest
 import mbx
 from mbx import data, models
 from mbx.training import feed as feed_lib
-from mbx.training.step import cross_entropy, make_eval_step, make_mesh
+from mbx.tasks import Classification
+from mbx.tasks.classification import cross_entropy
+from mbx.training.step import make_eval_step, make_mesh
 
 from helpers import tiny_config
 
@@ -90,12 +92,13 @@ def test_eval_counts_every_example_exactly_once():
   x, y = data.load_arrays('mnist1d', 'test')
   params = model.init(jax.random.key(0), x[:1], train=False)['params']
   mesh = make_mesh()
-  batches = feed_lib.eval_batches(x, y, 300, mesh)
+  batches = feed_lib.eval_batches({'inputs': x, 'targets': y}, 300, mesh)
   assert len(batches) == 4
-  eval_step = make_eval_step(model)
+  eval_step = make_eval_step(model, Classification())
   totals = [eval_step(params, {}, *batch) for batch in batches]
   count = sum(float(t['count']) for t in totals)
-  loss = sum(float(t['loss_sum']) for t in totals) / count
+  assert sum(float(t['examples']) for t in totals) == 1000
+  loss = sum(float(t['loss']) for t in totals) / count
   correct = sum(float(t['correct']) for t in totals)
   logits = model.apply({'params': params}, x, train=False)
   assert count == 1000
@@ -178,22 +181,22 @@ def test_branch_from_another_runs_checkpoint(tmp_path):
               quiet=True)
 
 
-def test_noise_scale_every_nth_step_on_one_device(tmp_path):
+def test_probe_every_nth_step_on_one_device(tmp_path):
   """One device has no gradient groups of its own, so only every 10th step splits its batch."""
   from mbx.training.plan import make_plan
   config = tiny_config(train=dict(noise_scale=True, duration='40 steps', log_every='20 steps'))
-  plan = make_plan(config, 1, 4000)
-  assert plan.noise_scale_every == 10
+  plan = make_plan(config, 1, 4000, probe_groups=2)
+  assert plan.probe_every == 10
   assert [plan.shape_at(s).num_micro_batches for s in (0, 1, 9, 10, 11)] == [2, 1, 1, 2, 1]
   assert not plan.shape_at(1).measure_noise and plan.shape_at(10).measure_noise
   # With gradient groups already there (accumulation), every step measures.
   assert make_plan(tiny_config(train=dict(noise_scale=True, micro_batch_size=32)), 1,
-                   4000).noise_scale_every == 1
+                   4000, probe_groups=2).probe_every == 1
   run = mbx.train(config, tmp_path, quiet=True)
   rows = run.train_metrics
   assert np.all(np.isfinite(rows['b_simple'])) and np.all(rows['trace_estimate'] > 0)
   every_step = mbx.train(tiny_config(train=dict(noise_scale=True, duration='40 steps',
-                                                log_every='20 steps', noise_scale_every=1)),
+                                                log_every='20 steps', probe_every=1)),
                          tmp_path / 'every', quiet=True)
   # Measuring splits the batch in two; the update is the same up to float round-off.
   assert _max_relative_error(run.params(), every_step.params()) < 1e-5

@@ -1,18 +1,21 @@
 """The `mbx` command line: `mbx train --config configs/mnist1d_cnn.py optim.learning_rate=0.01`.
 
-Each subcommand lives beside the code it runs; this file only dispatches.
+The top layer: each subcommand module here parses its arguments, calls the library and writes
+figures; nothing below imports this package.
 """
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 
-from mbx.config import ConfigError
+from mbx.config import ConfigError, load_config
 
 
 def _add_train(subparsers) -> None:
   parser = subparsers.add_parser('train', help='train one run (resumes if interrupted)')
-  parser.add_argument('--config', required=True, help='configs/<name>.py')
+  parser.add_argument('--config', required=True,
+                      help="configs/<name>.py, or a run's config.json (or its directory)")
   parser.add_argument('--workdir', default=None, help='run directory (default runs/<name>)')
   parser.add_argument('--quiet', action='store_true', help='no progress bar or summary')
   parser.add_argument('overrides', nargs='*', help='section.field=value')
@@ -20,20 +23,17 @@ def _add_train(subparsers) -> None:
 
 
 def _train(args) -> None:
-  from mbx.config import load_config  # pylint: disable=import-outside-toplevel
-  from mbx.training.loop import train  # pylint: disable=import-outside-toplevel
-  config = load_config(args.config, args.overrides)
-  train(config, args.workdir, quiet=args.quiet)
+  loop = importlib.import_module('mbx.training.loop')  # jax loads only for commands that train
+  loop.train(load_config(args.config, args.overrides), args.workdir, quiet=args.quiet)
 
 
-# Subcommands that live beside their code. Each module exposes add_parser(subparsers);
-# `mbx analyze <what>` subcommands come from add_analyze_parsers(analyze_subparsers).
-COMMAND_MODULES = ('mbx.sweep.cli', 'mbx.training.autobatch')
-ANALYZE_MODULES = ('mbx.sweep.cli', 'mbx.measure.cli')
+# Each module exposes add_parser(subparsers) and/or, for `mbx analyze <what>`,
+# add_analyze_parsers(analyze_subparsers).
+COMMAND_MODULES = ('mbx.cli.sweep', 'mbx.cli.autobatch')
+ANALYZE_MODULES = ('mbx.cli.sweep', 'mbx.cli.analyze')
 
 
 def main(argv=None) -> None:
-  import importlib  # pylint: disable=import-outside-toplevel
   parser = argparse.ArgumentParser(prog='mbx', description=__doc__.splitlines()[0])
   subparsers = parser.add_subparsers(dest='command', required=True)
   _add_train(subparsers)

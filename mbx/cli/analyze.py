@@ -14,9 +14,9 @@ import pathlib
 
 import numpy as np
 
-
-def add_parser(subparsers) -> None:  # pylint: disable=unused-argument
-  """No top-level command: everything here is under `mbx analyze`."""
+from mbx.figures import sharpness as figures
+from mbx.measure import analysis, hessian
+from mbx.training.records import load_run
 
 
 def _common(parser) -> None:
@@ -83,9 +83,6 @@ def _write_json(path: pathlib.Path, value) -> None:
 
 
 def _sharpness(args) -> None:
-  from mbx.figures import sharpness as figures  # pylint: disable=import-outside-toplevel
-  from mbx.measure import analysis, hessian  # pylint: disable=import-outside-toplevel
-  from mbx.training.records import load_run  # pylint: disable=import-outside-toplevel
   run = load_run(args.run_dir)
   summary = analysis.sharpness_analysis(
       run, args.step, epsilons=args.epsilons, subspace_dim=args.subspace_dim,
@@ -107,8 +104,10 @@ def _sharpness(args) -> None:
 
 
 def _sharpness_line(summary: dict) -> str:
-  parts = [f'train loss {summary["train"]["loss"]:.4g} acc {summary["train"]["accuracy"]:.4f}',
-           f'test acc {summary["test"]["accuracy"]:.4f}']
+  parts = [f'train loss {summary["train"]["loss"]:.4g}', f'test loss {summary["test"]["loss"]:.4g}']
+  if 'accuracy' in summary['train']:
+    parts += [f'train acc {summary["train"]["accuracy"]:.4f}',
+              f'test acc {summary["test"]["accuracy"]:.4f}']
   for r in summary['sharpness']['results']:
     parts.append(f'sharpness({r["space"]}, eps={r["epsilon"]:g}) {r["sharpness"]:.4g}')
   curvature = summary['hessian']
@@ -120,9 +119,6 @@ def _sharpness_line(summary: dict) -> str:
 
 
 def _interpolate(args) -> None:
-  from mbx.figures import sharpness as figures  # pylint: disable=import-outside-toplevel
-  from mbx.measure import analysis  # pylint: disable=import-outside-toplevel
-  from mbx.training.records import load_run  # pylint: disable=import-outside-toplevel
   run_a, run_b = load_run(args.run_a), load_run(args.run_b)
   start, stop, num = args.alphas
   summary = analysis.interpolation_analysis(
@@ -141,9 +137,6 @@ def _interpolate(args) -> None:
 
 
 def _landscape(args) -> None:
-  from mbx.figures import sharpness as figures  # pylint: disable=import-outside-toplevel
-  from mbx.measure import analysis  # pylint: disable=import-outside-toplevel
-  from mbx.training.records import load_run  # pylint: disable=import-outside-toplevel
   run = load_run(args.run_dir)
   summary = analysis.landscape_analysis(run, args.step, dims=args.dims, span=args.span,
                                         points=args.points, subset=args.subset,

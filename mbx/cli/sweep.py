@@ -8,8 +8,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import pathlib
 import sys
+
+import pandas as pd
+
+from mbx.figures import critical_batch as figures
+from mbx.sweep import critical_batch, grid, runner
 
 
 def add_parser(subparsers) -> None:
@@ -37,7 +43,6 @@ def add_parser(subparsers) -> None:
 
 
 def _sweep(args) -> None:
-  from mbx.sweep import grid, runner  # pylint: disable=import-outside-toplevel
   sweep = grid.load_sweep(args.config, args.overrides)
   sweep_dir = pathlib.Path(args.sweep_dir or pathlib.Path('sweeps') / sweep.name)
   if args.list:
@@ -63,6 +68,7 @@ def _sweep(args) -> None:
 
 
 def add_analyze_parsers(subparsers) -> None:
+  """`mbx analyze cbs` and `mbx analyze local-cbs`."""
   cbs = subparsers.add_parser(
       'cbs', help='critical batch size of a sweep: Shallue S(B), McCandlish fit, Zhang CBS',
       description='Per batch size the minimum steps-to-target and best LR; the fit '
@@ -89,7 +95,7 @@ def add_analyze_parsers(subparsers) -> None:
                      help='default: linear for SGD-type, sqrt for Adam-type optimizers')
   local.add_argument('--tolerance', type=float, default=0.01)
   local.add_argument('--metric', default='eval_loss',
-                     choices=('eval_loss', 'eval_error', 'eval_accuracy', 'train_loss'))
+                     help='eval_<metric> of the run\'s task, or train_loss (default %(default)s)')
   local.add_argument('--seeds', default='0', help='comma-separated data seeds per branch')
   local.add_argument('--workdir', default=None,
                      help='branch runs (default RUN_DIR/local_cbs/step<N>)')
@@ -98,9 +104,7 @@ def add_analyze_parsers(subparsers) -> None:
 
 
 def _analyze_cbs(args) -> None:
-  import pandas as pd  # pylint: disable=import-outside-toplevel
 
-  from mbx.sweep import critical_batch  # pylint: disable=import-outside-toplevel
   analysis = critical_batch.analyze_sweep(args.sweep_dir, num_samples=args.bootstrap,
                                           confidence=args.confidence,
                                           bootstrap=args.bootstrap_method)
@@ -117,14 +121,12 @@ def _analyze_cbs(args) -> None:
   for _, row in analysis.summary.iterrows():
     print(_summary_line(row, args.confidence))
   if not args.no_figures:
-    from mbx.figures import critical_batch as figures  # pylint: disable=import-outside-toplevel
     for path in figures.save_all(analysis, out):
       print(f'figure: {path}')
   print(f'tables: {out / "per_batch_size.csv"}, {out / "cbs_summary.csv"}')
 
 
 def _summary_line(row, confidence: float) -> str:
-  import math  # pylint: disable=import-outside-toplevel
   text = f'{row["optimizer"]}: '
   if 'b_crit' in row and not math.isnan(row.get('b_crit', math.nan)):
     text += (f'B_crit = {row["b_crit"]:.1f} [{row["b_crit_lo"]:.1f}, {row["b_crit_hi"]:.1f}] '
@@ -141,7 +143,6 @@ def _summary_line(row, confidence: float) -> str:
 
 
 def _analyze_local_cbs(args) -> None:
-  from mbx.sweep import critical_batch  # pylint: disable=import-outside-toplevel
   factors = [int(k) for k in args.factors.split(',') if k.strip()]
   seeds = [int(s) for s in args.seeds.split(',') if s.strip()]
   per_factor, summary = critical_batch.local_cbs(
@@ -158,6 +159,5 @@ def _analyze_local_cbs(args) -> None:
       'capped'] else ''
   print(f'local CBS at step {args.step} of {args.run_dir} (trained at B = '
         f'{summary["batch_size"]}): {summary["local_cbs"]}{capped}')
-  from mbx.figures import critical_batch as figures  # pylint: disable=import-outside-toplevel
   figures.local_cbs(per_factor, summary, out / 'local_cbs.png')
   print(f'written: {out / "local_cbs.csv"}, {out / "local_cbs.json"}, {out / "local_cbs.png"}')

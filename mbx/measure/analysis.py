@@ -16,6 +16,7 @@ import jax
 import numpy as np
 
 from mbx.measure import hessian, landscape, loss_fn, sharpness
+from mbx.training.workload import resolve
 
 EPSILONS = (1e-3, 5e-4)  # Keskar et al. 2017, Tables 3-4
 INTERPOLATION_ALPHAS = tuple(np.linspace(-1.0, 2.0, 25).tolist())  # Keskar et al. 2017, Fig. 3
@@ -34,12 +35,13 @@ def _run_info(run, meta: dict) -> dict:
           'parameters_sha256': meta['parameters_sha256']}
 
 
-def _train_and_test(run, step, subset, batch_size):
+def _train_and_test(run, step, subset, batch_size, data=None):
   """The training loss at the run's checkpoint (on `subset` examples) and the same
   parameters on the evaluation split, batched alike."""
-  train, meta = loss_fn.from_run(run, step, subset=subset, batch_size=batch_size)
-  test = loss_fn.LossFunction(train.model, train.unravel(train.theta), train.model_state,
-                              loss_fn.load_data(run.config, loss_fn.eval_split(run.config)),
+  train, meta = loss_fn.from_run(run, step, subset=subset, batch_size=batch_size, data=data)
+  workload = resolve(run.config, data=data)
+  test = loss_fn.LossFunction(train.model, train.task, train.unravel(train.theta),
+                              train.model_state, loss_fn.load_data(workload, workload.eval_split),
                               batch_size=batch_size or run.config.train.eval_batch_size,
                               mesh=train.mesh)
   return train, test, meta
@@ -51,7 +53,7 @@ def sharpness_analysis(run, step: int | None = None, *,
                        maxiter: int = 10, top_k: int = 5, lanczos_steps: int | None = None,
                        trace_samples: int = 100, trace_sketch: int = 0, density_runs: int = 5,
                        density_steps: int = 80, subset: int | None = None,
-                       batch_size: int | None = None, seed: int = 0) -> dict:
+                       batch_size: int | None = None, seed: int = 0, data=None) -> dict:
   """ε-sharpness (Keskar et al. 2017) in the full space and a random `subspace_dim`-dimensional
   one, top-k Hessian eigenvalues, Hutchinson trace and SLQ density of the training loss at a
   checkpoint of `run`, with train/test loss and accuracy. Zero counts skip a measurement."""
@@ -62,7 +64,7 @@ def sharpness_analysis(run, step: int | None = None, *,
                   batch_size=batch_size, seed=seed)
   timings = {}
   tic = time.perf_counter()
-  train, test, meta = _train_and_test(run, step, subset, batch_size)
+  train, test, meta = _train_and_test(run, step, subset, batch_size, data)
   train_metrics, test_metrics = train.evaluate(), test.evaluate()
   # A large gradient means the point is not a minimiser and first-order terms dominate φ.
   train_metrics['grad_norm'] = float(np.linalg.norm(np.asarray(train.value_and_grad()[1])))
@@ -72,8 +74,10 @@ def sharpness_analysis(run, step: int | None = None, *,
       'data': train.data.description, 'test_data': test.data.description, 'mode': train.mode,
       'devices': int(train.mesh.devices.size), 'backend': jax.default_backend(),
       'train': train_metrics, 'test': test_metrics,
-      'generalization_gap': {'loss': test_metrics['loss'] - train_metrics['loss'],
-                             'accuracy': train_metrics['accuracy'] - test_metrics['accuracy']}}
+      'generalization_gap': {
+          name: (train_metrics[name] - test_metrics[name] if better == 'max' else
+                 test_metrics[name] - train_metrics[name])
+          for name, better in train.task.metrics.items() if name in test_metrics}}
 
   tic = time.perf_counter()
   theta = np.asarray(jax.device_get(train.theta), np.float64)
@@ -125,7 +129,8 @@ def same_initialization(run_a, run_b) -> bool:
 
 def interpolation_analysis(run_a, run_b, step_a: int | None = None, step_b: int | None = None,
                            *, alphas: Sequence[float] = INTERPOLATION_ALPHAS,
-                           subset: int | None = None, batch_size: int | None = None) -> dict:
+                           subset: int | None = None, batch_size: int | None = None,
+                           data=None) -> dict:
   """Train/test loss and accuracy of θ(α) = α·θ_B + (1−α)·θ_A (Keskar et al. 2017, Fig. 3).
   Evaluated with run A's data, eval batch size and evaluation code, so α = 0 reproduces A's
   recorded metrics exactly (and α = 1 B's, when B evaluates with the same batch size)."""
@@ -133,7 +138,7 @@ def interpolation_analysis(run_a, run_b, step_a: int | None = None, step_b: int 
     raise ValueError(f'{run_a.workdir} and {run_b.workdir} train different models or data; '
                      'interpolation needs the same architecture')
   tic = time.perf_counter()
-  train, test, meta_a = _train_and_test(run_a, step_a, subset, batch_size)
+  train, test, meta_a = _train_and_test(run_a, step_a, subset, batch_size, data)
   steps_b = run_b.checkpoint_steps()
   step_b = steps_b[-1] if step_b is None and steps_b else step_b
   params_b, state_b, meta_b = run_b.restore(step_b)
@@ -154,14 +159,14 @@ def interpolation_analysis(run_a, run_b, step_a: int | None = None, step_b: int 
 
 def landscape_analysis(run, step: int | None = None, *, dims: int = 1, span: float = 1.0,
                        points: int | None = None, subset: int | None = None,
-                       batch_size: int | None = None, seed: int = 0) -> dict:
+                       batch_size: int | None = None, seed: int = 0, data=None) -> dict:
   """Training loss and accuracy along one, or over a plane of two, filter-normalised random
   directions (Li et al. 2018) through the checkpoint's parameters; coordinates in [−span, span].
   """
   if dims not in (1, 2):
     raise ValueError(f'dims={dims}: a landscape is 1- or 2-dimensional')
   tic = time.perf_counter()
-  train, meta = loss_fn.from_run(run, step, subset=subset, batch_size=batch_size)
+  train, meta = loss_fn.from_run(run, step, subset=subset, batch_size=batch_size, data=data)
   params = train.unravel(train.theta)
   points = points or (51 if dims == 1 else 21)
   coordinates = np.linspace(-span, span, points).tolist()

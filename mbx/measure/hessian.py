@@ -4,7 +4,7 @@ Every function takes `hvp`, a map from a flat float32 vector v to H v (e.g.
 `LossFunction.hvp`, which accumulates the jvp of the gradient over every batch of the data),
 and the dimension n. Lanczos is written here rather than taken from matfree: matfree runs its
 iterations inside `lax.fori_loop`/`vmap`, which needs a traceable matvec, while ours is a host
-loop over sharded data batches (and XLA:CPU runs loop bodies 5-30x slower, MEASURED.md).
+loop over sharded data batches (and XLA:CPU runs loop bodies 5-30x slower, docs/performance.md).
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The training loss f(θ) of a trained model over a fixed dataset, as a function of flat parameters.
 
-f is the mean softmax cross-entropy over every example of the data (the full training split or
-a stated subset), computed in float32, in batches that are sharded over the 'data' mesh axis
+f is the task's mean loss (softmax cross-entropy for classification) over every example of the
+data (the full training split or a stated subset), computed in float32, in batches that are sharded over the 'data' mesh axis
 (parameters replicated; XLA all-reduces the per-device sums). The model runs in inference mode
 (`train=False`): BatchNorm uses its running averages and dropout is off, so f is a
 deterministic function of θ, as sharpness and curvature need (Keskar et al. 2017 measure the
@@ -22,77 +22,73 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from mbx import data as data_lib
-from mbx import models as models_lib
+from mbx.tasks import weighted_sum
+
 from mbx.training import feed as feed_lib
-from mbx.training.step import apply_model, cross_entropy, make_eval_step, make_mesh, replicated
+from mbx.training.step import apply_model, make_eval_step, make_mesh, replicated
+from mbx.training.workload import Workload, resolve
 
 
 @dataclasses.dataclass(frozen=True)
 class Data:
-  """Examples in memory and a sentence saying which they are."""
-  x: np.ndarray
-  y: np.ndarray
+  """Examples in memory (a batch dict of numpy arrays) and a sentence saying which they are."""
+  rows: dict[str, np.ndarray]
   description: str
 
+  def __len__(self) -> int:
+    return len(self.rows['targets'])
 
-def eval_split(config) -> str:
-  return config.data.eval_split or data_lib.default_eval_split(config.data.name)
 
-
-def load_data(config, split: str, subset: int | None = None) -> Data:
-  """The examples of `split` (all, or the first `subset` in tfds's deterministic on-disk order,
+def load_data(workload: Workload, split: str, subset: int | None = None) -> Data:
+  """The examples of `split` (all, or the first `subset` in the dataset's deterministic order,
   reading only those), preprocessed as for training but never augmented."""
-  d = config.data
+  name = workload.dataset.name
   if subset is None:
-    x, y = data_lib.load_arrays(d.name, split, d.data_dir, d.download)
-    return Data(x, y, f'{d.name} {split} split, all {len(x)} examples, no augmentation')
-  source = data_lib.random_access_source(d.name, split, d.data_dir, d.download)
+    rows = workload.dataset.arrays(split)
+    return Data(rows, f'{name} {split} split, all {len(rows["targets"])} examples, '
+                'no augmentation')
+  source = workload.dataset.source(split)
   total = len(source)
-  x, y = source[np.arange(min(subset, total))]
-  return Data(np.asarray(x, np.float32), np.asarray(y, np.int32),
-              f'{d.name} {split} split, the first {len(x)} of {total} examples (tfds on-disk '
-              'order), no augmentation')
-
-
-def build_model_float32(config):
-  """The run's model with float32 compute, whatever `model.dtype` it was trained with."""
-  info = data_lib.dataset_info(config.data.name, config.data.data_dir)
-  return models_lib.build_model(config.model.name, num_classes=info.num_classes,
-                                options=config.model.options, dtype=jnp.float32)
+  rows = source[np.arange(min(subset, total))]
+  return Data(rows, f'{name} {split} split, the first {len(rows["targets"])} of {total} '
+              'examples (on-disk order), no augmentation')
 
 
 @functools.lru_cache(maxsize=32)
-def _batch_functions(model, treedef, leaf_shapes):
+def _batch_functions(model, task, treedef, leaf_shapes):
   """Jitted per-batch sums for a model and parameter layout, compiled once per process."""
   unravel = ravel_pytree(jax.tree.unflatten(
       treedef, [np.zeros(shape, np.float32) for shape in leaf_shapes]))[1]
 
-  def loss_sum(w, model_state, x, y, mask):
-    logits, _ = apply_model(model, unravel(w), model_state, x, train=False)
-    return jnp.sum(cross_entropy(logits, y) * mask)
+  def loss_sum(w, model_state, batch, mask):
+    outputs, _ = apply_model(model, unravel(w), model_state, batch['inputs'], train=False)
+    weights = mask if 'weights' not in batch else batch['weights'] * mask.reshape(
+        mask.shape + (1,) * (batch['weights'].ndim - 1))
+    return weighted_sum(task.losses(outputs, batch), weights)
 
-  def hvp_sum(w, v, model_state, x, y, mask):
+  def hvp_sum(w, v, model_state, batch, mask):
     # Forward-over-reverse: the jvp of the gradient (Pearlmutter 1994).
-    gradient = lambda w: jax.grad(loss_sum)(w, model_state, x, y, mask)
+    gradient = lambda w: jax.grad(loss_sum)(w, model_state, batch, mask)
     return jax.jvp(gradient, (w,), (v,))[1]
 
   return (jax.jit(loss_sum), jax.jit(jax.value_and_grad(loss_sum)), jax.jit(hvp_sum),
-          make_eval_step(model))
+          make_eval_step(model, task))
 
 
 class LossFunction:
-  """f(w) = mean cross-entropy of `model` over `data` at flat parameters w, with its gradient,
-  Hessian-vector products and accuracy; `theta` is the point the analysis is about."""
+  """f(w) = the task's mean loss of `model` over `data` at flat parameters w, with its gradient,
+  Hessian-vector products and the task's metrics; `theta` is the point the analysis is about."""
 
-  def __init__(self, model, params, model_state, data: Data, *, batch_size: int = 1000,
+  def __init__(self, model, task, params, model_state, data: Data, *, batch_size: int = 1000,
                mesh=None):
     self.mesh = mesh if mesh is not None else make_mesh()
-    self.model = model
+    self.model, self.task = model, task
     self.data = data
-    self.count = len(data.x)
     self.batch_size = batch_size
-    self.batches = feed_lib.eval_batches(data.x, data.y, batch_size, self.mesh)
+    self.batches = feed_lib.eval_batches(data.rows, batch_size, self.mesh)
+    # The summed weight: examples, or tokens / weighted examples when the data carry weights.
+    weights = data.rows.get('weights')
+    self.count = float(len(data) if weights is None else np.sum(weights))
     params = jax.tree.map(lambda a: np.asarray(a, np.float32), params)
     theta, self.unravel = ravel_pytree(params)
     self.theta = jax.device_put(theta, replicated(self.mesh))
@@ -101,7 +97,8 @@ class LossFunction:
     self.has_batch_norm = 'batch_stats' in (model_state or {})
     leaves, treedef = jax.tree.flatten(params)
     (self._loss_sum, self._value_and_grad_sum, self._hvp_sum,
-     self._eval_step) = _batch_functions(model, treedef, tuple(leaf.shape for leaf in leaves))
+     self._eval_step) = _batch_functions(model, task, treedef,
+                                         tuple(leaf.shape for leaf in leaves))
 
   @property
   def mode(self) -> str:
@@ -116,15 +113,15 @@ class LossFunction:
   def loss(self, w=None) -> float:
     """f(w) (default w = theta)."""
     w = self.theta if w is None else self._put(w)
-    total = sum(self._loss_sum(w, self.model_state, x, y, mask) for x, y, mask in self.batches)
+    total = sum(self._loss_sum(w, self.model_state, batch, mask) for batch, mask in self.batches)
     return float(total) / self.count
 
   def value_and_grad(self, w=None) -> tuple[float, jax.Array]:
     """(f(w), ∇f(w)) with the gradient as a flat float32 array."""
     w = self.theta if w is None else self._put(w)
     value, grad = 0.0, jnp.zeros_like(w)
-    for x, y, mask in self.batches:
-      v, g = self._value_and_grad_sum(w, self.model_state, x, y, mask)
+    for batch, mask in self.batches:
+      v, g = self._value_and_grad_sum(w, self.model_state, batch, mask)
       value, grad = value + v, grad + g
     return float(value) / self.count, grad / self.count
 
@@ -133,24 +130,22 @@ class LossFunction:
     w = self.theta if w is None else self._put(w)
     v = self._put(v)
     total = jnp.zeros_like(w)
-    for x, y, mask in self.batches:
-      total = total + self._hvp_sum(w, v, self.model_state, x, y, mask)
+    for batch, mask in self.batches:
+      total = total + self._hvp_sum(w, v, self.model_state, batch, mask)
     return total / self.count
 
   def evaluate(self, params=None, model_state=None) -> dict[str, float]:
-    """Loss and accuracy at a parameter tree, summed exactly as the trainer's evaluation does
+    """The task's metrics at a parameter tree, summed exactly as the trainer's evaluation does
     (same eval step, batches and order), so the numbers match a run's records bit for bit."""
     params = self.unravel(self.theta) if params is None else params
     model_state = self.model_state if model_state is None else model_state
     params, model_state = jax.device_put((params, model_state), replicated(self.mesh))
     totals = None
-    for x, y, mask in self.batches:
-      sums = self._eval_step(params, model_state, x, y, mask)
+    for batch, mask in self.batches:
+      sums = self._eval_step(params, model_state, batch, mask)
       totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-    totals = jax.device_get(totals)
-    count = float(totals['count'])
-    return {'loss': float(totals['loss_sum']) / count,
-            'accuracy': float(totals['correct']) / count}
+    totals = {k: float(v) for k, v in jax.device_get(totals).items()}
+    return {k: float(v) for k, v in self.task.finalize(totals).items()}
 
 
 def parameters_sha256(params, model_state) -> str:
@@ -163,20 +158,21 @@ def parameters_sha256(params, model_state) -> str:
 
 
 def from_run(run, step: int | None = None, *, split: str | None = None,
-             subset: int | None = None, batch_size: int | None = None,
-             mesh=None) -> tuple[LossFunction, dict[str, Any]]:
+             subset: int | None = None, batch_size: int | None = None, mesh=None,
+             data=None) -> tuple[LossFunction, dict[str, Any]]:
   """The loss over a run's training split (or `split`) at its checkpoint `step` (default: the
-  latest), and the checkpoint's meta with its fingerprint. `batch_size` defaults to the run's eval batch size, which
-  makes `evaluate` reproduce the run's recorded metrics exactly."""
-  config = run.config
+  latest), and the checkpoint's meta with its fingerprint. `batch_size` defaults to the run's
+  eval batch size, which makes `evaluate` reproduce the run's recorded metrics exactly.
+  `data`: the run's ArrayDataset, for runs whose data were given from Python."""
+  workload = resolve(run.config, data=data)
   steps = run.checkpoint_steps()
   if not steps:
     raise FileNotFoundError(f'{run.workdir}: no checkpoints to analyse')
   step = steps[-1] if step is None else step
   params, model_state, meta = run.restore(step)
-  split = config.data.train_split if split is None else split
-  loss = LossFunction(build_model_float32(config), params, model_state,
-                      load_data(config, split, subset),
-                      batch_size=batch_size or config.train.eval_batch_size, mesh=mesh)
-  return loss, {**meta, 'step': step,
+  split = run.config.data.train_split if split is None else split
+  loss = LossFunction(workload.model(float32=True), workload.task, params, model_state,
+                      load_data(workload, split, subset),
+                      batch_size=batch_size or run.config.train.eval_batch_size, mesh=mesh)
+  return loss, {**meta, 'step': step, 'eval_split': workload.eval_split,
                 'parameters_sha256': parameters_sha256(params, model_state)}

@@ -5,21 +5,12 @@
     table = mbx.sweep.load_table('sweeps/cbs')                    # one row per trial
     analysis = mbx.sweep.analyze(table)                           # .per_batch_size, .summary
     per_k, summary = mbx.sweep.local_cbs('runs/a', step=400)      # Merrill et al. 2025
-
-Kept import-light: the grid needs only numpy; running and analysis load on first use.
 """
+from mbx.sweep.critical_batch import (analyze, analyze_sweep, fit_pareto, local_cbs,
+                                      steps_to_result, zhang_cbs)
 from mbx.sweep.grid import SearchSpace, SweepConfig, Trial, expand, load_sweep
+from mbx.sweep.runner import load_table, run_sweep, trial_table
 
-_LAZY = {'run_sweep': 'runner', 'load_table': 'runner', 'trial_table': 'runner',
-         'analyze': 'critical_batch', 'analyze_sweep': 'critical_batch',
-         'local_cbs': 'critical_batch', 'fit_pareto': 'critical_batch',
-         'zhang_cbs': 'critical_batch', 'steps_to_result': 'critical_batch'}
-
-__all__ = ['SearchSpace', 'SweepConfig', 'Trial', 'expand', 'load_sweep', *_LAZY]
-
-
-def __getattr__(name):
-  if name in _LAZY:
-    import importlib  # pylint: disable=import-outside-toplevel
-    return getattr(importlib.import_module(f'mbx.sweep.{_LAZY[name]}'), name)
-  raise AttributeError(f'module mbx.sweep has no attribute {name!r}')
+__all__ = ['SearchSpace', 'SweepConfig', 'Trial', 'analyze', 'analyze_sweep', 'expand',
+           'fit_pareto', 'load_sweep', 'load_table', 'local_cbs', 'run_sweep', 'steps_to_result',
+           'trial_table', 'zhang_cbs']

@@ -24,6 +24,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mbx import config as config_lib
+from mbx.sweep.grid import ADAM_FAMILY
+from mbx.sweep.runner import load_table
+from mbx.training.loop import train
+from mbx.training.records import load_run
+from mbx.training.workload import resolve
+
 ZHANG_OVERHEAD = 0.2
 GROUP = ['optimizer', 'batch_size']
 SETTING = ['optimizer', 'batch_size', 'learning_rate', 'momentum']
@@ -333,18 +340,15 @@ def analyze(table: pd.DataFrame, *, num_samples: int = 2000, confidence: float =
 
 def analyze_sweep(sweep_dir: str | pathlib.Path, **options) -> CriticalBatchAnalysis:
   """`analyze` on a sweep directory's trial table (rebuilt from its run directories)."""
-  from mbx.sweep.runner import load_table  # pylint: disable=import-outside-toplevel
   return analyze(load_table(sweep_dir), **options)
 
 
 # ------------------------------------------------------------ local CBS
-LOCAL_CBS_METRICS = ('eval_loss', 'eval_error', 'eval_accuracy', 'train_loss')
 
 
 def _default_lr_scaling(optimizer: str) -> str:
   """Linear for SGD-type updates (Goyal et al. 2017), sqrt for Adam-type (Malladi et al.
   2022, Hoffer et al. 2017)."""
-  from mbx.sweep.grid import ADAM_FAMILY  # pylint: disable=import-outside-toplevel
   return 'sqrt' if optimizer in ADAM_FAMILY else 'linear'
 
 
@@ -356,8 +360,6 @@ def branch_configs(run_dir: str | pathlib.Path, step: int, factors: Sequence[int
   source batch size when given in steps); the LR is scaled by factor (linear),
   sqrt(factor) or not at all.
   """
-  from mbx import config as config_lib  # pylint: disable=import-outside-toplevel
-  from mbx.training.records import load_run  # pylint: disable=import-outside-toplevel
   source = load_run(run_dir).config
   batch = source.train.batch_size
   duration = config_lib.parse_duration(window, 'window')
@@ -398,15 +400,13 @@ def local_cbs(run_dir: str | pathlib.Path, step: int, *, factors: Sequence[int] 
 
   Returns (per-factor DataFrame, summary dict with 'local_cbs' and the inputs).
   """
-  from mbx.data import dataset_info  # pylint: disable=import-outside-toplevel
-  from mbx.training.loop import train  # pylint: disable=import-outside-toplevel
-  from mbx.training.records import load_run  # pylint: disable=import-outside-toplevel
-  if metric not in LOCAL_CBS_METRICS:
-    raise ValueError(f'metric={metric!r}: allowed {LOCAL_CBS_METRICS}')
-  factors = sorted(set(int(k) for k in factors) | {1})
   source = load_run(run_dir).config
-  info = dataset_info(source.data.name, source.data.data_dir)
-  num_train = info.num_examples[source.data.train_split.split('[')[0]]
+  workload = resolve(source)
+  allowed = ['train_loss'] + [f'eval_{m}' for m in workload.task.metrics]
+  if metric not in allowed:
+    raise ValueError(f'metric={metric!r}: allowed {", ".join(allowed)}')
+  factors = sorted(set(int(k) for k in factors) | {1})
+  num_train = workload.dataset.num_examples(source.data.train_split)
   factors = [k for k in factors if k * source.train.batch_size <= num_train]
   workdir = pathlib.Path(workdir) if workdir else pathlib.Path(run_dir) / 'local_cbs' / f'step{step}'
   rows = []
@@ -426,7 +426,8 @@ def local_cbs(run_dir: str | pathlib.Path, step: int, *, factors: Sequence[int] 
       value=(metric, 'mean'), std=(metric, 'std'), steps=('steps', 'first'),
       diverged=('status', lambda s: bool((s == 'diverged').any())))
   baseline = float(per_factor.loc[per_factor['factor'] == 1, 'value'].iloc[0])
-  sign = -1.0 if metric.endswith('accuracy') else 1.0
+  better = 'min' if metric == 'train_loss' else workload.task.metrics[metric.partition('_')[2]]
+  sign = -1.0 if better == 'max' else 1.0
   per_factor['excess'] = sign * (per_factor['value'] - baseline)
   per_factor['within_tolerance'] = (per_factor['excess'] <= tolerance) & ~per_factor['diverged']
   within = per_factor['within_tolerance'].to_numpy()

@@ -15,12 +15,16 @@ import dataclasses
 import hashlib
 import json
 import math
+import pathlib
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+from scipy.stats import qmc
 
 from mbx import config as config_lib
+from mbx import registry
+from mbx.training.workload import resolve
 
 SAMPLINGS = ('grid', 'quasirandom')
 # Optimizers whose `momentum` field is heavy-ball momentum (effective LR = lr / (1 - m));
@@ -115,7 +119,6 @@ def _unit_points(space: SearchSpace, seed: int) -> np.ndarray:
       return np.asarray(lrs)[:, None]
     ms = np.linspace(0, 1, space.num_momenta) if space.num_momenta > 1 else [0.5]
     return np.array([(a, b) for a in lrs for b in ms])
-  from scipy.stats import qmc  # pylint: disable=import-outside-toplevel
   dims = 2 if searched_momentum else 1
   return qmc.Halton(d=dims, scramble=True, seed=seed).random(space.num_learning_rates)
 
@@ -153,7 +156,7 @@ def _replace(config: config_lib.Config, section: str, **fields) -> config_lib.Co
 
 def noise_scale_fits(config: config_lib.Config, batch_size: int) -> bool:
   """On one device the noise scale splits the batch into >= 2 equal groups."""
-  groups = config.train.noise_scale_groups or 2
+  groups = config.train.probe_groups or 2
   return batch_size >= groups and batch_size % groups == 0
 
 
@@ -177,10 +180,8 @@ def trial_config(sweep: SweepConfig, optimizer: str, batch_size: int, learning_r
 def resolved_batch_sizes(sweep: SweepConfig) -> tuple[int, ...]:
   if sweep.batch_sizes:
     return tuple(sweep.batch_sizes)
-  from mbx import data as data_lib  # pylint: disable=import-outside-toplevel
-  d = sweep.base.data
-  info = data_lib.dataset_info(d.name, d.data_dir)
-  return default_batch_sizes(info.num_examples[d.train_split.split('[')[0]])
+  workload = resolve(sweep.base)
+  return default_batch_sizes(workload.dataset.num_examples(workload.train_split))
 
 
 def expand(sweep: SweepConfig) -> list[Trial]:
@@ -247,7 +248,9 @@ def validate(sweep: SweepConfig) -> None:
          'sweep.seeds', sweep.seeds, 'must be non-negative integers (at least one)')
   for text in (sweep.budget, *sweep.budgets.values()):
     config_lib.parse_duration(text, 'sweep.budget')
-  _check_choice(sweep.target_metric, config_lib.TARGET_METRICS, 'sweep.target_metric')
+  _check(isinstance(sweep.target_metric, str) and sweep.target_metric.startswith(
+      config_lib.TARGET_PREFIXES), 'sweep.target_metric', sweep.target_metric,
+      'expected eval_<metric> or train_<metric> of the task')
   if sweep.eval_growth is not None:
     _check(sweep.eval_growth > 1, 'sweep.eval_growth', sweep.eval_growth, 'must be > 1')
   _check(bool(sweep.name) and '/' not in sweep.name, 'sweep.name', sweep.name,
@@ -320,14 +323,14 @@ def _literal(text: str) -> Any:
 
 def load_sweep(path, overrides: list[str] = ()) -> SweepConfig:
   """Imports configs/<study>.py, calls get_sweep(), applies overrides."""
-  import importlib.util  # pylint: disable=import-outside-toplevel
-  import pathlib  # pylint: disable=import-outside-toplevel
   path = pathlib.Path(path)
   if not path.is_file():
     raise config_lib.ConfigError(f'--config {path}: no such file')
-  spec = importlib.util.spec_from_file_location(f'mbx_sweep_{path.stem}', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  try:
+    module = registry.module_from_file(path)
+  except SyntaxError as error:
+    raise config_lib.ConfigError(f'--config {error.filename}:{error.lineno}: syntax error '
+                                 f'({error.msg})') from None
   if not hasattr(module, 'get_sweep'):
     raise config_lib.ConfigError(f'--config {path}: defines no get_sweep()')
   sweep = module.get_sweep()

@@ -29,12 +29,15 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import jax
 import pandas as pd
 
 from mbx import config as config_lib
 from mbx.sweep import grid as grid_lib
 from mbx.sweep import steps_to_target as stt
+from mbx.tasks import resolve_task
 from mbx.training import noise_scale as noise_scale_lib
+from mbx.training.loop import pack_key, train, train_packed
 from mbx.training.records import read_jsonl, write_json_atomic
 
 SPEC_FILE = 'sweep.json'
@@ -105,7 +108,6 @@ def assign(trials: Sequence[grid_lib.Trial], worker: int, num_workers: int,
     raise config_lib.ConfigError(f'--worker {worker}: must be in [0, --num-workers '
                                  f'{num_workers})')
   if pack:
-    from mbx.training.packed import pack_key  # pylint: disable=import-outside-toplevel
     groups: dict[str, list[grid_lib.Trial]] = {}
     for trial in trials:
       packs = pack_max_batch_size is None or trial.batch_size <= pack_max_batch_size
@@ -141,7 +143,6 @@ def _locks(sweep_dir: pathlib.Path, trials: Sequence[grid_lib.Trial]):
 def _enable_compilation_cache(sweep_dir: pathlib.Path) -> None:
   """Trials of one (optimizer, batch size, seed) share programs (init, eval); JAX's
   persistent cache then compiles them once per sweep rather than once per trial."""
-  import jax  # pylint: disable=import-outside-toplevel
   if jax.config.jax_compilation_cache_dir is None:
     jax.config.update('jax_compilation_cache_dir', str((sweep_dir / 'jax_cache').absolute()))
     jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
@@ -204,8 +205,6 @@ def run_sweep(sweep: grid_lib.SweepConfig, sweep_dir: str | pathlib.Path, *, wor
 
 def _train_unit(trials: list[grid_lib.Trial], sweep_dir: pathlib.Path, pack: bool,
                 progress: SweepProgress) -> None:
-  from mbx.training.loop import train  # pylint: disable=import-outside-toplevel
-  from mbx.training.packed import train_packed  # pylint: disable=import-outside-toplevel
   dirs = [trial_dir(sweep_dir, t) for t in trials]
   try:
     if pack and len(trials) > 1:
@@ -231,8 +230,8 @@ def _describe(status: dict[str, Any]) -> str:
 
 
 # -------------------------------------------------------------------- table
-def trial_result(run_dir: pathlib.Path, target_metric: str, target_value: float
-                 ) -> dict[str, Any]:
+def trial_result(run_dir: pathlib.Path, target_metric: str, target_value: float,
+                 directions: dict[str, str] | None = None) -> dict[str, Any]:
   """Status, steps-to-target, best metric, wall time and noise scale of one trial."""
   status = read_status(run_dir)
   evals = read_jsonl(run_dir / 'eval_metrics.jsonl')
@@ -241,7 +240,7 @@ def trial_result(run_dir: pathlib.Path, target_metric: str, target_value: float
   row: dict[str, Any] = {'status': state}
   row.update(stt.summarize([r['step'] for r in evals], [r['examples_seen'] for r in evals],
                            [_float(r.get(target_metric)) for r in evals], target_value,
-                           target_metric))
+                           target_metric, directions))
   if state == 'diverged':
     outcome = 'infeasible'
   elif row['steps_to_target'] is not None:
@@ -285,10 +284,12 @@ def trial_table(sweep_dir: str | pathlib.Path) -> pd.DataFrame:
   """The tidy table, read fresh from the trials' run directories (one row per trial)."""
   sweep_dir = pathlib.Path(sweep_dir)
   sweep, trial_rows = load_spec(sweep_dir)
+  directions = dict(resolve_task(sweep.base.task.name, sweep.base.task.options).metrics)
   rows = []
   for trial in trial_rows:
     run_dir = trial_dir(sweep_dir, trial['trial_id'])
-    rows.append({**trial, **trial_result(run_dir, sweep.target_metric, sweep.target_value),
+    rows.append({**trial, **trial_result(run_dir, sweep.target_metric, sweep.target_value,
+                                         directions),
                  'run_dir': str(run_dir.relative_to(sweep_dir))})
   table = pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
   for column in ('steps_to_target', 'steps_to_target_lower', 'examples_to_target', 'steps',

@@ -21,7 +21,12 @@ from typing import Any
 import numpy as np
 
 
-def higher_is_better(metric: str) -> bool:
+def higher_is_better(metric: str, directions: dict[str, str] | None = None) -> bool:
+  """From the task's metric directions ({'accuracy': 'max', 'loss': 'min', ...}) when given;
+  else by name (accuracies are maximised, losses and errors minimised)."""
+  name = metric.partition('_')[2] if metric.startswith(('eval_', 'train_')) else metric
+  if directions is not None and name in directions:
+    return directions[name] == 'max'
   return metric.endswith('accuracy')
 
 
@@ -30,35 +35,36 @@ def max_relative_error(eval_growth: float) -> float:
   return eval_growth - 1
 
 
-def reached(value: float, target: float, metric: str) -> bool:
+def reached(value: float, target: float, metric: str, directions=None) -> bool:
   if not math.isfinite(value):
     return False
-  return value >= target if higher_is_better(metric) else value <= target
+  return value >= target if higher_is_better(metric, directions) else value <= target
 
 
 def first_crossing(steps: Sequence[int], values: Sequence[float], target: float,
-                   metric: str) -> tuple[int, int] | None:
+                   metric: str, directions=None) -> tuple[int, int] | None:
   """(S_lo + 1, S_hi) around the first evaluation meeting the target, or None."""
   order = np.argsort(np.asarray(steps), kind='stable')
   previous = -1
   for i in order:
-    if reached(float(values[i]), target, metric):
+    if reached(float(values[i]), target, metric, directions):
       return previous + 1, int(steps[i])
     previous = int(steps[i])
   return None
 
 
 def summarize(steps: Sequence[int], examples: Sequence[int], values: Sequence[float],
-              target: float, metric: str) -> dict[str, Any]:
-  """Steps/examples to target (None if never reached) and the best and final value."""
+              target: float, metric: str, directions=None) -> dict[str, Any]:
+  """Steps/examples to target (None if never reached) and the best and final value;
+  `directions` are the task's (Task.metrics)."""
   values = np.asarray(values, dtype=float)
   finite = values[np.isfinite(values)]
   best = float('nan') if not finite.size else float(
-      finite.max() if higher_is_better(metric) else finite.min())
+      finite.max() if higher_is_better(metric, directions) else finite.min())
   row = {'steps_to_target': None, 'steps_to_target_lower': None, 'examples_to_target': None,
          'best_metric': best, 'final_metric': float(values[np.argmax(steps)]) if len(steps)
          else float('nan')}
-  crossing = first_crossing(steps, values, target, metric)
+  crossing = first_crossing(steps, values, target, metric, directions)
   if crossing is not None:
     lower, upper = crossing
     row.update(steps_to_target=upper, steps_to_target_lower=lower,

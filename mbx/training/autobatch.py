@@ -32,14 +32,14 @@ import jax
 import jax.numpy as jnp
 
 from mbx import config as config_lib
-from mbx import data as data_lib
-from mbx import models as models_lib
 from mbx.data.example_order import window_length
-from mbx.training.components import build_components
-from mbx.training.feed import eval_batch_size, keeps_data_on_device
+from mbx.optim import build_optimizer
+from mbx.training.components import abstract_state, step_arguments, step_parts
+from mbx.training.feed import eval_batch_size, example_bytes, keeps_data_on_device
 from mbx.training.plan import StepShape, make_plan
 from mbx.training.step import (batch_sharded, init_train_state, make_eval_step, make_mesh,
-                               make_train_step, replicated)
+                               make_step, replicated)
+from mbx.training.workload import Workload, resolve
 
 DEFAULT_MEMORY_FRACTION = 0.9
 
@@ -54,30 +54,21 @@ def format_bytes(count: float) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class DataFacts:
-  """What memory depends on in the data: example shape, split sizes, placement."""
-  input_shape: tuple[int, ...]
-  num_classes: int
+  """What memory depends on in the data: one example's arrays, split sizes, placement."""
+  element_spec: dict
   num_train_examples: int
   num_eval_examples: int
   on_device: bool
 
   @classmethod
-  def of(cls, config: config_lib.Config, *, input_shape=None, num_classes=None,
-         num_train_examples=None, on_device=None) -> DataFacts:
-    """From the dataset's metadata (no data is read); values given (the loop knows them) win.
-
-    A sliced split ('train[:90%]') counts as the whole split: an overestimate.
-    """
-    d = config.data
-    info = data_lib.dataset_info(d.name, d.data_dir)
-    size = lambda split: info.num_examples.get(split.split('[')[0].split('+')[0], 0)
-    input_shape = tuple(input_shape or info.input_shape)
-    num_train = num_train_examples or size(d.train_split)
+  def of(cls, workload: Workload, *, num_train_examples=None, on_device=None) -> DataFacts:
+    """From the dataset's metadata; values given (the loop knows them) win."""
+    d = workload.config.data
+    num_train = num_train_examples or workload.dataset.num_examples(d.train_split)
     if on_device is None:
-      on_device = keeps_data_on_device(d.placement, input_shape, num_train)
-    return cls(input_shape=input_shape, num_classes=num_classes or info.num_classes,
-               num_train_examples=num_train,
-               num_eval_examples=size(d.eval_split or data_lib.default_eval_split(d.name)),
+      on_device = keeps_data_on_device(d.placement, workload.info.element_spec, num_train)
+    return cls(element_spec=dict(workload.info.element_spec), num_train_examples=int(num_train),
+               num_eval_examples=int(workload.dataset.num_examples(workload.eval_split)),
                on_device=bool(on_device))
 
 
@@ -121,28 +112,24 @@ def _per_device_bytes(tree) -> int:
              for a in jax.tree.leaves(tree))
 
 
-class _StepCompiler:
-  """The run's model, optimizer and abstract state, built once; steps compiled per shape."""
+def plan_options(workload: Workload) -> dict:
+  return dict(probe_groups=workload.probe_groups, batch_granule=workload.batch_granule)
 
-  def __init__(self, config: config_lib.Config, facts: DataFacts, mesh):
-    self.config, self.facts, self.mesh = config, facts, mesh
+
+class _StepCompiler:
+  """The run's step parts and abstract state, built once; steps compiled per shape, from the
+  same builder and arguments as the loop's (components.py)."""
+
+  def __init__(self, workload: Workload, facts: DataFacts, mesh):
+    self.workload, self.config, self.facts, self.mesh = workload, workload.config, facts, mesh
     self.num_devices = mesh.devices.size
     self.backend = mesh.devices.flat[0].platform
-    t = config.train
-    self.base_plan = make_plan(_with_micro_batch(config, None), self.num_devices,
-                               facts.num_train_examples, self.backend)
-    c = build_components(config, self.base_plan, num_classes=facts.num_classes, mesh=mesh)
-    self.model, self.optimizer, self.lr_schedule, self.augment = (
-        c.model, c.optimizer, c.lr_schedule, c.augment)
-    self.sample_x = jnp.zeros((1, *facts.input_shape), jnp.float32)
-    abstract = jax.eval_shape(lambda: init_train_state(
-        self.model, self.optimizer, self.sample_x, seed=t.seed, mesh=mesh,
-        noise_scale=t.noise_scale))
+    self.base_plan = make_plan(_with_micro_batch(self.config, None), self.num_devices,
+                               facts.num_train_examples, self.backend, **plan_options(workload))
+    self.parts = step_parts(workload, self.base_plan, mesh)
     self.replicated, self.sharded = replicated(mesh), batch_sharded(mesh)
-    self.state = jax.tree.map(
-        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=self.replicated), abstract)
+    self.state = abstract_state(workload, self.parts, mesh)
     self.state_bytes = _per_device_bytes(self.state)
-    self.data_seed = t.seed if t.data_seed is None else t.data_seed
     self.compiles, self.compile_seconds = 0, 0.0
     self._train_cache: dict[StepShape, StepMemory] = {}
     self._eval_cache: dict[int, int] = {}
@@ -151,29 +138,27 @@ class _StepCompiler:
     return jax.ShapeDtypeStruct(tuple(shape), jnp.dtype(dtype),
                                 sharding=self.sharded if sharded else self.replicated)
 
-  def _batch(self, batch_size: int) -> tuple:
-    return (self._array((batch_size, *self.facts.input_shape), jnp.float32, True),
-            self._array((batch_size,), jnp.int32, True))
+  def _batch(self, batch_size: int) -> dict:
+    return self.workload.batch_spec(batch_size, self.sharded)
 
   def _train_split(self, max_batch_size: int) -> tuple:
     """The step's on-device data, as `DeviceFeed` passes it: the split's rows in the order
     of one window (one epoch plus the largest batch) and the window's start."""
     n = self.facts.num_train_examples
     window = window_length(n, max_batch_size)
-    return (self._array((window, *self.facts.input_shape), jnp.float32, False),
-            self._array((window,), jnp.int32, False), self._array((), jnp.int32, False))
+    return ({k: jax.ShapeDtypeStruct((window, *a.shape[1:]), a.dtype, sharding=self.replicated)
+             for k, a in self.workload.batch_spec(1).items()},
+            self._array((), jnp.int32, False))
 
   def _train_split_bytes(self) -> int:
     """The split itself, which `DeviceFeed` keeps beside the windows it builds from it."""
-    n = self.facts.num_train_examples
-    return _per_device_bytes((self._array((n, *self.facts.input_shape), jnp.float32, False),
-                              self._array((n,), jnp.int32, False)))
+    return self.facts.num_train_examples * example_bytes(self.facts.element_spec)
 
   def _eval_cache_bytes(self) -> int:
-    """The eval splits that `_Evaluator` keeps on device: padded, batch-sharded (x, y, mask)."""
+    """The eval splits that the Evaluator keeps on device: padded, batch-sharded (batch, mask)."""
     t, f = self.config.train, self.facts
     splits = [f.num_eval_examples] + ([f.num_train_examples] if t.eval_on_train else [])
-    per_example = 4 * math.prod(f.input_shape) + 4 + 4
+    per_example = example_bytes(f.element_spec) + 4
     total = 0
     for count in splits:
       batch = eval_batch_size(t.eval_batch_size, count, self.num_devices)
@@ -194,18 +179,18 @@ class _StepCompiler:
     return analysis
 
   def train_program(self, shape: StepShape) -> tuple[Callable, tuple, int]:
-    """(jitted step, its abstract arguments, bytes live beside it) for `shape`."""
-    t = self.config.train
-    step = make_train_step(
-        self.model, self.optimizer, self.lr_schedule, shape, self.mesh,
-        on_device_data=self.facts.on_device, noise_scale=t.noise_scale,
-        noise_scale_ema=t.noise_scale_ema, data_seed=self.data_seed, augment=self.augment)
+    """(jitted step, its abstract arguments, bytes live beside it) for `shape`: the loop's
+    program (loop.trial_step) on the loop's arguments (loop.compiled_steps)."""
+    step = make_step(self.parts, shape, self.mesh, on_device_data=self.facts.on_device)
+    hyper, *data = step_arguments(
+        self.workload, shape, self.mesh, on_device=self.facts.on_device,
+        num_train_examples=self.facts.num_train_examples,
+        max_batch_size=max(shape.batch_size, self.base_plan.max_batch_size))
     if self.facts.on_device:
-      data = self._train_split(max(shape.batch_size, self.base_plan.max_batch_size))
       beside = self._eval_cache_bytes() + self._train_split_bytes()
     else:
-      data, beside = self._batch(shape.batch_size), self._prefetched_bytes(shape.batch_size)
-    return step, (self.state, *data), beside
+      beside = self._prefetched_bytes(shape.batch_size)
+    return step, (self.state, hyper, *data), beside
 
   def train_step(self, shape: StepShape) -> StepMemory:
     if shape.num_micro_batches == 1:  # one micro-batch compiles the same either way
@@ -218,7 +203,7 @@ class _StepCompiler:
           num_micro_batches=shape.num_micro_batches,
           argument_bytes=m.argument_size_in_bytes, output_bytes=m.output_size_in_bytes,
           alias_bytes=m.alias_size_in_bytes, temp_bytes=m.temp_size_in_bytes,
-          state_bytes=self.state_bytes, data_bytes=_per_device_bytes(args[1:]),
+          state_bytes=self.state_bytes, data_bytes=_per_device_bytes(args[2:]),
           beside_bytes=beside)
     return self._train_cache[shape]
 
@@ -232,12 +217,12 @@ class _StepCompiler:
     if key not in self._eval_cache:
       t, f = self.config.train, self.facts
       batch = eval_batch_size(t.eval_batch_size, f.num_eval_examples, self.num_devices)
-      x, y = self._batch(batch)
+      rows = self._batch(batch)
       mask = self._array((batch,), jnp.float32, True)
-      m = self._analyse(make_eval_step(self.model), self.state.params, self.state.model_state,
-                        x, y, mask)
+      m = self._analyse(make_eval_step(self.parts.model, self.parts.task), self.state.params,
+                        self.state.model_state, rows, mask)
       eval_params = _per_device_bytes((self.state.params, self.state.model_state))
-      eval_batch = _per_device_bytes((x, y, mask))
+      eval_batch = _per_device_bytes((rows, mask))
       # The rest of the state (optimizer, counters) stays live beside the eval step.
       beside = self.state_bytes - eval_params
       if f.on_device:
@@ -251,13 +236,20 @@ class _StepCompiler:
     return self._eval_cache[key]
 
 
-def memory_of_step(config: config_lib.Config, per_device_batch: int, *,
+def _workload(config_or_workload) -> Workload:
+  if isinstance(config_or_workload, Workload):
+    return config_or_workload
+  return resolve(config_or_workload)
+
+
+def memory_of_step(config: config_lib.Config | Workload, per_device_batch: int, *,
                    num_micro_batches: int = 1, accumulation: str = 'unrolled', mesh=None,
                    facts: DataFacts | None = None) -> StepMemory:
   """Predicted per-device bytes of the config's train step at `per_device_batch` examples
   per device and micro-batch, from the compiled step's memory analysis (nothing runs)."""
   mesh = mesh if mesh is not None else make_mesh()
-  compiler = _StepCompiler(config, facts or DataFacts.of(config), mesh)
+  workload = _workload(config)
+  compiler = _StepCompiler(workload, facts or DataFacts.of(workload), mesh)
   batch = per_device_batch * num_micro_batches * compiler.num_devices
   return compiler.train_step(StepShape(batch, num_micro_batches, accumulation))
 
@@ -329,12 +321,6 @@ def _secant_guess(memory: Callable[[int], int], budget: int, upper: int,
   return b
 
 
-def _batch_granule(config: config_lib.Config) -> int:
-  """Per-device batches must be multiples of this: ghost BN's virtual batch, else 1."""
-  options = {**models_lib.model_options(config.model.name), **config.model.options}
-  return int(options['ghost_batch_size']) if options.get('norm') == 'ghost' else 1
-
-
 def _divisors(n: int) -> list[int]:
   small = [d for d in range(1, math.isqrt(n) + 1) if n % d == 0]
   return sorted(set(small + [n // d for d in small]))
@@ -396,7 +382,7 @@ class AutoBatchPlan:
     return '\n'.join(lines)
 
 
-def autobatch(config: config_lib.Config, budget_bytes: int | None = None,
+def autobatch(config: config_lib.Config | Workload, budget_bytes: int | None = None,
               memory_fraction: float = DEFAULT_MEMORY_FRACTION, *, mesh=None,
               facts: DataFacts | None = None) -> AutoBatchPlan:
   """The largest per-device batch whose compiled step fits the budget, and the largest
@@ -406,14 +392,15 @@ def autobatch(config: config_lib.Config, budget_bytes: int | None = None,
   brackets the boundary and bisection finds it. Every answer is a compiled candidate:
   the guess only saves compiles. Raises ConfigError when no budget can be found or nothing fits.
   """
-  config_lib.validate(config)
+  workload = _workload(config)
+  config = workload.config
   mesh = mesh if mesh is not None else make_mesh()
   budget, source = memory_budget(budget_bytes, memory_fraction, list(mesh.devices.flat))
-  facts = facts or DataFacts.of(config)
-  compiler = _StepCompiler(config, facts, mesh)
+  facts = facts or DataFacts.of(workload)
+  compiler = _StepCompiler(workload, facts, mesh)
   n, num_train = compiler.num_devices, facts.num_train_examples
 
-  granule = _batch_granule(config)  # the search runs over multiples of it
+  granule = workload.batch_granule  # the search runs over multiples of it
   upper = num_train // n // granule
   total = lambda units: compiler.single_step(units * granule).total_bytes
   units, units_over = _largest_fitting(lambda units: total(units) <= budget,
@@ -436,7 +423,7 @@ def autobatch(config: config_lib.Config, budget_bytes: int | None = None,
     for mode in modes:
       candidate = _with_micro_batch(config, m * n, accumulation=mode)
       try:
-        plan = make_plan(candidate, n, num_train, compiler.backend)
+        plan = make_plan(candidate, n, num_train, compiler.backend, **plan_options(workload))
       except config_lib.ConfigError:
         break  # e.g. noise-scale groups that this micro-batch cannot form
       shapes = {shape for _, shape in plan.phases}
@@ -471,23 +458,23 @@ def autobatch(config: config_lib.Config, budget_bytes: int | None = None,
       compile_seconds=compiler.compile_seconds)
 
 
-def _config_budget(config: config_lib.Config) -> int | None:
+def config_budget(config: config_lib.Config) -> int | None:
   budget = config.train.autobatch_budget
   return None if budget is None else config_lib.parse_bytes(budget, 'train.autobatch_budget')
 
 
-def resolve_auto_micro_batch(config: config_lib.Config, num_devices: int, sample_shape,
-                             num_classes: int, *, num_train_examples: int | None = None,
+def resolve_auto_micro_batch(workload: Workload, num_devices: int, *,
+                             num_train_examples: int | None = None,
                              on_device: bool | None = None, quiet: bool = False) -> config_lib.Config:
-  """`config` with train.micro_batch_size='auto' replaced by AutoBatch's choice over the
-  first `num_devices` devices (unchanged when it is not 'auto'). For the plan only: the
-  run's config.json keeps 'auto', so a resumed run resolves it again."""
+  """The workload's config with train.micro_batch_size='auto' replaced by AutoBatch's choice
+  over the first `num_devices` devices (unchanged when it is not 'auto'). For the plan only:
+  the run's config.json keeps 'auto', so a resumed run resolves it again."""
+  config = workload.config
   if config.train.micro_batch_size != 'auto':
     return config
-  facts = DataFacts.of(config, input_shape=sample_shape, num_classes=num_classes,
-                       num_train_examples=num_train_examples, on_device=on_device)
-  plan = autobatch(config, _config_budget(config), mesh=make_mesh(jax.devices()[:num_devices]),
-                   facts=facts)
+  facts = DataFacts.of(workload, num_train_examples=num_train_examples, on_device=on_device)
+  plan = autobatch(workload, config_budget(config),
+                   mesh=make_mesh(jax.devices()[:num_devices]), facts=facts)
   if not quiet and jax.process_index() == 0:
     print(f'autobatch: train.micro_batch_size={plan.micro_batch_size} '
           f'({plan.num_micro_batches} x {plan.per_device_micro_batch} per device, '
@@ -501,16 +488,17 @@ def resolve_auto_micro_batch(config: config_lib.Config, num_devices: int, sample
 def _probe(config_json: str, per_device_batch: int) -> None:
   """Runs two real steps at `per_device_batch` with everything the run keeps beside them
   allocated; prints {"fits": bool}. Meant for a fresh process (an empty allocator)."""
-  config = config_lib.from_dict(json.loads(config_json))
-  compiler = _StepCompiler(config, DataFacts.of(config), make_mesh())
-  t = config.train
+  workload = resolve(config_lib.from_dict(json.loads(config_json)))
+  compiler = _StepCompiler(workload, DataFacts.of(workload), make_mesh())
+  parts = compiler.parts
   try:
     step, args, beside = compiler.train_program(
         StepShape(per_device_batch * compiler.num_devices, 1, 'unrolled'))
-    state = init_train_state(compiler.model, compiler.optimizer, compiler.sample_x, seed=t.seed,
-                             mesh=compiler.mesh, noise_scale=t.noise_scale)
+    state = init_train_state(parts.model, build_optimizer(parts.optim), workload.sample_inputs(),
+                             seed=workload.config.train.seed, mesh=compiler.mesh,
+                             task=parts.task, probes=parts.probes)
     zeros = lambda a: jax.jit(lambda: jnp.zeros(a.shape, a.dtype), out_shardings=a.sharding)()
-    data = [zeros(a) for a in args[1:]]
+    data = jax.tree.map(zeros, args[1:])
     kept = zeros(jax.ShapeDtypeStruct((beside,), jnp.uint8, sharding=compiler.replicated))
     for _ in range(2):
       state, _ = step(state, *data)
@@ -546,40 +534,9 @@ def verify_oom(config: config_lib.Config, *, timeout: float = 600) -> dict:
       probes[per_device_batch] = json.loads(result.stdout.strip().splitlines()[-1])['fits']
     return probes[per_device_batch]
 
-  upper = DataFacts.of(config).num_train_examples // predicted.num_devices
+  upper = DataFacts.of(_workload(config)).num_train_examples // predicted.num_devices
   real, real_over = _largest_fitting(runs, predicted.largest_per_device_batch, upper)
   return {'device': jax.devices()[0].device_kind, 'budget_bytes': predicted.budget_bytes,
           'predicted': predicted.largest_per_device_batch, 'real': real,
           'real_first_oom': real_over, 'probes': dict(sorted(probes.items())),
           'ratio': predicted.largest_per_device_batch / real if real else float('nan')}
-
-
-# ------------------------------------------------------------------- command line
-def add_parser(subparsers) -> None:
-  parser = subparsers.add_parser(
-      'autobatch', help='the largest batch that fits in memory, from the compiled step '
-      '(no trial runs)')
-  parser.add_argument('--config', required=True, help='configs/<name>.py')
-  parser.add_argument('--budget', default=None,
-                      help='bytes per device, e.g. 2GiB; required on CPU (default: '
-                      'train.autobatch_budget, else --memory-fraction of the device memory)')
-  parser.add_argument('--memory-fraction', type=float, default=DEFAULT_MEMORY_FRACTION,
-                      help='of the allocator limit, on GPU/TPU (default %(default)s)')
-  parser.add_argument('--verify-oom', action='store_true',
-                      help='GPU/TPU only, untested: also find the real out-of-memory boundary by '
-                      'bisection, running the step in subprocesses')
-  parser.add_argument('overrides', nargs='*', help='section.field=value')
-  parser.set_defaults(run=_run)
-
-
-def _run(args) -> None:
-  config = config_lib.load_config(args.config, args.overrides)
-  budget = (config_lib.parse_bytes(args.budget, '--budget') if args.budget is not None
-            else _config_budget(config))
-  print(autobatch(config, budget, args.memory_fraction).describe())
-  if args.verify_oom:
-    result = verify_oom(config)
-    print(f'\nout-of-memory check on {result["device"]} at 100% of '
-          f'{format_bytes(result["budget_bytes"])}: predicted {result["predicted"]}, real '
-          f'{result["real"]} (first OOM at {result["real_first_oom"]}), predicted/real '
-          f'{result["ratio"]:.3f}\nprobes (per-device batch: ran): {result["probes"]}')

@@ -21,8 +21,8 @@ def _rest(state: TrainState) -> dict[str, Any]:
   """The train state except params and model state (saved as items of their own)."""
   rest = {'counters': state.counters, 'opt_state': state.opt_state,
           'metric_sums': state.metric_sums}
-  if state.noise_scale is not None:
-    rest['noise_scale'] = state.noise_scale
+  if state.probes:
+    rest['probes'] = state.probes
   return rest
 
 
@@ -69,7 +69,7 @@ class Checkpoints:
     rest = restored['train_state']
     state = TrainState(params=restored['params'],
                        model_state=restored['model_state'] if like.model_state else {},
-                       noise_scale=rest.get('noise_scale'),
+                       probes=rest.get('probes', {}),
                        **{k: rest[k] for k in ('counters', 'opt_state', 'metric_sums')})
     return state, restored['meta']
 

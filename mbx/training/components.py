@@ -1,41 +1,50 @@
-"""The model, optimizer, LR schedule and augmentation a config trains with.
+"""What the train step closes over and the arguments it is compiled for, built in one place.
 
-One place builds them, for the training loop, AutoBatch and dry runs alike.
+The loop, AutoBatch and the dry run all compile `step.make_step(step_parts(...), shape, ...)`
+on `step_arguments(...)`, so AutoBatch measures the very program that trains.
 """
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable
-from typing import Any
-
+import jax
 import jax.numpy as jnp
 
-from mbx import config as config_lib
-from mbx import data as data_lib
-from mbx import models as models_lib
-from mbx.optim import Optimizer, build_optimizer, learning_rate_schedule
-from mbx.training.plan import Plan
-from mbx.training.step import batch_norm_axis_name
+from mbx.data.example_order import window_length
+from mbx.optim import build_optimizer, learning_rate_schedule
+from mbx.training.plan import Plan, StepShape
+from mbx.training.step import StepParts, TrainState, batch_sharded, init_train_state, replicated
+from mbx.training.workload import Workload
 
 
-@dataclasses.dataclass(frozen=True)
-class Components:
-  model: Any
-  optimizer: Optimizer
-  lr_schedule: Callable
-  augment: Callable | None
-
-
-def build_components(config: config_lib.Config, plan: Plan, *, num_classes: int,
-                     mesh) -> Components:
-  """Everything the train step closes over, for `plan` (its batch sizes and budget)."""
-  model = models_lib.build_model(
-      config.model.name, num_classes=num_classes, options=config.model.options,
-      dtype=jnp.dtype(config.model.dtype), batch_norm_axis_name=batch_norm_axis_name(mesh))
+def step_parts(workload: Workload, plan: Plan, mesh) -> StepParts:
+  """Model, task, probes, optimizer config, LR schedule and augmentation for `plan`."""
+  config = workload.config
   lr_schedule = learning_rate_schedule(
       config.optim, batch_size=plan.initial_batch_size,
       examples_per_epoch=plan.num_train_examples, total_examples=plan.total_examples,
       extra_decays=plan.lr_extra_decays)
-  augment = data_lib.augment_fn(config.data.name) if config.data.augment else None
-  return Components(model=model, optimizer=build_optimizer(config.optim),
-                    lr_schedule=lr_schedule, augment=augment)
+  return StepParts(model=workload.model(mesh), task=workload.task, optim=config.optim,
+                   lr_schedule=lr_schedule, augment=workload.augment(), probes=workload.probes)
+
+
+def abstract_state(workload: Workload, parts: StepParts, mesh) -> TrainState:
+  """The train state's shapes, replicated over `mesh`; nothing is initialised."""
+  t = workload.config.train
+  state = jax.eval_shape(lambda: init_train_state(
+      parts.model, build_optimizer(parts.optim), workload.sample_inputs(), seed=t.seed,
+      mesh=mesh, task=parts.task, probes=parts.probes))
+  return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated(mesh)),
+                      state)
+
+
+def step_arguments(workload: Workload, shape: StepShape, mesh, *, on_device: bool,
+                   num_train_examples: int, max_batch_size: int, num_trials: int = 1):
+  """Abstract (hyper, *batch arguments) of the step: the order window and its start when the
+  split lives on device (feed.DeviceFeed), else one arranged, batch-sharded batch."""
+  stacked = (num_trials,) if num_trials > 1 else ()
+  hyper = jax.ShapeDtypeStruct((*stacked, 3), jnp.float32, sharding=replicated(mesh))
+  if on_device:
+    window = (*stacked, window_length(num_train_examples, max_batch_size))
+    rows = {k: jax.ShapeDtypeStruct((*window, *s.shape[1:]), s.dtype, sharding=replicated(mesh))
+            for k, s in workload.batch_spec(1).items()}
+    return hyper, rows, jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated(mesh))
+  return hyper, workload.batch_spec(shape.batch_size, batch_sharded(mesh))

@@ -2,7 +2,7 @@
 
 For configs meant for datasets and accelerators this machine does not have (the
 papers' own setups), a dry run checks that the model, optimizer, LR schedule,
-batch split and augmentation all fit together, using the same `make_train_step`
+batch split and augmentation all fit together, using the same `step.make_step`
 as `mbx train`. Nothing is initialised or run: shapes come from `jax.eval_shape`.
 """
 from __future__ import annotations
@@ -11,13 +11,12 @@ import dataclasses
 from collections.abc import Sequence
 
 import jax
-import jax.numpy as jnp
 
 from mbx import config as config_lib
-from mbx import data as data_lib
-from mbx.training.components import build_components
+from mbx.training.components import abstract_state, step_arguments, step_parts
 from mbx.training.plan import StepShape, make_plan, step_shape
-from mbx.training.step import batch_sharded, init_train_state, make_mesh, make_train_step
+from mbx.training.step import make_mesh, make_step
+from mbx.training.workload import resolve
 
 # Unoptimised XLA:CPU code, about half the compile time of ResNet-50's step: enough to know
 # that it compiles, not to measure its speed or memory.
@@ -32,7 +31,7 @@ class DryRun:
 
   @property
   def memory_bytes(self) -> int | None:
-    """Arguments + outputs - aliases + temporaries of the compiled step (MEASURED.md)."""
+    """Arguments + outputs - aliases + temporaries of the compiled step (docs/performance.md)."""
     analysis = self.compiled.memory_analysis() if self.compiled is not None else None
     if analysis is None:
       return None
@@ -41,46 +40,40 @@ class DryRun:
 
 
 def compile_one_step(config: config_lib.Config, *, batch_size: int | None = None,
-                     input_shape: Sequence[int] | None = None, num_classes: int | None = None,
+                     input_shape: Sequence[int] | None = None,
                      examples_per_epoch: int | None = None, compile: bool = True,
                      compiler_options: dict | None = None) -> DryRun:
   """Lowers (and compiles) the config's train step for one global batch of `batch_size`.
 
   Args:
-    config: validated here; its data section is used only for shapes and augmentation.
+    config: resolved here (metadata only: catalog datasets need not be prepared).
     batch_size: the global batch to compile (default train.batch_size); micro-batching
       follows the config (train.micro_batch_size / max_device_batch_size).
-    input_shape: one example's shape (default: the dataset's, e.g. 224x224x3); a small
+    input_shape: one example's input shape (default: the dataset's, e.g. 224x224x3); a small
       one keeps the compile cheap while building the same network.
-    num_classes: default: the dataset's.
-    examples_per_epoch: for epoch units in the schedule (default: the dataset's
-      canonical train-split size, whether prepared or not).
+    examples_per_epoch: for epoch units in the schedule (default: the dataset's train split).
     compile: False only lowers (traces and emits the program, no XLA compile).
     compiler_options: passed to XLA, e.g. FAST_COMPILE when only checking that it compiles.
   """
-  config_lib.validate(config)
-  spec = data_lib.catalog.spec(config.data.name)
+  workload = resolve(config)
+  if input_shape is not None:
+    spec = dict(workload.info.element_spec)
+    spec['inputs'] = (tuple(input_shape), spec['inputs'][1])
+    workload = dataclasses.replace(workload, info=dataclasses.replace(workload.info,
+                                                                      element_spec=spec))
+  config = workload.config
   batch_size = batch_size or config.train.batch_size
-  input_shape = tuple(input_shape or spec.input_shape)
-  num_classes = num_classes or spec.num_classes
-  examples_per_epoch = examples_per_epoch or spec.num_examples[
+  examples_per_epoch = examples_per_epoch or workload.info.splits[
       config.data.train_split.split('[')[0].split('+')[0]]
-
   mesh = make_mesh()
-  shape = step_shape(config, batch_size, mesh.devices.size, jax.default_backend())
-  plan = make_plan(config, mesh.devices.size, examples_per_epoch, jax.default_backend())
-  c = build_components(config, plan, num_classes=num_classes, mesh=mesh)
-  model, optimizer, t = c.model, c.optimizer, config.train
-  step = make_train_step(model, optimizer, c.lr_schedule, shape, mesh, on_device_data=False,
-                         noise_scale=t.noise_scale, noise_scale_ema=t.noise_scale_ema,
-                         data_seed=t.data_seed if t.data_seed is not None else t.seed,
-                         augment=c.augment)
-  sample_x = jnp.zeros((1, *input_shape), jnp.float32)
-  state = jax.eval_shape(lambda: init_train_state(model, optimizer, sample_x, seed=t.seed,
-                                                  mesh=mesh, noise_scale=t.noise_scale))
-  sharding = batch_sharded(mesh)
-  x = jax.ShapeDtypeStruct((batch_size, *input_shape), jnp.float32, sharding=sharding)
-  y = jax.ShapeDtypeStruct((batch_size,), jnp.int32, sharding=sharding)
-  lowered = step.lower(state, x, y)
+  options = dict(probe_groups=workload.probe_groups, batch_granule=workload.batch_granule)
+  shape = step_shape(config, batch_size, mesh.devices.size, jax.default_backend(), **options)
+  plan = make_plan(config, mesh.devices.size, examples_per_epoch, jax.default_backend(),
+                   **options)
+  parts = step_parts(workload, plan, mesh)
+  step = make_step(parts, shape, mesh, on_device_data=False)
+  args = step_arguments(workload, shape, mesh, on_device=False,
+                        num_train_examples=examples_per_epoch, max_batch_size=batch_size)
+  lowered = step.lower(abstract_state(workload, parts, mesh), *args)
   compiled = lowered.compile(compiler_options) if compile else None
   return DryRun(shape=shape, compiled=compiled, lowered=lowered)

@@ -1,7 +1,8 @@
 """Getting batches to the step: device-resident arrays, or a prefetching host reader.
 
-Both feeds follow the same example order (`mbx.data.example_order`), so a run
-gives the same batches whichever one it uses.
+Batches are dicts of arrays ('inputs', 'targets', optionally 'weights'). Both feeds follow
+the same example order (`mbx.data.example_order`), so a run gives the same batches
+whichever one it uses.
 """
 from __future__ import annotations
 
@@ -24,11 +25,17 @@ from mbx.training.step import batch_sharded, replicated
 DEVICE_DATA_LIMIT_BYTES = 2 * 2**30
 
 
-def keeps_data_on_device(placement: str, input_shape, num_examples: int | None) -> bool:
+def example_bytes(element_spec) -> int:
+  """Bytes of one example: every array of a row (inputs, targets, weights)."""
+  return sum(int(np.prod(shape)) * np.dtype(dtype).itemsize
+             for shape, dtype in element_spec.values())
+
+
+def keeps_data_on_device(placement: str, element_spec, num_examples: int | None) -> bool:
   """Whether the training split lives in device memory (DeviceFeed) or is read (HostFeed)."""
   if placement != 'auto':
     return placement == 'device'
-  split_bytes = 4 * (int(np.prod(input_shape)) + 1) * (num_examples or 10**9)
+  split_bytes = example_bytes(element_spec) * (num_examples or 10**9)
   return 2 * split_bytes <= DEVICE_DATA_LIMIT_BYTES
 
 
@@ -43,9 +50,11 @@ def _window_gather(sharding):
   return jax.jit(lambda rows, indices: jnp.take(rows, indices, axis=0), out_shardings=sharding)
 
 
-def window_rows(rows: jax.Array, indices, sharding) -> jax.Array:
-  """The training rows in the order of an example-order window (or a stack of them)."""
-  return _window_gather(sharding)(rows, jnp.asarray(indices))
+def window_rows(rows, indices, sharding):
+  """The training rows (a dict of arrays) in the order of an example-order window (or a stack
+  of them)."""
+  indices = jnp.asarray(indices)
+  return jax.tree.map(lambda a: _window_gather(sharding)(a, indices), rows)
 
 
 class DeviceFeed:
@@ -58,29 +67,27 @@ class DeviceFeed:
   the windows of all the seeds are stacked: they share their start.
   """
 
-  def __init__(self, train_x: np.ndarray, train_y: np.ndarray, mesh, *,
-               seed: int | Sequence[int], max_batch_size: int):
+  def __init__(self, rows: dict[str, np.ndarray], mesh, *, seed: int | Sequence[int],
+               max_batch_size: int):
     self.mesh = mesh
     self.stacked = not isinstance(seed, (int, np.integer))
     self.seeds = list(seed) if self.stacked else [seed]
-    self.num_examples = len(train_x)
+    self.num_examples = len(next(iter(rows.values())))
     self.max_batch_size = max_batch_size
-    self.x = put(train_x, replicated(mesh))
-    self.y = put(train_y, replicated(mesh))
+    self.rows = {k: put(v, replicated(mesh)) for k, v in rows.items()}
     self.window = None
     self.args = None
 
   def step_args(self, position: int, batch_size: int) -> tuple:
-    """(window_x, window_y, window_start) for the step starting at stream `position`;
-    window_x and window_y have a leading seed axis when the feed was given several."""
+    """(window, window_start) for the step starting at stream `position`: the window's
+    rows as a dict, with a leading seed axis when the feed was given several seeds."""
     if self.window is None or not self.window.covers(position, batch_size):
       windows = [order_window(seed, self.num_examples, position, self.max_batch_size)
                  for seed in self.seeds]
       self.window = windows[0]
       indices = np.stack([w.indices for w in windows]) if self.stacked else self.window.indices
       sharding = replicated(self.mesh)
-      self.args = (window_rows(self.x, indices, sharding),
-                   window_rows(self.y, indices, sharding),
+      self.args = (window_rows(self.rows, indices, sharding),
                    put(np.asarray(self.window.start, np.int32), sharding))
     return self.args
 
@@ -92,9 +99,9 @@ class HostFeed:
   kept ready ahead of the step.
   """
 
-  def __init__(self, source, input_shape: tuple[int, ...], plan: Plan, mesh, *, seed: int,
+  def __init__(self, source, element_spec, plan: Plan, mesh, *, seed: int,
                start_step: int, prefetch: int):
-    self.source, self.input_shape = source, tuple(input_shape)
+    self.source, self.element_spec = source, dict(element_spec)
     self.plan, self.mesh, self.seed = plan, mesh, seed
     self.queue: queue.Queue = queue.Queue(maxsize=prefetch)
     self.stop = threading.Event()
@@ -117,11 +124,10 @@ class HostFeed:
         local[key] = self.source[indices[index[0]]]
       return local[key]
 
-    x = jax.make_array_from_callback((shape.batch_size, *self.input_shape), sharding,
-                                     lambda index: rows(index)[0])
-    y = jax.make_array_from_callback((shape.batch_size,), sharding,
-                                     lambda index: rows(index[:1])[1])
-    return x, y
+    return ({key: jax.make_array_from_callback(
+        (shape.batch_size, *row_shape), sharding,
+        lambda index, key=key: rows(index[:1])[key]) for key, (row_shape, _) in
+        self.element_spec.items()},)
 
   def _produce(self, start_step: int):
     try:
@@ -152,27 +158,29 @@ def eval_batch_size(requested: int, num_examples: int, num_devices: int) -> int:
   return -(-batch_size // num_devices) * num_devices
 
 
-def _padded(x: np.ndarray, y: np.ndarray, batch_size: int, sharding) -> tuple:
-  """(x, y, mask) padded to batch_size rows; mask is 1 on real rows only."""
+def _padded(rows: dict[str, np.ndarray], batch_size: int, sharding) -> tuple:
+  """(batch, mask) padded to batch_size rows; mask is 1 on real rows only."""
+  count = len(next(iter(rows.values())))
   mask = np.zeros(batch_size, np.float32)
-  mask[:len(x)] = 1
+  mask[:count] = 1
   pad = lambda a: np.concatenate([a, np.zeros((batch_size - len(a), *a.shape[1:]), a.dtype)])
-  return tuple(put(a, sharding) for a in (pad(x), pad(y), mask))
+  return {k: put(pad(v), sharding) for k, v in rows.items()}, put(mask, sharding)
 
 
-def eval_batches(x: np.ndarray, y: np.ndarray, batch_size: int, mesh) -> list[tuple]:
-  """The whole in-memory split as padded, batch-sharded (x, y, mask) device batches.
+def eval_batches(rows: dict[str, np.ndarray], batch_size: int, mesh) -> list[tuple]:
+  """The whole in-memory split as padded, batch-sharded (batch, mask) device batches.
 
   Each example appears exactly once with mask 1; padding rows have mask 0.
   """
-  batch_size = eval_batch_size(batch_size, len(x), mesh.devices.size)
-  return [_padded(x[i:i + batch_size], y[i:i + batch_size], batch_size, batch_sharded(mesh))
-          for i in range(0, len(x), batch_size)]
+  count = len(next(iter(rows.values())))
+  batch_size = eval_batch_size(batch_size, count, mesh.devices.size)
+  return [_padded({k: v[i:i + batch_size] for k, v in rows.items()}, batch_size,
+                  batch_sharded(mesh)) for i in range(0, count, batch_size)]
 
 
 def streamed_eval_batches(source, batch_size: int, mesh):
   """Like `eval_batches`, read from a random-access source one batch at a time."""
   batch_size = eval_batch_size(batch_size, len(source), mesh.devices.size)
   for i in range(0, len(source), batch_size):
-    x, y = source[np.arange(i, min(i + batch_size, len(source)))]
-    yield _padded(x, y, batch_size, batch_sharded(mesh))
+    yield _padded(source[np.arange(i, min(i + batch_size, len(source)))], batch_size,
+                  batch_sharded(mesh))

@@ -11,10 +11,14 @@ biased.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
+
+from mbx.training.probes import GroupGradients
 
 
 def two_batch_estimates(sq_norm_small, sq_norm_big, batch_small, batch_big):
@@ -59,6 +63,35 @@ def summarize(state: NoiseScaleState, decay: float) -> dict[str, jnp.ndarray]:
   grad_sq = state.grad_sq_ema / correction
   trace = state.trace_ema / correction
   return {'grad_sq': grad_sq, 'trace_sigma': trace, 'b_simple': trace / grad_sq}
+
+
+@dataclasses.dataclass(frozen=True)
+class NoiseScaleProbe:
+  """The in-step probe (mbx.training.probes) that estimates B_simple on every measuring step.
+
+  Per step it logs the two unbiased estimates (their interval means give the run average, see
+  `run_average`); each log row also gets the bias-corrected EMAs and their ratio b_simple.
+  """
+  ema: float = 0.99
+  name = 'noise_scale'
+  metrics = ('grad_sq_estimate', 'trace_estimate')
+  min_groups = 2
+
+  def init(self, params) -> NoiseScaleState:
+    del params
+    return NoiseScaleState.zeros()
+
+  def per_group(self, grads, sq_norm):
+    return sq_norm(grads)
+
+  def update(self, state: NoiseScaleState, gradients: GroupGradients):
+    grad_sq, trace = group_estimates(gradients.group_means[self.name], gradients.grad_sq_norm,
+                                     gradients.group_size, gradients.num_groups)
+    return (update(state, grad_sq, trace, self.ema),
+            {'grad_sq_estimate': grad_sq, 'trace_estimate': trace})
+
+  def summarize(self, state: NoiseScaleState) -> dict[str, float]:
+    return {k: float(v) for k, v in jax.device_get(summarize(state, self.ema)).items()}
 
 
 def run_average(log_steps, grad_sq_estimates, trace_estimates, until_step=None

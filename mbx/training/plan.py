@@ -22,7 +22,7 @@ class StepShape:
   batch_size: int          # global
   num_micro_batches: int   # looped inside the step, each spread over all devices
   accumulation: str        # 'unrolled' or 'scan'
-  measure_noise: bool = True  # with train.noise_scale: this step estimates B_simple
+  measure_noise: bool = True  # with probes (e.g. the noise scale): this step measures
 
   @property
   def micro_batch_size(self) -> int:
@@ -40,9 +40,9 @@ class Plan:
   log_steps: frozenset[int]
   eval_steps: frozenset[int]       # 0 = before training
   checkpoint_steps: frozenset[int]
-  # With train.noise_scale, the steps in between measurements use these cheaper shapes
-  # (no extra split of the batch); step s measures when s % noise_scale_every == 0.
-  noise_scale_every: int = 1
+  # With probes, the steps in between measurements use these cheaper shapes
+  # (no extra split of the batch); step s measures when s % probe_every == 0.
+  probe_every: int = 1
   plain_shapes: tuple[StepShape | None, ...] = ()  # per phase; None: every step measures
 
   @property
@@ -69,7 +69,7 @@ class Plan:
 
   def shape_at(self, step: int) -> StepShape:
     shapes = self.shapes_of_phase(step)
-    return shapes[1] if len(shapes) > 1 and step % self.noise_scale_every else shapes[0]
+    return shapes[1] if len(shapes) > 1 and step % self.probe_every else shapes[0]
 
   def next_phase_step(self, step: int) -> int:
     later = [first for first, _ in self.phases if first > step]
@@ -90,14 +90,7 @@ def _batch_phases(config: Config, num_train_examples: int):
   return phases, decays
 
 
-def _ghost_batch_size(config: Config) -> int:
-  """Ghost BN needs per-device micro-batches that are multiples of this (else 1)."""
-  from mbx import models as models_lib  # pylint: disable=import-outside-toplevel
-  options = {**models_lib.model_options(config.model.name), **config.model.options}
-  return int(options['ghost_batch_size']) if options.get('norm') == 'ghost' else 1
-
-
-def _micro_batches(config: Config, batch_size: int, num_devices: int) -> int:
+def _micro_batches(config: Config, batch_size: int, num_devices: int, granule: int) -> int:
   t = config.train
   field = 'train.batch_size' if batch_size == t.batch_size else 'train.batch_size_factor'
   if batch_size % num_devices:
@@ -116,7 +109,7 @@ def _micro_batches(config: Config, batch_size: int, num_devices: int) -> int:
                         f'the global batch {batch_size}')
     accumulation = batch_size // t.micro_batch_size
   elif t.max_device_batch_size is not None:
-    per_device, ghost = batch_size // num_devices, _ghost_batch_size(config)
+    per_device, ghost = batch_size // num_devices, granule
     fits = [k for k in range(1, per_device + 1) if per_device % k == 0 and
             per_device // k <= t.max_device_batch_size and (per_device // k) % ghost == 0]
     if not fits:
@@ -128,32 +121,36 @@ def _micro_batches(config: Config, batch_size: int, num_devices: int) -> int:
   return accumulation
 
 
-def _noise_micro_batches(config: Config, batch_size: int, num_devices: int,
-                         accumulation: int) -> int:
-  """Micro-batches per device for steps that estimate the noise scale (>= 2 groups)."""
+def _probe_micro_batches(config: Config, batch_size: int, num_devices: int,
+                         accumulation: int, min_groups: int) -> int:
+  """Micro-batches per device for steps that feed the probes (>= min_groups groups)."""
   t = config.train
-  groups = t.noise_scale_groups or max(2, num_devices * accumulation)
+  groups = t.probe_groups or max(min_groups, num_devices * accumulation)
   if groups % num_devices or (groups // num_devices) % accumulation:
-    raise ConfigError(f'train.noise_scale_groups={groups}: must be a multiple of '
+    raise ConfigError(f'train.probe_groups={groups}: must be a multiple of '
                       f'devices x micro-batches = {num_devices * accumulation}')
   if batch_size % groups:
-    raise ConfigError(f'train.noise_scale_groups={groups}: the global batch {batch_size} '
-                      'cannot be split into that many equal groups (the noise scale needs '
-                      'at least 2 groups, so batch_size >= 2)')
+    raise ConfigError(f'train.probe_groups={groups}: the global batch {batch_size} '
+                      f'cannot be split into that many equal groups (the probes need at '
+                      f'least {min_groups} groups, so batch_size >= {min_groups})')
   return groups // num_devices
 
 
 def step_shape(config: Config, batch_size: int, num_devices: int,
-               backend: str = 'cpu', measure_noise: bool = True) -> StepShape:
+               backend: str = 'cpu', measure_noise: bool = True, *, probe_groups: int = 0,
+               batch_granule: int = 1) -> StepShape:
   """How a step of global batch `batch_size` runs: gradient accumulation switches on
   when the per-device batch exceeds train.max_device_batch_size (or is fixed by
-  train.micro_batch_size); with train.noise_scale and measure_noise, the batch is
-  split into at least 2 groups. Raises ConfigError if the batch cannot be split."""
-  accumulation = _micro_batches(config, batch_size, num_devices)
+  train.micro_batch_size); with probes (probe_groups = the most groups one needs, 0: no
+  probes) and measure_noise, the batch is split into at least that many groups. Per-device
+  micro-batches must be multiples of `batch_granule` (ghost BatchNorm's virtual batch).
+  Raises ConfigError if the batch cannot be split."""
+  accumulation = _micro_batches(config, batch_size, num_devices, batch_granule)
   micro = accumulation
-  if config.train.noise_scale and measure_noise:
-    micro = _noise_micro_batches(config, batch_size, num_devices, accumulation)
-  ghost = _ghost_batch_size(config)
+  measures = probe_groups > 0 and measure_noise
+  if measures:
+    micro = _probe_micro_batches(config, batch_size, num_devices, accumulation, probe_groups)
+  ghost = batch_granule
   if (batch_size // num_devices // micro) % ghost:
     raise ConfigError(f'model.options.ghost_batch_size={ghost}: does not divide the '
                       f'{batch_size // num_devices // micro} examples of each per-device '
@@ -163,9 +160,9 @@ def step_shape(config: Config, batch_size: int, num_devices: int,
   if mode == 'auto':
     # Accumulating to save memory needs a scan: XLA keeps the unrolled micro-batches'
     # temporaries alive together. Splits made only for the noise scale are unrolled on
-    # CPU, whose loop bodies run far slower than straight-line code (MEASURED.md).
+    # CPU, whose loop bodies run far slower than straight-line code (docs/performance.md).
     mode = 'unrolled' if backend == 'cpu' and accumulation == 1 and micro <= 32 else 'scan'
-  return StepShape(batch_size, micro, mode, measure_noise=config.train.noise_scale and measure_noise)
+  return StepShape(batch_size, micro, mode, measure_noise=measures)
 
 
 def _event_steps(every: Duration | None, examples_after_step: np.ndarray,
@@ -197,8 +194,12 @@ def _lr_step_changes(config: Config, examples_after_step: np.ndarray, num_train_
 
 
 def make_plan(config: Config, num_devices: int, num_train_examples: int,
-              backend: str = 'cpu') -> Plan:
-  """Resolves batch phases, micro-batching and event steps; raises ConfigError."""
+              backend: str = 'cpu', *, probe_groups: int = 0, batch_granule: int = 1) -> Plan:
+  """Resolves batch phases, micro-batching and event steps; raises ConfigError.
+
+  probe_groups: the most gradient groups an in-step probe needs (0: no probes);
+  batch_granule: per-device micro-batches are multiples of it (see step_shape)."""
+  shape_options = dict(probe_groups=probe_groups, batch_granule=batch_granule)
   t = config.train
   phases, lr_extra_decays = _batch_phases(config, num_train_examples)
   for _, batch in phases:
@@ -238,7 +239,8 @@ def make_plan(config: Config, num_devices: int, num_train_examples: int,
   for batch, count in step_batches:
     if count == 0:
       continue
-    step_phases.append((first_step, step_shape(config, batch, num_devices, backend)))
+    step_phases.append((first_step, step_shape(config, batch, num_devices, backend,
+                                               **shape_options)))
     first_step += count
 
   every = lambda text, name: parse_duration(text, name) if text is not None else None
@@ -257,12 +259,12 @@ def make_plan(config: Config, num_devices: int, num_train_examples: int,
   log_steps |= _lr_step_changes(config, examples_after_step, num_train_examples,
                                 lr_extra_decays)
   noise_every, plain_shapes = 1, ()
-  if t.noise_scale:
-    plain_shapes = tuple(step_shape(config, shape.batch_size, num_devices, backend, False)
-                         for _, shape in step_phases)
+  if probe_groups:
+    plain_shapes = tuple(step_shape(config, shape.batch_size, num_devices, backend, False,
+                                    **shape_options) for _, shape in step_phases)
     splits_only_for_noise = any(plain.num_micro_batches != shape.num_micro_batches
                                 for plain, (_, shape) in zip(plain_shapes, step_phases))
-    noise_every = t.noise_scale_every or (10 if splits_only_for_noise else 1)
+    noise_every = t.probe_every or (10 if splits_only_for_noise else 1)
     if noise_every == 1:
       plain_shapes = ()
   final = {total_steps}
@@ -271,4 +273,4 @@ def make_plan(config: Config, num_devices: int, num_train_examples: int,
               phases=tuple(step_phases), lr_extra_decays=tuple(lr_extra_decays),
               log_steps=frozenset(log_steps | final), eval_steps=frozenset(eval_steps | final),
               checkpoint_steps=frozenset(checkpoint_steps | final),
-              noise_scale_every=noise_every, plain_shapes=plain_shapes)
+              probe_every=noise_every, plain_shapes=plain_shapes)

@@ -15,9 +15,12 @@ import os
 import pathlib
 from typing import Any
 
+import jax.numpy as jnp
 import pandas as pd
 
 from mbx import config as config_lib
+from mbx import models as models_lib
+from mbx.training.checkpoints import Checkpoints
 
 STATUSES = ('running', 'done', 'diverged', 'failed')
 
@@ -144,12 +147,10 @@ class Run:
     return merged.sort_values('step').reset_index(drop=True)
 
   def checkpoint_steps(self) -> list[int]:
-    from mbx.training.checkpoints import Checkpoints  # pylint: disable=import-outside-toplevel
     return Checkpoints(self.workdir / 'checkpoints', read_only=True).steps()
 
   def restore(self, step: int | None = None):
     """(params, model_state, meta) at `step` (default: the latest checkpoint)."""
-    from mbx.training.checkpoints import Checkpoints  # pylint: disable=import-outside-toplevel
     checkpoints = Checkpoints(self.workdir / 'checkpoints', read_only=True)
     steps = checkpoints.steps()
     if not steps:
@@ -162,13 +163,14 @@ class Run:
   def params(self, step: int | None = None):
     return self.restore(step)[0]
 
-  def build_model(self):
-    from mbx import data, models  # pylint: disable=import-outside-toplevel
-    info = data.dataset_info(self.config.data.name, self.config.data.data_dir)
-    import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-    return models.build_model(self.config.model.name, num_classes=info.num_classes,
-                              options=self.config.model.options,
-                              dtype=jnp.dtype(self.config.model.dtype))
+  def build_model(self, dtype=None):
+    """The run's model, rebuilt from config.json alone (no data needed), in model.dtype."""
+    m = self.config.model
+    try:
+      return models_lib.build_model(m.name, options=m.options,
+                                    dtype=jnp.dtype(dtype or m.dtype))
+    except ValueError as error:
+      raise config_lib.ConfigError(f'{self.workdir}/config.json: {error}') from None
 
 
 def load_run(workdir: str | pathlib.Path) -> Run:

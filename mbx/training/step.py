@@ -1,14 +1,21 @@
-"""The train step: one jitted, data-parallel update (state, batch) -> (state, metrics).
+"""The train step: one jitted, data-parallel update (state, hyper, batch) -> (state, metrics).
 
-The global batch is sharded over a 1-D mesh axis 'data'; parameters and
-optimizer state are replicated. Inside `shard_map` each device loops over its
-slices of the micro-batches, accumulating gradients locally, and a single psum
-at the end forms the mean gradient. The per-device, per-micro-batch gradient
-norms fall out of that loop and give the gradient noise scale for free.
+`make_step` is the only step builder: solo runs, packed trials (vmapped over stacked states),
+AutoBatch and dry runs all compile the program it returns. The global batch (a dict of arrays,
+see mbx.tasks) is sharded over a 1-D mesh axis 'data'; parameters and optimizer state are
+replicated. Inside `shard_map` each device loops over its slices of the micro-batches,
+accumulating gradients locally, and a single psum at the end forms the mean gradient. The
+per-device, per-micro-batch gradients of that loop are what in-step probes (probes.py, e.g. the
+gradient noise scale) measure, for free.
+
+`hyper` holds the inputs in which trials of one sweep differ (peak-LR scale, momentum, data
+seed), so one compiled program serves them all.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+import inspect
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import flax
@@ -19,27 +26,39 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from mbx.config import OptimConfig
 from mbx.data.example_order import device_major_arrangement
-from mbx.training import noise_scale as noise_scale_lib
+from mbx.optim import build_optimizer
+from mbx.tasks import Task, weighted_sum
 from mbx.training.plan import StepShape
+from mbx.training.probes import GroupGradients
 
 DATA_AXIS = 'data'
-STEP_METRICS = ('loss', 'accuracy', 'grad_norm', 'update_norm', 'param_norm',
-                'learning_rate')
-NOISE_METRICS = ('grad_sq_estimate', 'trace_estimate', 'noise_steps')
+NORM_METRICS = ('grad_norm', 'update_norm', 'param_norm', 'learning_rate')
 # Small models: one concatenated vector per norm is far fewer XLA:CPU kernels than one
 # reduction per leaf; large ones: per-leaf sums avoid a params-sized copy.
 CONCAT_NORM_MAX_PARAMS = 2**20
 
 
-def metric_names(noise_scale: bool) -> tuple[str, ...]:
+def train_metric_names(task: Task) -> tuple[str, ...]:
+  """What a step reports of the task: the loss, then the task's other metrics."""
+  return ('loss',) + tuple(m for m in task.metrics if m != 'loss')
+
+
+def probe_metric_names(probes: Sequence) -> tuple[str, ...]:
+  return tuple(m for probe in probes for m in probe.metrics)
+
+
+def metric_names(task: Task, probes: Sequence) -> tuple[str, ...]:
   """Names of the entries of `metric_sums` (sums since the last log, with step counts)."""
-  return STEP_METRICS + (NOISE_METRICS if noise_scale else ()) + ('steps',)
+  probe_part = probe_metric_names(probes) + ('probe_steps',) if probes else ()
+  return train_metric_names(task) + NORM_METRICS + probe_part + ('steps',)
 
 
-def step_metric_names(measuring_noise: bool) -> tuple[str, ...]:
+def step_metric_names(task: Task, probes: Sequence, measuring: bool) -> tuple[str, ...]:
   """Names of the entries of the metrics vector a step returns (and adds to the sums)."""
-  return STEP_METRICS + ('steps',) + (NOISE_METRICS if measuring_noise else ())
+  probe_part = probe_metric_names(probes) + ('probe_steps',) if measuring and probes else ()
+  return train_metric_names(task) + NORM_METRICS + ('steps',) + probe_part
 
 
 @flax.struct.dataclass
@@ -51,7 +70,7 @@ class TrainState:
   params: Any
   model_state: Any           # e.g. {'batch_stats': ...}; {} when none
   opt_state: Any
-  noise_scale: noise_scale_lib.NoiseScaleState | None  # None when not measured
+  probes: dict[str, Any]     # each probe's state, by probe name; {} when none
   metric_sums: jax.Array     # float32 [len(metric_names)], summed since the last log
 
   @property
@@ -82,15 +101,15 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(DATA_AXIS))
 
 
-def zero_metric_sums(noise_scale: bool) -> np.ndarray:
-  return np.zeros(len(metric_names(noise_scale)), np.float32)
+def zero_metric_sums(task: Task, probes: Sequence) -> np.ndarray:
+  return np.zeros(len(metric_names(task, probes)), np.float32)
 
 
 _INIT_FNS: dict = {}  # jitted initialisations, shared by trials that differ only in seed
 
 
-def init_train_state(model, optimizer, sample_x, *, seed: int, mesh: Mesh, noise_scale: bool,
-                     cache_key=None) -> TrainState:
+def init_train_state(model, optimizer, sample_inputs, *, seed: int, mesh: Mesh, task: Task,
+                     probes: Sequence = (), cache_key=None) -> TrainState:
   """Initialises parameters from `seed` (whatever the device count), replicated.
 
   One jitted program: op-by-op initialisation differs in the last bit between
@@ -98,15 +117,18 @@ def init_train_state(model, optimizer, sample_x, *, seed: int, mesh: Mesh, noise
   batch) amplify that within a few steps. The seed is an input, so callers that
   pass the same `cache_key` (same model, optimizer and mesh) compile it once.
   """
+  takes_train = _takes_train(model)
+
   def init(seed):
-    variables = model.init(jax.random.key(seed), sample_x, train=False)
+    kwargs = {'train': False} if takes_train else {}
+    variables = model.init(jax.random.key(seed), sample_inputs, **kwargs)
     params = variables['params']
     return TrainState(
         counters=jnp.zeros(2, jnp.int32), params=params,
         model_state={k: v for k, v in variables.items() if k != 'params'},
         opt_state=optimizer.init(params),
-        noise_scale=noise_scale_lib.NoiseScaleState.zeros() if noise_scale else None,
-        metric_sums=jnp.asarray(zero_metric_sums(noise_scale)))
+        probes={probe.name: probe.init(params) for probe in probes},
+        metric_sums=jnp.asarray(zero_metric_sums(task, probes)))
   if cache_key is None:
     return jax.jit(init, out_shardings=replicated(mesh))(seed)
   if cache_key not in _INIT_FNS:
@@ -116,29 +138,23 @@ def init_train_state(model, optimizer, sample_x, *, seed: int, mesh: Mesh, noise
   return _INIT_FNS[cache_key](seed)
 
 
-def cross_entropy(logits, labels):
-  """optax.softmax_cross_entropy_with_integer_labels (same value, gradient equal to
-  rounding) with the label logit picked by a mask, not take_along_axis: the gradient of
-  that is a scatter whose constant input, shared by unrolled micro-batches, became an
-  input-free kernel that made XLA:CPU run the step on its thread pool."""
-  logits = logits.astype(jnp.float32)
-  is_label = labels[..., None] == jnp.arange(logits.shape[-1])
-  label_logits = jnp.sum(jnp.where(is_label, logits, 0.0), axis=-1)
-  return jax.nn.logsumexp(logits, axis=-1) - label_logits
+def _takes_train(model) -> bool:
+  return 'train' in inspect.signature(type(model).__call__).parameters
 
 
-def apply_model(model, params, model_state, x, *, train: bool, dropout_key=None):
-  """Logits and the updated model state (BatchNorm statistics in train mode)."""
+def apply_model(model, params, model_state, inputs, *, train: bool, dropout_key=None):
+  """Outputs and the updated model state (BatchNorm statistics in train mode)."""
   variables = {'params': params, **model_state}
+  kwargs = {'train': train} if _takes_train(model) else {}
   if train and model_state:
-    logits, new_state = model.apply(variables, x, train=True, mutable=list(model_state),
-                                    rngs={'dropout': dropout_key})
-    return logits, dict(new_state)
+    outputs, new_state = model.apply(variables, inputs, mutable=list(model_state),
+                                     rngs={'dropout': dropout_key}, **kwargs)
+    return outputs, dict(new_state)
   rngs = {'dropout': dropout_key} if train else None
-  return model.apply(variables, x, train=train, rngs=rngs), model_state
+  return model.apply(variables, inputs, rngs=rngs, **kwargs), model_state
 
 
-def _sum_sq(tree, per_leaf: bool = False):
+def sum_sq(tree, per_leaf: bool = False):
   """Squared L2 norm of a tree. Under vmap (packed trials) concatenating the leaves
   copies strided arrays: per-leaf sums are then faster (112 vs 185 us per K=8 step)."""
   leaves = [leaf.astype(jnp.float32) for leaf in jax.tree.leaves(tree)]
@@ -170,10 +186,13 @@ def _as_varying(value):
   return jax.lax.pcast(value, (DATA_AXIS,), to='varying')
 
 
-def _sharded_gradients(model, shape: StepShape, mesh: Mesh, noise_scale: bool,
+def _sharded_gradients(model, task: Task, probes: Sequence, shape: StepShape, mesh: Mesh,
                        per_leaf_norms: bool = False):
   """Mean gradient over the global batch, computed per device then psum'ed once.
 
+  A micro-batch's loss is its mean per-example loss; with weights (padding, per-token
+  masks) it is sum(loss x weight) x k / W, with W the weight of the whole global batch, so
+  that the mean over the k groups is exactly the weighted mean loss of the global batch.
   On one device the same code runs without shard_map: XLA:CPU then fuses across
   what would be the shard_map boundary (~40 us less per step at batch size 1).
   Models must then be built with batch_norm_axis_name=None.
@@ -181,126 +200,175 @@ def _sharded_gradients(model, shape: StepShape, mesh: Mesh, noise_scale: bool,
   num_devices = mesh.devices.size
   num_micro = shape.num_micro_batches
   num_groups = num_devices * num_micro
-
-  def micro_batch(params, model_state, x, y, key):
-    def loss_fn(p):
-      logits, new_state = apply_model(model, p, model_state, x, train=True, dropout_key=key)
-      losses = cross_entropy(logits, y)
-      correct = jnp.sum(jnp.argmax(logits, -1) == y)
-      return losses.mean(), (new_state, correct)
-    (loss, (new_state, correct)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-    return grads, new_state, loss, correct
+  measuring = bool(probes) and shape.measure_noise
 
   sharded = num_devices > 1
   psum = (lambda v: jax.lax.psum(v, DATA_AXIS)) if sharded else (lambda v: v)
   as_varying = (lambda tree: jax.tree.map(_as_varying, tree)) if sharded else (lambda t: t)
+  # Python numbers (unweighted counts) are the same on every device: scaled, not psum'ed, as
+  # an all-reduce of a constant would be an input-free kernel (see `_after`).
+  total = lambda v: v * num_devices if isinstance(v, (int, float)) else psum(v)
 
-  def local(params, model_state, x, y, key):
+  def micro_batch(params, model_state, batch, key, weight_scale):
+    def loss_fn(p):
+      outputs, new_state = apply_model(model, p, model_state, batch['inputs'], train=True,
+                                       dropout_key=key)
+      losses = task.losses(outputs, batch)
+      weights = batch.get('weights')
+      loss = losses.mean() if weights is None else weighted_sum(losses, weights) * weight_scale
+      sums = {k: v for k, v in task.sums(outputs, batch, weights).items() if k != 'loss'}
+      return loss, (new_state, sums)
+    (loss, (new_state, sums)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    return grads, new_state, loss, sums
+
+  def local(params, model_state, batch, key):
     device = jax.lax.axis_index(DATA_AXIS) if sharded else 0
     # Differentiating w.r.t. replicated params would psum the gradient implicitly;
-    # marked per-device, each device keeps its own gradient (for the noise scale)
+    # marked per-device, each device keeps its own gradient (for the probes)
     # and the one explicit psum below averages them.
     params = as_varying(params)
-    xs = x.reshape(num_micro, -1, *x.shape[1:])
-    ys = y.reshape(num_micro, -1)
+    micro = jax.tree.map(lambda a: a.reshape(num_micro, -1, *a.shape[1:]), batch)
+    weight_scale = None
+    if 'weights' in batch:
+      weight_scale = num_groups / psum(jnp.sum(batch['weights'].astype(jnp.float32)))
     zero = jnp.zeros((), jnp.float32)
+    sq_norm = lambda tree: sum_sq(tree, per_leaf_norms)
 
     def body(carry, inputs):
-      grad_sum, model_state, loss_sum, correct_sum, group_sq_sum = carry
-      xj, yj, j = inputs
+      grad_sum, model_state, loss_sum, stat_sums, group_sums = carry
+      batch_j, j = inputs
       key_j = jax.random.fold_in(key, device * num_micro + j)
-      grads, model_state, loss, correct = micro_batch(params, model_state, xj, yj, key_j)
+      grads, model_state, loss, stats = micro_batch(params, model_state, batch_j, key_j,
+                                                    weight_scale)
       grad_sum = jax.tree.map(jnp.add, grad_sum, grads)
-      if noise_scale and shape.measure_noise:
-        group_sq_sum = group_sq_sum + _sum_sq(grads, per_leaf_norms)
-      return (grad_sum, model_state, loss_sum + loss, correct_sum + correct,
-              group_sq_sum), None
+      # `+` keeps unweighted counts (Python ints) out of the compiled program.
+      stat_sums = stats if stat_sums is None else jax.tree.map(
+          lambda a, b: a + b, stat_sums, stats)
+      if measuring:
+        group_sums = {probe.name: jax.tree.map(jnp.add, group_sums[probe.name],
+                                               probe.per_group(grads, sq_norm))
+                      for probe in probes}
+      return (grad_sum, model_state, loss_sum + loss, stat_sums, group_sums), None
 
-    carry = (jax.tree.map(jnp.zeros_like, params), model_state, zero,
-             jnp.zeros((), jnp.int32), zero)
+    group_zeros = {}
+    if measuring:
+      group_zeros = {probe.name: jax.tree.map(
+          lambda a: jnp.zeros(a.shape, a.dtype),
+          jax.eval_shape(lambda g, p=probe: p.per_group(g, sq_norm), params)) for probe in probes}
+    batch_0 = jax.tree.map(lambda a: a[0], micro)
     if shape.accumulation == 'scan' and num_micro > 1:
+      stat_zeros = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), jax.eval_shape(
+          lambda: micro_batch(params, model_state, batch_0, key, weight_scale)[3]))
       # Everything the loop accumulates differs per device ('varying' in shard_map).
-      carry = as_varying(carry)
-      carry, _ = jax.lax.scan(body, carry, (xs, ys, jnp.arange(num_micro)))
-    else:  # straight-line code: XLA:CPU runs loop bodies 5-30x slower (MEASURED.md)
+      carry = as_varying((jax.tree.map(jnp.zeros_like, params), model_state, zero,
+                          stat_zeros, group_zeros))
+      carry, _ = jax.lax.scan(body, carry, (micro, jnp.arange(num_micro)))
+    else:  # straight-line code: XLA:CPU runs loop bodies 5-30x slower (docs/performance.md)
+      carry = (jax.tree.map(jnp.zeros_like, params), model_state, zero, None, group_zeros)
       for j in range(num_micro):
-        xj = xs[j] if j == 0 else _after(xs[j], carry[0])
-        carry, _ = body(carry, (xj, ys[j], j))
-    grad_sum, model_state, loss_sum, correct_sum, group_sq_sum = carry
+        batch_j = jax.tree.map(lambda a: a[j], micro)
+        if j > 0:
+          batch_j = {**batch_j, 'inputs': _after(batch_j['inputs'], carry[0])}
+        carry, _ = body(carry, (batch_j, j))
+    grad_sum, model_state, loss_sum, stat_sums, group_sums = carry
     grads = jax.tree.map(lambda g: psum(g) / num_groups, grad_sum)
     # Ghost BatchNorm statistics differ per device; global BN ones already agree.
     model_state = jax.tree.map(lambda v: psum(v) / num_devices, model_state)
     stats = {'loss': psum(loss_sum) / num_groups,
-             'accuracy': psum(correct_sum).astype(jnp.float32) / (x.shape[0] * num_devices),
-             'mean_group_sq_norm': psum(group_sq_sum) / num_groups}
+             'sums': {k: total(v) for k, v in stat_sums.items()},
+             'group_means': jax.tree.map(lambda v: psum(v) / num_groups, group_sums)}
     return grads, model_state, stats
 
   if not sharded:
     return local
-  return jax.shard_map(local, mesh=mesh,
-                       in_specs=(P(), P(), P(DATA_AXIS), P(DATA_AXIS), P()),
+  return jax.shard_map(local, mesh=mesh, in_specs=(P(), P(), P(DATA_AXIS), P()),
                        out_specs=(P(), P(), P()))
 
 
-def make_update(model, optimizer, lr_schedule: Callable, shape: StepShape, mesh: Mesh, *,
-                noise_scale: bool, noise_scale_ema: float, data_seed: int,
-                augment: Callable | None, packed: bool = False):
-  """The pure update (state, arranged global batch x, y) -> (state, metrics).
+def trial_hyperparameters(learning_rate_scale: float, momentum: float, data_seed: int):
+  """The per-trial inputs of the step, as one float32 vector (one buffer)."""
+  if not 0 <= data_seed < 2**24:
+    raise ValueError(f'train.data_seed={data_seed}: must be in [0, 2^24) (exact in float32)')
+  return np.asarray([learning_rate_scale, momentum, data_seed], np.float32)
 
-  `x` rows must be in `device_major_arrangement` order (see example_order);
+
+@dataclasses.dataclass(frozen=True)
+class StepParts:
+  """What the step closes over: model, task, probes, the optimizer's config and LR schedule."""
+  model: Any
+  task: Task
+  optim: OptimConfig
+  lr_schedule: Callable          # examples seen -> LR at the reference peak
+  augment: Callable | None = None
+  probes: tuple = ()
+
+
+def make_update(parts: StepParts, shape: StepShape, mesh: Mesh, *, packed: bool = False):
+  """The pure update (state, hyper, arranged global batch) -> (state, metrics).
+
+  Batch rows must be in `device_major_arrangement` order (see example_order);
   `metrics` is a float32 vector whose entries are named by `step_metric_names`.
-  packed: the update will be vmapped over trials (packed.py).
+  packed: the update will be vmapped over trials.
   """
-  gradients = _sharded_gradients(model, shape, mesh, noise_scale, per_leaf_norms=packed)
+  gradients = _sharded_gradients(parts.model, parts.task, parts.probes, shape, mesh,
+                                 per_leaf_norms=packed)
   arrangement = device_major_arrangement(shape.batch_size, mesh.devices.size,
                                          shape.num_micro_batches)
-  data_key = jax.random.key(data_seed)
-  augment_key, dropout_key = jax.random.fold_in(data_key, 1), jax.random.fold_in(data_key, 2)
+  measuring = bool(parts.probes) and shape.measure_noise
+  names = metric_names(parts.task, parts.probes)
+  positions = np.array([names.index(n) for n in step_metric_names(parts.task, parts.probes,
+                                                                   measuring)])
 
-  def update(state: TrainState, x, y):
-    if augment is not None:
+  def update(state: TrainState, hyper, batch: Mapping[str, jax.Array]):
+    optimizer = build_optimizer(dataclasses.replace(parts.optim, momentum=hyper[1]))
+    data_key = jax.random.key(hyper[2].astype(jnp.int32))
+    augment_key, dropout_key = jax.random.fold_in(data_key, 1), jax.random.fold_in(data_key, 2)
+    batch = dict(batch)
+    if parts.augment is not None:
       # One key per stream position: augmentation does not depend on the device count.
-      positions = state.examples_seen + jnp.asarray(arrangement)
-      keys = jax.vmap(lambda p: jax.random.fold_in(augment_key, p))(positions)
-      x = jax.vmap(lambda k, xi: augment(k, xi[None])[0])(keys, x)
+      stream_positions = state.examples_seen + jnp.asarray(arrangement)
+      keys = jax.vmap(lambda p: jax.random.fold_in(augment_key, p))(stream_positions)
+      batch['inputs'] = jax.vmap(lambda k, xi: parts.augment(k, xi[None])[0])(
+          keys, batch['inputs'])
     step_key = jax.random.fold_in(dropout_key, state.step)
-    grads, model_state, stats = gradients(state.params, state.model_state, x, y, step_key)
-    learning_rate = lr_schedule(state.examples_seen)
+    grads, model_state, stats = gradients(state.params, state.model_state, batch, step_key)
+    learning_rate = hyper[0] * parts.lr_schedule(state.examples_seen)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params, learning_rate)
     params = optax.apply_updates(state.params, updates)
-    grad_sq = _sum_sq(grads, packed)
-    metrics = [stats['loss'], stats['accuracy'], jnp.sqrt(grad_sq),
-               jnp.sqrt(_sum_sq(updates, packed)), jnp.sqrt(_sum_sq(params, packed)),
-               learning_rate, 1.0]
-    noise_state = state.noise_scale
-    measuring = noise_scale and shape.measure_noise
+    grad_sq = sum_sq(grads, packed)
+    reported = {**parts.task.finalize(stats['sums'] | {'loss': 0.0}), 'loss': stats['loss']}
+    metrics = [reported[n] for n in train_metric_names(parts.task)]
+    metrics += [jnp.sqrt(grad_sq), jnp.sqrt(sum_sq(updates, packed)),
+                jnp.sqrt(sum_sq(params, packed)), learning_rate, 1.0]
+    probe_states = state.probes
     if measuring:
       num_groups = mesh.devices.size * shape.num_micro_batches
-      grad_sq_estimate, trace_estimate = noise_scale_lib.group_estimates(
-          stats['mean_group_sq_norm'], grad_sq, shape.batch_size // num_groups, num_groups)
-      metrics += [grad_sq_estimate, trace_estimate, 1.0]
-      noise_state = noise_scale_lib.update(noise_state, grad_sq_estimate, trace_estimate,
-                                           noise_scale_ema)
+      seen = GroupGradients(grads=grads, group_means=stats['group_means'], grad_sq_norm=grad_sq,
+                            num_groups=num_groups, group_size=shape.batch_size // num_groups,
+                            params=state.params, updates=updates)
+      probe_states = dict(state.probes)
+      for probe in parts.probes:
+        probe_states[probe.name], values = probe.update(state.probes[probe.name], seen)
+        metrics += [values[m] for m in probe.metrics]
+      metrics.append(1.0)
     metrics = jnp.stack([jnp.asarray(m, jnp.float32) for m in metrics])
     # Scattered into the sums by name: padding the vector with zeros for the entries a
     # step does not measure, or two adjacent constants, become an input-free broadcast in
     # the compiled program, which makes XLA:CPU run the step's thunks concurrently
     # (~30 us more per step at B = 2).
-    names = metric_names(noise_scale)
-    positions = np.array([names.index(n) for n in step_metric_names(measuring)])
     metric_sums = state.metric_sums.at[positions].add(metrics)
     new_state = TrainState(
         counters=state.counters + jnp.array([1, shape.batch_size], jnp.int32),
         params=params, model_state=model_state, opt_state=opt_state,
-        noise_scale=noise_state, metric_sums=metric_sums)
+        probes=probe_states, metric_sums=metric_sums)
     return new_state, metrics
 
   return update, arrangement
 
 
 def sliced(update, arrangement, mesh: Mesh, packed: bool = False):
-  """update(state, ..., x, y) -> step(state, ..., window_x, window_y, window_start): the
-  batch is the slice of the device's order window (feed.DeviceFeed) at this step.
+  """update(state, hyper, batch) -> step(state, hyper, window, window_start): the batch is the
+  slice of the device's order window (feed.DeviceFeed) at this step.
 
   packed: `update` is vmapped over K trials whose windows are stacked; they share their
   stream position, so one slice serves all (a vmapped slice would be a gather).
@@ -309,71 +377,46 @@ def sliced(update, arrangement, mesh: Mesh, packed: bool = False):
   axis = 1 if packed else 0
   sharding = NamedSharding(mesh, P(*(None,) * axis, DATA_AXIS))
 
-  def step(state, *args):
-    *leading, window_x, window_y, window_start = args
+  def step(state, hyper, window, window_start):
     examples_seen = state.counters[..., 1]
     offset = (examples_seen[0] if packed else examples_seen) - window_start
-    x = jax.lax.dynamic_slice_in_dim(window_x, offset, len(arrangement), axis=axis)
-    y = jax.lax.dynamic_slice_in_dim(window_y, offset, len(arrangement), axis=axis)
-    if not identity:  # several devices or micro-batches: see device_major_arrangement
-      x, y = jnp.take(x, arrangement, axis=axis), jnp.take(y, arrangement, axis=axis)
-    x = jax.lax.with_sharding_constraint(x, sharding)
-    y = jax.lax.with_sharding_constraint(y, sharding)
-    return update(state, *leading, x, y)
+
+    def take(rows):
+      rows = jax.lax.dynamic_slice_in_dim(rows, offset, len(arrangement), axis=axis)
+      if not identity:  # several devices or micro-batches: see device_major_arrangement
+        rows = jnp.take(rows, arrangement, axis=axis)
+      return jax.lax.with_sharding_constraint(rows, sharding)
+    return update(state, hyper, jax.tree.map(take, window))
   return step
 
 
-def make_train_step(model, optimizer, lr_schedule, shape: StepShape, mesh: Mesh, *,
-                    on_device_data: bool, **options):
-  """Jitted step; `on_device_data` slices the batch from device-resident arrays.
+def make_step(parts: StepParts, shape: StepShape, mesh: Mesh, *, on_device_data: bool,
+              packed: bool = False):
+  """The jitted train step, the one program every caller compiles.
 
-  On device: step(state, window_x, window_y, window_start), the training rows in the
-  order of the example-order window holding this step (feed.DeviceFeed).
-  Otherwise: step(state, x, y) with x, y already arranged and batch-sharded.
+  On device: step(state, hyper, window, window_start), the training rows in the order of
+  the example-order window holding this step (feed.DeviceFeed). Otherwise:
+  step(state, hyper, batch) with the batch already arranged and batch-sharded.
+  packed: over stacked states, hyperparameters and windows of K trials (jax.vmap).
   """
-  update, arrangement = make_update(model, optimizer, lr_schedule, shape, mesh, **options)
+  update, arrangement = make_update(parts, shape, mesh, packed=packed)
+  if packed:
+    update = jax.vmap(update)
   if on_device_data:
-    update = sliced(update, arrangement, mesh)
+    update = sliced(update, arrangement, mesh, packed=packed)
   return jax.jit(update, donate_argnums=0)
 
 
-def trial_hyperparameters(learning_rate_scale: float, momentum: float, data_seed: int):
-  """The per-trial inputs of `make_trial_update`, as one float32 vector (one buffer)."""
-  if not 0 <= data_seed < 2**24:
-    raise ValueError(f'train.data_seed={data_seed}: must be in [0, 2^24) (exact in float32)')
-  return np.asarray([learning_rate_scale, momentum, data_seed], np.float32)
-
-
-def make_trial_update(model, optim_config, lr_schedule, shape: StepShape, mesh: Mesh, *,
-                      noise_scale: bool, noise_scale_ema: float, augment: Callable | None,
-                      packed: bool = False):
-  """update(state, hyper, x, y) for every trial that differs only in peak learning rate,
-  momentum and data seed, given as `hyper` (see trial_hyperparameters): one compiled
-  program then serves a whole sweep, and vmapping it packs trials (packed.py)."""
-  import dataclasses  # pylint: disable=import-outside-toplevel
-  from mbx.optim import build_optimizer  # pylint: disable=import-outside-toplevel
-
-  def update(state, hyper, x, y):
-    optimizer = build_optimizer(dataclasses.replace(optim_config, momentum=hyper[1]))
-    schedule = lambda examples: hyper[0] * lr_schedule(examples)
-    trial_update, _ = make_update(model, optimizer, schedule, shape, mesh,
-                                  noise_scale=noise_scale, noise_scale_ema=noise_scale_ema,
-                                  data_seed=hyper[2].astype(jnp.int32), augment=augment,
-                                  packed=packed)
-    return trial_update(state, x, y)
-
-  arrangement = device_major_arrangement(shape.batch_size, mesh.devices.size,
-                                         shape.num_micro_batches)
-  return update, arrangement
-
-
-def make_eval_step(model):
-  """Sums of loss and correct predictions over a padded batch (mask = real rows)."""
+def make_eval_step(model, task: Task):
+  """The task's sums over a padded batch (mask = real rows), and the number of real rows."""
   @jax.jit
-  def eval_step(params, model_state, x, y, mask):
-    logits, _ = apply_model(model, params, model_state, x, train=False)
+  def eval_step(params, model_state, batch, mask):
+    outputs, _ = apply_model(model, params, model_state, batch['inputs'], train=False)
     mask = mask.astype(jnp.float32)
-    return {'loss_sum': jnp.sum(cross_entropy(logits, y) * mask),
-            'correct': jnp.sum((jnp.argmax(logits, -1) == y) * mask),
-            'count': jnp.sum(mask)}
+    weights = batch.get('weights')
+    if weights is not None:
+      weights = weights.astype(jnp.float32) * mask.reshape(
+          mask.shape + (1,) * (weights.ndim - mask.ndim))
+    sums = task.sums(outputs, batch, mask if weights is None else weights)
+    return {**sums, 'examples': jnp.sum(mask)}
   return eval_step

@@ -1,0 +1,183 @@
+"""A config resolved into what training needs: dataset, model, task and probes, checked together.
+
+    workload = resolve(config)                                  # names and import paths
+    workload = resolve(config, data=ArrayDataset(...), model=MyModule(hidden=64))  # from Python
+
+Every name is resolved and every combination checked here, before anything compiles: the
+dataset has the splits asked for, the model's options fit its fields, the model's output (traced
+with jax.eval_shape, not compiled) fits the task's targets, the target metric is one the task
+reports. `workload.config` is the resolved config that a run records in config.json: the model
+as an import path with its `num_classes`, so any later process rebuilds the same model.
+"""
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mbx import config as config_lib
+from mbx import data as data_lib
+from mbx import models as models_lib
+from mbx import registry
+from mbx.tasks import Task, resolve_task
+from mbx.training.noise_scale import NoiseScaleProbe
+from mbx.training.probes import check_probes, resolve_probe
+from mbx.training.step import batch_norm_axis_name
+
+IN_MEMORY_PREFIX = 'in-memory:'
+
+
+@dataclasses.dataclass(frozen=True)
+class Workload:
+  config: config_lib.Config     # resolved; what config.json records
+  dataset: Any                  # mbx.data.Dataset
+  info: data_lib.DatasetInfo
+  task: Task
+  probes: tuple                 # in-step probes (the noise scale first, when on)
+  module: nn.Module | None = None  # a module instance given from Python, else built by name
+
+  def model(self, mesh=None, *, float32: bool = False) -> nn.Module:
+    """The model for a step over `mesh` (BatchNorm's axis), in model.dtype or float32."""
+    m = self.config.model
+    dtype = jnp.float32 if float32 else jnp.dtype(m.dtype)
+    axis = batch_norm_axis_name(mesh) if mesh is not None else None
+    if self.module is not None:
+      replace = {k: v for k, v in (('dtype', dtype), ('batch_norm_axis_name', axis))
+                 if hasattr(self.module, k)}
+      return self.module.clone(**replace) if replace else self.module
+    return models_lib.build_model(m.name, options=m.options, dtype=dtype,
+                                  batch_norm_axis_name=axis)
+
+  @property
+  def train_split(self) -> str:
+    return self.config.data.train_split
+
+  @property
+  def eval_split(self) -> str:
+    return self.config.data.eval_split or self.info.eval_split
+
+  @property
+  def probe_groups(self) -> int:
+    """The most gradient groups a probe needs (0: no probes)."""
+    return max((p.min_groups for p in self.probes), default=0)
+
+  @property
+  def batch_granule(self) -> int:
+    """Per-device micro-batches must be multiples of this: ghost BN's virtual batch, else 1."""
+    model = self.model()
+    if getattr(model, 'norm', None) == 'ghost':
+      return int(model.ghost_batch_size)
+    return 1
+
+  def augment(self):
+    return self.dataset.augment() if self.config.data.augment else None
+
+  def sample_inputs(self, batch: int = 1) -> jax.Array:
+    shape, dtype = self.info.element_spec['inputs']
+    return jnp.zeros((batch, *shape), jnp.dtype(dtype))
+
+  def batch_spec(self, batch: int, sharding=None) -> dict[str, jax.ShapeDtypeStruct]:
+    """Abstract arrays of a batch of `batch` examples, as the feeds deliver them."""
+    return {key: jax.ShapeDtypeStruct((batch, *shape), jnp.dtype(dtype), sharding=sharding)
+            for key, (shape, dtype) in self.info.element_spec.items()}
+
+
+def _error(error: Exception) -> config_lib.ConfigError:
+  return config_lib.ConfigError(str(error).splitlines()[0] if str(error) else repr(error))
+
+
+def _resolve_model(config: config_lib.Config, info, module):
+  """(resolved ModelConfig, module or None)."""
+  m = config.model
+  if module is not None:
+    if not isinstance(module, nn.Module):
+      raise ValueError(f'model={module!r}: expected a flax.linen.Module instance')
+    name, options = models_lib.describe_module(module)
+    if 'num_classes' in options and info.num_classes is not None and \
+        options['num_classes'] != info.num_classes:
+      raise ValueError(f'model.num_classes={options["num_classes"]}: the dataset has '
+                       f'{info.num_classes} classes')
+    return dataclasses.replace(m, name=name, options=options), module
+  options = models_lib.resolve_options(m.name, m.options, info.num_classes)
+  name = m.name
+  if registry.is_import_path(name) and name.partition(':')[0].endswith('.py'):
+    # A file path resolves from any working directory once absolute.
+    file, _, attribute = name.rpartition(':')
+    name = f'{pathlib.Path(file).expanduser().resolve()}:{attribute}'
+  return dataclasses.replace(m, name=name, options=options), None
+
+
+def _check_outputs(workload: Workload) -> None:
+  """Traces (never compiles) the model on a batch of 2 and lets the task check its output."""
+  model = workload.model()
+  sample = workload.sample_inputs(2)
+  takes_train = models_lib.call_takes_train(model)
+  kwargs = {'train': False} if takes_train else {}
+  try:
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), sample, **kwargs))
+    outputs = jax.eval_shape(lambda v: model.apply(v, sample, **kwargs), variables)
+  except Exception as error:  # pylint: disable=broad-except
+    raise ValueError(f'model.name={workload.config.model.name!r}: applying it to inputs of '
+                     f'shape {tuple(sample.shape[1:])} ({sample.dtype}) per example failed: '
+                     f'{type(error).__name__}: {str(error).splitlines()[0]}') from None
+  if not isinstance(outputs, jax.ShapeDtypeStruct):
+    raise ValueError(f'model.name={workload.config.model.name!r}: returns '
+                     f'{type(outputs).__name__}, expected one array of outputs')
+  workload.task.check(outputs, workload.info)
+
+
+def _check_target(config: config_lib.Config, task: Task) -> None:
+  t = config.train
+  if t.target_metric is None:
+    return
+  prefix, _, metric = t.target_metric.partition('_')
+  allowed = [f'{p}_{m}' for p in ('eval', 'train') for m in task.metrics]
+  if metric not in task.metrics:
+    raise ValueError(f'train.target_metric={t.target_metric!r}: not a metric of task '
+                     f'{config.task.name!r}; allowed: {", ".join(allowed)}')
+  if prefix == 'train' and not t.eval_on_train:
+    raise ValueError(f'train.target_metric={t.target_metric!r}: train_* targets need '
+                     'train.eval_on_train=true')
+
+
+def resolve(config: config_lib.Config, *, data=None, model: nn.Module | None = None) -> Workload:
+  """The workload of `config`; ConfigError (one line, naming the field) on any mismatch.
+
+  data: an mbx.data.ArrayDataset (or Dataset) instead of `data.name`; the run then records
+  data.name='in-memory:<name>', which a later process cannot load again.
+  model: a flax.linen.Module instance instead of `model.name`; recorded by its import path.
+  """
+  config_lib.validate(config)
+  if data is None and config.data.name.startswith(IN_MEMORY_PREFIX):
+    raise config_lib.ConfigError(
+        f'data.name={config.data.name!r}: this run\'s data were given from Python '
+        '(mbx.train(config, data=...)); pass them again with data=..., or name a function '
+        'that returns them: data.name=package.module:function')
+  try:
+    dataset = data_lib.resolve_dataset(config.data, data)
+    info = dataset.info()
+    dataset.check_split(config.data.train_split, 'data.train_split')
+    if config.data.eval_split is not None:
+      dataset.check_split(config.data.eval_split, 'data.eval_split')
+    task = resolve_task(config.task.name, config.task.options)
+    model_config, module = _resolve_model(config, info, model)
+    probes = ((NoiseScaleProbe(config.train.noise_scale_ema),) if config.train.noise_scale
+              else ()) + tuple(resolve_probe(path) for path in config.train.probes)
+    check_probes(probes)
+    data_config = config.data
+    if data is not None:
+      data_config = dataclasses.replace(data_config, name=IN_MEMORY_PREFIX + dataset.name)
+    resolved = dataclasses.replace(config, data=data_config, model=model_config)
+    workload = Workload(config=resolved, dataset=dataset, info=info, task=task,
+                        probes=probes, module=module)
+    _check_outputs(workload)
+    _check_target(resolved, task)
+  except config_lib.ConfigError:
+    raise
+  except (ValueError, FileNotFoundError) as error:  # DatasetNotPreparedError is one
+    raise _error(error) from None
+  return workload
