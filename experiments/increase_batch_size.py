@@ -303,7 +303,7 @@ def interpretation(facts: dict) -> list[str]:
       f'{long["decay"]["train_time"]:.1f} s with decaying LR (whole runs '
       f'{long["inc"]["wall_time"]:.1f} s against {long["decay"]["wall_time"]:.1f} s, with one '
       'compile per batch size): on one CPU a larger batch only uses the cores a little better '
-      '(MEASURED.md), so the time saved is far less than the 2.7× fewer updates. Smith et '
+      '(docs/performance.md), so the time saved is far less than the 2.7× fewer updates. Smith et '
       'al.\'s speed-up needs the larger batches spread over more devices, where the time of a '
       'step does not grow with B.',
   ]

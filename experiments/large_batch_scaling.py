@@ -307,7 +307,7 @@ def interpretation(table, sweep, best, batch_sizes) -> list[str]:
       'for any rule at a fixed epoch budget: the regime beyond the critical batch size, where '
       'steps, not epochs, limit training (Shallue et al. 2019; McCandlish et al. 2018).',
       f'- **LARS fails here for a reason specific to this network.** mbx, like the reference '
-      'implementations and SCIENCE.md §5, exempts biases and norm parameters from the LARS '
+      'implementations and docs/science.md §13, exempts biases and norm parameters from the LARS '
       'trust ratio, so they are updated with the raw global LR, which linear scaling makes '
       f'large ({row("LARS, linear + warmup", mid).peak_lr:.3g} at B = {mid}). In a ResNet every '
       'bias-free convolution is followed by BatchNorm and that is harmless; this CNN has a '
