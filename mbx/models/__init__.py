@@ -22,6 +22,7 @@ from mbx.models.batch_norm import NORMS, GhostBatchNorm
 from mbx.models.cnn import CNN1D, CNN2D
 from mbx.models.mlp import MLP
 from mbx.models.resnet import CifarResNet18, ImageNetResNet50
+from mbx.models.transformer import POSITIONS, Transformer
 from mbx.models.vit import ViT
 from mbx.models.wide_resnet import WideResNet
 
@@ -33,6 +34,7 @@ _MODELS: dict[str, type[nn.Module]] = {
     'resnet50': ImageNetResNet50,
     'wrn16_4': WideResNet,
     'vit': ViT,
+    'transformer': Transformer,
 }
 MODEL_NAMES: tuple[str, ...] = tuple(_MODELS)
 
@@ -40,13 +42,13 @@ MODEL_NAMES: tuple[str, ...] = tuple(_MODELS)
 # output size is not the dataset's class count, e.g. regression).
 FILLED_FIELDS = ('num_classes', 'dtype', 'batch_norm_axis_name')
 _HIDDEN_FIELDS = ('parent', 'name')
-_CHOICES = {'norm': NORMS, 'pool': ('cls', 'gap')}
+_CHOICES = {'norm': NORMS, 'pool': ('cls', 'gap'), 'positions': POSITIONS}
 
 __all__ = ['MODEL_NAMES', 'GhostBatchNorm', 'build_model', 'call_takes_train', 'describe_module',
            'has_batch_norm', 'model_fields', 'model_options', 'resolve_options']
 
 
-def _target(name: str) -> Callable:
+def model_target(name: str) -> Callable:
   """The class or factory `model.name` names."""
   target = registry.resolve(name, _MODELS, 'model.name', 'Module')
   if isinstance(target, type) and issubclass(target, nn.Module):
@@ -59,7 +61,7 @@ def _target(name: str) -> Callable:
 
 def model_fields(name: str) -> dict[str, Any]:
   """The keyword arguments model `name` takes, with defaults (inspect.Parameter.empty if none)."""
-  target = _target(name)
+  target = model_target(name)
   if isinstance(target, type):
     return {f.name: (f.default if f.default is not dataclasses.MISSING else inspect.Parameter.empty)
             for f in dataclasses.fields(target) if f.name not in _HIDDEN_FIELDS and f.init}
@@ -118,6 +120,9 @@ def validate_model(name: str, options: Mapping[str, object]) -> None:
   if name == 'vit' and merged['hidden'] % merged['num_heads']:
     raise ValueError(f'model.options.hidden={merged["hidden"]!r} must be divisible by '
                      f'model.options.num_heads={merged["num_heads"]!r}')
+  if name == 'transformer' and merged['width'] % merged['num_heads']:
+    raise ValueError(f'model.options.width={merged["width"]!r} must be divisible by '
+                     f'model.options.num_heads={merged["num_heads"]!r}')
 
 
 def resolve_options(name: str, options: Mapping[str, object],
@@ -151,7 +156,7 @@ def build_model(name: str, *, options: Mapping[str, object] = {}, num_classes: i
   if 'batch_norm_axis_name' in fields:
     kwargs['batch_norm_axis_name'] = batch_norm_axis_name
   try:
-    module = _target(name)(**kwargs)
+    module = model_target(name)(**kwargs)
   except Exception as error:  # pylint: disable=broad-except
     raise ValueError(f'model.name={name!r}: building it with {kwargs} failed: '
                      f'{type(error).__name__}: {error}') from None
