@@ -10,7 +10,8 @@ command -- `mbx analyze ...`, `mbx.load_run(dir).params()`, a sweep's trials -- 
 model and data in a fresh process. Nothing here touches a private name of mbx.
 
 The problem: classify which of 4 frequencies a noisy sine wave of 64 samples has (phase and
-amplitude random). The model: a two-layer MLP with dropout, written as plain Flax.
+amplitude random) under Gaussian noise of 1.5 x the signal's scale; the MLP reaches ~88% test
+accuracy in 1500 steps. The model: a two-layer MLP with dropout, written as plain Flax.
 """
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ class NoisyMLP(nn.Module):
 
 
 def noisy_sines(num_train: int = 2000, num_test: int = 500, length: int = 64,
-                noise: float = 0.8, seed: int = 0) -> mbx.ArrayDataset:
+                noise: float = 1.5, seed: int = 0) -> mbx.ArrayDataset:
   """Sine waves of 4 frequencies, random phase and amplitude, plus Gaussian noise."""
   rng = np.random.default_rng(seed)
   n = num_train + num_test
@@ -97,7 +98,8 @@ def main() -> None:
   args = parser.parse_args()
   out = pathlib.Path(args.out)
   train_overrides = ['train.duration=300 steps'] if args.quick else []
-  sweep_overrides = ['sweep.batch_sizes=16,128', 'sweep.target_value=0.6'] if args.quick else []
+  sweep_overrides = (['sweep.batch_sizes=8,32,128', 'sweep.target_value=0.75'] if args.quick
+                     else [])
   mbx_command('train', '--config', str(THIS_FILE), '--workdir', str(out / 'run'), '--quiet',
               *train_overrides)
   mbx_command('sweep', '--config', str(THIS_FILE), '--sweep-dir', str(out / 'sweep'),

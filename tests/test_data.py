@@ -27,7 +27,7 @@ from mbx.data import augment
 from mbx.data import preprocess
 from mbx.data import sources
 from mbx.data import resolve_dataset
-from tests import user_datasets
+import user_datasets
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 TF_INSTALLED = sources.tensorflow_available()
@@ -598,7 +598,7 @@ def tiny_dir(tmp_path_factory):
 
 
 @pytest.mark.parametrize("name", [
-    "tests.user_datasets:TinyBuilder", "tests/user_datasets.py:TinyBuilder"])
+    "user_datasets:TinyBuilder", "tests/user_datasets.py:TinyBuilder"])
 def test_user_tfds_builder_by_import_path(tiny_dir, name):
   dataset = resolve_dataset(DataConfig(name=name, data_dir=str(tiny_dir)))
   assert isinstance(dataset, data.TfdsDataset)
@@ -628,18 +628,18 @@ def test_user_tfds_builder_by_import_path(tiny_dir, name):
 
 
 def test_user_builder_is_prepared_locally_on_first_use(tmp_path):
-  dataset = resolve_dataset(DataConfig(name="tests.user_datasets:TinyBuilder",
+  dataset = resolve_dataset(DataConfig(name="user_datasets:TinyBuilder",
                                        data_dir=str(tmp_path)))
   assert dataset.num_examples("test") == 50  # prepared here, download=False
   assert (tmp_path / "tiny_builder" / "1.0.0" / "dataset_info.json").exists()
   with pytest.raises(ValueError, match=r"data\.name=.*supervised_keys"):
-    resolve_dataset(DataConfig(name="tests.user_datasets:NoSupervisedKeys",
+    resolve_dataset(DataConfig(name="user_datasets:NoSupervisedKeys",
                                data_dir=str(tmp_path))).info()
   assert not (tmp_path / "no_supervised_keys").exists()  # refused before preparing
 
 
 def test_function_import_path_returns_array_dataset():
-  config = DataConfig(name="tests.user_datasets:make_regression", options={"n": 100})
+  config = DataConfig(name="user_datasets:make_regression", options={"n": 100})
   dataset = resolve_dataset(config)
   assert isinstance(dataset, data.ArrayDataset)
   info = dataset.info()
@@ -650,25 +650,25 @@ def test_function_import_path_returns_array_dataset():
   for key in ("inputs", "targets"):
     np.testing.assert_array_equal(dataset.arrays("train")[key], expected[key])
   _one_line_value_error(
-      lambda: resolve_dataset(DataConfig(name="tests.user_datasets:make_regression",
+      lambda: resolve_dataset(DataConfig(name="user_datasets:make_regression",
                                          options={"m": 1})),
       "data.options={'m': 1}", "make_regression", "'m'")
   _one_line_value_error(
-      lambda: resolve_dataset(DataConfig(name="tests.user_datasets:TinyBuilder",
+      lambda: resolve_dataset(DataConfig(name="user_datasets:TinyBuilder",
                                          options={"size": 1})),
       "data.options={'size': 1}", "TinyBuilder")
   _one_line_value_error(
-      lambda: resolve_dataset(DataConfig(name="tests.user_datasets:not_a_dataset")),
-      "data.name='tests.user_datasets:not_a_dataset'", "returned dict",
+      lambda: resolve_dataset(DataConfig(name="user_datasets:not_a_dataset")),
+      "data.name='user_datasets:not_a_dataset'", "returned dict",
       "mbx.data.ArrayDataset")
 
 
 def test_preprocess_import_path(tiny_dir):
-  base = resolve_dataset(DataConfig(name="tests.user_datasets:TinyBuilder",
+  base = resolve_dataset(DataConfig(name="user_datasets:TinyBuilder",
                                     data_dir=str(tiny_dir)))
   dataset = resolve_dataset(DataConfig(
-      name="tests.user_datasets:TinyBuilder", data_dir=str(tiny_dir),
-      preprocess="tests.user_datasets:scale_inputs"))
+      name="user_datasets:TinyBuilder", data_dir=str(tiny_dir),
+      preprocess="user_datasets:scale_inputs"))
   assert dataset.info().element_spec == {
       "inputs": ((8,), "float32"), "targets": ((), "int32"), "weights": ((), "float32")}
   assert dataset.info().num_classes == 3
@@ -681,13 +681,13 @@ def test_preprocess_import_path(tiny_dir):
   assert row["weights"] == 1.0
   # A Dataset object passed in, preprocessed the same way.
   own = data.ArrayDataset({"train": (np.arange(6.0).reshape(3, 2), np.array([0, 1, 1]))})
-  scaled = resolve_dataset(DataConfig(preprocess="tests.user_datasets:scale_inputs"), own)
+  scaled = resolve_dataset(DataConfig(preprocess="user_datasets:scale_inputs"), own)
   np.testing.assert_array_equal(scaled.arrays("train")["inputs"],
                                 2 * np.arange(6.0).reshape(3, 2))
   assert resolve_dataset(DataConfig(), own) is own
   _one_line_value_error(
-      lambda: resolve_dataset(DataConfig(preprocess="tests.user_datasets:nope"), own),
-      "data.preprocess='tests.user_datasets:nope'")
+      lambda: resolve_dataset(DataConfig(preprocess="user_datasets:nope"), own),
+      "data.preprocess='user_datasets:nope'")
   _one_line_value_error(lambda: resolve_dataset(DataConfig(), object()), "dataset=",
                         "mbx.data.Dataset")
 
@@ -700,8 +700,8 @@ def test_resolve_errors_name_the_field(tmp_path):
   _one_line_value_error(lambda: resolve_dataset(DataConfig(name="mnist", options={"a": 1})),
                         "data.options=")
   _one_line_value_error(
-      lambda: resolve_dataset(DataConfig(name="tests.user_datasets:TINY_SIZES")),
-      "data.name='tests.user_datasets:TINY_SIZES'", "tfds.core.DatasetBuilder")
+      lambda: resolve_dataset(DataConfig(name="user_datasets:TINY_SIZES")),
+      "data.name='user_datasets:TINY_SIZES'", "tfds.core.DatasetBuilder")
   _one_line_value_error(lambda: resolve_dataset(DataConfig(name="no_such_module:Builder")),
                         "data.name='no_such_module:Builder'")
   _one_line_value_error(lambda: resolve_dataset(DataConfig(name="tests/nope.py:Builder")),

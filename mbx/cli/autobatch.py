@@ -13,7 +13,8 @@ def add_parser(subparsers) -> None:
   parser.add_argument('--budget', default=None,
                       help='bytes per device, e.g. 2GiB; required on CPU (default: '
                       'train.autobatch_budget, else --memory-fraction of the device memory)')
-  parser.add_argument('--memory-fraction', type=float, default=autobatch_lib.DEFAULT_MEMORY_FRACTION,
+  parser.add_argument('--memory-fraction', type=float,
+                      default=autobatch_lib.DEFAULT_MEMORY_FRACTION,
                       help='of the allocator limit, on GPU/TPU (default %(default)s)')
   parser.add_argument('--verify-oom', action='store_true',
                       help='GPU/TPU only, untested: also find the real out-of-memory boundary by '
@@ -29,7 +30,8 @@ def _run(args) -> None:
   print(autobatch_lib.autobatch(config, budget, args.memory_fraction).describe())
   if args.verify_oom:
     result = autobatch_lib.verify_oom(config)
-    print(f'\nout-of-memory check on {result["device"]} at 100% of '
-          f'{autobatch_lib.format_bytes(result["budget_bytes"])}: predicted {result["predicted"]}, real '
-          f'{result["real"]} (first OOM at {result["real_first_oom"]}), predicted/real '
+    budget = autobatch_lib.format_bytes(result['budget_bytes'])
+    print(f'\nout-of-memory check on {result["device"]} at 100% of {budget}: predicted '
+          f'{result["predicted"]}, real {result["real"]} (first OOM at '
+          f'{result["real_first_oom"]}), predicted/real '
           f'{result["ratio"]:.3f}\nprobes (per-device batch: ran): {result["probes"]}')

@@ -13,6 +13,7 @@ class Task(Protocol):
 
   metrics: every metric `finalize` reports, mapped to 'min' or 'max' (which way is better);
     'loss' is always one. `train.target_metric` takes 'eval_<name>' or 'train_<name>'.
+    An optional `train_metrics` tuple limits what the train step logs (default: all).
   losses(outputs, batch): per-example (or per-token) losses, float32, the shape of weights.
   sums(outputs, batch, weights): additive statistics over the batch, weighted (weights None:
     all ones), always with 'loss' and 'count' (the summed weight). Summing them over batches,

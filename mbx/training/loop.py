@@ -39,7 +39,7 @@ from mbx.training.records import Run, RunWriter, load_run
 from mbx.training.step import (StepParts, TrainState, init_train_state, make_eval_step,
                                make_mesh, make_step, metric_names, replicated,
                                trial_hyperparameters, zero_metric_sums)
-from mbx.training.workload import Workload, resolve
+from mbx.training.workload import Workload, config_error, resolve
 
 MOMENTUM_OF = {'sgd': lambda o: 0.0, 'momentum': lambda o: o.momentum,
                'nesterov': lambda o: o.momentum, 'lars': lambda o: o.momentum}
@@ -165,13 +165,16 @@ def setup(workload: Workload) -> Setup:
   maybe_initialize_distributed()
   config, mesh = workload.config, make_mesh()
   d = config.data
-  num_train = int(workload.dataset.num_examples(d.train_split))
-  on_device = feed_lib.keeps_data_on_device(d.placement, workload.info.element_spec, num_train)
-  train_rows = source = None
-  if on_device:
-    train_rows = workload.dataset.arrays(d.train_split)
-  else:
-    source = workload.dataset.source(d.train_split)
+  try:  # a dataset that is not prepared is said in one line, before anything is written
+    num_train = int(workload.dataset.num_examples(d.train_split))
+    on_device = feed_lib.keeps_data_on_device(d.placement, workload.info.element_spec, num_train)
+    train_rows = source = None
+    if on_device:
+      train_rows = workload.dataset.arrays(d.train_split)
+    else:
+      source = workload.dataset.source(d.train_split)
+  except (ValueError, FileNotFoundError) as error:
+    raise config_error(error) from None
   # train.micro_batch_size='auto' is resolved from the compiled step's memory analysis;
   # config.json keeps 'auto' so that resuming sees the same config.
   plan_config = resolve_auto_micro_batch(workload, mesh.devices.size,
@@ -184,11 +187,15 @@ def setup(workload: Workload) -> Setup:
                evaluator=Evaluator(workload, parts.model, mesh, on_device))
 
 
-def _branch_from(init_from: str, state: TrainState, s: Setup, config) -> TrainState:
-  """Params, model state and (same optimizer only) optimizer state of another run's checkpoint;
-  step, examples, probes and metric sums start from zero (Merrill et al. 2025's branched runs)."""
+def branch_source(config: config_lib.Config) -> tuple[Run, int]:
+  """The run and checkpoint step that train.init_from names; ConfigError when it cannot be
+  branched from (checked before a new run writes anything)."""
+  init_from = config.train.init_from
   source_dir, step = config_lib.parse_init_from(init_from)
-  source = load_run(source_dir)
+  try:
+    source = load_run(source_dir)
+  except FileNotFoundError as error:
+    raise config_lib.ConfigError(f'train.init_from={init_from!r}: {error}') from None
   steps = source.checkpoint_steps()
   step = steps[-1] if step is None and steps else step
   if step not in steps:
@@ -197,6 +204,13 @@ def _branch_from(init_from: str, state: TrainState, s: Setup, config) -> TrainSt
   if source.config.model != config.model:
     raise config_lib.ConfigError(f'train.init_from={init_from!r}: that run trains a different '
                                  'model; branching needs the same model config')
+  return source, step
+
+
+def _branch_from(state: TrainState, config: config_lib.Config) -> TrainState:
+  """Params, model state and (same optimizer only) optimizer state of another run's checkpoint;
+  step, examples, probes and metric sums start from zero (Merrill et al. 2025's branched runs)."""
+  source, step = branch_source(config)
   put = lambda tree, like: jax.tree.map(lambda a, b: jax.device_put(a, b.sharding), tree, like)
   if source.config.optim.name == config.optim.name:
     # The checkpoint's probe states and metric sums follow the source's probes: restore onto
@@ -205,7 +219,7 @@ def _branch_from(init_from: str, state: TrainState, s: Setup, config) -> TrainSt
     like = state.replace(
         probes={p.name: p.init(state.params) for p in source_workload.probes},
         metric_sums=jnp.asarray(zero_metric_sums(source_workload.task, source_workload.probes)))
-    restored, _ = Checkpoints(pathlib.Path(source_dir) / 'checkpoints', read_only=True).restore(
+    restored, _ = Checkpoints(source.workdir / 'checkpoints', read_only=True).restore(
         step, like)
     return restored.replace(counters=state.counters, probes=state.probes,
                             metric_sums=state.metric_sums)
@@ -234,7 +248,7 @@ class TrialRecorder:
     if latest is not None:
       state, self.meta = self.checkpoints.restore(latest, state)
     elif self.config.train.init_from is not None:
-      state = _branch_from(self.config.train.init_from, state, self.setup, self.config)
+      state = _branch_from(state, self.config)
     # Rows logged after the last checkpoint by a run that died are redone.
     self.writer.truncate_after(latest if latest is not None else -1)
     self.summary = dict(self.meta.get('summary', {}))
@@ -418,6 +432,19 @@ def _slice(tree, index):
   return jax.tree.map(lambda leaf: leaf[index], tree)
 
 
+def _hot_loop(state, hyper, step: int, until: int, position: int, batch: int, feed,
+              on_device: bool, plain_fn, measuring_fn, probe_every: int, sync: bool):
+  """Steps [step, until): nothing here may wait on the device. A function of its own, so that
+  the names it touches are fast locals, not the closure cells of `_run_trials`."""
+  while step < until:
+    args = feed.step_args(position, batch) if on_device else feed.next()
+    state, _ = (plain_fn if step % probe_every else measuring_fn)(state, hyper, *args)
+    if sync:
+      state.counters.block_until_ready()
+    step, position = step + 1, position + batch
+  return state
+
+
 def _run_trials(s: Setup, trials: list[TrialRecorder], state: TrainState, *,
                 quiet: bool) -> int:
   """Trains `trials` from their common position to the end of the plan, or until each has
@@ -468,19 +495,16 @@ def _run_trials(s: Setup, trials: list[TrialRecorder], state: TrainState, *,
       compile_time += time.perf_counter() - tic
       measuring_fn, plain_fn, hyper = step_fns[0][0], step_fns[-1][0], step_fns[0][1]
       probe_every, phase_end = plan.probe_every, plan.next_phase_step(step)
-      next_args = ((lambda: feed.step_args(position, batch)) if s.on_device else feed.next)
       interval_start = time.perf_counter()
       while active:
         next_event = next((e for e in events if e > step), plan.total_steps)
         until = min(next_event, phase_end, (step // progress_every + 1) * progress_every)
-        # ----- the hot loop: nothing here may wait on the device
-        while step < until:
-          state, _ = (plain_fn if step % probe_every else measuring_fn)(state, hyper,
-                                                                        *next_args())
-          if sync_every_step:
-            state.counters.block_until_ready()
-          step, position = step + 1, position + batch
-          interval_steps, interval_examples = interval_steps + 1, interval_examples + batch
+        taken = until - step
+        state = _hot_loop(state, hyper, step, until, position, batch, feed, s.on_device,
+                          plain_fn, measuring_fn, probe_every, sync_every_step)
+        step, position = until, position + taken * batch
+        interval_steps += taken
+        interval_examples += taken * batch
         if progress is not None:
           progress.update(step - progress.n)
         if step == next_event:
@@ -574,6 +598,9 @@ def train_packed(configs: Sequence[config_lib.Config], workdirs: Sequence[str | 
   pending = [i for i, run in enumerate(runs) if run is None]
   if not pending:
     return runs
+  for i in pending:  # before anything is written into a new run directory
+    if configs[i].train.init_from is not None and not (workdirs[i] / 'checkpoints').exists():
+      branch_source(configs[i])
   s = setup(workloads[pending[0]])
   trials = [TrialRecorder(configs[i], workdirs[i], s) for i in pending]
   states = [trial.resume(initial_state(s, trial.config.train.seed)) for trial in trials]

@@ -234,6 +234,12 @@ def make_plan(config: Config, num_devices: int, num_train_examples: int,
     raise ConfigError(f'train.duration={t.duration!r}: amounts to zero steps')
   if examples_after_step[-1] + max(b for _, b in phases) > INT32_LIMIT:
     raise ConfigError(f'train.duration={t.duration!r}: more than 2^31 examples are not supported')
+  warmup = parse_duration(config.optim.warmup, 'optim.warmup').to_examples(t.batch_size,
+                                                                          num_train_examples)
+  if warmup > examples_after_step[-1]:
+    raise ConfigError(f'optim.warmup={config.optim.warmup!r}: longer than '
+                      f'train.duration={t.duration!r} ({warmup} > {examples_after_step[-1]} '
+                      'examples)')
 
   step_phases, first_step = [], 0
   for batch, count in step_batches:

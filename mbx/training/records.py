@@ -13,6 +13,7 @@ import json
 import math
 import os
 import pathlib
+import warnings
 from typing import Any
 
 import jax.numpy as jnp
@@ -21,6 +22,7 @@ import pandas as pd
 from mbx import config as config_lib
 from mbx import models as models_lib
 from mbx.training.checkpoints import Checkpoints
+from mbx.training.workload import resolve
 
 STATUSES = ('running', 'done', 'diverged', 'failed')
 
@@ -46,15 +48,30 @@ def _clean(value):
 
 
 def read_jsonl(path: pathlib.Path) -> list[dict[str, Any]]:
+  """The rows of a metrics file; a line that is not JSON (cut short by a crash or a full disk)
+  is skipped with a warning naming file:line, and the rows after it are kept."""
   if not path.exists():
     return []
   rows = []
-  for line in path.read_text().splitlines():
+  for number, line in enumerate(path.read_text().splitlines(), start=1):
+    if not line.strip():
+      continue
     try:
       rows.append(json.loads(line))
     except json.JSONDecodeError:
-      break  # a line cut short by a crash; everything after it is suspect too
+      warnings.warn(f'{path}:{number}: not a JSON row (cut short?); skipped', stacklevel=2)
   return rows
+
+
+def read_status(path: pathlib.Path) -> dict[str, Any] | None:
+  """status.json, None if absent; ConfigError if it is not JSON (a run rewrites it)."""
+  if not path.exists():
+    return None
+  try:
+    return json.loads(path.read_text())
+  except json.JSONDecodeError as error:
+    raise config_lib.ConfigError(f'{path}: not valid JSON ({error.msg} at line {error.lineno}); '
+                                 're-run the training command to rewrite it') from None
 
 
 class RunWriter:
@@ -87,8 +104,12 @@ class RunWriter:
       write_json_atomic(path, config_lib.to_dict(config))
 
   def status(self) -> dict[str, Any] | None:
-    path = self.workdir / 'status.json'
-    return json.loads(path.read_text()) if path.exists() else None
+    """The recorded status; None when absent or unreadable (training then rewrites it)."""
+    try:
+      return read_status(self.workdir / 'status.json')
+    except config_lib.ConfigError as error:
+      warnings.warn(f'{error}', stacklevel=2)
+      return None
 
   def set_status(self, status: str, **fields) -> None:
     assert status in STATUSES, status
@@ -164,11 +185,14 @@ class Run:
     return self.restore(step)[0]
 
   def build_model(self, dtype=None):
-    """The run's model, rebuilt from config.json alone (no data needed), in model.dtype."""
+    """The run's model, rebuilt from config.json alone, in model.dtype. Runs recorded before
+    config.json held `num_classes` take it from the dataset's metadata."""
     m = self.config.model
+    options = dict(m.options)
     try:
-      return models_lib.build_model(m.name, options=m.options,
-                                    dtype=jnp.dtype(dtype or m.dtype))
+      if 'num_classes' in models_lib.model_fields(m.name) and 'num_classes' not in options:
+        options = resolve(self.config).config.model.options
+      return models_lib.build_model(m.name, options=options, dtype=jnp.dtype(dtype or m.dtype))
     except ValueError as error:
       raise config_lib.ConfigError(f'{self.workdir}/config.json: {error}') from None
 
@@ -178,9 +202,12 @@ def load_run(workdir: str | pathlib.Path) -> Run:
   config_path = workdir / 'config.json'
   if not config_path.exists():
     raise FileNotFoundError(f'{workdir}: not a run directory (no config.json)')
-  config = config_lib.from_dict(json.loads(config_path.read_text()))
-  status_path = workdir / 'status.json'
-  status = json.loads(status_path.read_text()) if status_path.exists() else {}
+  try:
+    config = config_lib.from_dict(json.loads(config_path.read_text()))
+  except json.JSONDecodeError as error:
+    raise config_lib.ConfigError(f'{config_path}: not valid JSON ({error.msg})') from None
+  config_lib.validate(config)  # the same checks as a new config
+  status = read_status(workdir / 'status.json') or {}
   return Run(workdir=workdir, config=config, status=status,
              train_metrics=_frame(read_jsonl(workdir / 'train_metrics.jsonl')),
              eval_metrics=_frame(read_jsonl(workdir / 'eval_metrics.jsonl')))

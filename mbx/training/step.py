@@ -41,8 +41,10 @@ CONCAT_NORM_MAX_PARAMS = 2**20
 
 
 def train_metric_names(task: Task) -> tuple[str, ...]:
-  """What a step reports of the task: the loss, then the task's other metrics."""
-  return ('loss',) + tuple(m for m in task.metrics if m != 'loss')
+  """What a step reports of the task: the loss, then `task.train_metrics` (default: all of
+  `task.metrics`). Each is a kernel more in the step; see `_after` for why that can cost."""
+  names = getattr(task, 'train_metrics', None) or tuple(task.metrics)
+  return ('loss',) + tuple(m for m in names if m != 'loss')
 
 
 def probe_metric_names(probes: Sequence) -> tuple[str, ...]:

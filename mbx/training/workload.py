@@ -12,7 +12,6 @@ as an import path with its `num_classes`, so any later process rebuilds the same
 from __future__ import annotations
 
 import dataclasses
-import pathlib
 from typing import Any
 
 import flax.linen as nn
@@ -86,8 +85,10 @@ class Workload:
             for key, (shape, dtype) in self.info.element_spec.items()}
 
 
-def _error(error: Exception) -> config_lib.ConfigError:
-  return config_lib.ConfigError(str(error).splitlines()[0] if str(error) else repr(error))
+def config_error(error: Exception) -> config_lib.ConfigError:
+  """One line: a multi-line message (e.g. the prepare command of a dataset) is joined."""
+  text = ' '.join(line.strip() for line in str(error).splitlines() if line.strip())
+  return config_lib.ConfigError(text or repr(error))
 
 
 def _resolve_model(config: config_lib.Config, info, module):
@@ -103,11 +104,10 @@ def _resolve_model(config: config_lib.Config, info, module):
                        f'{info.num_classes} classes')
     return dataclasses.replace(m, name=name, options=options), module
   options = models_lib.resolve_options(m.name, m.options, info.num_classes)
-  name = m.name
-  if registry.is_import_path(name) and name.partition(':')[0].endswith('.py'):
-    # A file path resolves from any working directory once absolute.
-    file, _, attribute = name.rpartition(':')
-    name = f'{pathlib.Path(file).expanduser().resolve()}:{attribute}'
+  # An import path is recorded as one that any process resolves: the module's name when it is
+  # installed or under the working directory, else its file (see registry.import_path).
+  name = m.name if not registry.is_import_path(m.name) else registry.import_path(
+      models_lib.model_target(m.name))
   return dataclasses.replace(m, name=name, options=options), None
 
 
@@ -179,5 +179,5 @@ def resolve(config: config_lib.Config, *, data=None, model: nn.Module | None = N
   except config_lib.ConfigError:
     raise
   except (ValueError, FileNotFoundError) as error:  # DatasetNotPreparedError is one
-    raise _error(error) from None
+    raise config_error(error) from None
   return workload
