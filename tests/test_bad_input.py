@@ -95,3 +95,27 @@ def test_a_truncated_status_is_a_clear_error_and_training_rewrites_it(tmp_path):
   with pytest.warns(UserWarning, match='status.json: not valid JSON'):
     run = mbx.train(config, tmp_path, quiet=True)
   assert run.status['status'] == 'done' and run.status['step'] == 10
+
+
+def test_a_second_train_on_the_same_workdir_exits_at_once_naming_the_holder(tmp_path):
+  workdir = tmp_path / 'run'
+  args = ['--config', 'configs/mnist1d_cnn.py', '--workdir', str(workdir), '--quiet',
+          'train.duration=20000 steps']
+  first = subprocess.Popen([sys.executable, '-m', 'mbx.cli', 'train', *args], cwd=REPO,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  try:
+    deadline = time.time() + 60
+    while not (workdir / 'train_metrics.jsonl').exists() and time.time() < deadline:
+      assert first.poll() is None, first.communicate()[1][-2000:]
+      time.sleep(0.2)
+    start = time.perf_counter()
+    second = _mbx_train(*args)
+    assert time.perf_counter() - start < 10
+    _assert_one_line_error(second, str(workdir), f'PID {first.pid}', 'another process')
+  finally:
+    out, err = first.communicate(timeout=300)
+  assert first.returncode == 0, err[-2000:]
+  run = mbx.load_run(workdir)
+  assert run.status['status'] == 'done' and run.status['step'] == 20000
+  steps = run.train_metrics['step'].tolist()
+  assert steps == sorted(set(steps))  # no duplicated rows from a second writer

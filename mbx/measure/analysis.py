@@ -139,9 +139,8 @@ def interpolation_analysis(run_a, run_b, step_a: int | None = None, step_b: int 
                      'interpolation needs the same architecture')
   tic = time.perf_counter()
   train, test, meta_a = _train_and_test(run_a, step_a, subset, batch_size, data)
-  steps_b = run_b.checkpoint_steps()
-  step_b = steps_b[-1] if step_b is None and steps_b else step_b
-  params_b, state_b, meta_b = run_b.restore(step_b)
+  params_b, state_b, meta_b = run_b.restore(step_b)  # None: the newest that restores
+  step_b = int(meta_b['step']) if step_b is None else step_b
   meta_b = {**meta_b, 'step': step_b,
             'parameters_sha256': loss_fn.parameters_sha256(params_b, state_b)}
   params_a, state_a = train.unravel(train.theta), train.model_state

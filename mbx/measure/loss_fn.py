@@ -165,11 +165,10 @@ def from_run(run, step: int | None = None, *, split: str | None = None,
   eval batch size, which makes `evaluate` reproduce the run's recorded metrics exactly.
   `data`: the run's ArrayDataset, for runs whose data were given from Python."""
   workload = resolve(run.config, data=data)
-  steps = run.checkpoint_steps()
-  if not steps:
+  if not run.checkpoint_steps():
     raise FileNotFoundError(f'{run.workdir}: no checkpoints to analyse')
-  step = steps[-1] if step is None else step
-  params, model_state, meta = run.restore(step)
+  params, model_state, meta = run.restore(step)  # None: the newest that restores
+  step = int(meta['step']) if step is None else step
   split = run.config.data.train_split if split is None else split
   loss = LossFunction(workload.model(float32=True), workload.task, params, model_state,
                       load_data(workload, split, subset),

@@ -35,7 +35,7 @@ from mbx.training.autobatch import resolve_auto_micro_batch
 from mbx.training.checkpoints import Checkpoints
 from mbx.training.components import step_arguments, step_parts
 from mbx.training.plan import Plan, make_plan
-from mbx.training.records import Run, RunWriter, load_run
+from mbx.training.records import Run, RunLock, RunWriter, load_run
 from mbx.training.step import (StepParts, TrainState, init_train_state, make_eval_step,
                                make_mesh, make_step, metric_names, replicated,
                                trial_hyperparameters, zero_metric_sums)
@@ -244,9 +244,9 @@ class TrialRecorder:
 
   def resume(self, state: TrainState) -> TrainState:
     """The latest checkpoint if any, else `state` (or the init_from branch)."""
-    latest = self.checkpoints.latest_step()
+    latest, restored = self.checkpoints.restore_latest(state)
     if latest is not None:
-      state, self.meta = self.checkpoints.restore(latest, state)
+      state, self.meta = restored
     elif self.config.train.init_from is not None:
       state = _branch_from(state, self.config)
     # Rows logged after the last checkpoint by a run that died are redone.
@@ -330,8 +330,13 @@ class TrialRecorder:
                            wall_time=self.meta['wall_time'])
 
   def fail(self, step: int, error: BaseException) -> None:
-    self.checkpoints.wait()
+    """Records status 'failed' with the reason and the step a re-run resumes from."""
+    try:
+      self.checkpoints.wait()
+    except Exception:  # pylint: disable=broad-except  (e.g. a full disk: record the failure)
+      pass
     self.writer.set_status('failed', step=step, reason=f'{type(error).__name__}: {error}',
+                           last_good_step=self.checkpoints.latest_step(),
                            wall_time=self.elapsed())
 
   def finish(self, step: int, **extra) -> Run:
@@ -601,8 +606,31 @@ def train_packed(configs: Sequence[config_lib.Config], workdirs: Sequence[str | 
   for i in pending:  # before anything is written into a new run directory
     if configs[i].train.init_from is not None and not (workdirs[i] / 'checkpoints').exists():
       branch_source(configs[i])
-  s = setup(workloads[pending[0]])
-  trials = [TrialRecorder(configs[i], workdirs[i], s) for i in pending]
+  locks = []
+  try:
+    if jax.process_index() == 0:  # one writer per run (only process 0 writes records)
+      for i in pending:
+        locks.append(RunLock(workdirs[i]))
+    s = setup(workloads[pending[0]])
+  except BaseException:
+    for lock in locks:
+      lock.release(remove_if_new=True)
+    raise
+  try:
+    _train_pending(s, [configs[i] for i in pending], [workdirs[i] for i in pending], quiet)
+  finally:
+    for lock in locks:
+      lock.release()
+  for i in pending:
+    runs[i] = load_run(workdirs[i])
+    if not quiet:
+      _print_summary(runs[i], s.workload)
+  return runs
+
+
+def _train_pending(s: Setup, configs, workdirs, quiet: bool) -> None:
+  """Trains the unfinished trials: as one pack when they can share the program."""
+  trials = [TrialRecorder(c, w, s) for c, w in zip(configs, workdirs)]
   states = [trial.resume(initial_state(s, trial.config.train.seed)) for trial in trials]
   counters = {tuple(int(v) for v in jax.device_get(state.counters)) for state in states}
   if len(trials) > 1 and (not s.on_device or len(counters) > 1 or
@@ -613,11 +641,6 @@ def train_packed(configs: Sequence[config_lib.Config], workdirs: Sequence[str | 
   del states
   for group, state in groups:
     _run_trials(s, group, state, quiet=quiet or len(trials) > 1)
-  for i in pending:
-    runs[i] = load_run(workdirs[i])
-    if not quiet:
-      _print_summary(runs[i], s.workload)
-  return runs
 
 
 def _print_summary(run: Run, workload: Workload) -> None:
