@@ -338,6 +338,8 @@ def make_update(parts: StepParts, shape: StepShape, mesh: Mesh, *, packed: bool 
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params, learning_rate)
     params = optax.apply_updates(state.params, updates)
     grad_sq = sum_sq(grads, packed)
+    # The step reports the objective as 'loss' (its mean over groups), not the task's loss sum,
+    # which it does not accumulate: a placeholder keeps finalize's arithmetic whole.
     reported = {**parts.task.finalize(stats['sums'] | {'loss': 0.0}), 'loss': stats['loss']}
     metrics = [reported[n] for n in train_metric_names(parts.task)]
     metrics += [jnp.sqrt(grad_sq), jnp.sqrt(sum_sq(updates, packed)),
