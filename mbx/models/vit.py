@@ -3,45 +3,9 @@
 from typing import Any
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
-dense_init = dict(kernel_init=nn.initializers.xavier_uniform(), param_dtype=jnp.float32)
-
-
-class SelfAttention(nn.Module):
-  """Multi-head self-attention with one fused qkv Dense: unlike flax's MultiHeadDotProductAttention
-  (2-D biases), every bias stays 1-D, which the optimizer's decay/trust-ratio masks rely on."""
-
-  num_heads: int
-  dtype: Any
-
-  @nn.compact
-  def __call__(self, x):
-    b, t, d = x.shape
-    qkv = nn.Dense(3 * d, dtype=self.dtype, name='qkv', **dense_init)(x)
-    q, k, v = qkv.reshape(b, t, 3, self.num_heads, d // self.num_heads).transpose(2, 0, 1, 3, 4)
-    y = jax.nn.dot_product_attention(q, k, v)
-    return nn.Dense(d, dtype=self.dtype, name='out', **dense_init)(y.reshape(b, t, d))
-
-
-class EncoderBlock(nn.Module):
-  """Pre-norm transformer block: x + Attn(LN(x)), then x + MLP(LN(x)) with GELU."""
-
-  num_heads: int
-  mlp_dim: int
-  dropout: float
-  dtype: Any
-
-  @nn.compact
-  def __call__(self, x, train: bool):
-    drop = nn.Dropout(self.dropout, deterministic=not train)
-    x = x + drop(SelfAttention(self.num_heads, self.dtype)(nn.LayerNorm(dtype=self.dtype)(x)))
-    y = nn.LayerNorm(dtype=self.dtype)(x)
-    y = nn.gelu(nn.Dense(self.mlp_dim, dtype=self.dtype, **dense_init)(y))
-    y = nn.Dense(x.shape[-1], dtype=self.dtype, **dense_init)(drop(y))
-    return x + drop(y)
-
+from mbx.models.attention import TransformerBlock
 
 class ViT(nn.Module):
   """Conv patch embedding, learned position embeddings, pre-norm encoder, final LayerNorm, and
@@ -76,7 +40,7 @@ class ViT(nn.Module):
                      jnp.float32)
     x = nn.Dropout(self.dropout, deterministic=not train)(x + pos.astype(x.dtype))
     for _ in range(self.num_layers):
-      x = EncoderBlock(self.num_heads, self.mlp_dim, self.dropout, self.dtype)(x, train)
+      x = TransformerBlock(self.num_heads, self.mlp_dim, self.dropout, self.dtype)(x, train)
     x = nn.LayerNorm(dtype=self.dtype)(x)
     x = x[:, 0] if self.pool == 'cls' else x.mean(1)
     x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32)(x)
