@@ -91,3 +91,36 @@ def test_load_run_falls_back_and_a_named_corrupt_step_is_a_clear_error(reference
   assert 'checkpoint step 20' in capsys.readouterr().err
   assert mbx.load_run(workdir).checkpoint_steps() == [10]
   assert jax.tree.leaves(params)
+
+
+@pytest.mark.slow
+def test_a_full_disk_during_a_save_fails_the_run_and_keeps_the_previous_checkpoint(
+    reference, tmp_path, monkeypatch):
+  """Orbax's commit of step 20 raises ENOSPC: status 'failed' with the reason and the last good
+  step, checkpoint 10 still loads, and a re-run (disk freed) resumes from it bitwise."""
+  import errno  # pylint: disable=import-outside-toplevel
+  from orbax.checkpoint._src.path import atomicity  # pylint: disable=import-outside-toplevel
+  _, full = reference
+  finalize = atomicity.AtomicRenameTemporaryPath.finalize
+
+  async def full_disk(self, *args, **kwargs):
+    if self.get_final().name == '20':
+      raise OSError(errno.ENOSPC, 'No space left on device')
+    return await finalize(self, *args, **kwargs)
+
+  monkeypatch.setattr(atomicity.AtomicRenameTemporaryPath, 'finalize', full_disk)
+  workdir = tmp_path / 'run'
+  with pytest.raises(OSError, match='No space left'):
+    mbx.train(CONFIG, workdir, quiet=True)
+  status = mbx.load_run(workdir).status
+  assert status['status'] == 'failed' and status['last_good_step'] == 10, status
+  assert 'No space left on device' in status['reason']
+  assert mbx.load_run(workdir).checkpoint_steps() == [10]
+  assert jax.tree.leaves(mbx.load_run(workdir).params())
+
+  monkeypatch.setattr(atomicity.AtomicRenameTemporaryPath, 'finalize', finalize)
+  run = mbx.train(CONFIG, workdir, quiet=True)
+  assert run.status['status'] == 'done' and run.status['step'] == 30
+  for a, b in zip(jax.tree.leaves(run.params()), jax.tree.leaves(full.params())):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert run.train_metrics['step'].tolist() == full.train_metrics['step'].tolist()
