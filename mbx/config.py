@@ -22,7 +22,7 @@ from typing import Any
 
 from mbx import registry
 
-DURATION_UNITS = ('steps', 'epochs', 'examples')
+DURATION_UNITS = ('steps', 'epochs', 'examples', 'tokens')  # tokens: target positions
 OPTIMIZERS = ('sgd', 'momentum', 'nesterov', 'adam', 'adamw', 'lars', 'lamb')
 SCHEDULES = ('constant', 'step', 'cosine', 'linear', 'polynomial')
 LR_SCALING_RULES = ('none', 'linear', 'sqrt')
@@ -152,18 +152,24 @@ class Duration:
   amount: float
   unit: str  # one of DURATION_UNITS
 
-  def to_examples(self, batch_size: int, examples_per_epoch: int) -> int:
+  def to_examples(self, batch_size: int, examples_per_epoch: int,
+                  tokens_per_example: int = 1) -> int:
+    """Examples in this duration; a token is one target position (seq_len per LM window)."""
+    if self.unit == 'tokens':
+      return int(round(self.amount / tokens_per_example))
     per_unit = {'steps': batch_size, 'epochs': examples_per_epoch, 'examples': 1}
     return int(round(self.amount * per_unit[self.unit]))
 
-  def to_steps(self, batch_size: int, examples_per_epoch: int) -> int:
+  def to_steps(self, batch_size: int, examples_per_epoch: int,
+               tokens_per_example: int = 1) -> int:
     if self.unit == 'steps':
       return int(round(self.amount))
-    return math.ceil(self.to_examples(batch_size, examples_per_epoch) / batch_size)
+    return math.ceil(self.to_examples(batch_size, examples_per_epoch, tokens_per_example)
+                     / batch_size)
 
 
 def parse_duration(text: str, field: str) -> Duration:
-  """'8000 steps', '20 epochs', '1e6 examples' -> Duration."""
+  """'8000 steps', '20 epochs', '1e6 examples', '2e7 tokens' -> Duration."""
   parts = str(text).split()
   if len(parts) == 2 and parts[1].rstrip('s') + 's' in DURATION_UNITS:
     try:
@@ -506,9 +512,10 @@ def validate(config: Config) -> None:
   # Not steps: Smith et al. compare schedules at equal epochs, and once B changes a
   # step count means different amounts of data in different runs. A change after s
   # steps of batch B is s*B examples.
-  _check(t.batch_size_milestone_unit in ('epochs', 'examples'),
+  _check(t.batch_size_milestone_unit in ('epochs', 'examples', 'tokens'),
          'train.batch_size_milestone_unit', t.batch_size_milestone_unit,
-         'allowed: epochs, examples (a change after s steps of batch B is s*B examples)')
+         'allowed: epochs, examples, tokens (a change after s steps of batch B is s*B '
+         'examples)')
   _check(all(x > 0 for x in t.batch_size_milestones), 'train.batch_size_milestones',
          t.batch_size_milestones, 'must be positive')
   _check(list(t.batch_size_milestones) == sorted(set(t.batch_size_milestones)),
@@ -523,9 +530,9 @@ def validate(config: Config) -> None:
     _check(t.batch_size_factor > 1, 'train.batch_size_factor', t.batch_size_factor,
            'must be > 1 when train.batch_size_milestones is set')
     _check(duration.unit != 'steps', 'train.duration', t.duration,
-           'give it in epochs or examples when the batch size changes')
+           'give it in epochs, examples or tokens when the batch size changes')
     _check(o.milestone_unit != 'steps' or not o.milestones, 'optim.milestone_unit',
-           o.milestone_unit, 'use epochs or examples when the batch size changes')
+           o.milestone_unit, 'use epochs, examples or tokens when the batch size changes')
     _check(parse_duration(o.warmup, 'optim.warmup').unit != 'steps' or
            parse_duration(o.warmup, 'optim.warmup').amount == 0, 'optim.warmup',
-           o.warmup, 'give it in epochs or examples when the batch size changes')
+           o.warmup, 'give it in epochs, examples or tokens when the batch size changes')

@@ -60,7 +60,7 @@ def test_step_schedule_milestones_must_increase():
 
 def test_batch_schedule_needs_epoch_units():
   config = tiny_config(train=dict(batch_size_milestones=(1.0,), batch_size_factor=2))
-  with pytest.raises(ConfigError, match=r'train\.duration.*epochs or examples'):
+  with pytest.raises(ConfigError, match=r'train\.duration.*epochs, examples or tokens'):
     mbx.validate(config)
 
 

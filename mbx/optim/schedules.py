@@ -26,6 +26,7 @@ def scaled_learning_rate(config: OptimConfig, batch_size: int) -> float:
 def learning_rate_schedule(
     config: OptimConfig, *, batch_size: int, examples_per_epoch: int,
     total_examples: int, extra_decays: Sequence[tuple[int, float]] = (),
+    tokens_per_example: int = 1,
 ) -> Callable[[jnp.ndarray], jnp.ndarray]:
   """LR as a function of examples seen before the step.
 
@@ -36,12 +37,13 @@ def learning_rate_schedule(
     total_examples: the training budget, where decaying schedules end.
     extra_decays: (examples, factor) pairs multiplied in at those points, used
       by the hybrid batch-size schedule once the batch size is capped.
+    tokens_per_example: what warmup and milestones in 'tokens' are divided by.
   """
   peak = scaled_learning_rate(config, batch_size)
   to_examples = lambda amount, unit: Duration(amount, unit).to_examples(
-      batch_size, examples_per_epoch)
+      batch_size, examples_per_epoch, tokens_per_example)
   warmup = parse_duration(config.warmup, 'optim.warmup').to_examples(
-      batch_size, examples_per_epoch)
+      batch_size, examples_per_epoch, tokens_per_example)
   decay_span = max(total_examples - warmup, 1)
   end = peak * config.end_lr_factor
   if config.schedule == 'constant':

@@ -112,10 +112,6 @@ def _per_device_bytes(tree) -> int:
              for a in jax.tree.leaves(tree))
 
 
-def plan_options(workload: Workload) -> dict:
-  return dict(probe_groups=workload.probe_groups, batch_granule=workload.batch_granule)
-
-
 class _StepCompiler:
   """The run's step parts and abstract state, built once; steps compiled per shape, from the
   same builder and arguments as the loop's (components.py)."""
@@ -125,7 +121,7 @@ class _StepCompiler:
     self.num_devices = mesh.devices.size
     self.backend = mesh.devices.flat[0].platform
     self.base_plan = make_plan(_with_micro_batch(self.config, None), self.num_devices,
-                               facts.num_train_examples, self.backend, **plan_options(workload))
+                               facts.num_train_examples, self.backend, **workload.plan_options)
     self.parts = step_parts(workload, self.base_plan, mesh)
     self.replicated, self.sharded = replicated(mesh), batch_sharded(mesh)
     self.state = abstract_state(workload, self.parts, mesh)
@@ -423,7 +419,7 @@ def autobatch(config: config_lib.Config | Workload, budget_bytes: int | None = N
     for mode in modes:
       candidate = _with_micro_batch(config, m * n, accumulation=mode)
       try:
-        plan = make_plan(candidate, n, num_train, compiler.backend, **plan_options(workload))
+        plan = make_plan(candidate, n, num_train, compiler.backend, **workload.plan_options)
       except config_lib.ConfigError:
         break  # e.g. noise-scale groups that this micro-batch cannot form
       shapes = {shape for _, shape in plan.phases}

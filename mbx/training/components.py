@@ -21,7 +21,7 @@ def step_parts(workload: Workload, plan: Plan, mesh) -> StepParts:
   lr_schedule = learning_rate_schedule(
       config.optim, batch_size=plan.initial_batch_size,
       examples_per_epoch=plan.num_train_examples, total_examples=plan.total_examples,
-      extra_decays=plan.lr_extra_decays)
+      extra_decays=plan.lr_extra_decays, tokens_per_example=plan.tokens_per_example)
   return StepParts(model=workload.model(mesh), task=workload.task, optim=config.optim,
                    lr_schedule=lr_schedule, augment=workload.augment(), probes=workload.probes)
 

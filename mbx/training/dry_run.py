@@ -69,7 +69,7 @@ def compile_one_step(config: config_lib.Config, *, batch_size: int | None = None
   options = dict(probe_groups=workload.probe_groups, batch_granule=workload.batch_granule)
   shape = step_shape(config, batch_size, mesh.devices.size, jax.default_backend(), **options)
   plan = make_plan(config, mesh.devices.size, examples_per_epoch, jax.default_backend(),
-                   **options)
+                   **workload.plan_options)
   parts = step_parts(workload, plan, mesh)
   step = make_step(parts, shape, mesh, on_device_data=False)
   args = step_arguments(workload, shape, mesh, on_device=False,

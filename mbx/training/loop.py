@@ -82,6 +82,8 @@ class Evaluator:
       self._eval_steps[key] = make_eval_step(model, workload.task)
     self.eval_step = self._eval_steps[key]
     self.task, self.mesh = workload.task, mesh
+    # Metrics only the data can derive, e.g. a text dataset's bits per character.
+    self.split_metrics = getattr(workload.dataset, 'split_metrics', None)
     self.splits = {'eval': workload.eval_split}
     if config.train.eval_on_train:
       self.splits['train'] = workload.train_split
@@ -117,6 +119,8 @@ class Evaluator:
       rows = rows or [{} for _ in totals['examples']]
       for k, row in enumerate(rows):
         values = self.task.finalize({name: float(v[k]) for name, v in totals.items()})
+        if self.split_metrics is not None:
+          values.update(self.split_metrics(values, self.splits[prefix]))
         row.update({f'{prefix}_{name}': float(v) for name, v in values.items()})
         row[f'{prefix}_examples'] = int(totals['examples'][k])
     return rows
@@ -180,7 +184,7 @@ def setup(workload: Workload) -> Setup:
   plan_config = resolve_auto_micro_batch(workload, mesh.devices.size,
                                          num_train_examples=num_train, on_device=on_device)
   plan = make_plan(plan_config, mesh.devices.size, num_train, jax.default_backend(),
-                   probe_groups=workload.probe_groups, batch_granule=workload.batch_granule)
+                   **workload.plan_options)
   parts = step_parts(workload, plan, mesh)
   return Setup(workload=workload, mesh=mesh, num_train=num_train, on_device=on_device,
                train_rows=train_rows, source=source, plan=plan, parts=parts,
@@ -269,6 +273,14 @@ class TrialRecorder:
     position = int(self.setup.plan.examples_after_step[step])
     return position, position / self.setup.num_train
 
+  def _tokens(self, **examples: int) -> dict[str, int]:
+    """{'tokens_seen': ...} beside 'examples_seen' (and so on) for sequence data."""
+    per_example = self.setup.plan.tokens_per_example
+    if per_example == 1:
+      return {}
+    return {name.replace('examples', 'tokens'): count * per_example
+            for name, count in examples.items()}
+
   def log(self, step: int, sums: np.ndarray, probe_states, *, examples_per_second: float,
           steps_per_second: float, write: bool) -> bool:
     """Checks divergence from the interval's metric sums; writes the row if asked or if
@@ -283,7 +295,8 @@ class TrialRecorder:
     if write or diverged:
       position, epoch = self._position(step)
       batch = plan.shape_at(step - 1).batch_size
-      row = {'step': step, 'examples_seen': position, 'epoch': epoch, 'batch_size': batch}
+      row = {'step': step, 'examples_seen': position, 'epoch': epoch, 'batch_size': batch,
+             **self._tokens(examples_seen=position, batch_examples=batch)}
       for name, total in sums.items():  # probe values are means over the steps that measured
         divisor = probe_count if name in probe_metrics else count
         row[name] = total / divisor if divisor else math.nan
@@ -306,8 +319,8 @@ class TrialRecorder:
     should stop."""
     t = self.config.train
     position, epoch = self._position(step)
-    row = {'step': step, 'examples_seen': position, 'epoch': epoch, **metrics,
-           'wall_time': self.elapsed()}
+    row = {'step': step, 'examples_seen': position, 'epoch': epoch,
+           **self._tokens(examples_seen=position), **metrics, 'wall_time': self.elapsed()}
     self.writer.append('eval', row)
     self.summary.update({k: v for k, v in row.items() if k.startswith(('eval_', 'train_'))})
     if 'steps_to_target' not in self.summary and _reached(self.config, self.setup.workload.task,
@@ -346,6 +359,7 @@ class TrialRecorder:
     position, epoch = self._position(step)
     self.writer.set_status(
         self.outcome, reason=self.reason, step=step, examples_seen=position, epoch=float(epoch),
+        **self._tokens(examples_seen=position),
         wall_time=self.elapsed(), train_time=self.train_time,
         num_devices=self.setup.mesh.devices.size, backend=jax.default_backend(),
         total_steps=plan.total_steps, **extra, **self.summary)
@@ -650,8 +664,9 @@ def _print_summary(run: Run, workload: Workload) -> None:
   parts = [f'status={s["status"]} ({s.get("reason")})', f'steps={s["step"]}',
            f'epochs={s["epoch"]:.2f}', f'wall={s["wall_time"]:.1f}s']
   split = workload.eval_split
-  metrics = [f'{split}_{m}={s["eval_" + m]:.4f}' for m in workload.task.metrics
-             if f'eval_{m}' in s]
+  names = list(workload.task.metrics) + [k[len('eval_'):] for k in s
+                                         if k.startswith('eval_bits_per_')]
+  metrics = [f'{split}_{m}={s["eval_" + m]:.4f}' for m in names if f'eval_{m}' in s]
   parts[1:1] = metrics
   if 'steps_to_target' in s:
     parts.append(f'steps_to_target={s["steps_to_target"]}')

@@ -44,6 +44,7 @@ class Plan:
   # (no extra split of the batch); step s measures when s % probe_every == 0.
   probe_every: int = 1
   plain_shapes: tuple[StepShape | None, ...] = ()  # per phase; None: every step measures
+  tokens_per_example: int = 1  # target positions per example: 'tokens' durations, logs
 
   @property
   def total_examples(self) -> int:
@@ -76,12 +77,13 @@ class Plan:
     return min(later) if later else self.total_steps
 
 
-def _batch_phases(config: Config, num_train_examples: int):
+def _batch_phases(config: Config, num_train_examples: int, tokens_per_example: int):
   """[(start_examples, batch_size)] and the LR decays of the hybrid schedule."""
   t = config.train
   batch, phases, decays = t.batch_size, [(0, t.batch_size)], []
   for milestone in t.batch_size_milestones:
-    at = Duration(milestone, t.batch_size_milestone_unit).to_examples(batch, num_train_examples)
+    at = Duration(milestone, t.batch_size_milestone_unit).to_examples(
+        batch, num_train_examples, tokens_per_example)
     if t.max_batch_size is not None and batch * t.batch_size_factor > t.max_batch_size:
       decays.append((at, 1.0 / t.batch_size_factor))  # Smith et al.'s hybrid
     else:
@@ -166,26 +168,26 @@ def step_shape(config: Config, batch_size: int, num_devices: int,
 
 
 def _event_steps(every: Duration | None, examples_after_step: np.ndarray,
-                 batch_size: int, num_train_examples: int) -> set[int]:
+                 batch_size: int, num_train_examples: int, tokens_per_example: int) -> set[int]:
   total_steps = len(examples_after_step) - 1
   if every is None:
     return set()
   if every.unit == 'steps':
     interval = max(1, int(round(every.amount)))
     return set(range(interval, total_steps + 1, interval))
-  interval = max(1, every.to_examples(batch_size, num_train_examples))
+  interval = max(1, every.to_examples(batch_size, num_train_examples, tokens_per_example))
   marks = np.arange(interval, examples_after_step[-1] + 1, interval)
   return set(np.searchsorted(examples_after_step, marks).tolist())
 
 
 def _lr_step_changes(config: Config, examples_after_step: np.ndarray, num_train_examples: int,
-                     lr_extra_decays) -> set[int]:
+                     lr_extra_decays, tokens_per_example: int) -> set[int]:
   """Steps after which the LR of a 'step' schedule (or the hybrid's decays) changes."""
   o, total_steps = config.optim, len(examples_after_step) - 1
   marks = [at for at, _ in lr_extra_decays]
   if o.schedule == 'step':
     marks += [Duration(m, o.milestone_unit).to_examples(config.train.batch_size,
-                                                        num_train_examples)
+                                                        num_train_examples, tokens_per_example)
               for m in o.milestones]
   # The LR is a function of the examples seen before a step (optim.schedules), so the
   # first step at the new LR is the first one starting at or past the mark.
@@ -194,14 +196,16 @@ def _lr_step_changes(config: Config, examples_after_step: np.ndarray, num_train_
 
 
 def make_plan(config: Config, num_devices: int, num_train_examples: int,
-              backend: str = 'cpu', *, probe_groups: int = 0, batch_granule: int = 1) -> Plan:
+              backend: str = 'cpu', *, probe_groups: int = 0, batch_granule: int = 1,
+              tokens_per_example: int = 1) -> Plan:
   """Resolves batch phases, micro-batching and event steps; raises ConfigError.
 
   probe_groups: the most gradient groups an in-step probe needs (0: no probes);
-  batch_granule: per-device micro-batches are multiples of it (see step_shape)."""
+  batch_granule: per-device micro-batches are multiples of it (see step_shape);
+  tokens_per_example: what a 'tokens' duration is divided by (seq_len for windows of text)."""
   shape_options = dict(probe_groups=probe_groups, batch_granule=batch_granule)
   t = config.train
-  phases, lr_extra_decays = _batch_phases(config, num_train_examples)
+  phases, lr_extra_decays = _batch_phases(config, num_train_examples, tokens_per_example)
   for _, batch in phases:
     if batch > num_train_examples:
       if batch == t.batch_size:
@@ -218,7 +222,7 @@ def make_plan(config: Config, num_devices: int, num_train_examples: int,
   step_batches = []
   seen = 0
   total = (None if duration.unit == 'steps'
-           else duration.to_examples(t.batch_size, num_train_examples))
+           else duration.to_examples(t.batch_size, num_train_examples, tokens_per_example))
   for i, (start, batch) in enumerate(phases):
     end = phases[i + 1][0] if i + 1 < len(phases) else total
     if duration.unit == 'steps':
@@ -234,8 +238,8 @@ def make_plan(config: Config, num_devices: int, num_train_examples: int,
     raise ConfigError(f'train.duration={t.duration!r}: amounts to zero steps')
   if examples_after_step[-1] + max(b for _, b in phases) > INT32_LIMIT:
     raise ConfigError(f'train.duration={t.duration!r}: more than 2^31 examples are not supported')
-  warmup = parse_duration(config.optim.warmup, 'optim.warmup').to_examples(t.batch_size,
-                                                                          num_train_examples)
+  warmup = parse_duration(config.optim.warmup, 'optim.warmup').to_examples(
+      t.batch_size, num_train_examples, tokens_per_example)
   if warmup > examples_after_step[-1]:
     raise ConfigError(f'optim.warmup={config.optim.warmup!r}: longer than '
                       f'train.duration={t.duration!r} ({warmup} > {examples_after_step[-1]} '
@@ -250,20 +254,19 @@ def make_plan(config: Config, num_devices: int, num_train_examples: int,
     first_step += count
 
   every = lambda text, name: parse_duration(text, name) if text is not None else None
-  log_steps = _event_steps(every(t.log_every, 'train.log_every'), examples_after_step,
-                           t.batch_size, num_train_examples)
-  eval_steps = _event_steps(every(t.eval_every, 'train.eval_every'), examples_after_step,
-                            t.batch_size, num_train_examples) | {0}
+  events = lambda text, name: _event_steps(every(text, name), examples_after_step,
+                                           t.batch_size, num_train_examples, tokens_per_example)
+  log_steps = events(t.log_every, 'train.log_every')
+  eval_steps = events(t.eval_every, 'train.eval_every') | {0}
   if t.eval_growth:
     eval_steps |= {s for s in (math.ceil(t.eval_growth ** i) for i in range(
         int(math.log(total_steps) / math.log(t.eval_growth)) + 2)) if s <= total_steps}
-  checkpoint_steps = _event_steps(every(t.checkpoint_every, 'train.checkpoint_every'),
-                                  examples_after_step, t.batch_size, num_train_examples)
+  checkpoint_steps = events(t.checkpoint_every, 'train.checkpoint_every')
   # A log row averages over its interval; ending rows where the batch size or a step
   # of the LR changes keeps each row's batch size, LR and noise scale g exact.
   log_steps |= {first for first, _ in step_phases[1:]}
   log_steps |= _lr_step_changes(config, examples_after_step, num_train_examples,
-                                lr_extra_decays)
+                                lr_extra_decays, tokens_per_example)
   noise_every, plain_shapes = 1, ()
   if probe_groups:
     plain_shapes = tuple(step_shape(config, shape.batch_size, num_devices, backend, False,
@@ -279,4 +282,5 @@ def make_plan(config: Config, num_devices: int, num_train_examples: int,
               phases=tuple(step_phases), lr_extra_decays=tuple(lr_extra_decays),
               log_steps=frozenset(log_steps | final), eval_steps=frozenset(eval_steps | final),
               checkpoint_steps=frozenset(checkpoint_steps | final),
-              probe_every=noise_every, plain_shapes=plain_shapes)
+              probe_every=noise_every, plain_shapes=plain_shapes,
+              tokens_per_example=tokens_per_example)

@@ -12,6 +12,7 @@ as an import path with its `num_classes`, so any later process rebuilds the same
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import flax.linen as nn
@@ -71,6 +72,18 @@ class Workload:
     if getattr(model, 'norm', None) == 'ghost':
       return int(model.ghost_batch_size)
     return 1
+
+  @property
+  def tokens_per_example(self) -> int:
+    """Target positions per example (seq_len for text windows, 1 for a label)."""
+    shape = self.info.element_spec.get('targets', ((), None))[0]
+    return max(1, math.prod(shape))
+
+  @property
+  def plan_options(self) -> dict:
+    """What `make_plan` needs to know of the workload beyond the config."""
+    return dict(probe_groups=self.probe_groups, batch_granule=self.batch_granule,
+                tokens_per_example=self.tokens_per_example)
 
   def augment(self):
     return self.dataset.augment() if self.config.data.augment else None
