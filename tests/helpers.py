@@ -49,3 +49,22 @@ def run_python(code: str, *, devices: int = 1, timeout: float = 600, env: dict |
   if result.returncode != 0:
     raise AssertionError(f'subprocess failed ({result.returncode}):\n{result.stderr[-4000:]}')
   return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def tiny_lm_config(path, **sections) -> mbx.Config:
+  """A 1-layer Transformer on the text file `path`: windows of 16 characters, batch 8, 20
+  steps of AdamW; `sections` replace fields per section, as in tiny_config."""
+  config = mbx.Config(
+      data=mbx.DataConfig(name='text_file', options={'path': str(path), 'seq_len': 16,
+                                                     'fractions': [0.8, 0.1, 0.1]}),
+      model=mbx.ModelConfig(name='transformer', options={
+          'num_layers': 1, 'width': 32, 'num_heads': 2, 'max_len': 16}),
+      optim=mbx.OptimConfig(name='adamw', learning_rate=3e-3, weight_decay=0.1),
+      train=mbx.TrainConfig(batch_size=8, duration='20 steps', log_every='5 steps',
+                            eval_every='10 steps', checkpoint_every='10 steps',
+                            eval_batch_size=64),
+      name='tiny_lm')
+  for section, fields in sections.items():
+    config = dataclasses.replace(
+        config, **{section: dataclasses.replace(getattr(config, section), **fields)})
+  return config

