@@ -8,9 +8,9 @@ decay 0.1, not on biases or norms), 50 warmup steps then cosine decay to 10%, ba
 windows (2,048 characters) for 600 steps (~1.2 M characters, a third of an epoch), gradient
 clipping at 1. eval_loss is nats per character on the validation block, every one of its
 206,871 target characters once (mbx.data.text); bits per character = eval_loss / ln 2.
-The budget is sized from a 40-step run on a 2-core CPU shared with other jobs: ~2.8 steps/s
-and ~15 s per evaluation, so ~4.5 minutes in all (evaluations at steps 0, 300, 600).
-Expected: not yet measured.
+Measured (python experiments/lm_baseline.py, results/lm_kjv_small/): validation
+2.312 +- 0.015 bits per character (mean +- std over 3 seeds), ~2 minutes per run on a
+2-core CPU (evaluations at steps 0, 300, 600 included).
 """
 import mbx
 

@@ -32,9 +32,7 @@ import argparse
 import dataclasses
 import json
 import math
-import multiprocessing
 import os
-import re
 import pathlib
 import platform
 import shutil
@@ -47,6 +45,8 @@ import pandas as pd
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from mbx.figures import readme as readme_text  # pylint: disable=wrong-import-position
+from mbx.figures.readme import fmt  # pylint: disable=wrong-import-position
 from mbx.sweep import critical_batch, grid, runner  # pylint: disable=wrong-import-position
 
 CONFIG = REPO / 'configs' / 'cbs_mnist1d_cnn.py'
@@ -68,28 +68,6 @@ def study_sweep(quick: bool) -> grid.SweepConfig:
   return dataclasses.replace(sweep, search=search, batch_sizes=QUICK_BATCH_SIZES, seeds=(0,),
                              budgets={b: sweep.budgets[b] for b in QUICK_BATCH_SIZES},
                              name=f'{sweep.name}_quick')
-
-
-def _worker(sweep: grid.SweepConfig, sweep_dir: str, worker: int, num_workers: int) -> None:
-  runner.run_sweep(sweep, sweep_dir, worker=worker, num_workers=num_workers,
-                   compilation_cache=True)
-
-
-def run_workers(sweep: grid.SweepConfig, sweep_dir: pathlib.Path, num_workers: int) -> None:
-  """`mbx sweep --worker i --num-workers n` for every i, as parallel processes."""
-  if num_workers == 1:
-    _worker(sweep, str(sweep_dir), 0, 1)
-    return
-  context = multiprocessing.get_context('spawn')  # fresh JAX in each worker
-  processes = [context.Process(target=_worker, args=(sweep, str(sweep_dir), i, num_workers))
-               for i in range(num_workers)]
-  for p in processes:
-    p.start()
-  for p in processes:
-    p.join()
-  failed = [i for i, p in enumerate(processes) if p.exitcode != 0]
-  if failed:
-    raise SystemExit(f'sweep workers {failed} failed; re-run to resume')
 
 
 def local_cbs_rows(analysis, sweep_dir: pathlib.Path, out: pathlib.Path, quick: bool,
@@ -127,12 +105,6 @@ def local_cbs_rows(analysis, sweep_dir: pathlib.Path, out: pathlib.Path, quick: 
 
 
 # ------------------------------------------------------------------- README
-def _fmt(value, digits: int = 3) -> str:
-  if value is None or (isinstance(value, float) and not math.isfinite(value)):
-    return '—' if value is None or math.isnan(value) else '∞'
-  return f'{value:.{digits}g}'
-
-
 def readme(analysis, local: pd.DataFrame, sweep: grid.SweepConfig, command: str,
            timings: dict, counts: dict, quick: bool) -> str:
   summary = analysis.summary.set_index('optimizer')
@@ -168,13 +140,13 @@ def readme(analysis, local: pd.DataFrame, sweep: grid.SweepConfig, command: str,
     ratio = row.get('b_crit_over_b_simple', float('nan'))
     lines.append(
         f'| {optimizer} | '
-        + (f'**{_fmt(row["b_crit"])}** [{_fmt(row["b_crit_lo"])}, {_fmt(row["b_crit_hi"])}] | '
-           f'{_fmt(row["s_min"])} [{_fmt(row["s_min_lo"])}, {_fmt(row["s_min_hi"])}] | '
-           f'{_fmt(row["e_min"])} [{_fmt(row["e_min_lo"])}, {_fmt(row["e_min_hi"])}] | '
+        + (f'**{fmt(row["b_crit"])}** [{fmt(row["b_crit_lo"])}, {fmt(row["b_crit_hi"])}] | '
+           f'{fmt(row["s_min"])} [{fmt(row["s_min_lo"])}, {fmt(row["s_min_hi"])}] | '
+           f'{fmt(row["e_min"])} [{fmt(row["e_min_lo"])}, {fmt(row["e_min_hi"])}] | '
            if fit else '— | — | — | ')
-        + f'{_fmt(row["zhang_cbs"])} / {_fmt(row.get("zhang_cbs_fit"))} | {local_text} | '
-        f'**{_fmt(row["b_simple_median"])}** [{_fmt(row["b_simple_min"])}, '
-        f'{_fmt(row["b_simple_max"])}] | {_fmt(ratio, 2)} |')
+        + f'{fmt(row["zhang_cbs"])} / {fmt(row.get("zhang_cbs_fit"))} | {local_text} | '
+        f'**{fmt(row["b_simple_median"])}** [{fmt(row["b_simple_min"])}, '
+        f'{fmt(row["b_simple_max"])}] | {fmt(ratio, 2)} |')
     if fit and math.isfinite(ratio) and not 1 / DISAGREEMENT <= ratio <= DISAGREEMENT:
       notes.append(
           f'- **{optimizer}: the fitted B_crit and the measured B_simple disagree by more than '
@@ -200,11 +172,11 @@ def readme(analysis, local: pd.DataFrame, sweep: grid.SweepConfig, command: str,
       '| optimizer | B | steps S | examples E = B·S | best LR | lr / (1 − m) | reached / '
       'not reached / diverged | B_simple |', '|---|---:|---:|---:|---:|---:|---|---:|']
   for _, row in analysis.per_batch_size.iterrows():
-    lines.append(f'| {row["optimizer"]} | {row["batch_size"]} | {_fmt(row["steps_to_target"], 4)}'
-                 f' | {_fmt(row["examples_to_target"], 4)} | {_fmt(row["learning_rate"])} | '
-                 f'{_fmt(row["effective_learning_rate"])} | {row["num_reached"]} / '
+    lines.append(f'| {row["optimizer"]} | {row["batch_size"]} | {fmt(row["steps_to_target"], 4)}'
+                 f' | {fmt(row["examples_to_target"], 4)} | {fmt(row["learning_rate"])} | '
+                 f'{fmt(row["effective_learning_rate"])} | {row["num_reached"]} / '
                  f'{row["num_not_reached"]} / {row["num_infeasible"]} | '
-                 f'{_fmt(row["b_simple"])} |')
+                 f'{fmt(row["b_simple"])} |')
   lines += [
       '', 'S is the mean over seeds of the best learning rate\'s steps-to-target; a learning '
       'rate counts only if every seed reached the target.', '',
@@ -224,7 +196,7 @@ def readme(analysis, local: pd.DataFrame, sweep: grid.SweepConfig, command: str,
       'and not-reached (open circles) trials, the best per B outlined.',
       '- `local_cbs_<optimizer>.png` — the local-CBS branches: test loss after the window vs '
       'k·B, the tolerance band and the local CBS.', '',
-      '## Interpretation', '', '<!-- The lead adds the interpretation of this run here; re-runs keep it. -->', '',
+      '## Interpretation', '', readme_text.PLACEHOLDER, '',
       '## Files', '',
       '`trials.csv` (one row per trial: optimizer, batch_size, learning_rate, momentum, seed, '
       'status, outcome, steps_to_target, examples_to_target, best_metric, wall_time, b_simple, '
@@ -252,7 +224,7 @@ def main() -> None:
 
   start = time.perf_counter()
   resumed = (sweep_dir / runner.TABLE_FILE).exists()
-  run_workers(sweep, sweep_dir, args.workers)
+  runner.run_parallel(sweep, sweep_dir, args.workers)
   sweep_time = time.perf_counter() - start
 
   tic = time.perf_counter()
@@ -285,13 +257,7 @@ def main() -> None:
       'outcomes': runner.outcome_counts(table)}, indent=2) + '\n')
   text = readme(analysis, local, sweep, command, timings, runner.outcome_counts(table),
                 args.quick)
-  previous = out / 'README.md'
-  if previous.exists():  # keep a hand-written interpretation across re-runs
-    kept = re.search(r'## Interpretation\n(.*?)\n## ', previous.read_text(), re.S)
-    if kept and 'The lead adds' not in kept.group(1):
-      text = re.sub(r'## Interpretation\n.*?\n## ', lambda _: f'## Interpretation\n{kept.group(1)}\n## ',
-                    text, count=1, flags=re.S)
-  previous.write_text(text)
+  readme_text.write_keeping_interpretation(out / 'README.md', text)
   for _, row in analysis.summary.iterrows():
     print(f'{row["optimizer"]}: B_crit = {row.get("b_crit", float("nan")):.1f} '
           f'[{row.get("b_crit_lo", float("nan")):.1f}, {row.get("b_crit_hi", float("nan")):.1f}], '

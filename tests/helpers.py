@@ -68,3 +68,18 @@ def tiny_lm_config(path, **sections) -> mbx.Config:
     config = dataclasses.replace(
         config, **{section: dataclasses.replace(getattr(config, section), **fields)})
   return config
+
+
+def mbx_train(*args: str, cwd=REPO, timeout: float = 120) -> subprocess.CompletedProcess:
+  """`python -m mbx.cli train ARGS` in a fresh process."""
+  return subprocess.run([sys.executable, '-m', 'mbx.cli', 'train', *args], cwd=cwd,
+                        capture_output=True, text=True, timeout=timeout)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
+  """Exit status 2 and a single stderr line, no traceback, containing every fragment."""
+  assert result.returncode == 2, result.stderr[-2000:]
+  error = result.stderr.strip()
+  assert 'Traceback' not in error and len(error.splitlines()) == 1, error
+  for fragment in fragments:
+    assert fragment in error, (fragment, error)

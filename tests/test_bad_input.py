@@ -11,7 +11,7 @@ import pytest
 import mbx
 from mbx.config import ConfigError
 
-from helpers import REPO, tiny_config
+from helpers import REPO, assert_one_line_error, mbx_train, tiny_config
 
 
 @pytest.fixture(autouse=True, scope='module')
@@ -20,48 +20,35 @@ def prepared_mnist1d():
   mbx.resolve(tiny_config()).dataset.arrays('train')
 
 
-def _mbx_train(*args: str, cwd=REPO) -> subprocess.CompletedProcess:
-  return subprocess.run([sys.executable, '-m', 'mbx.cli', 'train', *args], cwd=cwd,
-                        capture_output=True, text=True, timeout=120)
-
-
-def _assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
-  assert result.returncode == 2, result.stderr[-2000:]
-  error = result.stderr.strip()
-  assert 'Traceback' not in error and len(error.splitlines()) == 1, error
-  for fragment in fragments:
-    assert fragment in error, (fragment, error)
-
-
 def test_a_config_file_with_a_syntax_error_names_file_and_line(tmp_path):
   path = tmp_path / 'broken.py'
   path.write_text('import mbx\n\ndef get_config(:\n  return mbx.Config()\n')
   start = time.perf_counter()
-  _assert_one_line_error(_mbx_train('--config', str(path), '--workdir', str(tmp_path / 'run')),
+  assert_one_line_error(mbx_train('--config', str(path), '--workdir', str(tmp_path / 'run')),
                          f'{path}:3', 'syntax error')
   assert time.perf_counter() - start < 10
   assert not (tmp_path / 'run').exists()
 
 
 def test_warmup_longer_than_the_run_is_an_error_naming_both(tmp_path):
-  result = _mbx_train('--config', 'configs/mnist1d_cnn.py', '--workdir', str(tmp_path / 'run'),
+  result = mbx_train('--config', 'configs/mnist1d_cnn.py', '--workdir', str(tmp_path / 'run'),
                       'train.duration=10 steps', 'optim.warmup=2 epochs')
-  _assert_one_line_error(result, "optim.warmup='2 epochs'", "train.duration='10 steps'")
+  assert_one_line_error(result, "optim.warmup='2 epochs'", "train.duration='10 steps'")
   assert not (tmp_path / 'run').exists()
 
 
 def test_init_from_a_missing_run_is_checked_before_anything_is_written(tmp_path):
-  result = _mbx_train('--config', 'configs/mnist1d_cnn.py', '--workdir', str(tmp_path / 'run'),
+  result = mbx_train('--config', 'configs/mnist1d_cnn.py', '--workdir', str(tmp_path / 'run'),
                       f'train.init_from={tmp_path / "nowhere"}')
-  _assert_one_line_error(result, 'train.init_from', 'not a run directory')
+  assert_one_line_error(result, 'train.init_from', 'not a run directory')
   assert not (tmp_path / 'run').exists()
 
 
 def test_a_catalog_dataset_that_is_not_prepared_is_one_line_with_the_prepare_command(tmp_path):
-  result = _mbx_train('--config', 'configs/mnist1d_cnn.py', '--workdir', str(tmp_path / 'run'),
+  result = mbx_train('--config', 'configs/mnist1d_cnn.py', '--workdir', str(tmp_path / 'run'),
                       'data.name=mnist', f'data.data_dir={tmp_path / "empty"}',
                       'model.name=mlp')
-  _assert_one_line_error(result, "'mnist' is not prepared", 'tfds build mnist')
+  assert_one_line_error(result, "'mnist' is not prepared", 'tfds build mnist')
   assert not (tmp_path / 'run').exists()
 
 
@@ -109,9 +96,9 @@ def test_a_second_train_on_the_same_workdir_exits_at_once_naming_the_holder(tmp_
       assert first.poll() is None, first.communicate()[1][-2000:]
       time.sleep(0.2)
     start = time.perf_counter()
-    second = _mbx_train(*args)
+    second = mbx_train(*args)
     assert time.perf_counter() - start < 10
-    _assert_one_line_error(second, str(workdir), f'PID {first.pid}', 'another process')
+    assert_one_line_error(second, str(workdir), f'PID {first.pid}', 'another process')
   finally:
     out, err = first.communicate(timeout=300)
   assert first.returncode == 0, err[-2000:]

@@ -18,7 +18,7 @@ import mbx
 from mbx.data import text
 from mbx.training.plan import make_plan
 
-from helpers import REPO, run_python, tiny_lm_config
+from helpers import REPO, assert_one_line_error, mbx_train, run_python, tiny_lm_config
 
 
 @pytest.fixture(scope='module')
@@ -236,23 +236,10 @@ def test_lm1b_takes_validation_from_the_first_half_of_test_and_caps_characters(t
   assert len(texts['train']) == 3000 and texts['train'].split('\n')[0] in sentences
 
 
-def _mbx_train(*args: str) -> subprocess.CompletedProcess:
-  return subprocess.run([sys.executable, '-m', 'mbx.cli', 'train', *args], cwd=REPO,
-                        capture_output=True, text=True, timeout=120)
-
-
-def _assert_one_line_error(result, *fragments):
-  assert result.returncode == 2, result.stderr[-2000:]
-  error = result.stderr.strip()
-  assert 'Traceback' not in error and len(error.splitlines()) == 1, error
-  for fragment in fragments:
-    assert fragment in error, (fragment, error)
-
-
 def test_an_unprepared_tiny_shakespeare_is_one_line_with_the_prepare_command(tmp_path):
-  result = _mbx_train('--config', 'configs/lm_tiny_shakespeare.py', '--workdir',
+  result = mbx_train('--config', 'configs/lm_tiny_shakespeare.py', '--workdir',
                       str(tmp_path / 'run'), f'data.data_dir={tmp_path / "empty"}')
-  _assert_one_line_error(result, "'tiny_shakespeare' is not prepared", 'tfds build tiny_shakespeare')
+  assert_one_line_error(result, "'tiny_shakespeare' is not prepared", 'tfds build tiny_shakespeare')
   assert not (tmp_path / 'run').exists()
 
 
@@ -278,9 +265,9 @@ def _bad_inputs(tmp_path):
 def test_bad_text_input_is_one_line_before_anything_is_written(tmp_path, case):
   overrides, message = _bad_inputs(tmp_path)[case]
   start = time.perf_counter()
-  result = _mbx_train('--config', 'configs/lm_kjv_small.py', '--workdir', str(tmp_path / 'run'),
+  result = mbx_train('--config', 'configs/lm_kjv_small.py', '--workdir', str(tmp_path / 'run'),
                       'data.name=text_file', *overrides)
-  _assert_one_line_error(result, message)
+  assert_one_line_error(result, message)
   assert time.perf_counter() - start < 10
   assert not (tmp_path / 'run').exists()
 
@@ -299,3 +286,40 @@ def test_the_kjv_baseline_config_trains_from_the_cli_and_prints_bits_per_charact
   status = json.loads((tmp_path / 'run' / 'status.json').read_text())
   assert status['status'] == 'done' and status['tokens_seen'] == 6 * 32 * 64
   shutil.rmtree(tmp_path / 'run')
+
+
+# ----------------------------------------------------------------- the rest of mbx on it
+@pytest.mark.slow
+def test_packed_trials_schedules_autobatch_and_analyses_work_on_the_language_model(
+    corpus, tmp_path):
+  # Packed trials equal solo ones (momentum SGD: see the accumulation test).
+  base = tiny_lm_config(corpus, optim=dict(name='momentum', learning_rate=0.3,
+                                           weight_decay=0.0),
+                        train=dict(duration='6 steps', checkpoint_every=None,
+                                   eval_every='6 steps'))
+  configs = [dataclasses.replace(base, optim=dataclasses.replace(base.optim, learning_rate=lr))
+             for lr in (0.1, 0.3)]
+  packed = mbx.train_packed(configs, [tmp_path / 'p0', tmp_path / 'p1'], quiet=True)
+  solo = mbx.train(configs[1], tmp_path / 'solo', quiet=True)
+  for a, b in zip(_leaves(packed[1]), _leaves(solo), strict=True):
+    assert np.max(np.abs(a - b)) <= 1e-5 * max(np.max(np.abs(b)), 1e-3)
+  # A batch-size schedule with its milestone in tokens: 8 windows, then 16 after 1,280 tokens.
+  schedule = tiny_lm_config(corpus, train=dict(
+      duration='3840 tokens', batch_size_milestones=(1280,), batch_size_milestone_unit='tokens',
+      batch_size_factor=2, log_every='1 steps', checkpoint_every=None, eval_every='3840 tokens'))
+  run = mbx.train(schedule, tmp_path / 'schedule', quiet=True)
+  assert run.train_metrics['batch_size'].tolist() == [8] * 10 + [16] * 10
+  assert run.status['tokens_seen'] == 3840
+  # AutoBatch picks a micro-batch that fits a budget, and the noise scale is measured.
+  auto = tiny_lm_config(corpus, train=dict(batch_size=64, micro_batch_size='auto',
+                                           autobatch_budget='4MiB', duration='4 steps',
+                                           noise_scale=True, log_every='2 steps',
+                                           checkpoint_every='4 steps', eval_every='4 steps'))
+  run = mbx.train(auto, tmp_path / 'auto', quiet=True)
+  assert run.status['status'] == 'done' and np.isfinite(run.train_metrics['b_simple']).all()
+  # Sharpness and Hessian analyses on its checkpoint.
+  from mbx.measure import analysis  # pylint: disable=import-outside-toplevel
+  summary = analysis.sharpness_analysis(run, epsilons=(1e-3,), subspace_dim=4, maxiter=2,
+                                        top_k=1, trace_samples=2, density_runs=0, subset=64)
+  assert summary['hessian']['top_eigenvalues']['eigenvalues'][0] > 0
+  assert all(r['sharpness'] >= 0 for r in summary['sharpness']['results'])

@@ -231,6 +231,50 @@ def local_cbs(per_factor, summary: dict, path: str | pathlib.Path) -> None:
   fig.savefig(path, dpi=130)
 
 
+def local_cbs_along_training(points, source_train, source_eval, path: str | pathlib.Path, *,
+                             metric: str = 'eval_loss') -> None:
+  """Merrill et al.'s question: does the local CBS grow as the loss falls?
+
+  Left: the local CBS at each branch step (open markers: bounds, see the legend), beside the
+  source run's B_simple along training. Right: the source's `metric` with the branch points.
+  `points`: rows with step, local_cbs, capped (and upper_bound); `source_train` / `source_eval`: the source
+  run's train and eval metric tables."""
+  fig = Figure(figsize=(10, 4), layout='constrained')
+  left, right = fig.subplots(1, 2)
+  capped = points['capped'].astype(bool).to_numpy()
+  upper = (points['upper_bound'].astype(bool).to_numpy() if 'upper_bound' in points
+           else np.zeros(len(points), bool))
+  exact = ~capped & ~upper
+  left.plot(points['step'], points['local_cbs'], 'k-', lw=1)
+  left.plot(points['step'][exact], points['local_cbs'][exact], 'ko', label='local CBS')
+  if capped.any():
+    left.plot(points['step'][capped], points['local_cbs'][capped], '^', mfc='white', mec='k',
+              label='local CBS ≥ (the largest branch was within tolerance)')
+  if upper.any():
+    left.plot(points['step'][upper], points['local_cbs'][upper], 'v', mfc='white', mec='k',
+              label='local CBS ≤ (no branch above the source batch was within tolerance)')
+  if 'b_simple' in source_train:
+    noise = source_train[np.isfinite(source_train['b_simple'])]
+    left.plot(noise['step'], noise['b_simple'], color='tab:orange', alpha=0.8,
+              label='B_simple of the source run (interval means)')
+  left.set_yscale('log', base=2)
+  left.set_xlabel('source step')
+  left.set_ylabel('batch size (sequences)')
+  left.set_title('local CBS vs training progress', fontsize=9)
+  left.grid(True, alpha=0.3)
+  left.legend(fontsize=7)
+  right.plot(source_eval['step'], source_eval[metric], color='tab:blue')
+  at = source_eval.set_index('step')[metric]
+  steps = [s for s in points['step'] if s in at.index]
+  right.plot(steps, [at[s] for s in steps], 'ks', label='branch points')
+  right.set_xlabel('source step')
+  right.set_ylabel(metric)
+  right.set_title('the source run', fontsize=9)
+  right.grid(True, alpha=0.3)
+  right.legend(fontsize=7)
+  fig.savefig(path, dpi=130)
+
+
 FIGURES = {'steps_vs_batch_size.png': steps_vs_batch_size, 'pareto.png': pareto,
            'best_learning_rate.png': best_learning_rate, 'lr_heatmap.png': lr_heatmap}
 

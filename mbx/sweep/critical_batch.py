@@ -72,7 +72,8 @@ def steps_to_result(table: pd.DataFrame) -> pd.DataFrame:
   Columns: optimizer, batch_size, steps_to_target (inf if no point reached it),
   examples_to_target, learning_rate, momentum, effective_learning_rate (of the
   best point), seed_steps (its seeds), b_simple (its run-averaged noise scale),
-  and counts of trials by outcome.
+  best_lr_at_edge (the best LR is the smallest or largest searched, or fewer than
+  three were), and counts of trials by outcome.
   """
   settings = settings_table(table)
   rows = []
@@ -85,11 +86,15 @@ def steps_to_result(table: pd.DataFrame) -> pd.DataFrame:
            'num_incomplete': int(counts.get('incomplete', 0)),
            'steps_to_target': np.inf, 'examples_to_target': np.inf,
            'learning_rate': np.nan, 'momentum': np.nan, 'effective_learning_rate': np.nan,
-           'seed_steps': (), 'b_simple': np.nan}
+           'seed_steps': (), 'b_simple': np.nan, 'best_lr_at_edge': False}
     points = settings[(settings['optimizer'] == optimizer) &
                       (settings['batch_size'] == batch_size)] if not settings.empty else settings
     if len(points) and np.isfinite(points['steps_to_target']).any():
       best = points.loc[points['steps_to_target'].idxmin()]
+      searched = points['learning_rate']
+      # A best LR at the end of its search may not be the best: the search was too narrow.
+      row['best_lr_at_edge'] = bool(len(searched.unique()) < 3 or best['learning_rate'] in (
+          searched.min(), searched.max()))
       row.update(steps_to_target=float(best['steps_to_target']),
                  examples_to_target=float(best['steps_to_target']) * int(batch_size),
                  learning_rate=best['learning_rate'], momentum=best['momentum'],
@@ -224,6 +229,30 @@ def fit_pareto(batch_sizes: Sequence[float], steps: Sequence[float], *,
                    b_crit_ci=interval(fits[:, 1] / fits[:, 0]), confidence=confidence,
                    num_points=n, rms_log_residual=float(np.sqrt(np.mean(log_residuals**2))),
                    samples=fits)
+
+
+def fit_sensitivity(batch_sizes: Sequence[float], steps: Sequence[float]) -> pd.DataFrame:
+  """McCandlish's fit refitted on subsets of the batch sizes: how much B_crit depends on
+  which were measured. Rows: all; each batch size left out; the two smallest left out; the
+  two largest left out (subsets with < 3 points are skipped)."""
+  b = np.asarray(batch_sizes, dtype=float)
+  s = np.asarray(steps, dtype=float)
+  keep = np.isfinite(s) & (s > 0)
+  b, s = b[keep], s[keep]
+  order = np.argsort(b)
+  b, s = b[order], s[order]
+  subsets = [('all', np.ones(len(b), bool))]
+  subsets += [(f'without B={b[i]:g}', np.arange(len(b)) != i) for i in range(len(b))]
+  subsets += [('without the 2 smallest', np.arange(len(b)) >= 2),
+              ('without the 2 largest', np.arange(len(b)) < len(b) - 2)]
+  rows = []
+  for name, mask in subsets:
+    if mask.sum() < 3:
+      continue
+    s_min, e_min = fit_steps(b[mask], s[mask])
+    rows.append({'subset': name, 'num_batch_sizes': int(mask.sum()), 's_min': s_min,
+                 'e_min': e_min, 'b_crit': e_min / s_min if s_min > 0 else np.inf})
+  return pd.DataFrame(rows)
 
 
 def seed_bootstrap_curves(settings: pd.DataFrame, batch_sizes: Sequence[int],

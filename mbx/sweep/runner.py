@@ -203,6 +203,34 @@ def run_sweep(sweep: grid_lib.SweepConfig, sweep_dir: str | pathlib.Path, *, wor
   return progress
 
 
+def _parallel_worker(sweep: grid_lib.SweepConfig, sweep_dir: str, worker: int,
+                     num_workers: int) -> None:
+  run_sweep(sweep, sweep_dir, worker=worker, num_workers=num_workers, compilation_cache=True)
+
+
+def run_parallel(sweep: grid_lib.SweepConfig, sweep_dir: str | pathlib.Path,
+                 num_workers: int) -> None:
+  """`mbx sweep --worker i --num-workers n` for every i, as processes of this machine.
+
+  Spawned, not forked: each worker starts its own JAX. Raises SystemExit naming the
+  workers that failed (re-running resumes)."""
+  if num_workers == 1:
+    _parallel_worker(sweep, str(sweep_dir), 0, 1)
+    return
+  import multiprocessing  # pylint: disable=import-outside-toplevel
+  context = multiprocessing.get_context('spawn')
+  processes = [context.Process(target=_parallel_worker,
+                               args=(sweep, str(sweep_dir), i, num_workers))
+               for i in range(num_workers)]
+  for process in processes:
+    process.start()
+  for process in processes:
+    process.join()
+  failed = [i for i, process in enumerate(processes) if process.exitcode != 0]
+  if failed:
+    raise SystemExit(f'sweep workers {failed} failed; re-run to resume')
+
+
 def _train_unit(trials: list[grid_lib.Trial], sweep_dir: pathlib.Path, pack: bool,
                 progress: SweepProgress) -> None:
   dirs = [trial_dir(sweep_dir, t) for t in trials]
