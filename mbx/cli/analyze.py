@@ -37,7 +37,9 @@ def add_analyze_parsers(analyze_subparsers) -> None:
                  help='p of the random n x p matrix A (0: full space only)')
   p.add_argument('--subspace-std', type=float, default=1.0,
                  help='standard deviation of the entries of A (1/sqrt(n): unit-norm columns)')
-  p.add_argument('--maxiter', type=int, default=10, help='L-BFGS-B iterations')
+  p.add_argument('--maxiter', type=int, default=10, help='L-BFGS-B iterations per start')
+  p.add_argument('--starts', type=int, default=4,
+                 help='L-BFGS-B starts: y = 0, the sign(gradient) vertex, random vertices')
   p.add_argument('--top-k', type=int, default=5, help='top Hessian eigenvalues (0: skip)')
   p.add_argument('--lanczos-steps', type=int, default=None)
   p.add_argument('--trace-samples', type=int, default=100, help='Hutchinson samples (0: skip)')
@@ -87,7 +89,7 @@ def _sharpness(args) -> None:
   summary = analysis.sharpness_analysis(
       run, args.step, epsilons=args.epsilons, subspace_dim=args.subspace_dim,
       subspace_std=args.subspace_std,
-      maxiter=args.maxiter, top_k=args.top_k, lanczos_steps=args.lanczos_steps,
+      maxiter=args.maxiter, num_starts=args.starts, top_k=args.top_k, lanczos_steps=args.lanczos_steps,
       trace_samples=args.trace_samples, trace_sketch=args.trace_sketch,
       density_runs=args.density_runs, density_steps=args.density_steps, subset=args.subset,
       batch_size=args.batch_size, seed=args.seed)

@@ -50,7 +50,8 @@ def _train_and_test(run, step, subset, batch_size, data=None):
 def sharpness_analysis(run, step: int | None = None, *,
                        epsilons: Sequence[float] = EPSILONS, subspace_dim: int | None = 100,
                        subspace_std: float = 1.0,
-                       maxiter: int = 10, top_k: int = 5, lanczos_steps: int | None = None,
+                       maxiter: int = 10, num_starts: int = 4,
+                       top_k: int = 5, lanczos_steps: int | None = None,
                        trace_samples: int = 100, trace_sketch: int = 0, density_runs: int = 5,
                        density_steps: int = 80, subset: int | None = None,
                        batch_size: int | None = None, seed: int = 0, data=None) -> dict:
@@ -58,7 +59,8 @@ def sharpness_analysis(run, step: int | None = None, *,
   one, top-k Hessian eigenvalues, Hutchinson trace and SLQ density of the training loss at a
   checkpoint of `run`, with train/test loss and accuracy. Zero counts skip a measurement."""
   settings = dict(epsilons=list(epsilons), subspace_dim=subspace_dim, subspace_std=subspace_std,
-                  maxiter=maxiter, top_k=top_k, lanczos_steps=lanczos_steps,
+                  maxiter=maxiter, num_starts=num_starts, top_k=top_k,
+                  lanczos_steps=lanczos_steps,
                   trace_samples=trace_samples, trace_sketch=trace_sketch,
                   density_runs=density_runs, density_steps=density_steps, subset=subset,
                   batch_size=batch_size, seed=seed)
@@ -85,17 +87,19 @@ def sharpness_analysis(run, step: int | None = None, *,
                 if subspace_dim else None)
   results = []
   for epsilon in epsilons:
-    results.append(sharpness.epsilon_sharpness(train.value_and_grad, theta, epsilon,
-                                               maxiter=maxiter))
+    options = dict(maxiter=maxiter, num_starts=num_starts, seed=seed)
+    results.append(sharpness.epsilon_sharpness(train.value_and_grad, theta, epsilon, **options))
     if projection is not None:
       results.append(sharpness.epsilon_sharpness(train.value_and_grad, theta, epsilon,
-                                                 projection=projection, maxiter=maxiter))
+                                                 projection=projection, **options))
   summary['sharpness'] = {
       'definition': 'Keskar et al. 2017 eq. (3): (max_{y in C_eps} f(x + A y) - f(x)) / '
-                    '(1 + f(x)) * 100, f = training loss; L-BFGS-B (SciPy) with bounds from y = 0',
+                    '(1 + f(x)) * 100, f = training loss; L-BFGS-B (SciPy) with bounds from '
+                    f'{num_starts} starts (y = 0, the sign(gradient) vertex, random vertices), '
+                    'the best kept',
       'subspace': (f'A = n x {subspace_dim} with i.i.d. N(0, {subspace_std:g}^2) entries '
                    f'(seed {seed})' if subspace_dim else None),
-      'maxiter': maxiter, 'results': results}
+      'maxiter': maxiter, 'num_starts': num_starts, 'results': results}
   timings['sharpness'] = time.perf_counter() - tic
 
   curvature = {'hvp': 'jvp of grad of the training loss over all its examples'}
