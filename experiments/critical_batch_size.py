@@ -28,7 +28,6 @@ local_cbs_<optimizer>.png, study.json and README.md (numbers filled in from the 
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -206,14 +205,7 @@ def readme(analysis, local: pd.DataFrame, sweep: grid.SweepConfig, command: str,
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--quick', action='store_true', help='reduced grid, for checking')
-  parser.add_argument('--workers', type=int, default=2, help='parallel sweep processes')
-  parser.add_argument('--sweep-dir', default=None)
-  parser.add_argument('--out', default=None)
-  parser.add_argument('--bootstrap', type=int, default=2000)
-  parser.add_argument('--no-local-cbs', action='store_true')
-  args = parser.parse_args()
+  args = runner.study_parser(__doc__.splitlines()[0]).parse_args()
   sweep = study_sweep(args.quick)
   sweep_dir = pathlib.Path(args.sweep_dir or REPO / 'sweeps' / sweep.name)
   out = pathlib.Path(args.out or REPO / 'results' /

@@ -25,7 +25,6 @@ local_cbs_along_training.png, local_cbs_step<N>.png, study.json and README.md.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -222,7 +221,10 @@ def readme(analysis, sensitivity: pd.DataFrame, points: pd.DataFrame, sweep: gri
     values = sensitivity['b_crit'].to_numpy()
     lines += ['', '### How much the fit depends on the batch sizes included', '',
               f'Refitting with subsets of the batch sizes gives B_crit from {fmt(values.min())} '
-              f'to {fmt(values.max())} (all: {fmt(values[0])}); `fit_sensitivity.csv`.', '',
+              f'to {fmt(values.max())} (all: {fmt(values[0])}); `fit_sensitivity.csv`. '
+              'Lack-of-fit F test of the curve against the seeds\' scatter: F = '
+              f'{fmt(row.get("lack_of_fit_f"))}, p = {fmt(row.get("lack_of_fit_p"), 2)} '
+              '(a small p would mean the curve misses S(B) by more than seed noise).', '',
               '| batch sizes used | n | S_min | E_min | B_crit |', '|---|---:|---:|---:|---:|']
     for r in sensitivity.itertuples():
       lines.append(f'| {r.subset} | {r.num_batch_sizes} | {fmt(r.s_min)} | {fmt(r.e_min)} | '
@@ -247,10 +249,8 @@ def readme(analysis, sensitivity: pd.DataFrame, points: pd.DataFrame, sweep: gri
                  f'{fmt(r.learning_rate)} | {"**yes**" if r.best_lr_at_edge else "no"} | '
                  f'{r.num_reached} / {r.num_not_reached} / {r.num_infeasible} | '
                  f'{fmt(r.b_simple)} |')
-  edges = per_b[per_b['best_lr_at_edge'] & np.isfinite(per_b['steps_to_target'])]
-  if len(edges):
-    lines += ['', f'**Warning:** at B = {", ".join(map(str, edges["batch_size"]))} the best LR '
-              'is at the end of its search, so S(B) there may be too high.']
+  lines += ['', 'Warnings of the analysis (`mbx analyze cbs`): '
+            + ('; '.join(analysis.warnings) if analysis.warnings else 'none') + '.']
   lines += [
       '', 'S is the mean over seeds of the best learning rate\'s steps-to-target; an LR counts '
       'only if every seed reached the target.', '',
@@ -274,14 +274,7 @@ def readme(analysis, sensitivity: pd.DataFrame, points: pd.DataFrame, sweep: gri
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--quick', action='store_true', help='reduced grid, for checking')
-  parser.add_argument('--workers', type=int, default=2, help='parallel processes')
-  parser.add_argument('--sweep-dir', default=None)
-  parser.add_argument('--out', default=None)
-  parser.add_argument('--bootstrap', type=int, default=2000)
-  parser.add_argument('--no-local-cbs', action='store_true')
-  args = parser.parse_args()
+  args = runner.study_parser(__doc__.splitlines()[0]).parse_args()
   sweep = study_sweep(args.quick)
   sweep_dir = pathlib.Path(args.sweep_dir or REPO / 'sweeps' / sweep.name)
   out = pathlib.Path(args.out or REPO / 'results' / ('critical_batch_size_lm_quick' if args.quick
@@ -300,7 +293,7 @@ def main() -> None:
   from mbx.figures import critical_batch as figures  # pylint: disable=import-outside-toplevel
   figures.save_all(analysis, out)
   per_b = analysis.per_batch_size
-  sensitivity = critical_batch.fit_sensitivity(per_b['batch_size'], per_b['steps_to_target'])
+  sensitivity = next(iter(analysis.sensitivity.values()), pd.DataFrame())
   analysis_time = time.perf_counter() - tic
 
   tic = time.perf_counter()

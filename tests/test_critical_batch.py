@@ -181,6 +181,48 @@ def test_analyze_cbs_command_writes_tables_and_figures(tmp_path, capsys, session
     assert (out / name).stat().st_size > 0
 
 
+def test_analyze_cbs_warns_of_an_edge_of_search_best_lr_and_reports_the_fit_sensitivity(
+    tmp_path, capsys, session_data_dir):
+  table = synthetic_table(rng=np.random.default_rng(4))
+  # At B = 64 the smallest LR becomes the fastest: the best LR sits at the edge of its search.
+  edge = (table['batch_size'] == 64) & (table['learning_rate'] == table.loc[
+      table['batch_size'] == 64, 'learning_rate'].min())
+  table.loc[edge, 'steps_to_target'] = (table.loc[edge, 'steps_to_target'] // 3).astype('Int64')
+  table.loc[edge, 'outcome'] = 'reached'
+  out_of_budget = (table['batch_size'] == 4000) & (table['learning_rate'] == table.loc[
+      table['batch_size'] == 4000, 'learning_rate'].min())
+  table.loc[out_of_budget, 'outcome'] = 'not_reached'
+  table.loc[out_of_budget, 'steps_to_target'] = pd.NA
+  analysis = cb.analyze(table, num_samples=200)
+  assert any('edge of its search at B = 64' in w for w in analysis.warnings), analysis.warnings
+  assert any('ran out of budget' in w for w in analysis.warnings)
+  row = analysis.summary.iloc[0]
+  assert row['b_crit_leave_out_min'] <= row['b_crit'] <= row['b_crit_leave_out_max']
+  assert np.isfinite(row['b_crit_without_largest']) and 0 <= row['lack_of_fit_p'] <= 1
+  subsets = analysis.sensitivity['momentum']['subset'].tolist()
+  assert subsets[0] == 'all' and 'without B=64' in subsets and 'without the 2 largest' in subsets
+  # The command prints the warnings and stores them with the sensitivity table.
+  _fake_sweep_dir(tmp_path, table)
+  cli.main(['analyze', 'cbs', str(tmp_path), '--bootstrap', '200', '--no-figures'])
+  printed = capsys.readouterr().out
+  assert 'warning: momentum: the best learning rate is at the edge of its search at B = 64' in printed
+  assert 'B_crit with batch sizes left out' in printed
+  out = tmp_path / 'analysis'
+  assert 'edge of its search' in (out / 'warnings.txt').read_text()
+  assert len(pd.read_csv(out / 'fit_sensitivity.csv')) == len(subsets)
+
+
+def test_a_clean_synthetic_fit_has_no_lack_of_fit_and_a_curved_one_does():
+  b = np.array([1, 4, 16, 64, 256, 1024, 4000], float)
+  rng = np.random.default_rng(0)
+  clean = [_model(x) * np.exp(0.02 * rng.normal(size=3)) for x in b]
+  s_min, e_min = cb.fit_steps(b, [np.mean(c) for c in clean])
+  assert cb.lack_of_fit(b, clean, s_min, e_min)['lack_of_fit_p'] > 0.01
+  bent = [c * (1.5 if x in (64, 256) else 1.0) for x, c in zip(b, clean)]
+  s_min, e_min = cb.fit_steps(b, [np.mean(c) for c in bent])
+  assert cb.lack_of_fit(b, bent, s_min, e_min)['lack_of_fit_p'] < 1e-3
+
+
 @pytest.mark.slow
 def test_local_cbs_branches_from_a_checkpoint(tmp_path, capsys, session_data_dir):
   source = mbx.train(tiny_config(train=dict(batch_size=16, duration='40 steps',

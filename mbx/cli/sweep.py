@@ -120,6 +120,17 @@ def _analyze_cbs(args) -> None:
                                    'num_incomplete', 'b_simple']].to_string(index=False))
   for _, row in analysis.summary.iterrows():
     print(_summary_line(row, args.confidence))
+  for optimizer, table in analysis.sensitivity.items():
+    table.insert(0, 'optimizer', optimizer)
+  if analysis.sensitivity:
+    sensitivity = pd.concat(analysis.sensitivity.values(), ignore_index=True)
+    sensitivity.to_csv(out / 'fit_sensitivity.csv', index=False)
+    for optimizer, group in sensitivity.groupby('optimizer'):
+      print(f'{optimizer}: B_crit with batch sizes left out: {group["b_crit"].min():.4g} to '
+            f'{group["b_crit"].max():.4g} ({out / "fit_sensitivity.csv"})')
+  (out / 'warnings.txt').write_text(''.join(f'{w}\n' for w in analysis.warnings))
+  for warning in analysis.warnings:
+    print(f'warning: {warning}')
   if not args.no_figures:
     for path in figures.save_all(analysis, out):
       print(f'figure: {path}')

@@ -255,6 +255,68 @@ def fit_sensitivity(batch_sizes: Sequence[float], steps: Sequence[float]) -> pd.
   return pd.DataFrame(rows)
 
 
+def lack_of_fit(batch_sizes: Sequence[float], seed_steps: Sequence[Sequence[float]],
+                s_min: float, e_min: float) -> dict[str, float]:
+  """The classical lack-of-fit F test of S = S_min + E_min / B on log steps: the scatter of the
+  per-B mean around the curve against the scatter of the seeds around their mean (pure
+  error). A small p says the curve's shape, not noise, explains the residuals; nan without
+  repeated seeds."""
+  from scipy import stats  # pylint: disable=import-outside-toplevel
+  lack, pure, n_points, n_total = 0.0, 0.0, 0, 0
+  for b, seeds in zip(batch_sizes, seed_steps):
+    values = np.log(np.asarray(seeds, dtype=float))
+    if not len(values) or not np.all(np.isfinite(values)):
+      continue
+    lack += len(values) * (values.mean() - math.log(s_min + e_min / b)) ** 2
+    pure += float(np.sum((values - values.mean()) ** 2))
+    n_points, n_total = n_points + 1, n_total + len(values)
+  df_lack, df_pure = n_points - 2, n_total - n_points
+  if df_lack < 1 or df_pure < 1 or pure <= 0:
+    return {'lack_of_fit_f': float('nan'), 'lack_of_fit_p': float('nan')}
+  f = (lack / df_lack) / (pure / df_pure)
+  return {'lack_of_fit_f': float(f), 'lack_of_fit_p': float(stats.f.sf(f, df_lack, df_pure))}
+
+
+def fit_warnings(per_batch_size: pd.DataFrame, summary: pd.DataFrame, *, bootstrap: str,
+                 sensitivity: dict[str, pd.DataFrame] | None = None) -> list[str]:
+  """One line per reason to distrust a fit: a best LR at the edge of its search, fewer than 4
+  batch sizes or a single seed behind it, trials that ran out of budget, a seed bootstrap
+  with fewer than 3 seeds, B_crit moving outside its CI when batch sizes are left out, and a
+  significant lack of fit."""
+  lines = []
+  for optimizer, group in per_batch_size.groupby('optimizer', sort=True):
+    reached = group[np.isfinite(group['steps_to_target'])]
+    edges = reached[reached['best_lr_at_edge']]['batch_size'].tolist()
+    if edges:
+      lines.append(f'{optimizer}: the best learning rate is at the edge of its search at B = '
+                   f'{", ".join(map(str, edges))}; widen the search there')
+    if len(reached) < 4:
+      lines.append(f'{optimizer}: only {len(reached)} batch sizes reached the target; a fit of '
+                   'two parameters needs at least 4 to be checked')
+    seeds = max((len(s) for s in reached['seed_steps']), default=0)
+    if seeds < 2:
+      lines.append(f'{optimizer}: one seed per point: the seed-to-seed spread is unknown')
+    elif bootstrap == 'seeds' and seeds < 3:
+      lines.append(f'{optimizer}: a seed bootstrap with {seeds} seeds underestimates the '
+                   'spread; use --bootstrap-method residuals or more seeds')
+    not_reached = int(group['num_not_reached'].sum())
+    if not_reached:
+      lines.append(f'{optimizer}: {not_reached} trials ran out of budget before the target')
+    row = summary[summary['optimizer'] == optimizer]
+    if sensitivity and optimizer in sensitivity and len(row) and 'b_crit_lo' in row:
+      values = sensitivity[optimizer]['b_crit'].to_numpy()
+      lo, hi = float(row['b_crit_lo'].iloc[0]), float(row['b_crit_hi'].iloc[0])
+      if np.isfinite(lo) and (values.min() < lo or values.max() > hi):
+        lines.append(f'{optimizer}: leaving batch sizes out moves B_crit to {values.min():.3g}–'
+                     f'{values.max():.3g}, outside its CI [{lo:.3g}, {hi:.3g}]: the CI covers '
+                     'scatter under the assumed curve only')
+    if len(row) and row.get('lack_of_fit_p', pd.Series([np.nan])).iloc[0] < 0.05:
+      lines.append(f'{optimizer}: lack of fit (F = {row["lack_of_fit_f"].iloc[0]:.3g}, '
+                   f'p = {row["lack_of_fit_p"].iloc[0]:.2g}): the residuals are larger than the '
+                   'seeds\' scatter, so the curve does not describe S(B) within noise')
+  return lines
+
+
 def seed_bootstrap_curves(settings: pd.DataFrame, batch_sizes: Sequence[int],
                           num_samples: int = 2000, seed: int = 0) -> np.ndarray:
   """(R, n) bootstrap S(B): each search point's seeds resampled, then the minimum per B."""
@@ -312,6 +374,8 @@ class CriticalBatchAnalysis:
   per_batch_size: pd.DataFrame  # Shallue's S(B) and best LR, per optimizer
   summary: pd.DataFrame         # one row per optimizer: fit, CIs, Zhang CBS, B_simple
   fits: dict[str, ParetoFit]
+  sensitivity: dict[str, pd.DataFrame] = dataclasses.field(default_factory=dict)
+  warnings: list[str] = dataclasses.field(default_factory=list)  # see fit_warnings
   target_metric: str | None = None
   target_value: float | None = None
 
@@ -326,7 +390,7 @@ def analyze(table: pd.DataFrame, *, num_samples: int = 2000, confidence: float =
   """
   settings = settings_table(table)
   per_b = steps_to_result(table)
-  rows, fits = [], {}
+  rows, fits, sensitivity = [], {}, {}
   for optimizer, group in per_b.groupby('optimizer', sort=True):
     group = group.sort_values('batch_size')
     b, s = group['batch_size'].to_numpy(float), group['steps_to_target'].to_numpy(float)
@@ -360,9 +424,18 @@ def analyze(table: pd.DataFrame, *, num_samples: int = 2000, confidence: float =
                  zhang_cbs_fit_hi=float(np.quantile(zhang_samples, 1 - q)))
       if np.isfinite(row['b_simple_median']):
         row['b_crit_over_b_simple'] = fit.b_crit / row['b_simple_median']
+      sensitivity[optimizer] = fit_sensitivity(b, s)
+      row.update(b_crit_leave_out_min=float(sensitivity[optimizer]['b_crit'].min()),
+                 b_crit_leave_out_max=float(sensitivity[optimizer]['b_crit'].max()),
+                 b_crit_without_largest=float(sensitivity[optimizer].set_index('subset').loc[
+                     'without the 2 largest', 'b_crit']) if len(b[finite]) >= 5 else np.nan,
+                 **lack_of_fit(b[finite], group['seed_steps'][finite], fit.s_min, fit.e_min))
     rows.append(row)
+  summary = pd.DataFrame(rows)
   return CriticalBatchAnalysis(trials=table, settings=settings, per_batch_size=per_b,
-                               summary=pd.DataFrame(rows), fits=fits,
+                               summary=summary, fits=fits, sensitivity=sensitivity,
+                               warnings=fit_warnings(per_b, summary, bootstrap=bootstrap,
+                                                     sensitivity=sensitivity),
                                target_metric=table.attrs.get('target_metric'),
                                target_value=table.attrs.get('target_value'))
 
