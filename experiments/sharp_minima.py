@@ -338,7 +338,7 @@ def main() -> None:
   sweep_dir = pathlib.Path(args.sweep_dir) if args.sweep_dir else pathlib.Path('sweeps')
   sweep_rows = []
   if sweep_dir.is_dir():
-    like = mbx.load_config(CONFIG)
+    like = mbx.resolve(mbx.load_config(CONFIG)).config  # resolved, as run records are
     for (optimizer, b), run in sorted(sweep_runs(sweep_dir, like).items()):
       summary = analyze(run, **grid_settings)
       summaries[f'sweep_{optimizer}_b{b}'] = summary

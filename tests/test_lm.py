@@ -320,6 +320,7 @@ def test_packed_trials_schedules_autobatch_and_analyses_work_on_the_language_mod
   # Sharpness and Hessian analyses on its checkpoint.
   from mbx.measure import analysis  # pylint: disable=import-outside-toplevel
   summary = analysis.sharpness_analysis(run, epsilons=(1e-3,), subspace_dim=4, maxiter=2,
+                                        num_starts=2,
                                         top_k=1, trace_samples=2, density_runs=0, subset=64)
   assert summary['hessian']['top_eigenvalues']['eigenvalues'][0] > 0
   assert all(r['sharpness'] >= 0 for r in summary['sharpness']['results'])
