@@ -124,3 +124,38 @@ def test_a_full_disk_during_a_save_fails_the_run_and_keeps_the_previous_checkpoi
   for a, b in zip(jax.tree.leaves(run.params()), jax.tree.leaves(full.params())):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   assert run.train_metrics['step'].tolist() == full.train_metrics['step'].tolist()
+
+
+@pytest.mark.slow
+def test_ctrl_c_records_interrupted_and_the_same_command_resumes(tmp_path):
+  import signal  # pylint: disable=import-outside-toplevel
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  import time  # pylint: disable=import-outside-toplevel
+  from helpers import REPO  # pylint: disable=import-outside-toplevel
+  workdir = tmp_path / 'run'
+  command = [sys.executable, '-m', 'mbx.cli', 'train', '--config', 'configs/mnist1d_cnn.py',
+             '--workdir', str(workdir), '--quiet', 'train.duration=3000 steps',
+             'train.checkpoint_every=100 steps', 'train.eval_every=1000 steps']
+  process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 120
+  while not (workdir / 'checkpoints' / '200').exists():
+    assert process.poll() is None and time.time() < deadline, process.stderr.read()[-2000:]
+    time.sleep(0.05)
+  process.send_signal(signal.SIGINT)
+  _, stderr = process.communicate(timeout=60)
+  assert process.returncode == 130, stderr[-2000:]
+  assert 'Traceback' not in stderr and 'interrupted' in stderr.strip().splitlines()[-1]
+  status = mbx.load_run(workdir).status
+  assert status['status'] == 'interrupted' and status['last_good_step'] >= 200, status
+  assert 'the same command resumes' in status['reason']
+  resumed = subprocess.run(command[:-3] + ['train.duration=300 steps',
+                                           'train.checkpoint_every=100 steps',
+                                           'train.eval_every=1000 steps'],
+                           cwd=REPO, capture_output=True, text=True, timeout=300)
+  # A different duration is a different config: refused, one line, nothing lost.
+  assert resumed.returncode == 2, resumed.stderr[-2000:]
+  again = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert again.returncode == 0, again.stderr[-2000:]
+  assert mbx.load_run(workdir).status['status'] == 'done'

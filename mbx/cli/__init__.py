@@ -49,6 +49,11 @@ def main(argv=None) -> None:
   except ConfigError as error:
     print(f'mbx {args.command}: error: {error}', file=sys.stderr)
     sys.exit(2)
+  except KeyboardInterrupt:
+    print(f'mbx {args.command}: interrupted; run directories record it (status '
+          '"interrupted"), and the same command resumes from the last checkpoint',
+          file=sys.stderr)
+    sys.exit(130)
 
 
 if __name__ == '__main__':

@@ -265,7 +265,7 @@ def _describe(status: dict[str, Any]) -> str:
   text = status.get('status', 'pending')
   if 'steps_to_target' in status:
     text += f', steps_to_target={status["steps_to_target"]}'
-  elif text in ('failed', 'diverged'):
+  elif text in ('failed', 'diverged', 'interrupted'):
     text += f' ({status.get("reason")})'
   return text
 

@@ -18,7 +18,9 @@ import json
 import math
 import os
 import pathlib
+import signal
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -343,13 +345,19 @@ class TrialRecorder:
                            wall_time=self.meta['wall_time'])
 
   def fail(self, step: int, error: BaseException) -> None:
-    """Records status 'failed' with the reason and the step a re-run resumes from."""
+    """Records status 'failed' (or 'interrupted', for Ctrl-C) with the reason and the step a
+    re-run resumes from."""
     try:
       self.checkpoints.wait()
     except Exception:  # pylint: disable=broad-except  (e.g. a full disk: record the failure)
       pass
-    self.writer.set_status('failed', step=step, reason=f'{type(error).__name__}: {error}',
-                           last_good_step=self.checkpoints.latest_step(),
+    last_good = self.checkpoints.latest_step()
+    if isinstance(error, KeyboardInterrupt):
+      status, reason = 'interrupted', (f'interrupted at step {step} (Ctrl-C); the same command '
+                                       f'resumes from step {last_good or 0}')
+    else:
+      status, reason = 'failed', f'{type(error).__name__}: {error}'
+    self.writer.set_status(status, step=step, reason=reason, last_good_step=last_good,
                            wall_time=self.elapsed())
 
   def finish(self, step: int, **extra) -> Run:
@@ -464,6 +472,34 @@ def _hot_loop(state, hyper, step: int, until: int, position: int, batch: int, fe
   return state
 
 
+class _DeferredInterrupt:
+  """Ctrl-C during training takes effect between chunks of steps, not inside a step, an
+  evaluation or an (asynchronous) checkpoint save, so the run stops in a state it can record;
+  a second Ctrl-C interrupts at once."""
+
+  def __init__(self):
+    self.requested, self.previous = False, None
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      self.previous = signal.signal(signal.SIGINT, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    if self.requested:
+      raise KeyboardInterrupt
+    self.requested = True
+
+  def check(self) -> None:
+    if self.requested:
+      raise KeyboardInterrupt
+
+  def __exit__(self, *exc_info):
+    if self.previous is not None:
+      signal.signal(signal.SIGINT, self.previous)
+    return False
+
+
 def _run_trials(s: Setup, trials: list[TrialRecorder], state: TrainState, *,
                 quiet: bool) -> int:
   """Trains `trials` from their common position to the end of the plan, or until each has
@@ -498,6 +534,7 @@ def _run_trials(s: Setup, trials: list[TrialRecorder], state: TrainState, *,
   active = list(range(len(trials)))
   compile_time, step = 0.0, start_step
   interval_steps, interval_examples, time_since_log = 0, 0, 0.0
+  interrupt = _DeferredInterrupt().__enter__()
   try:
     if step == 0 and 0 in plan.eval_steps:
       for k, row in enumerate(evaluate(state)):
@@ -522,6 +559,7 @@ def _run_trials(s: Setup, trials: list[TrialRecorder], state: TrainState, *,
         state = _hot_loop(state, hyper, step, until, position, batch, feed, s.on_device,
                           plain_fn, measuring_fn, probe_every, sync_every_step)
         step, position = until, position + taken * batch
+        interrupt.check()
         interval_steps += taken
         interval_examples += taken * batch
         if progress is not None:
@@ -571,6 +609,7 @@ def _run_trials(s: Setup, trials: list[TrialRecorder], state: TrainState, *,
       trials[k].fail(step, error)
     raise
   finally:
+    interrupt.__exit__()
     if progress is not None:
       progress.close()
     if not s.on_device:

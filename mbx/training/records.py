@@ -25,7 +25,7 @@ from mbx import models as models_lib
 from mbx.training.checkpoints import Checkpoints
 from mbx.training.workload import resolve
 
-STATUSES = ('running', 'done', 'diverged', 'failed')
+STATUSES = ('running', 'done', 'diverged', 'failed', 'interrupted')
 
 
 def write_json_atomic(path: pathlib.Path, value: Any) -> None:
