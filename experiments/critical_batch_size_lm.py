@@ -298,7 +298,7 @@ def main() -> None:
 
   tic = time.perf_counter()
   local, points = pd.DataFrame(), pd.DataFrame()
-  window = sweep.base.train.eval_every  # placeholder until set below
+  window = None  # the branches' data, once there is a source run
   if not args.no_local_cbs:
     found = source_run(analysis, sweep_dir)
     if found is not None:

@@ -49,16 +49,11 @@ def reference_bits(dataset: text.TextDataset) -> dict[str, float]:
 
 def block_citations(dataset: text.TextDataset) -> dict[str, str]:
   """split -> 'first verse – last verse' of its contiguous block of the KJV corpus."""
-  import json  # pylint: disable=import-outside-toplevel
   starts, citations, position = [], [], 0
-  with open(text.kjv_path(), encoding='utf-8') as f:
-    for line in f:
-      verse = json.loads(line)
-      if text._KJV_PLACEHOLDERS.get(verse['citation']) == verse['text']:  # pylint: disable=protected-access
-        continue
-      starts.append(position)
-      citations.append(verse['citation'])
-      position += len(verse['text']) + 1
+  for citation, verse in text.kjv_verses():
+    starts.append(position)
+    citations.append(citation)
+    position += len(verse) + 1  # the '\n' that joins verses
   at = lambda offset: citations[int(np.searchsorted(starts, offset, side='right')) - 1]
   return {split: f'{at(start)} – {at(stop - 1)}' for split, (start, stop) in dataset.bounds.items()}
 

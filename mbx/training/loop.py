@@ -475,15 +475,12 @@ def _hot_loop(state, hyper, step: int, until: int, position: int, batch: int, fe
 class _DeferredInterrupt:
   """Ctrl-C during training takes effect between chunks of steps, not inside a step, an
   evaluation or an (asynchronous) checkpoint save, so the run stops in a state it can record;
-  a second Ctrl-C interrupts at once."""
+  a second Ctrl-C interrupts at once. Installed only from the main thread (signal's rule)."""
 
   def __init__(self):
-    self.requested, self.previous = False, None
-
-  def __enter__(self):
-    if threading.current_thread() is threading.main_thread():
-      self.previous = signal.signal(signal.SIGINT, self._handle)
-    return self
+    self.requested = False
+    self.previous = (signal.signal(signal.SIGINT, self._handle)
+                     if threading.current_thread() is threading.main_thread() else None)
 
   def _handle(self, signum, frame):
     if self.requested:
@@ -494,10 +491,9 @@ class _DeferredInterrupt:
     if self.requested:
       raise KeyboardInterrupt
 
-  def __exit__(self, *exc_info):
+  def restore(self) -> None:
     if self.previous is not None:
       signal.signal(signal.SIGINT, self.previous)
-    return False
 
 
 def _run_trials(s: Setup, trials: list[TrialRecorder], state: TrainState, *,
@@ -534,7 +530,7 @@ def _run_trials(s: Setup, trials: list[TrialRecorder], state: TrainState, *,
   active = list(range(len(trials)))
   compile_time, step = 0.0, start_step
   interval_steps, interval_examples, time_since_log = 0, 0, 0.0
-  interrupt = _DeferredInterrupt().__enter__()
+  interrupt = _DeferredInterrupt()
   try:
     if step == 0 and 0 in plan.eval_steps:
       for k, row in enumerate(evaluate(state)):
@@ -609,7 +605,7 @@ def _run_trials(s: Setup, trials: list[TrialRecorder], state: TrainState, *,
       trials[k].fail(step, error)
     raise
   finally:
-    interrupt.__exit__()
+    interrupt.restore()
     if progress is not None:
       progress.close()
     if not s.on_device:
