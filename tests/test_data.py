@@ -789,3 +789,22 @@ X3, Y3 = np.zeros((3, 2), np.float32), np.array([0, 1, 2])
 ])
 def test_array_dataset_validation(splits, kwargs, needles):
   _one_line_value_error(lambda: data.ArrayDataset(splits, **kwargs), *needles)
+
+
+def test_processes_that_prepare_mnist1d_at_once_all_get_it(tmp_path):
+  """The processes of a multi-host run (or sweep workers) starting together on an empty
+  data_dir: one prepares, the others wait for it (tfds alone fails the second rename)."""
+  code = textwrap.dedent(f'''
+      import hashlib, sys
+      from mbx import data
+      x, y = data.load_arrays('mnist1d', 'test', data_dir={str(tmp_path)!r})
+      print(hashlib.sha1(x.tobytes() + y.tobytes()).hexdigest())
+  ''')
+  env = dict(os.environ, PYTHONPATH=str(pathlib.Path(__file__).resolve().parents[1]))
+  processes = [subprocess.Popen([sys.executable, '-c', code], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True) for _ in range(3)]
+  results = [p.communicate(timeout=120) for p in processes]
+  assert [p.returncode for p in processes] == [0, 0, 0], [err[-2000:] for _, err in results]
+  digests = {out.strip().splitlines()[-1] for out, _ in results}
+  assert len(digests) == 1
+  assert len(list((tmp_path / 'mnist1d').iterdir())) == 1  # one version dir, no leftovers

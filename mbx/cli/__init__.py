@@ -29,7 +29,7 @@ def _train(args) -> None:
 
 # Each module exposes add_parser(subparsers) and/or, for `mbx analyze <what>`,
 # add_analyze_parsers(analyze_subparsers).
-COMMAND_MODULES = ('mbx.cli.sweep', 'mbx.cli.autobatch')
+COMMAND_MODULES = ('mbx.cli.sweep', 'mbx.cli.autobatch', 'mbx.cli.launch')
 ANALYZE_MODULES = ('mbx.cli.sweep', 'mbx.cli.analyze')
 
 

@@ -19,8 +19,11 @@ order examples were generated in (tfds sorts them by a hash of their key).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import importlib.util
 import os
+import pathlib
 from typing import Sequence
 
 from mbx.data import catalog
@@ -87,14 +90,9 @@ def prepare(dataset_builder, name: str, *, download: bool, local: bool,
   """
   if is_prepared(dataset_builder):
     return dataset_builder
-  if local:
-    from mbx.data import mnist1d_builder  # pylint: disable=g-import-not-at-top
-    with mnist1d_builder.preserved_global_rng():
-      dataset_builder.download_and_prepare(file_format=_ARRAY_RECORD)
-    return dataset_builder
-  if not download:
+  if not local and not download:
     raise DatasetNotPreparedError(_not_prepared_message(name, dataset_builder))
-  if name in catalog.DATASET_NAMES and not tensorflow_available():
+  if not local and name in catalog.DATASET_NAMES and not tensorflow_available():
     raise DatasetNotPreparedError(
         f"Dataset {name!r} is not prepared in {dataset_builder.data_dir_root}, "
         "and preparing it needs TensorFlow, which is not installed: tfds "
@@ -103,13 +101,39 @@ def prepare(dataset_builder, name: str, *, download: bool, local: bool,
         "back does not need it). Install it (`pip install tensorflow-cpu`) "
         "and retry, or prepare on a machine that has it and copy the data "
         "here:\n  " + _build_command(name, dataset_builder))
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  dataset_builder.download_and_prepare(
-      file_format=_ARRAY_RECORD,
-      download_config=tfds.download.DownloadConfig(
-          manual_dir=os.fspath(manual_dir) if manual_dir else None),
-  )
-  return dataset_builder
+  with _preparation_lock(dataset_builder, name):
+    if is_prepared(dataset_builder):  # another process prepared it while this one waited:
+      # a builder made before the data existed knows neither its splits nor its format
+      return type(dataset_builder)(data_dir=dataset_builder.data_dir_root,
+                                   config=dataset_builder.builder_config,
+                                   version=dataset_builder.version)
+    if local:
+      from mbx.data import mnist1d_builder  # pylint: disable=g-import-not-at-top
+      with mnist1d_builder.preserved_global_rng():
+        dataset_builder.download_and_prepare(file_format=_ARRAY_RECORD)
+      return dataset_builder
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    dataset_builder.download_and_prepare(
+        file_format=_ARRAY_RECORD,
+        download_config=tfds.download.DownloadConfig(
+            manual_dir=os.fspath(manual_dir) if manual_dir else None),
+    )
+    return dataset_builder
+
+
+@contextlib.contextmanager
+def _preparation_lock(dataset_builder, name: str):
+  """An exclusive flock per dataset in its data_dir: processes that start together (the
+  processes of a multi-host run, sweep workers) prepare it once, the others wait (tfds's
+  own rename of the finished directory fails in all but one)."""
+  root = pathlib.Path(os.fspath(dataset_builder.data_dir_root))
+  root.mkdir(parents=True, exist_ok=True)
+  with open(root / f".{name.replace('/', '_')}.prepare.lock", "a") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _build_command(name: str, dataset_builder) -> str:

@@ -12,6 +12,7 @@ step directory) is never trusted: `restore_latest` warns in one line, moves it a
 """
 from __future__ import annotations
 
+import logging
 import pathlib
 import shutil
 import sys
@@ -38,6 +39,17 @@ def _abstract(tree):
 
 
 CORRUPT_DIR = 'corrupt'
+
+
+class _QuietReadOnly(logging.Filter):
+  """Drops Orbax's two warnings that a read-only manager is read-only (asked for here)."""
+  NOTICES = ('CheckpointManagerOptions.read_only=True', 'Given directory is read only')
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith(self.NOTICES)
+
+
+logging.getLogger('absl').addFilter(_QuietReadOnly())
 
 
 class Checkpoints:
@@ -139,10 +151,19 @@ class Checkpoints:
     self.check_complete(step)
     names = [n for n in ('params', 'model_state', 'meta')
              if (self.directory / str(step) / n).exists()]
-    args = {n: ocp.args.JsonRestore() if n == 'meta' else ocp.args.StandardRestore()
-            for n in names}
+    args = {n: ocp.args.JsonRestore() if n == 'meta' else
+            ocp.args.StandardRestore(self._on_this_host(step, n)) for n in names}
     restored = self.manager.restore(step, args=ocp.args.Composite(**args))
     return restored['params'], restored.get('model_state', None) or {}, restored['meta']
+
+  def _on_this_host(self, step: int, item: str):
+    """The item's arrays as targets on this process's first device: a checkpoint written by
+    any mesh or number of processes restores here (without a target Orbax insists on the
+    saved topology)."""
+    metadata = ocp.StandardCheckpointHandler().metadata(self.directory / str(step) / item)
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    return jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=device),
+                        metadata)
 
   def wait(self) -> None:
     """Waits for the pending save, then checks it; a save that fails the check is moved aside

@@ -115,19 +115,9 @@ class HostFeed:
                                            shape.num_micro_batches)
     indices = stream_indices(self.seed, self.plan.num_train_examples, position,
                              shape.batch_size)[arrangement]
-    sharding = batch_sharded(self.mesh)
-    local = {}
-
-    def rows(index):
-      key = (index[0].start, index[0].stop)
-      if key not in local:
-        local[key] = self.source[indices[index[0]]]
-      return local[key]
-
-    return ({key: jax.make_array_from_callback(
-        (shape.batch_size, *row_shape), sharding,
-        lambda index, key=key: rows(index[:1])[key]) for key, (row_shape, _) in
-        self.element_spec.items()},)
+    row_shapes = {key: row_shape for key, (row_shape, _) in self.element_spec.items()}
+    return (host_local_batch(lambda positions: self.source[indices[positions]],
+                             shape.batch_size, row_shapes, batch_sharded(self.mesh)),)
 
   def _produce(self, start_step: int):
     try:
@@ -158,13 +148,49 @@ def eval_batch_size(requested: int, num_examples: int, num_devices: int) -> int:
   return -(-batch_size // num_devices) * num_devices
 
 
-def _padded(rows: dict[str, np.ndarray], batch_size: int, sharding) -> tuple:
-  """(batch, mask) padded to batch_size rows; mask is 1 on real rows only."""
-  count = len(next(iter(rows.values())))
-  mask = np.zeros(batch_size, np.float32)
-  mask[:count] = 1
-  pad = lambda a: np.concatenate([a, np.zeros((batch_size - len(a), *a.shape[1:]), a.dtype)])
-  return {k: put(pad(v), sharding) for k, v in rows.items()}, put(mask, sharding)
+def host_local_batch(read, batch_size: int, row_shapes: dict[str, tuple], sharding) -> dict:
+  """A batch of global arrays for which each process reads only its own devices' rows.
+
+  read(positions) returns the rows (a dict of arrays) at those positions of the global batch;
+  it is called once per distinct block of rows this process's devices hold, never for another
+  process's rows (multi-host data loading without a global gather).
+  """
+  local = {}
+
+  def rows(index):
+    positions = np.arange(batch_size)[index[0]]
+    key = (int(positions[0]), len(positions)) if len(positions) else (0, 0)
+    if key not in local:
+      local[key] = read(positions)
+    return local[key]
+
+  return {key: jax.make_array_from_callback((batch_size, *row_shape), sharding,
+                                            lambda index, key=key: rows(index)[key])
+          for key, row_shape in row_shapes.items()}
+
+
+MASK = '__mask__'
+
+
+def _padded(read, count: int, batch_size: int, specs: dict[str, tuple], sharding) -> tuple:
+  """(batch, mask) of batch_size rows, the first `count` from read(positions) and zero padding
+  after; mask is 1 on real rows only. Each process reads only its own rows."""
+
+  def padded_rows(positions):
+    real = positions[positions < count]
+    rows = read(real) if len(real) else None
+    out = {}
+    for key, (row_shape, dtype) in specs.items():
+      block = np.zeros((len(positions), *row_shape), dtype)
+      if rows is not None:
+        block[:len(real)] = rows[key]
+      out[key] = block
+    out[MASK] = (positions < count).astype(np.float32)
+    return out
+
+  row_shapes = {key: shape for key, (shape, _) in specs.items()}
+  arrays = host_local_batch(padded_rows, batch_size, {**row_shapes, MASK: ()}, sharding)
+  return arrays, arrays.pop(MASK)
 
 
 def eval_batches(rows: dict[str, np.ndarray], batch_size: int, mesh) -> list[tuple]:
@@ -174,13 +200,18 @@ def eval_batches(rows: dict[str, np.ndarray], batch_size: int, mesh) -> list[tup
   """
   count = len(next(iter(rows.values())))
   batch_size = eval_batch_size(batch_size, count, mesh.devices.size)
-  return [_padded({k: v[i:i + batch_size] for k, v in rows.items()}, batch_size,
-                  batch_sharded(mesh)) for i in range(0, count, batch_size)]
+  specs = {k: (v.shape[1:], v.dtype) for k, v in rows.items()}
+  return [_padded(lambda positions, i=i: {k: v[i + positions] for k, v in rows.items()},
+                  min(batch_size, count - i), batch_size, specs, batch_sharded(mesh))
+          for i in range(0, count, batch_size)]
 
 
 def streamed_eval_batches(source, batch_size: int, mesh):
-  """Like `eval_batches`, read from a random-access source one batch at a time."""
-  batch_size = eval_batch_size(batch_size, len(source), mesh.devices.size)
-  for i in range(0, len(source), batch_size):
-    yield _padded(source[np.arange(i, min(i + batch_size, len(source)))], batch_size,
-                  batch_sharded(mesh))
+  """Like `eval_batches`, read from a random-access source one batch at a time, each process
+  reading only the rows of its own devices."""
+  count = len(source)
+  batch_size = eval_batch_size(batch_size, count, mesh.devices.size)
+  specs = {k: (v.shape[1:], v.dtype) for k, v in source[np.arange(1)].items()}
+  for i in range(0, count, batch_size):
+    yield _padded(lambda positions, i=i: source[i + positions], min(batch_size, count - i),
+                  batch_size, specs, batch_sharded(mesh))

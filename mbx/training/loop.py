@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import pathlib
 import signal
 import sys
@@ -32,6 +31,7 @@ from tqdm import tqdm
 
 from mbx import config as config_lib
 from mbx.optim import build_optimizer, scaled_learning_rate
+from mbx.training import distributed
 from mbx.training import feed as feed_lib
 from mbx.training.autobatch import resolve_auto_micro_batch
 from mbx.training.checkpoints import Checkpoints
@@ -50,12 +50,6 @@ PACKABLE_FIELDS = tuple(f for f in config_lib.TRIAL_FIELDS if f[1] is not None)
 
 def default_workdir(config: config_lib.Config) -> pathlib.Path:
   return pathlib.Path('runs') / config.name
-
-
-def maybe_initialize_distributed() -> None:
-  """Multi-host: `jax.distributed` reads the cluster from SLURM/TPU/env variables."""
-  if os.environ.get('MBX_DISTRIBUTED') == '1' and not jax.distributed.is_initialized():
-    jax.distributed.initialize()
 
 
 def _sgd_noise_scale(config: config_lib.Config, learning_rate: float, batch_size: int,
@@ -168,7 +162,7 @@ class Setup:
 
 def setup(workload: Workload) -> Setup:
   """Loads the data and resolves the plan; raises ConfigError before any compilation."""
-  maybe_initialize_distributed()
+  distributed.initialize()
   config, mesh = workload.config, make_mesh()
   d = config.data
   try:  # a dataset that is not prepared is said in one line, before anything is written
@@ -239,7 +233,7 @@ class TrialRecorder:
 
   def __init__(self, config: config_lib.Config, workdir: pathlib.Path, s: Setup):
     self.config, self.workdir, self.setup = config, workdir, s
-    self.writer = RunWriter(workdir, enabled=jax.process_index() == 0)
+    self.writer = RunWriter(workdir, enabled=distributed.is_writer())
     self.writer.write_config(config)
     self.checkpoints = Checkpoints(workdir / 'checkpoints', keep=config.train.keep_checkpoints)
     self.meta: dict[str, Any] = {'wall_time': 0.0, 'train_time': 0.0}
@@ -522,7 +516,7 @@ def _run_trials(s: Setup, trials: list[TrialRecorder], state: TrainState, *,
   progress = None if quiet else tqdm(
       total=plan.total_steps, initial=start_step, unit='step', dynamic_ncols=True,
       mininterval=0.5 if sys.stderr.isatty() else 30.0, file=sys.stderr,
-      disable=jax.process_index() != 0)
+      disable=not distributed.is_writer())
   progress_every = max(1, plan.total_steps // 400)
   zero_sums = zero_metric_sums(s.parts.task, s.parts.probes)
   if packed:
@@ -641,6 +635,7 @@ def train_packed(configs: Sequence[config_lib.Config], workdirs: Sequence[str | 
   split on device; otherwise, and when the trials resume from different steps or branch
   from other runs, the trials train one after the other.
   """
+  distributed.initialize()  # before anything asks JAX for its processes or devices
   workdirs = [pathlib.Path(w) for w in workdirs]
   workloads = [resolve(c, data=data, model=model) for c in configs]
   configs = [w.config for w in workloads]
@@ -657,7 +652,7 @@ def train_packed(configs: Sequence[config_lib.Config], workdirs: Sequence[str | 
       branch_source(configs[i])
   locks = []
   try:
-    if jax.process_index() == 0:  # one writer per run (only process 0 writes records)
+    if distributed.is_writer():  # one writer per run (only process 0 writes records)
       for i in pending:
         locks.append(RunLock(workdirs[i]))
     s = setup(workloads[pending[0]])
@@ -670,6 +665,7 @@ def train_packed(configs: Sequence[config_lib.Config], workdirs: Sequence[str | 
   finally:
     for lock in locks:
       lock.release()
+  distributed.barrier('mbx-train-end')  # process 0 has written the records the others read
   for i in pending:
     runs[i] = load_run(workdirs[i])
     if not quiet:
@@ -693,7 +689,7 @@ def _train_pending(s: Setup, configs, workdirs, quiet: bool) -> None:
 
 
 def _print_summary(run: Run, workload: Workload) -> None:
-  if jax.process_index() != 0:
+  if not distributed.is_writer():
     return
   s = run.status
   parts = [f'status={s["status"]} ({s.get("reason")})', f'steps={s["step"]}',
