@@ -310,3 +310,59 @@ def test_killed_sweep_resumes_with_no_duplicate_or_missing_trial(tmp_path, sessi
     assert run.status['step'] == 1200
     for frame in (run.eval_metrics, run.train_metrics):  # no row written twice
       assert frame['step'].is_unique and frame['step'].is_monotonic_increasing
+
+
+# ------------------------------------------------ job array through submitit
+SUBMIT_SWEEP = '''
+import mbx
+from mbx.sweep import SearchSpace, SweepConfig
+
+def get_sweep():
+  base = mbx.Config(model=mbx.ModelConfig(name='mlp'), optim=mbx.OptimConfig(name='adam'),
+                    train=mbx.TrainConfig(log_every='20 steps', eval_every='40 steps',
+                                          checkpoint_every='40 steps'))
+  return SweepConfig(base=base, search=(SearchSpace('adam', (1e-3, 1e-2),
+                                                    num_learning_rates=2),),
+                     batch_sizes=(16, 64), seeds=(0,), budget='80 steps', target_value=0.3,
+                     name='submitted', submit={'time': '0:10:00', 'partition': 'unused-here'})
+'''
+
+
+@pytest.mark.slow
+def test_a_sweep_submitted_as_a_job_array_through_submitit_local_executor_is_complete(
+    tmp_path, session_data_dir):
+  """`mbx sweep --submit local --num-workers 2`: submitit's local executor runs the same
+  job array a SLURM cluster would; the table holds every trial of the grid exactly once."""
+  config = tmp_path / 'submit_sweep.py'
+  config.write_text(textwrap.dedent(SUBMIT_SWEEP))
+  sweep_dir = tmp_path / 'sweep'
+  env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get('PYTHONPATH', ''))
+  result = subprocess.run([sys.executable, '-m', 'mbx.cli', 'sweep', '--config', str(config),
+                           '--sweep-dir', str(sweep_dir), '--submit', 'local',
+                           '--num-workers', '2'], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=600)
+  assert result.returncode == 0, result.stdout + result.stderr
+  assert 'submitted 2 worker job(s) to local' in result.stdout
+  expected = {t.id for t in expand(load_sweep(config))}
+  table = pd.read_csv(sweep_dir / 'trials.csv')
+  assert len(table) == len(expected) == 4 and table['trial_id'].is_unique
+  assert set(table['trial_id']) == expected and set(table['status']) == {'done'}
+  logs = list((sweep_dir / 'submitit').rglob('*_log.err'))
+  assert len(logs) == 2  # one per array task; each trained its own share, none twice
+  worker_lines = [line for log in logs for line in log.read_text().splitlines()
+                  if line.startswith('[worker ')]
+  assert sorted(line.split()[3].rstrip(':') for line in worker_lines) == sorted(expected)
+  assert {line.split()[1] for line in worker_lines} == {'0/2]', '1/2]'}
+
+
+def test_submit_options_are_checked_before_anything_is_submitted(tmp_path):
+  from mbx.sweep import submit
+  with pytest.raises(mbx.ConfigError, match='unknown field.*gpus; allowed'):
+    submit.SubmitOptions.from_mapping({'gpus': 1}, 'sweep.submit')
+  with pytest.raises(mbx.ConfigError, match="time='4 hours'"):
+    submit.SubmitOptions.from_mapping({'time': '4 hours'}, 'sweep.submit')
+  assert submit.SubmitOptions(time='1-02:30:00').timeout_minutes() == 1590
+  parameters = submit.SubmitOptions(partition='gpu', gpus_per_task=1,
+                                    array_parallelism=4).executor_parameters('mbx-x')
+  assert parameters['slurm_partition'] == 'gpu' and parameters['gpus_per_node'] == 1
+  assert parameters['slurm_array_parallelism'] == 4 and parameters['timeout_min'] == 240

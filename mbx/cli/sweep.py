@@ -14,8 +14,10 @@ import sys
 
 import pandas as pd
 
+from mbx import config as config_lib
 from mbx.figures import critical_batch as figures
 from mbx.sweep import critical_batch, grid, runner
+from mbx.sweep import submit as submit_lib
 
 
 def add_parser(subparsers) -> None:
@@ -34,6 +36,17 @@ def add_parser(subparsers) -> None:
                            '(default: the sweep config\'s `pack`)')
   parser.add_argument('--no-compilation-cache', action='store_true',
                       help="don't use JAX's persistent compilation cache in SWEEP_DIR/jax_cache")
+  submit = parser.add_argument_group(
+      'job array', 'submit the --num-workers shards as one job array through submitit '
+      '(docs/multi_host.md); options default to the sweep config\'s `submit` mapping')
+  submit.add_argument('--submit', choices=submit_lib.CLUSTERS, default=None,
+                      help='slurm: submit and return (add --wait to block); local: the same '
+                           'jobs as processes of this machine, waited for')
+  submit.add_argument('--wait', action='store_true', help='wait for the jobs, then write the table')
+  submit.add_argument('--partition', default=None)
+  submit.add_argument('--time', default=None, help='per task, e.g. 4:00:00 or minutes')
+  submit.add_argument('--gpus-per-task', type=int, default=None)
+  submit.add_argument('--cpus-per-task', type=int, default=None)
   parser.add_argument('--list', action='store_true',
                       help="print this worker's trials and their status; train nothing")
   parser.add_argument('overrides', nargs='*',
@@ -53,6 +66,9 @@ def _sweep(args) -> None:
         status = runner.read_status(runner.trial_dir(sweep_dir, trial)).get('status', 'pending')
         print(f'{trial.id}\t{status}')
     return
+  if args.submit:
+    _submit(args, sweep, sweep_dir)
+    return
   progress = runner.run_sweep(sweep, sweep_dir, worker=args.worker,
                               num_workers=args.num_workers, pack=args.pack,
                               compilation_cache=not args.no_compilation_cache)
@@ -64,6 +80,32 @@ def _sweep(args) -> None:
         f'sweep: {len(table)} trials, ' + ', '.join(f'{k} {v}' for k, v in counts.items()))
   print(f'table: {sweep_dir / runner.TABLE_FILE}')
   if progress.failed:
+    sys.exit(1)
+
+
+def _submit(args, sweep, sweep_dir: pathlib.Path) -> None:
+  given = {'partition': args.partition, 'time': args.time, 'gpus_per_task': args.gpus_per_task,
+           'cpus_per_task': args.cpus_per_task}
+  options = submit_lib.SubmitOptions.from_mapping(
+      {**sweep.submit, **{k: v for k, v in given.items() if v is not None}}, 'sweep.submit')
+  if args.worker:
+    raise config_lib.ConfigError('--worker: not with --submit, which submits every worker')
+  jobs = submit_lib.submit(sweep, sweep_dir, cluster=args.submit, num_workers=args.num_workers,
+                           options=options)
+  print(f'{sweep_dir}: submitted {len(jobs)} worker job(s) to {args.submit}: '
+        f'{", ".join(str(job.job_id) for job in jobs)}; logs in {sweep_dir / submit_lib.LOG_DIR}')
+  if args.submit == 'slurm' and not args.wait:
+    print(f'when they finish: mbx sweep --config {args.config} --sweep-dir {sweep_dir} --list, '
+          f'and mbx analyze cbs {sweep_dir}')
+    return
+  failures = submit_lib.wait(jobs, sweep_dir)
+  table = runner.load_table(sweep_dir, refresh=False)
+  print(f'{sweep_dir}: {len(table)} trials, ' + ', '.join(
+      f'{k} {v}' for k, v in runner.outcome_counts(table).items()))
+  print(f'table: {sweep_dir / runner.TABLE_FILE}')
+  for failure in failures:
+    print(f'mbx sweep: {failure}', file=sys.stderr)
+  if failures:
     sys.exit(1)
 
 

@@ -67,6 +67,9 @@ class SweepConfig:
   pack_max_batch_size: int | None = 64
   search_seed: int = 0                   # the quasi-random sequence
   name: str = 'sweep'
+  # `mbx sweep --submit slurm` job options (mbx.sweep.submit.SubmitOptions): partition, time,
+  # gpus_per_task, cpus_per_task, mem_gb, array_parallelism, slurm_options
+  submit: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -279,10 +282,11 @@ def from_dict(values: Mapping[str, Any]) -> SweepConfig:
 
 
 def spec_hash(sweep: SweepConfig) -> str:
-  """Identity of the grid; packing only changes how trials run, not what they are."""
+  """Identity of the grid; packing and job options only change how trials run, not what
+  they are."""
   values = to_dict(sweep)
-  values.pop('pack')
-  values.pop('pack_max_batch_size')
+  for how in ('pack', 'pack_max_batch_size', 'submit'):
+    values.pop(how)
   return hashlib.sha1(json.dumps(values, sort_keys=True).encode()).hexdigest()[:10]
 
 
@@ -295,7 +299,8 @@ def apply_overrides(sweep: SweepConfig, overrides: list[str]) -> SweepConfig:
       base_overrides.append(item)
       continue
     field = key[len('sweep.'):]
-    allowed = {f.name for f in dataclasses.fields(SweepConfig)} - {'base', 'search', 'budgets'}
+    allowed = {f.name for f in dataclasses.fields(SweepConfig)} - {'base', 'search', 'budgets',
+                                                                   'submit'}
     if not sep or field not in allowed:
       raise config_lib.ConfigError(f'{key}: unknown sweep field; allowed: '
                                    f'{", ".join(sorted(allowed))}')

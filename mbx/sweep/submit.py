@@ -1,0 +1,115 @@
+"""`mbx sweep --submit slurm`: a sweep's worker shards as one SLURM job array, through submitit.
+
+Each array task runs `run_sweep(..., worker=i, num_workers=n)`, exactly what `mbx sweep
+--worker i --num-workers n` does on a machine of its own; the trials' locks and resume rules
+are the same. `--submit local` runs the same jobs as local processes (submitit's local
+executor), which is how the path is tested without SLURM.
+"""
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from mbx import config as config_lib
+from mbx.sweep import grid as grid_lib
+from mbx.sweep import runner
+
+CLUSTERS = ('slurm', 'local')
+LOG_DIR = 'submitit'
+
+
+@dataclasses.dataclass(frozen=True)
+class SubmitOptions:
+  """What the job array asks for; from the sweep config's `submit` mapping, then the CLI."""
+  partition: str | None = None           # SLURM partition
+  time: str = '4:00:00'                  # per array task, [D-]HH:MM:SS or minutes
+  gpus_per_task: int = 0
+  cpus_per_task: int | None = None
+  mem_gb: float | None = None
+  array_parallelism: int | None = None   # at most this many tasks at once
+  slurm_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # e.g. account
+
+  @classmethod
+  def from_mapping(cls, values: Mapping[str, Any], where: str) -> 'SubmitOptions':
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - fields)
+    if unknown:
+      raise config_lib.ConfigError(f'{where}: unknown field(s) {", ".join(unknown)}; allowed: '
+                                   f'{", ".join(sorted(fields))}')
+    options = cls(**values)
+    options.timeout_minutes()  # checks the format
+    return options
+
+  def timeout_minutes(self) -> int:
+    text = str(self.time).strip()
+    if re.fullmatch(r'\d+', text):
+      return int(text)
+    match = re.fullmatch(r'(?:(\d+)-)?(\d+):(\d{2}):(\d{2})', text)
+    if not match:
+      raise config_lib.ConfigError(f'time={self.time!r}: use minutes or [D-]HH:MM:SS, e.g. '
+                                   "'4:00:00'")
+    days, hours, minutes, seconds = (int(g or 0) for g in match.groups())
+    return max(1, days * 1440 + hours * 60 + minutes + (seconds > 0))
+
+  def executor_parameters(self, name: str) -> dict[str, Any]:
+    """submitit AutoExecutor parameters (the slurm_ ones are ignored by the local executor)."""
+    parameters: dict[str, Any] = {'name': name, 'timeout_min': self.timeout_minutes(),
+                                  'gpus_per_node': self.gpus_per_task, 'tasks_per_node': 1,
+                                  'nodes': 1}
+    if self.cpus_per_task is not None:
+      parameters['cpus_per_task'] = self.cpus_per_task
+    if self.mem_gb is not None:
+      parameters['mem_gb'] = self.mem_gb
+    if self.partition is not None:
+      parameters['slurm_partition'] = self.partition
+    if self.array_parallelism is not None:
+      parameters['slurm_array_parallelism'] = self.array_parallelism
+    if self.slurm_options:
+      parameters['slurm_additional_parameters'] = dict(self.slurm_options)
+    return parameters
+
+
+def _array_task(sweep: grid_lib.SweepConfig, sweep_dir: str, worker: int,
+                num_workers: int) -> dict[str, int]:
+  progress = runner.run_sweep(sweep, sweep_dir, worker=worker, num_workers=num_workers,
+                              compilation_cache=True)
+  if progress.failed:
+    raise RuntimeError(f'worker {worker}: trials failed: {", ".join(progress.failed)}; '
+                       're-submit to retry them')
+  return {'trained': len(progress.trained), 'skipped': len(progress.skipped),
+          'locked': len(progress.locked)}
+
+
+def submit(sweep: grid_lib.SweepConfig, sweep_dir: str | pathlib.Path, *, cluster: str,
+           num_workers: int, options: SubmitOptions) -> list:
+  """Submits the job array; returns the submitit jobs (one per worker shard)."""
+  if cluster not in CLUSTERS:
+    raise config_lib.ConfigError(f'--submit={cluster!r}: allowed: {", ".join(CLUSTERS)}')
+  if num_workers < 1:
+    raise config_lib.ConfigError(f'--num-workers={num_workers}: must be at least 1')
+  for trial in grid_lib.expand(sweep):  # every config error before anything is submitted
+    config_lib.validate(trial.config)
+  import submitit  # pylint: disable=import-outside-toplevel  (only this command needs it)
+  sweep_dir = pathlib.Path(sweep_dir).absolute()
+  executor = submitit.AutoExecutor(folder=sweep_dir / LOG_DIR / '%j', cluster=cluster)
+  executor.update_parameters(**options.executor_parameters(f'mbx-{sweep.name}'))
+  workers = list(range(num_workers))
+  return executor.map_array(_array_task, [sweep] * num_workers, [str(sweep_dir)] * num_workers,
+                            workers, [num_workers] * num_workers)
+
+
+def wait(jobs, sweep_dir: str | pathlib.Path) -> list[str]:
+  """Waits for every job; rewrites trials.csv; returns one line per failed job."""
+  failures = []
+  for worker, job in enumerate(jobs):
+    try:
+      job.result()
+    except Exception as error:  # pylint: disable=broad-except  (reported, the others go on)
+      lines = [line for line in str(error).strip().splitlines() if line.strip()]
+      failures.append(f'worker {worker} (job {job.job_id}): {lines[-1] if lines else error}'
+                      f'; log: {job.paths.stderr}')
+  runner.write_table(pathlib.Path(sweep_dir))
+  return failures
