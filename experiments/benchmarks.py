@@ -14,11 +14,8 @@ examples/s, median of --repeats timed runs, each after a warm-up:
   - PyTorch eager / torch.compile (model compiled, default mode): the same architecture,
     Adam (PyTorch's CPU default: neither foreach nor fused), a fixed batch pre-loaded as tensors,
     torch's default thread count (printed)
-GPU table (only when jax.default_backend() == 'gpu'; skipped with a note otherwise): the mbx
-train step (batch already on device) for ResNet-18 (32x32), ResNet-50 (224x224) and a small ViT
-(32x32) at large batch in bfloat16: step time, examples/s and model-FLOPs utilisation = the
-FLOPs of the lowered step (XLA's cost analysis before optimisation) / (step time x the
-device's dense bf16 peak).
+The accelerator counterpart (bf16 step time and MFU at large batch, AutoBatch against a real
+OOM, packed trials) is experiments/gpu_check.py.
 Outputs: the tables on stdout; with --out, a Markdown file with machine, versions, thread
 counts and the command.
 """
@@ -33,38 +30,15 @@ import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from bench_step import STEPS, bare_loop, mbx_loop  # pylint: disable=wrong-import-position
 
-from mbx import data, models  # pylint: disable=wrong-import-position
-from mbx.config import OptimConfig  # pylint: disable=wrong-import-position
-from mbx.optim import build_optimizer, learning_rate_schedule  # pylint: disable=wrong-import-position
-from mbx.tasks import Classification  # pylint: disable=wrong-import-position
-from mbx.training import step as step_lib  # pylint: disable=wrong-import-position
-from mbx.training.plan import StepShape  # pylint: disable=wrong-import-position
+from mbx import data  # pylint: disable=wrong-import-position
 
 MODELS = {'cnn1d': {}, 'mlp': {'hidden': (100, 100), 'residual': True}}
 BATCH_SIZES = (32, 512, 4000)
-
-# Dense bf16 tensor-core peak per device (vendor datasheets, no sparsity); matched in order
-# against jax's device_kind.
-PEAK_BF16_FLOPS = (
-    ('H100 PCIe', 756e12), ('H100 NVL', 835e12), ('H100', 989e12),
-    ('H200 NVL', 835e12), ('H200', 989e12), ('GH200', 989e12),
-    ('A100', 312e12), ('L40S', 362e12), ('L4', 121e12),
-    ('TPU v4', 275e12), ('TPU v5 lite', 197e12), ('TPU v5e', 197e12), ('TPU v5', 459e12),
-    ('TPU v6 lite', 918e12),
-)
-# (name, model, options, input shape, per-device batch, optimizer)
-GPU_MODELS = (
-    ('ResNet-18', 'resnet18', {}, (32, 32, 3), 1024, 'momentum'),
-    ('ResNet-50', 'resnet50', {}, (224, 224, 3), 256, 'momentum'),
-    ('ViT (6 x 192, patch 4)', 'vit', {}, (32, 32, 3), 1024, 'adamw'),
-)
-
 
 # ----------------------------------------------------------------------------- PyTorch
 def torch_model(name: str):
@@ -161,71 +135,6 @@ def cpu_table(args) -> list[str]:
   return lines
 
 
-# ----------------------------------------------------------------------------- GPU table
-def peak_bf16_flops(device_kind: str) -> float | None:
-  return next((peak for key, peak in PEAK_BF16_FLOPS if key in device_kind), None)
-
-
-def step_time(name: str, options: dict, input_shape, per_device_batch: int, optimizer: str,
-              steps: int) -> tuple[float, float]:
-  """(seconds per step, FLOPs per step per device) of mbx's bf16 train step."""
-  mesh = step_lib.make_mesh()
-  batch = per_device_batch * mesh.devices.size
-  model = models.build_model(name, num_classes=10, options=options, dtype=jnp.bfloat16,
-                             batch_norm_axis_name=step_lib.batch_norm_axis_name(mesh))
-  optim = OptimConfig(name=optimizer, learning_rate=0.1 if optimizer == 'momentum' else 1e-3)
-  schedule = learning_rate_schedule(optim, batch_size=batch, examples_per_epoch=50000,
-                                    total_examples=10**7)
-  task = Classification()
-  step = step_lib.make_step(step_lib.StepParts(model=model, task=task, optim=optim,
-                                               lr_schedule=schedule),
-                            StepShape(batch, 1, 'unrolled'), mesh, on_device_data=False)
-  state = step_lib.init_train_state(model, build_optimizer(optim), jnp.zeros((1, *input_shape)),
-                                    seed=0, mesh=mesh, task=task)
-  sharding = step_lib.batch_sharded(mesh)
-  hyper = jax.device_put(step_lib.trial_hyperparameters(1.0, optim.momentum, 0),
-                         step_lib.replicated(mesh))
-  batch_arrays = {'inputs': jax.device_put(jnp.zeros((batch, *input_shape), jnp.float32), sharding),
-                  'targets': jax.device_put(jnp.zeros((batch,), jnp.int32), sharding)}
-  lowered = step.lower(state, hyper, batch_arrays)
-  # FLOPs of the program as written (before XLA's optimisation passes): the model's own
-  # arithmetic, whatever the backend turns convolutions into.
-  cost = lowered.cost_analysis()
-  flops = float((cost[0] if isinstance(cost, (list, tuple)) else cost)['flops'])
-  compiled = lowered.compile()
-  for _ in range(3):
-    state, _ = compiled(state, hyper, batch_arrays)
-  jax.block_until_ready(state)
-  start = time.perf_counter()
-  for _ in range(steps):
-    state, _ = compiled(state, hyper, batch_arrays)
-  jax.block_until_ready(state)
-  return (time.perf_counter() - start) / steps, flops
-
-
-def gpu_table(args) -> list[str]:
-  lines = []
-  emit(lines, '## GPU: bf16 train step at large batch', '')
-  if jax.default_backend() != 'gpu':
-    emit(lines, f'GPU rows skipped: the JAX backend here is {jax.default_backend()!r}, not gpu.')
-    return lines
-  kind = jax.devices()[0].device_kind
-  peak = peak_bf16_flops(kind)
-  emit(lines, f'{jax.device_count()} x {kind}; peak dense bf16 '
-       f'{f"{peak / 1e12:.0f} TFLOP/s" if peak else "unknown (add it to PEAK_BF16_FLOPS)"} '
-       'per device', '',
-       '| model | input | batch / device | step (ms) | examples/s | TFLOP/s / device | MFU |',
-       '|---|---|---:|---:|---:|---:|---:|')
-  for label, name, options, shape, per_device, optimizer in GPU_MODELS:
-    seconds, flops = step_time(name, options, shape, per_device, optimizer, args.gpu_steps)
-    achieved = flops / seconds
-    mfu = f'{achieved / peak:.1%}' if peak else 'n/a'
-    emit(lines, f'| {label} | {"x".join(map(str, shape))} | {per_device} | '
-         f'{seconds * 1e3:.1f} | {per_device * jax.device_count() / seconds:,.0f} | '
-         f'{achieved / 1e12:.1f} | {mfu} |')
-  return lines
-
-
 # ----------------------------------------------------------------------------- report
 def machine() -> list[str]:
   cpu = platform.processor() or platform.machine()
@@ -252,14 +161,12 @@ def main() -> None:
   parser.add_argument('--repeats', type=int, default=3)
   parser.add_argument('--steps-scale', type=float, default=1.0)
   parser.add_argument('--batch-sizes', type=int, nargs='*', default=list(BATCH_SIZES))
-  parser.add_argument('--gpu-steps', type=int, default=20)
-  parser.add_argument('--skip-cpu', action='store_true', help='only the GPU table')
   parser.add_argument('--out', default=None, help='also write Markdown here')
   args = parser.parse_args()
   command = 'python ' + ' '.join([os.path.relpath(sys.argv[0])] + sys.argv[1:])
   header = machine()
   print('\n'.join(header) + '\n', flush=True)
-  sections = ([] if args.skip_cpu else cpu_table(args)) + gpu_table(args)
+  sections = cpu_table(args)
   if args.out:
     text = ['# Benchmarks: mbx vs a bare jax.jit loop vs PyTorch', '',
             f'Command: `{command}` ({time.strftime("%Y-%m-%d")})', '', *header, '', *sections,

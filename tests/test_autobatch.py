@@ -107,3 +107,16 @@ def test_search_finds_the_boundary_from_any_guess(guess):
   assert len(calls) <= 2 * 10 + 2  # gallop + bisection: logarithmic in the miss
   assert autobatch_lib._largest_fitting(lambda m: True, guess, 1000) == (1000, None)  # pylint: disable=protected-access
   assert autobatch_lib._largest_fitting(lambda m: False, guess, 1000)[0] == 0  # pylint: disable=protected-access
+
+
+@pytest.mark.parametrize('guess', [37, 99, 100, 101, 500])
+def test_a_coarser_search_brackets_the_boundary_within_its_resolution_in_fewer_probes(guess):
+  calls = []
+
+  def fits(m):
+    calls.append(m)
+    return m <= 100
+
+  lo, hi = autobatch_lib._largest_fitting(fits, guess, 1000, resolution=5)  # pylint: disable=protected-access
+  assert fits(lo) and not fits(hi) and hi - lo <= 5 and lo <= 100 < hi
+  assert len(calls) <= 2 * 8 + 2
