@@ -7,6 +7,7 @@ already sits on the device, called in a Python loop.
 
     python experiments/bench_step.py            # ~2 min on a 2-core CPU
     python experiments/bench_step.py --steps-scale 0.2   # quick look
+    python experiments/bench_step.py --writers           # TensorBoard on vs off (whole run)
 
 Model: the MNIST-1D CNN, Adam, B in {1, 32, 512, 4000}. Each measurement is the
 median of `--repeats` timed runs after a warm-up; mbx's throughput is its
@@ -60,22 +61,42 @@ def bare_loop(batch_size: int, steps: int, x_all, y_all, model_name: str = 'cnn1
 
 
 def mbx_loop(batch_size: int, steps: int, model_name: str = 'cnn1d', model_options=None,
-             noise_scale: bool = False) -> tuple[float, float]:
+             noise_scale: bool = False, tensorboard: bool = True,
+             log_every: int | None = None) -> tuple[float, float]:
   """(examples/s of the training loop, examples/s over the whole run) for mbx.train."""
   config = mbx.Config(
       model=mbx.ModelConfig(name=model_name, options=dict(model_options or {})),
       optim=mbx.OptimConfig(name='adam', learning_rate=1e-3),
       train=mbx.TrainConfig(batch_size=batch_size, duration=f'{steps} steps',
-                            log_every=f'{max(steps // 10, 1)} steps',
+                            log_every=f'{log_every or max(steps // 10, 1)} steps',
                             eval_every=f'{steps} steps', checkpoint_every=None,
                             noise_scale=noise_scale),
       name='bench')
   with tempfile.TemporaryDirectory() as workdir:
     start = time.perf_counter()
-    run = mbx.train(config, workdir, quiet=True)
+    run = mbx.train(config, workdir, quiet=True,
+                    trackers=('tensorboard',) if tensorboard else ())
     wall = time.perf_counter() - start
   examples = batch_size * (steps - 1)  # the first step compiles and is timed apart
   return examples / run.status['train_time'], batch_size * steps / wall
+
+
+def writer_overhead(args) -> None:
+  """Whole-run examples/s with and without TensorBoard event files, logging often."""
+  print('| batch | steps | log every | whole run, no writer (ex/s) | with TensorBoard (ex/s) | '
+        'with / without |')
+  print('|---:|---:|---:|---:|---:|---:|')
+  for batch_size in args.batch_sizes:
+    steps = max(int(STEPS.get(batch_size, 1000) * args.steps_scale), 10)
+    log_every = max(steps // 100, 1)
+    rates = {True: [], False: []}
+    for _ in range(args.repeats):
+      for tensorboard in (False, True):  # interleaved: drifts of the machine hit both
+        rates[tensorboard].append(mbx_loop(batch_size, steps, tensorboard=tensorboard,
+                                           log_every=log_every)[1])
+    without, with_tb = (statistics.median(rates[k]) for k in (False, True))
+    print(f'| {batch_size} | {steps} | {log_every} | {without:,.0f} | {with_tb:,.0f} | '
+          f'{with_tb / without:.3f} |', flush=True)
 
 
 def main() -> None:
@@ -83,7 +104,12 @@ def main() -> None:
   parser.add_argument('--repeats', type=int, default=3)
   parser.add_argument('--steps-scale', type=float, default=1.0)
   parser.add_argument('--batch-sizes', type=int, nargs='*', default=sorted(STEPS))
+  parser.add_argument('--writers', action='store_true',
+                      help='instead: the cost of TensorBoard event files (100 log rows per run)')
   args = parser.parse_args()
+  if args.writers:
+    writer_overhead(args)
+    return
   x_all, y_all = data.load_arrays('mnist1d', 'train')
   rows = []
   for batch_size in args.batch_sizes:

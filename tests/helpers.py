@@ -83,3 +83,33 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) 
   assert 'Traceback' not in error and len(error.splitlines()) == 1, error
   for fragment in fragments:
     assert fragment in error, (fragment, error)
+
+
+def read_wandb_history(path) -> list[dict]:
+  """The history rows of an offline W&B run file (`<run>.wandb`), as {key: float}.
+
+  Written by hand for the tests: wandb 0.31 ships no reader for its offline files. They use
+  LevelDB's log format (a 7-byte header, then 32 KiB blocks of records: crc32 (4 bytes), length
+  (2), type (1: full, 2: first, 3: middle, 4: last), data), each record a wandb Record proto.
+  """
+  import struct  # pylint: disable=import-outside-toplevel
+  from wandb.proto import wandb_internal_pb2  # pylint: disable=import-outside-toplevel
+  raw = pathlib.Path(path).read_bytes()
+  block, position, pending, rows = 32768, 7, b'', []
+  while position + 7 <= len(raw):
+    if block - position % block < 7:  # a block's tail too short for a header is padding
+      position += block - position % block
+      continue
+    _, length, kind = struct.unpack('<IHB', raw[position:position + 7])
+    data = raw[position + 7:position + 7 + length]
+    position += 7 + length
+    if kind in (1, 4):
+      record = wandb_internal_pb2.Record()
+      record.ParseFromString(pending + data)
+      pending = b''
+      if record.WhichOneof('record_type') == 'history':
+        rows.append({item.key or '/'.join(item.nested_key): float(json.loads(item.value_json))
+                     for item in record.history.item})
+    elif kind in (2, 3):
+      pending += data
+  return rows

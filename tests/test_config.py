@@ -13,7 +13,7 @@ from mbx.config import ConfigError, apply_overrides, from_dict, parse_duration, 
 from mbx.training.plan import make_plan
 from mbx.training.workload import resolve
 
-from helpers import REPO, tiny_config
+from helpers import REPO, mbx_train, tiny_config
 
 BASE = tiny_config()
 
@@ -131,3 +131,29 @@ def test_refuses_to_resume_a_different_config(tmp_path):
     mbx.train(tiny_config(train=dict(duration='2 steps', checkpoint_every=None),
                           optim=dict(learning_rate=0.5)), tmp_path, quiet=True)
   assert (tmp_path / 'config.json').read_text() == before
+
+
+def test_config_flags_are_overrides_in_either_spelling():
+  from mbx.cli import config_flags_as_overrides
+  assert config_flags_as_overrides(
+      ['train', '--config', 'c.py', '--config.train.batch_size=32',
+       '--config.optim.learning_rate', '0.1', 'model.name=mlp']) == [
+           'train', '--config', 'c.py', 'model.name=mlp', 'train.batch_size=32',
+           'optim.learning_rate=0.1']
+  launched = ['launch', '-n', '2', '--', 'mbx', 'train', '--config.train.seed=1']
+  assert config_flags_as_overrides(launched) == launched  # left to the launched mbx
+  with pytest.raises(mbx.ConfigError, match='--config.train.seed: no value'):
+    config_flags_as_overrides(['train', '--config.train.seed'])
+
+
+def test_mbx_train_accepts_the_ml_collections_spelling_and_a_run_config_json(tmp_path):
+  first = mbx_train('--config', 'configs/mnist1d_mlp.py', '--workdir', str(tmp_path / 'a'),
+                    '--quiet', '--config.train.duration=10 steps', '--config.train.eval_every',
+                    '10 steps', 'train.log_every=5 steps', 'train.checkpoint_every=10 steps')
+  assert first.returncode == 0, first.stderr
+  saved = json.loads((tmp_path / 'a' / 'config.json').read_text())
+  assert saved['train']['duration'] == '10 steps' and saved['train']['eval_every'] == '10 steps'
+  again = mbx_train('--config', str(tmp_path / 'a' / 'config.json'), '--workdir',
+                    str(tmp_path / 'b'), '--quiet')
+  assert again.returncode == 0, again.stderr
+  assert json.loads((tmp_path / 'b' / 'config.json').read_text()) == saved

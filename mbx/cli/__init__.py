@@ -18,19 +18,54 @@ def _add_train(subparsers) -> None:
                       help="configs/<name>.py, or a run's config.json (or its directory)")
   parser.add_argument('--workdir', default=None, help='run directory (default runs/<name>)')
   parser.add_argument('--quiet', action='store_true', help='no progress bar or summary')
+  parser.add_argument('--trackers', default='tensorboard',
+                      help='comma-separated, of tensorboard, wandb (offline unless WANDB_MODE '
+                           'is set), mlflow (MLFLOW_TRACKING_URI, else <workdir>/mlruns); '
+                           "'none' for none (default %(default)s)")
   parser.add_argument('overrides', nargs='*', help='section.field=value')
   parser.set_defaults(run=_train)
 
 
 def _train(args) -> None:
   loop = importlib.import_module('mbx.training.loop')  # jax loads only for commands that train
-  loop.train(load_config(args.config, args.overrides), args.workdir, quiet=args.quiet)
+  trackers = [] if args.trackers == 'none' else [t for t in args.trackers.split(',') if t]
+  loop.train(load_config(args.config, args.overrides), args.workdir, quiet=args.quiet,
+             trackers=trackers)
 
 
 # Each module exposes add_parser(subparsers) and/or, for `mbx analyze <what>`,
 # add_analyze_parsers(analyze_subparsers).
 COMMAND_MODULES = ('mbx.cli.sweep', 'mbx.cli.autobatch', 'mbx.cli.launch')
 ANALYZE_MODULES = ('mbx.cli.sweep', 'mbx.cli.analyze')
+
+
+CONFIG_FLAG = '--config.'
+
+
+def config_flags_as_overrides(argv: list[str]) -> list[str]:
+  """`--config.train.batch_size=32` (or `--config.train.batch_size 32`), the ml_collections /
+  big_vision spelling, as the override `train.batch_size=32`. A launched command after `--`
+  is left to its own parser."""
+  out, overrides, i = [], [], 0
+  while i < len(argv):
+    token = argv[i]
+    if token == '--':
+      out += argv[i:]
+      break
+    if token.startswith(CONFIG_FLAG) and len(token) > len(CONFIG_FLAG):
+      key, sep, value = token[len(CONFIG_FLAG):].partition('=')
+      if not sep:
+        if i + 1 >= len(argv):
+          raise ConfigError(f'{token}: no value; use {token}=VALUE')
+        value, i = argv[i + 1], i + 1
+      overrides.append(f'{key}={value}')
+    else:
+      out.append(token)
+    i += 1
+  if overrides and '--' in out:
+    at = out.index('--')
+    return out[:at] + overrides + out[at:]
+  return out + overrides
 
 
 def main(argv=None) -> None:
@@ -43,6 +78,12 @@ def main(argv=None) -> None:
   analyze_subparsers = analyze.add_subparsers(dest='analysis', required=True)
   for name in ANALYZE_MODULES:
     importlib.import_module(name).add_analyze_parsers(analyze_subparsers)
+  argv = list(sys.argv[1:] if argv is None else argv)
+  try:
+    argv = config_flags_as_overrides(argv)
+  except ConfigError as error:
+    print(f'mbx: error: {error}', file=sys.stderr)
+    sys.exit(2)
   args = parser.parse_args(argv)
   try:
     args.run(args)

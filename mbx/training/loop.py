@@ -41,6 +41,7 @@ from mbx.training.records import Run, RunLock, RunWriter, load_run
 from mbx.training.step import (StepParts, TrainState, init_train_state, make_eval_step,
                                make_mesh, make_step, metric_names, replicated,
                                trial_hyperparameters, zero_metric_sums)
+from mbx.training.tracking import DEFAULT_TRACKERS, check_trackers
 from mbx.training.workload import Workload, config_error, resolve
 
 MOMENTUM_OF = {'sgd': lambda o: 0.0, 'momentum': lambda o: o.momentum,
@@ -231,9 +232,10 @@ def _branch_from(state: TrainState, config: config_lib.Config) -> TrainState:
 class TrialRecorder:
   """One trial's records: logs, evaluations, checkpoints, outcome and final status."""
 
-  def __init__(self, config: config_lib.Config, workdir: pathlib.Path, s: Setup):
+  def __init__(self, config: config_lib.Config, workdir: pathlib.Path, s: Setup, *,
+               trackers: tuple[str, ...] = DEFAULT_TRACKERS):
     self.config, self.workdir, self.setup = config, workdir, s
-    self.writer = RunWriter(workdir, enabled=distributed.is_writer())
+    self.writer = RunWriter(workdir, enabled=distributed.is_writer(), trackers=trackers)
     self.writer.write_config(config)
     self.checkpoints = Checkpoints(workdir / 'checkpoints', keep=config.train.keep_checkpoints)
     self.meta: dict[str, Any] = {'wall_time': 0.0, 'train_time': 0.0}
@@ -611,14 +613,18 @@ def _run_trials(s: Setup, trials: list[TrialRecorder], state: TrainState, *,
 
 
 def train(config: config_lib.Config, workdir: str | pathlib.Path | None = None, *,
-          data=None, model=None, quiet: bool = False) -> Run:
+          data=None, model=None, quiet: bool = False,
+          trackers: Sequence[str] = DEFAULT_TRACKERS) -> Run:
   """Trains (or resumes) the configured run in `workdir`; returns the loaded Run.
 
   data: an mbx.data.ArrayDataset instead of `data.name`; model: a flax.linen.Module
-  instance instead of `model.name` (see workload.resolve).
+  instance instead of `model.name` (see workload.resolve); trackers: where else the metrics
+  go, of mbx.training.tracking.TRACKERS (TensorBoard event files in <workdir>/tensorboard by
+  default; () for none).
   """
   workdir = pathlib.Path(workdir) if workdir is not None else default_workdir(config)
-  return train_packed([config], [workdir], data=data, model=model, quiet=quiet)[0]
+  return train_packed([config], [workdir], data=data, model=model, quiet=quiet,
+                      trackers=trackers)[0]
 
 
 def pack_key(config: config_lib.Config) -> str:
@@ -627,7 +633,8 @@ def pack_key(config: config_lib.Config) -> str:
 
 
 def train_packed(configs: Sequence[config_lib.Config], workdirs: Sequence[str | pathlib.Path],
-                 *, data=None, model=None, quiet: bool = False) -> list[Run]:
+                 *, data=None, model=None, quiet: bool = False,
+                 trackers: Sequence[str] = DEFAULT_TRACKERS) -> list[Run]:
   """Trains each config in its workdir, as one vmapped program where possible.
 
   The configs must share `pack_key` (differ only in PACKABLE_FIELDS). Finished trials
@@ -636,6 +643,7 @@ def train_packed(configs: Sequence[config_lib.Config], workdirs: Sequence[str | 
   from other runs, the trials train one after the other.
   """
   distributed.initialize()  # before anything asks JAX for its processes or devices
+  trackers = check_trackers(trackers)
   workdirs = [pathlib.Path(w) for w in workdirs]
   workloads = [resolve(c, data=data, model=model) for c in configs]
   configs = [w.config for w in workloads]
@@ -661,7 +669,8 @@ def train_packed(configs: Sequence[config_lib.Config], workdirs: Sequence[str | 
       lock.release(remove_if_new=True)
     raise
   try:
-    _train_pending(s, [configs[i] for i in pending], [workdirs[i] for i in pending], quiet)
+    _train_pending(s, [configs[i] for i in pending], [workdirs[i] for i in pending], quiet,
+                   trackers)
   finally:
     for lock in locks:
       lock.release()
@@ -673,9 +682,9 @@ def train_packed(configs: Sequence[config_lib.Config], workdirs: Sequence[str | 
   return runs
 
 
-def _train_pending(s: Setup, configs, workdirs, quiet: bool) -> None:
+def _train_pending(s: Setup, configs, workdirs, quiet: bool, trackers: tuple[str, ...]) -> None:
   """Trains the unfinished trials: as one pack when they can share the program."""
-  trials = [TrialRecorder(c, w, s) for c, w in zip(configs, workdirs)]
+  trials = [TrialRecorder(c, w, s, trackers=trackers) for c, w in zip(configs, workdirs)]
   states = [trial.resume(initial_state(s, trial.config.train.seed)) for trial in trials]
   counters = {tuple(int(v) for v in jax.device_get(state.counters)) for state in states}
   if len(trials) > 1 and (not s.on_device or len(counters) > 1 or

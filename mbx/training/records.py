@@ -5,6 +5,7 @@
     <run>/train_metrics.jsonl  one row per log step (means over the interval)
     <run>/eval_metrics.jsonl   one row per evaluation
     <run>/checkpoints/<step>/  Orbax checkpoints
+    <run>/tensorboard/         TensorBoard event files derived from the JSONL (tracking.py)
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ import pandas as pd
 from mbx import config as config_lib
 from mbx import models as models_lib
 from mbx.training.checkpoints import Checkpoints
+from mbx.training.tracking import make_writers
 from mbx.training.workload import resolve
 
 STATUSES = ('running', 'done', 'diverged', 'failed', 'interrupted')
@@ -115,9 +117,11 @@ class RunLock:
 class RunWriter:
   """Appends metric rows and rewrites the status; used by the training loop."""
 
-  def __init__(self, workdir: str | pathlib.Path, enabled: bool = True):
+  def __init__(self, workdir: str | pathlib.Path, enabled: bool = True,
+               trackers: tuple[str, ...] = ()):
     self.workdir = pathlib.Path(workdir)
     self.enabled = enabled
+    self.trackers = make_writers(trackers, self.workdir) if enabled else []
     if enabled:
       self.workdir.mkdir(parents=True, exist_ok=True)
 
@@ -153,6 +157,9 @@ class RunWriter:
     assert status in STATUSES, status
     if self.enabled:
       write_json_atomic(self.workdir / 'status.json', {'status': status, **fields})
+    if status != 'running':
+      for tracker in self.trackers:  # the session ended: flush its events
+        tracker.close()
 
   def append(self, log: str, row: dict[str, Any]) -> None:
     if not self.enabled:
@@ -160,6 +167,8 @@ class RunWriter:
     with open(self.workdir / f'{log}_metrics.jsonl', 'a') as f:
       f.write(json.dumps({k: _clean(v) for k, v in row.items()}) + '\n')
       f.flush()
+    for tracker in self.trackers:
+      tracker.add(log, row)
 
   def truncate_after(self, step: int) -> None:
     """Drops rows logged after `step` (by a run that died after its last checkpoint)."""
@@ -172,6 +181,12 @@ class RunWriter:
         tmp = path.with_name(f'.{path.name}.tmp')
         tmp.write_text(''.join(json.dumps(r) + '\n' for r in rows))
         os.replace(tmp, path)
+    if self.trackers:  # a new session: the trackers start from the kept rows
+      config_path = self.workdir / 'config.json'
+      rows = {log: read_jsonl(self.workdir / f'{log}_metrics.jsonl') for log in ('train', 'eval')}
+      config = json.loads(config_path.read_text()) if config_path.exists() else {}
+      for tracker in self.trackers:
+        tracker.start(rows, config)
 
 
 def _frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
@@ -200,9 +215,13 @@ class Run:
     """Train and eval rows merged on step (eval columns prefixed 'eval_'/'train_')."""
     if self.eval_metrics.empty:
       return self.train_metrics
-    drop = [c for c in ('examples_seen', 'epoch', 'wall_time') if c in self.train_metrics]
-    merged = self.eval_metrics.merge(self.train_metrics.drop(columns=drop), on='step',
-                                     how='outer', suffixes=('', '_train_log'))
+    merged = self.eval_metrics.merge(self.train_metrics, on='step', how='outer',
+                                     suffixes=('', '_train_log'))
+    # Both logs record where in the stream a step is: one column each, filled from either
+    # (wall_time keeps the evaluation's, which is later, where both logged the step).
+    for column in ('examples_seen', 'epoch', 'wall_time', 'tokens_seen'):
+      if f'{column}_train_log' in merged:
+        merged[column] = merged[column].fillna(merged.pop(f'{column}_train_log'))
     return merged.sort_values('step').reset_index(drop=True)
 
   def checkpoint_steps(self) -> list[int]:
