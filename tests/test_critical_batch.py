@@ -248,3 +248,33 @@ def test_local_cbs_branches_from_a_checkpoint(tmp_path, capsys, session_data_dir
                        .read_text())
   assert written['local_cbs'] == summary['local_cbs']
   assert (tmp_path / 'source' / 'local_cbs' / 'step20' / 'local_cbs.png').exists()
+
+
+def test_the_steps_figure_legends_cover_no_marker():
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  from mbx.figures import critical_batch as figures
+  table = synthetic_table(b_crit=200.0)
+  late = table['batch_size'] == 4000  # the largest batch never reaches the target
+  table.loc[late, 'outcome'] = 'not_reached'
+  table.loc[late, 'steps_to_target'] = pd.NA
+  figure = figures.steps_figure(cb.analyze(table, num_samples=50))
+  FigureCanvasAgg(figure).draw()
+  for ax in figure.axes:
+    legend = ax.get_legend().get_window_extent()
+    assert not legend.overlaps(ax.get_window_extent())  # below the panel, not on it
+    assert any('target not reached' in t.get_text() for t in ax.get_legend().get_texts())
+
+
+def test_the_effective_learning_rate_panel_shows_heavy_ball_optimizers_only():
+  from mbx.figures import critical_batch as figures
+  momentum = synthetic_table()
+  adam = momentum.assign(optimizer='adam', momentum=0.9,
+                         effective_learning_rate=momentum['learning_rate'],
+                         trial_id='adam-' + momentum['trial_id'])
+  only_adam = figures.learning_rate_figure(cb.analyze(adam, num_samples=50))
+  assert len(only_adam.axes) == 1 and only_adam.axes[0].get_ylabel() == 'best learning rate'
+  both = figures.learning_rate_figure(cb.analyze(pd.concat([momentum, adam]), num_samples=50))
+  assert [ax.get_ylabel() for ax in both.axes] == ['best learning rate',
+                                                   'best lr / (1 - momentum)']
+  labels = [line.get_label() for line in both.axes[1].get_lines()]
+  assert 'momentum' in labels and 'adam' not in labels

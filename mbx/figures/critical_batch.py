@@ -93,7 +93,12 @@ def _draw_steps(ax, analysis, optimizer: str, color: str, *, regimes: bool, band
 
 
 def steps_vs_batch_size(analysis: CriticalBatchAnalysis, path: str | pathlib.Path) -> None:
-  """All optimizers overlaid, then one panel per optimizer with the regimes shaded."""
+  steps_figure(analysis).savefig(path, dpi=130)
+
+
+def steps_figure(analysis: CriticalBatchAnalysis) -> Figure:
+  """All optimizers overlaid, then one panel per optimizer with the regimes shaded; legends
+  below the panels, where they cover no marker (the not-reached ones sit on the x axis)."""
   optimizers = list(analysis.summary['optimizer'])
   panels = ['all'] + optimizers if len(optimizers) > 1 else optimizers
   fig = Figure(figsize=(5.2 * len(panels), 4.6), layout='constrained')
@@ -106,8 +111,8 @@ def steps_vs_batch_size(analysis: CriticalBatchAnalysis, path: str | pathlib.Pat
     _log2_axes(ax, ylabel='steps to target' if ax is axes[0] else None)
     ax.set_title(('all optimizers' if panel == 'all' else panel) + '\n' + _title(analysis),
                  fontsize=10)
-    ax.legend(fontsize=7, loc='lower left')
-  fig.savefig(path, dpi=130)
+    ax.legend(fontsize=7, loc='upper center', bbox_to_anchor=(0.5, -0.14), frameon=False)
+  return fig
 
 
 def pareto(analysis: CriticalBatchAnalysis, path: str | pathlib.Path) -> None:
@@ -141,13 +146,31 @@ def pareto(analysis: CriticalBatchAnalysis, path: str | pathlib.Path) -> None:
 
 
 def best_learning_rate(analysis: CriticalBatchAnalysis, path: str | pathlib.Path) -> None:
-  """Best LR and lr/(1-momentum) vs B, with linear and sqrt guides from the smallest B."""
-  fig = Figure(figsize=(10.5, 4.4), layout='constrained')
-  axes = fig.subplots(1, 2)
+  learning_rate_figure(analysis).savefig(path, dpi=130)
+
+
+def heavy_ball_optimizers(analysis: CriticalBatchAnalysis) -> list[str]:
+  """The optimizers whose effective LR is lr / (1 - momentum), not the LR itself (Adam's b1
+  is not a heavy-ball momentum)."""
   trials = analysis.trials
-  for ax, column, label in zip(axes, ('learning_rate', 'effective_learning_rate'),
-                               ('best learning rate', 'best lr / (1 - momentum)')):
+  return [o for o in analysis.summary['optimizer']
+          if (trials.loc[trials['optimizer'] == o, 'effective_learning_rate'] !=
+              trials.loc[trials['optimizer'] == o, 'learning_rate']).any()]
+
+
+def learning_rate_figure(analysis: CriticalBatchAnalysis) -> Figure:
+  """Best LR vs B, and lr/(1-momentum) for heavy-ball optimizers only, with linear and sqrt
+  guides from the smallest B."""
+  panels = [('learning_rate', 'best learning rate', list(analysis.summary['optimizer']))]
+  if heavy := heavy_ball_optimizers(analysis):
+    panels.append(('effective_learning_rate', 'best lr / (1 - momentum)', heavy))
+  fig = Figure(figsize=(5.25 * len(panels), 4.4), layout='constrained')
+  axes = fig.subplots(1, len(panels), squeeze=False)[0]
+  trials = analysis.trials
+  for ax, (column, label, optimizers) in zip(axes, panels):
     for i, optimizer in enumerate(analysis.summary['optimizer']):
+      if optimizer not in optimizers:
+        continue
       color = COLORS[i % len(COLORS)]
       group, b, s = _curve(analysis, optimizer)
       searched = trials[trials['optimizer'] == optimizer].groupby('batch_size')[column]
@@ -166,11 +189,11 @@ def best_learning_rate(analysis: CriticalBatchAnalysis, path: str | pathlib.Path
                 label='square root (lr ∝ √B)' if i == 0 else None)
     _log2_axes(ax, ylabel=label)
     ax.set_yscale('log')
-    top = trials[column].max() * 2
-    ax.set_ylim(trials[column].min() / 2, top)
+    shown = trials.loc[trials['optimizer'].isin(optimizers), column]
+    ax.set_ylim(shown.min() / 2, shown.max() * 2)
     ax.set_title(f'{label} (bars: searched range)\n' + _title(analysis), fontsize=10)
     ax.legend(fontsize=7)
-  fig.savefig(path, dpi=130)
+  return fig
 
 
 def lr_heatmap(analysis: CriticalBatchAnalysis, path: str | pathlib.Path) -> None:

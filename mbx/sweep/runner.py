@@ -182,6 +182,8 @@ def run_sweep(sweep: grid_lib.SweepConfig, sweep_dir: str | pathlib.Path, *, wor
   for trial in trials:  # every config error before the first trial trains
     config_lib.validate(trial.config)
   write_spec(sweep_dir, sweep, trials)
+  for warning in grid_lib.coarse_grid_warnings(sweep):
+    log(f'warning: {warning}')
   if compilation_cache:
     _enable_compilation_cache(sweep_dir)
   progress = SweepProgress()
@@ -265,6 +267,8 @@ def _describe(status: dict[str, Any]) -> str:
   text = status.get('status', 'pending')
   if 'steps_to_target' in status:
     text += f', steps_to_target={status["steps_to_target"]}'
+  elif text == 'done':
+    text += f', target not reached in {status.get("step")} steps'
   elif text in ('failed', 'diverged', 'interrupted'):
     text += f' ({status.get("reason")})'
   return text
