@@ -366,3 +366,67 @@ def test_submit_options_are_checked_before_anything_is_submitted(tmp_path):
                                     array_parallelism=4).executor_parameters('mbx-x')
   assert parameters['slurm_partition'] == 'gpu' and parameters['gpus_per_node'] == 1
   assert parameters['slurm_array_parallelism'] == 4 and parameters['timeout_min'] == 240
+
+
+# ------------------------------------------------------- JSON and YAML grids
+GRID_YAML = '''
+# the SUBMIT_SWEEP grid as plain data
+name: submitted
+base:
+  model: {name: mlp}
+  optim: {name: adam}
+  train: {log_every: 20 steps, eval_every: 40 steps, checkpoint_every: 40 steps}
+search:
+  - {optimizer: adam, learning_rate: [1e-3, 1e-2], num_learning_rates: 2}
+batch_sizes: [16, 64]
+seeds: [0]
+budget: 80 steps
+target_value: 0.3
+'''
+
+
+def test_a_yaml_or_json_grid_is_the_same_sweep_as_its_python_config(tmp_path):
+  python_config = tmp_path / 'grid.py'
+  python_config.write_text(textwrap.dedent(SUBMIT_SWEEP))
+  reference = load_sweep(python_config)
+  yaml_config = tmp_path / 'grid.yaml'
+  yaml_config.write_text(GRID_YAML)
+  json_config = tmp_path / 'grid.json'
+  json_config.write_text(json.dumps(grid.to_dict(reference)))
+  for path in (yaml_config, json_config):
+    sweep = load_sweep(path)
+    assert [t.id for t in expand(sweep)] == [t.id for t in expand(reference)]
+    assert grid.spec_hash(sweep) == grid.spec_hash(reference)
+  assert load_sweep(yaml_config, ['sweep.seeds=0,1']).seeds == (0, 1)
+
+
+@pytest.mark.parametrize('text, message', [
+    ('search: []\n', '`search` must list at least one'),
+    ('serch: []\n', "unknown sweep field 'serch'; allowed: base, batch_sizes"),
+    ('search:\n  - {optimizer: adam, learning_rate: [1e-3, 1e-2], lrs: 2}\n',
+     "search\\[0\\]: unknown field 'lrs'"),
+    ('search: [\n', 'not valid YAML'),
+])
+def test_a_bad_grid_file_fails_in_one_line(tmp_path, text, message):
+  path = tmp_path / 'grid.yaml'
+  path.write_text(text)
+  with pytest.raises(mbx.ConfigError, match=message):
+    load_sweep(path)
+
+
+def test_a_grid_too_coarse_to_locate_an_optimum_is_warned_about():
+  base = tiny_config()
+  coarse = SweepConfig(base=base, search=(SearchSpace('adam', (1e-3, 3.2e-2),
+                                                      num_learning_rates=2),), name='x')
+  (line,) = grid.coarse_grid_warnings(coarse)
+  assert line.startswith('sweep.search[0] (adam): 2 learning rate(s)') and '32x apart' in line
+  fine = dataclasses.replace(coarse, search=(SearchSpace('adam', (1e-3, 3.2e-2),
+                                                         num_learning_rates=6),))
+  assert grid.coarse_grid_warnings(fine) == []  # 2x apart
+
+
+def test_the_progress_line_says_when_a_finished_trial_missed_its_target():
+  describe = runner._describe  # pylint: disable=protected-access
+  assert describe({'status': 'done', 'step': 80}) == 'done, target not reached in 80 steps'
+  assert describe({'status': 'done', 'step': 40, 'steps_to_target': 31}) == (
+      'done, steps_to_target=31')

@@ -26,7 +26,8 @@ def add_parser(subparsers) -> None:
       description='Trains every trial of a sweep config (configs/<study>.py defining '
                   'get_sweep()) as a run directory under SWEEP_DIR/trials, skipping '
                   'finished ones, and writes SWEEP_DIR/trials.csv.')
-  parser.add_argument('--config', required=True, help='configs/<study>.py with get_sweep()')
+  parser.add_argument('--config', required=True,
+                      help='configs/<study>.py with get_sweep(), or a JSON/YAML grid')
   parser.add_argument('--sweep-dir', default=None, help='default: sweeps/<sweep name>')
   parser.add_argument('--worker', type=int, default=0, help='this worker, 0-based '
                       '(e.g. $SLURM_ARRAY_TASK_ID)')

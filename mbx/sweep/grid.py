@@ -16,6 +16,7 @@ import hashlib
 import json
 import math
 import pathlib
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -218,6 +219,24 @@ def _check_choice(value: Any, choices: tuple[str, ...], field: str) -> None:
   _check(value in choices, field, value, f'allowed: {", ".join(choices)}')
 
 
+COARSEST_LR_STEP = 4.0  # adjacent learning rates further apart cannot place an optimum
+
+
+def coarse_grid_warnings(sweep: SweepConfig) -> list[str]:
+  """One line per search whose learning rates are too few or too far apart to locate an
+  optimum: with 2 points the best is always an end of the range."""
+  lines = []
+  for i, space in enumerate(sweep.search):
+    low, high = space.learning_rate
+    n = space.num_learning_rates
+    step = (high / low) ** (1 / (n - 1)) if n > 1 and low > 0 else math.inf
+    if n < 3 or step > COARSEST_LR_STEP:
+      lines.append(f'sweep.search[{i}] ({space.optimizer}): {n} learning rate(s) over '
+                   f'[{low:.3g}, {high:.3g}], adjacent ones {step:.3g}x apart: too coarse to '
+                   f'locate an optimum (use >= 3, at most {COARSEST_LR_STEP:g}x apart)')
+  return lines
+
+
 def validate(sweep: SweepConfig) -> None:
   """Checks the sweep's own fields; each trial's config is validated before it trains."""
   _check(isinstance(sweep.base, config_lib.Config), 'sweep.base', type(sweep.base).__name__,
@@ -277,7 +296,8 @@ def from_dict(values: Mapping[str, Any]) -> SweepConfig:
                                           for k, v in s.items()}) for s in values['search'])
   values['budgets'] = {int(k): v for k, v in values.get('budgets', {}).items()}
   for key in ('batch_sizes', 'seeds'):
-    values[key] = tuple(values.get(key, ()))
+    if key in values:
+      values[key] = tuple(values[key])
   return SweepConfig(**values)
 
 
@@ -326,11 +346,72 @@ def _literal(text: str) -> Any:
     return text
 
 
+GRID_FILE_SUFFIXES = ('.json', '.yaml', '.yml')
+
+
+def sweep_from_mapping(values: Mapping[str, Any], where: str) -> SweepConfig:
+  """A SweepConfig from plain data (a JSON or YAML grid): `base` is a config as nested
+  sections (partial: defaults fill the rest), `search` a list of SearchSpace fields."""
+  if not isinstance(values, Mapping):
+    raise config_lib.ConfigError(f'{where}: expected a mapping of sweep fields at the top')
+  allowed = {f.name for f in dataclasses.fields(SweepConfig)}
+  unknown = sorted(set(values) - allowed)
+  if unknown:
+    raise config_lib.ConfigError(f'{where}: unknown sweep field {unknown[0]!r}; allowed: '
+                                 f'{", ".join(sorted(allowed))}')
+  if not values.get('search'):
+    raise config_lib.ConfigError(f'{where}: `search` must list at least one optimizer\'s '
+                                 'search (optimizer, learning_rate: [low, high], ...)')
+  space_fields = {f.name for f in dataclasses.fields(SearchSpace)}
+  for i, space in enumerate(values['search']):
+    extra = sorted(set(space) - space_fields) if isinstance(space, Mapping) else ['?']
+    if extra:
+      raise config_lib.ConfigError(f'{where}: search[{i}]: unknown field {extra[0]!r}; '
+                                   f'allowed: {", ".join(sorted(space_fields))}')
+  values = dict(values)
+  values['base'] = config_lib.to_dict(config_lib.from_dict(values.get('base', {})))
+  return from_dict(values)
+
+
+def _yaml_loader():
+  """yaml.SafeLoader that also reads 1e-3 as a float (YAML 1.1 wants 1.0e-3)."""
+  import yaml  # pylint: disable=import-outside-toplevel
+
+  class Loader(yaml.SafeLoader):  # pylint: disable=too-many-ancestors
+    pass
+
+  Loader.add_implicit_resolver(
+      'tag:yaml.org,2002:float',
+      re.compile(r'^[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?$|^[-+]?\d+\.\d*$'),
+      list('-+0123456789.'))
+  return Loader
+
+
+def _read_grid_file(path: pathlib.Path) -> SweepConfig:
+  import yaml  # pylint: disable=import-outside-toplevel  (YAML is a superset of JSON)
+  try:
+    values = yaml.load(path.read_text(), Loader=_yaml_loader())  # nosec: a SafeLoader
+  except yaml.YAMLError as error:
+    mark = getattr(error, 'problem_mark', None)
+    at = f':{mark.line + 1}' if mark is not None else ''
+    raise config_lib.ConfigError(f'--config {path}{at}: not valid '
+                                 f'{"JSON" if path.suffix == ".json" else "YAML"}') from None
+  return sweep_from_mapping(values, f'--config {path}')
+
+
 def load_sweep(path, overrides: list[str] = ()) -> SweepConfig:
-  """Imports configs/<study>.py, calls get_sweep(), applies overrides."""
+  """Imports configs/<study>.py and calls get_sweep(), or reads a JSON/YAML grid; applies
+  overrides."""
   path = pathlib.Path(path)
   if not path.is_file():
     raise config_lib.ConfigError(f'--config {path}: no such file')
+  if path.suffix in GRID_FILE_SUFFIXES:
+    sweep = _read_grid_file(path)
+    if sweep.name == 'sweep':
+      sweep = dataclasses.replace(sweep, name=path.stem)
+    sweep = apply_overrides(sweep, list(overrides))
+    validate(sweep)
+    return sweep
   try:
     module = registry.module_from_file(path)
   except SyntaxError as error:
