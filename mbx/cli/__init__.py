@@ -35,7 +35,7 @@ def _train(args) -> None:
 
 # Each module exposes add_parser(subparsers) and/or, for `mbx analyze <what>`,
 # add_analyze_parsers(analyze_subparsers).
-COMMAND_MODULES = ('mbx.cli.sweep', 'mbx.cli.autobatch', 'mbx.cli.launch')
+COMMAND_MODULES = ('mbx.cli.sweep', 'mbx.cli.autobatch', 'mbx.cli.launch', 'mbx.cli.report')
 ANALYZE_MODULES = ('mbx.cli.sweep', 'mbx.cli.analyze')
 
 

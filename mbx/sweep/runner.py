@@ -72,6 +72,7 @@ def write_spec(sweep_dir: pathlib.Path, sweep: grid_lib.SweepConfig,
   """Writes sweep.json, or checks that the one there describes the same grid."""
   path = sweep_dir / SPEC_FILE
   spec = {'name': sweep.name, 'spec_hash': grid_lib.spec_hash(sweep),
+          'command': ' '.join([pathlib.Path(sys.argv[0]).name, *sys.argv[1:]]),
           'sweep': grid_lib.to_dict(sweep), 'trials': [t.row() for t in trials]}
   if path.exists():
     existing = json.loads(path.read_text())

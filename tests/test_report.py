@@ -1,0 +1,95 @@
+"""`mbx report`: the committed critical-batch-size study rendered in a real browser (headless
+Chromium, installed by .ci/run), and a run's report."""
+from __future__ import annotations
+
+import math
+import shutil
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+import mbx
+from mbx.figures import report
+
+from helpers import REPO, tiny_config
+
+CHROMIUM, CHROMEDRIVER = shutil.which('chromium'), shutil.which('chromedriver')
+
+
+def _browser():
+  if not (CHROMIUM and CHROMEDRIVER):
+    pytest.skip('Debian chromium and chromium-driver are not installed (.ci/run installs them)')
+  from selenium import webdriver  # pylint: disable=import-outside-toplevel
+  from selenium.webdriver.chrome.service import Service  # pylint: disable=import-outside-toplevel
+  options = webdriver.ChromeOptions()
+  options.binary_location = CHROMIUM
+  for flag in ('--headless=new', '--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage'):
+    options.add_argument(flag)
+  options.set_capability('goog:loggingPrefs', {'browser': 'ALL'})
+  return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+
+
+def _same_cell(shown: str, value) -> bool:
+  if pd.isna(value):
+    return shown == ''
+  try:
+    number = float(value)
+  except (TypeError, ValueError):
+    return shown == str(value)
+  if isinstance(value, str) and not value.replace('.', '', 1).lstrip('-').isdigit():
+    return shown == value
+  return math.isclose(float(shown), number, rel_tol=5e-4, abs_tol=1e-12)  # 4 significant
+
+
+@pytest.mark.slow
+def test_the_study_report_renders_in_chromium_with_every_figure_and_table(tmp_path):
+  out = tmp_path / 'report.html'
+  result = subprocess.run([sys.executable, '-m', 'mbx.cli', 'report',
+                           'results/critical_batch_size', '--target', 'eval_accuracy=0.85',
+                           '--bootstrap', '200', '--quiet', '-o', str(out)], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  markdown = out.with_suffix('.md').read_text()
+  assert '## Sweep: critical_batch_size' in markdown and '![steps vs batch size]' in markdown
+  driver = _browser()
+  try:
+    driver.get(out.as_uri())
+    errors = [e for e in driver.get_log('browser') if e['level'] == 'SEVERE']
+    assert errors == []
+    images = driver.execute_script(
+        'return [...document.images].map(i => [i.alt, i.complete, i.naturalWidth, '
+        'i.naturalHeight]);')
+    assert len(images) == 4
+    assert all(complete and width > 0 and height > 0 for _, complete, width, height in images)
+    tables = driver.execute_script(
+        'return [...document.querySelectorAll("table[data-csv]")].map(t => [t.dataset.csv, '
+        '[...t.querySelectorAll("th")].map(c => c.textContent), '
+        '[...t.querySelectorAll("tbody tr")].map(r => [...r.cells].map(c => c.textContent))]);')
+  finally:
+    driver.quit()
+  assert {name for name, _, _ in tables} == {
+      'critical_batch_size_per_batch_size.csv', 'critical_batch_size_cbs_summary.csv',
+      'critical_batch_size_fit_sensitivity.csv'}
+  for name, header, rows in tables:
+    frame = pd.read_csv(out.with_name('report_files') / name)
+    assert header == list(frame.columns) and len(rows) == len(frame)
+    for shown_row, row in zip(rows, frame.itertuples(index=False)):
+      assert all(_same_cell(s, v) for s, v in zip(shown_row, row)), (name, shown_row, row)
+
+
+def test_a_run_report_holds_its_outcome_and_curves(tmp_path, session_data_dir):
+  run_dir = tmp_path / 'run'
+  mbx.train(tiny_config(), run_dir, quiet=True)
+  html_path, markdown = report.write_report([run_dir], tmp_path / 'r.html', quiet=True)
+  text = markdown.read_text()
+  assert '## Run: tiny' in text and 'status: done (budget reached) at step 20' in text
+  assert '![training curves](r_files/run_curves.png)' in text
+  assert 'data:image/png;base64,' in html_path.read_text()
+
+
+def test_report_refuses_a_directory_it_cannot_read_before_writing(tmp_path):
+  with pytest.raises(mbx.ConfigError, match='neither a sweep or study directory'):
+    report.write_report([tmp_path], tmp_path / 'r.html', quiet=True)
+  assert not (tmp_path / 'r.html').exists()
