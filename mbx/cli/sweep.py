@@ -202,7 +202,7 @@ def _analyze_local_cbs(args) -> None:
   per_factor, summary = critical_batch.local_cbs(
       args.run_dir, args.step, factors=factors, window=args.window,
       lr_scaling=args.lr_scaling, tolerance=args.tolerance, metric=args.metric,
-      seeds=seeds, workdir=args.workdir)
+      seeds=seeds, workdir=args.workdir, quiet=False)
   out = pathlib.Path(args.out or args.workdir or
                      pathlib.Path(args.run_dir) / 'local_cbs' / f'step{args.step}')
   out.mkdir(parents=True, exist_ok=True)

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from tqdm import tqdm
 
 from mbx import config as config_lib
 from mbx.sweep.grid import ADAM_FAMILY
@@ -512,8 +513,10 @@ def local_cbs(run_dir: str | pathlib.Path, step: int, *, factors: Sequence[int] 
   factors = [k for k in factors if k * source.train.batch_size <= num_train]
   workdir = pathlib.Path(workdir) if workdir else pathlib.Path(run_dir) / 'local_cbs' / f'step{step}'
   rows = []
-  for factor, seed, config in branch_configs(run_dir, step, factors, window, lr_scaling, seeds):
-    run = train(config, workdir / f'k{factor:05d}-s{seed}', quiet=quiet)
+  branches = branch_configs(run_dir, step, factors, window, lr_scaling, seeds)
+  for factor, seed, config in tqdm(branches, desc='local CBS branches', unit='run',
+                                   disable=quiet):
+    run = train(config, workdir / f'k{factor:05d}-s{seed}', quiet=True)
     if metric == 'train_loss':
       value = float(run.train_metrics['loss'].iloc[-1]) if len(run.train_metrics) else np.nan
     else:

@@ -31,6 +31,7 @@ from typing import Any
 
 import jax
 import pandas as pd
+from tqdm import tqdm
 
 from mbx import config as config_lib
 from mbx.sweep import grid as grid_lib
@@ -177,7 +178,7 @@ def run_sweep(sweep: grid_lib.SweepConfig, sweep_dir: str | pathlib.Path, *, wor
   and the sweep goes on; diverged trials are recorded outcomes, not failures.
   """
   sweep_dir = pathlib.Path(sweep_dir)
-  log = log or (lambda text: print(text, file=sys.stderr, flush=True))
+  log = log or (lambda text: tqdm.write(text, file=sys.stderr))
   pack = sweep.pack if pack is None else pack
   trials = grid_lib.expand(sweep)
   for trial in trials:  # every config error before the first trial trains
@@ -190,6 +191,8 @@ def run_sweep(sweep: grid_lib.SweepConfig, sweep_dir: str | pathlib.Path, *, wor
   progress = SweepProgress()
   units = assign(trials, worker, num_workers, pack, sweep.pack_max_batch_size)
   total, position = sum(len(u) for u in units), 0
+  bar = tqdm(total=total, desc=f'{sweep.name} [worker {worker}/{num_workers}]', unit='trial',
+             file=sys.stderr, disable=not sys.stderr.isatty())
   for unit in units:
     position += len(unit)
     todo = [t for t in unit if not is_finished(sweep_dir, t)]
@@ -202,6 +205,8 @@ def run_sweep(sweep: grid_lib.SweepConfig, sweep_dir: str | pathlib.Path, *, wor
     for trial in held:
       log(f'[worker {worker}/{num_workers}] {position}/{total} {trial.id}: '
           f'{_describe(read_status(trial_dir(sweep_dir, trial)))}')
+    bar.update(len(unit))
+  bar.close()
   write_table(sweep_dir)
   return progress
 
