@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-fast bench clean
+.PHONY: demo test test-fast bench api-docs clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ test-fast: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(BIN)/python experiments/bench_step.py
+
+# The Python API reference, from the docstrings, into docs/api/ (open docs/api/index.html).
+api-docs: $(VENV)/.installed
+	$(BIN)/python -m mbx.api_docs docs/api
 
 clean:
 	rm -rf $(VENV) runs sweeps .pytest_cache

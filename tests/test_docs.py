@@ -132,3 +132,13 @@ def test_the_checker_catches_a_broken_reference(tmp_path):
   page = tmp_path / 'page.md'
   page.write_text('# 6. Sharp minima: ε-sharpness\n\n## XLA:CPU loops\n\n## XLA:CPU loops\n')
   assert anchors(page) == {'6-sharp-minima-ε-sharpness', 'xlacpu-loops', 'xlacpu-loops-1'}
+
+
+def test_the_api_reference_builds_from_the_docstrings(tmp_path):
+  from mbx import api_docs
+  index = api_docs.build(tmp_path)
+  assert index.exists()
+  for page, text in (('mbx/training/step.html', 'make_step'), ('mbx/tasks/base.html', 'Task'),
+                     ('mbx/training/noise_scale.html', 'B_simple'),
+                     ('mbx/measure/sharpness.html', 'epsilon_sharpness')):
+    assert text in (tmp_path / page).read_text(), page
