@@ -808,3 +808,34 @@ def test_processes_that_prepare_mnist1d_at_once_all_get_it(tmp_path):
   digests = {out.strip().splitlines()[-1] for out, _ in results}
   assert len(digests) == 1
   assert len(list((tmp_path / 'mnist1d').iterdir())) == 1  # one version dir, no leftovers
+
+
+def test_mbx_sources_and_grain_sources_read_each_other(tmp_path):
+  """An mbx DataSource is a grain RandomAccessDataSource, and RecordSource makes any grain
+  source (here grain's ArrayRecordDataSource over a file written here) an mbx DataSource."""
+  import grain  # pylint: disable=import-outside-toplevel
+  from array_record.python.array_record_module import ArrayRecordWriter  # pylint: disable=import-outside-toplevel
+
+  dataset = resolve_dataset(DataConfig(name='mnist1d'))
+  source = dataset.source('test')
+  expected = dataset.arrays('test')
+  assert isinstance(source, grain.sources.RandomAccessDataSource)
+  batches = grain.MapDataset.source(source).batch(8)
+  np.testing.assert_array_equal(batches[3]['inputs'], expected['inputs'][24:32])
+  np.testing.assert_array_equal(batches[3]['targets'], expected['targets'][24:32])
+
+  path = tmp_path / 'records.array_record'
+  writer = ArrayRecordWriter(str(path), 'group_size:1')
+  for i in range(50):
+    writer.write(np.full(6, i, np.float32).tobytes())
+  writer.close()
+  records = data.RecordSource(
+      grain.sources.ArrayRecordDataSource([str(path)]),
+      lambda b: {'inputs': np.frombuffer(b, np.float32), 'targets': np.int32(b[0] % 7)},
+      split='train')
+  assert isinstance(records, data.DataSource) and len(records) == 50
+  batch = records[np.array([3, 49, -1, 0])]
+  np.testing.assert_array_equal(batch['inputs'][:, 0], [3, 49, 49, 0])
+  assert records[7]['inputs'].shape == (6,)
+  with pytest.raises(IndexError):
+    records[np.array([50])]

@@ -51,6 +51,7 @@ from mbx.data.dataset import ArrayDataset
 from mbx.data.dataset import DataSource
 from mbx.data.dataset import Dataset
 from mbx.data.dataset import DatasetInfo
+from mbx.data.dataset import RecordSource
 from mbx.data.named import RandomAccessSource
 from mbx.data.named import dataset_info
 from mbx.data.named import load_arrays
@@ -76,6 +77,7 @@ __all__ = [
     "DatasetInfo",
     "DatasetNotPreparedError",
     "RandomAccessSource",
+    "RecordSource",
     "TEXT_DATASETS",
     "TextDataset",
     "TfdsDataset",

@@ -141,6 +141,33 @@ class ArraySource(IndexedSource):
     return {k: v[rows] for k, v in self.arrays.items()}
 
 
+class RecordSource(IndexedSource):
+  """A source of single records (grain's RandomAccessDataSource protocol: `len()` and
+  `source[i]`, e.g. `grain.sources.ArrayRecordDataSource`) as an mbx DataSource.
+
+  decode(record) -> {'inputs': ..., 'targets': ...} (identity by default, for sources that
+  already give dicts of arrays); batches use the source's `__getitems__` when it has one.
+  The reverse needs no adapter: an mbx DataSource is a grain source
+  (`grain.MapDataset.source(dataset.source('train'))`).
+  """
+
+  def __init__(self, records, decode=None, split: str = ""):
+    self.records, self.decode, self.split = records, decode, split
+
+  def __len__(self) -> int:
+    return len(self.records)
+
+  def read(self, rows: np.ndarray) -> Batch:
+    keys = rows.tolist()
+    items = (self.records.__getitems__(keys) if hasattr(self.records, "__getitems__")
+             else [self.records[i] for i in keys])
+    if self.decode is not None:
+      items = [self.decode(item) for item in items]
+    if not items:
+      raise ValueError("RecordSource.read: no rows asked for (its element spec is unknown)")
+    return {key: np.stack([np.asarray(item[key]) for item in items]) for key in items[0]}
+
+
 def read_all(source: DataSource, element_spec: ElementSpec) -> Batch:
   """The whole source in memory, decoded `_CHUNK` rows at a time, read-only."""
   n = len(source)

@@ -25,7 +25,9 @@ import math
 import numbers
 import os
 import pathlib
+import queue
 import shutil
+import threading
 import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -104,6 +106,8 @@ class TensorBoardLog:
     self.directory = run_dir / self.DIRECTORY
     self.writer = None
     self.sessions = 0
+    self.queue: queue.Queue | None = None
+    self.thread: threading.Thread | None = None
 
   def start(self, rows, config) -> None:
     from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
@@ -120,14 +124,30 @@ class TensorBoardLog:
                          + '\n```', 0)
     for log, log_rows in rows.items():
       for row in log_rows:
-        self.add(log, row)
+        self._write(log, row)
+    # Live rows are written on a thread of their own: building the summaries costs ~1 ms a
+    # row, which the training loop should not wait for.
+    self.queue = queue.Queue()
+    self.thread = threading.Thread(target=self._drain, daemon=True, name='mbx-tensorboard')
+    self.thread.start()
+
+  def _write(self, log, row) -> None:
+    for key, value in scalars(row):
+      self.writer.add_scalar(f'{log}/{key}', value, int(row['step']))
+
+  def _drain(self) -> None:
+    while (item := self.queue.get()) is not None:
+      self._write(*item)
 
   def add(self, log, row) -> None:
-    if self.writer is not None:
-      for key, value in scalars(row):
-        self.writer.add_scalar(f'{log}/{key}', value, int(row['step']))
+    if self.queue is not None:
+      self.queue.put((log, dict(row)))
 
   def close(self) -> None:
+    if self.thread is not None:
+      self.queue.put(None)
+      self.thread.join()
+      self.thread = self.queue = None
     if self.writer is not None:
       self.writer.close()
       self.writer = None
