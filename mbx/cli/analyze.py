@@ -92,7 +92,7 @@ def _sharpness(args) -> None:
       maxiter=args.maxiter, num_starts=args.starts, top_k=args.top_k, lanczos_steps=args.lanczos_steps,
       trace_samples=args.trace_samples, trace_sketch=args.trace_sketch,
       density_runs=args.density_runs, density_steps=args.density_steps, subset=args.subset,
-      batch_size=args.batch_size, seed=args.seed)
+      batch_size=args.batch_size, seed=args.seed, quiet=False)
   out = _out_dir(args, args.run_dir)
   step = summary['run']['step']
   _write_json(out / f'sharpness_step{step}.json', summary)

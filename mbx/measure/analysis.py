@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import jax
 import numpy as np
+from tqdm import tqdm
 
 from mbx.measure import hessian, landscape, loss_fn, sharpness
 from mbx.training.workload import resolve
@@ -54,10 +55,12 @@ def sharpness_analysis(run, step: int | None = None, *,
                        top_k: int = 5, lanczos_steps: int | None = None,
                        trace_samples: int = 100, trace_sketch: int = 0, density_runs: int = 5,
                        density_steps: int = 80, subset: int | None = None,
-                       batch_size: int | None = None, seed: int = 0, data=None) -> dict:
+                       batch_size: int | None = None, seed: int = 0, data=None,
+                       quiet: bool = True) -> dict:
   """ε-sharpness (Keskar et al. 2017) in the full space and a random `subspace_dim`-dimensional
   one, top-k Hessian eigenvalues, Hutchinson trace and SLQ density of the training loss at a
-  checkpoint of `run`, with train/test loss and accuracy. Zero counts skip a measurement."""
+  checkpoint of `run`, with train/test loss and accuracy. Zero counts skip a measurement;
+  quiet=False shows a progress bar over the measurements."""
   settings = dict(epsilons=list(epsilons), subspace_dim=subspace_dim, subspace_std=subspace_std,
                   maxiter=maxiter, num_starts=num_starts, top_k=top_k,
                   lanczos_steps=lanczos_steps,
@@ -86,12 +89,18 @@ def sharpness_analysis(run, step: int | None = None, *,
   projection = (sharpness.random_subspace(train.dim, subspace_dim, seed, subspace_std)
                 if subspace_dim else None)
   results = []
+  stages = len(epsilons) * (2 if projection is not None else 1) + sum(
+      bool(n) for n in (top_k, trace_samples, density_runs))
+  progress = tqdm(total=stages, desc='sharpness and curvature', unit='measurement',
+                  disable=quiet)
   for epsilon in epsilons:
     options = dict(maxiter=maxiter, num_starts=num_starts, seed=seed)
     results.append(sharpness.epsilon_sharpness(train.value_and_grad, theta, epsilon, **options))
+    progress.update(1)
     if projection is not None:
       results.append(sharpness.epsilon_sharpness(train.value_and_grad, theta, epsilon,
                                                  projection=projection, **options))
+      progress.update(1)
   summary['sharpness'] = {
       'definition': 'Keskar et al. 2017 eq. (3): (max_{y in C_eps} f(x + A y) - f(x)) / '
                     '(1 + f(x)) * 100, f = training loss; L-BFGS-B (SciPy) with bounds from '
@@ -108,17 +117,21 @@ def sharpness_analysis(run, step: int | None = None, *,
     curvature['top_eigenvalues'] = hessian.top_eigenvalues(
         train.hvp, train.dim, top_k, num_steps=lanczos_steps, seed=seed)
     timings['top_eigenvalues'] = time.perf_counter() - tic
+    progress.update(1)
   if trace_samples:
     tic = time.perf_counter()
     curvature['trace'] = hessian.hutchinson_trace(train.hvp, train.dim, trace_samples,
                                                   sketch=trace_sketch, seed=seed)
     timings['trace'] = time.perf_counter() - tic
+    progress.update(1)
   if density_runs:
     tic = time.perf_counter()
     curvature['density'] = hessian.spectral_density_quadrature(
         train.hvp, train.dim, num_runs=density_runs, num_steps=density_steps, seed=seed)
     curvature['density']['sigma_squared'] = 1e-5
     timings['density'] = time.perf_counter() - tic
+    progress.update(1)
+  progress.close()
   summary['hessian'] = curvature
   summary['timings_s'] = timings
   return summary
