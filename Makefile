@@ -15,11 +15,15 @@ $(VENV)/.installed: pyproject.toml
 demo: $(VENV)/.installed
 	$(BIN)/mbx train --config configs/mnist1d_cnn.py
 
+# Two pytest workers, one test file each at a time (pytest-xdist): most tests compile and
+# train, so two processes keep both cores of a small machine busy.
+TEST_WORKERS ?= 2
+
 test: $(VENV)/.installed
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 test-fast: $(VENV)/.installed
-	$(BIN)/python -m pytest -m 'not slow'
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile -m 'not slow'
 
 bench: $(VENV)/.installed
 	$(BIN)/python experiments/bench_step.py
