@@ -133,8 +133,9 @@ def readme(analysis, local: pd.DataFrame, sweep: grid.SweepConfig, command: str,
     local_text = '—'
     if not local.empty and optimizer in set(local['optimizer']):
       first = local[local['optimizer'] == optimizer].iloc[0]
-      local_text = (f'{"≥ " if first["capped"] else ""}{first["local_cbs"]} (from B = '
-                    f'{LOCAL_CBS_BATCH_SIZE} at step {first["branch_step"]})')
+      value = ('noise-limited' if pd.isna(first['local_cbs']) else
+               f'{"≥ " if first["capped"] else ""}{int(first["local_cbs"])}')
+      local_text = f'{value} (from B = {LOCAL_CBS_BATCH_SIZE} at step {first["branch_step"]})'
     fit = 'b_crit' in row and math.isfinite(row.get('b_crit', float('nan')))
     ratio = row.get('b_crit_over_b_simple', float('nan'))
     lines.append(

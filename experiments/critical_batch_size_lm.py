@@ -136,10 +136,11 @@ def along_training(local: pd.DataFrame, source: pathlib.Path) -> pd.DataFrame:
     rows.append({'step': int(step), 'source_eval_loss': float(evals.loc[step, 'eval_loss']),
                  'source_eval_bits_per_character':
                      float(evals.loc[step, 'eval_bits_per_character']),
-                 'local_cbs': int(group['local_cbs'].iloc[0]),
+                 # None: noise-limited (the k = 1 branch's seed spread exceeds the tolerance)
+                 'local_cbs': None if pd.isna(cbs := group['local_cbs'].iloc[0]) else int(cbs),
                  'capped': bool(group['capped'].iloc[0]),
                  # Only k = 1 within tolerance: the local CBS is at most the source's batch.
-                 'upper_bound': int(group['local_cbs'].iloc[0]) == int(
+                 'upper_bound': not pd.isna(cbs) and int(cbs) == int(
                      group.loc[group['factor'] == 1, 'batch_size'].iloc[0]),
                  'b_simple_before': float(noise.mean()) if noise.notna().any() else np.nan})
   return pd.DataFrame(rows)

@@ -3,6 +3,7 @@ Merrill's local CBS; on synthetic sweeps with known answers, and end to end."""
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pandas as pd
@@ -248,6 +249,15 @@ def test_local_cbs_branches_from_a_checkpoint(tmp_path, capsys, session_data_dir
                        .read_text())
   assert written['local_cbs'] == summary['local_cbs']
   assert (tmp_path / 'source' / 'local_cbs' / 'step20' / 'local_cbs.png').exists()
+  assert summary['noise_limited'] is False  # one seed: its spread is unknown
+  # Two data seeds per branch and a tolerance below the k = 1 branch's spread over them: the
+  # branches cannot be told apart, so no number is reported.
+  per_factor, summary = cb.local_cbs(tmp_path / 'source', 20, factors=(1,), seeds=(0, 1),
+                                     window='160 examples', tolerance=1e-7,
+                                     workdir=tmp_path / 'two_seeds')
+  assert summary['baseline_seed_std'] > 1e-7
+  assert summary['noise_limited'] and summary['local_cbs'] is None and not summary['capped']
+  assert cb.local_cbs_text(summary).startswith('noise-limited')
 
 
 def test_the_steps_figure_legends_cover_no_marker():
@@ -278,3 +288,15 @@ def test_the_effective_learning_rate_panel_shows_heavy_ball_optimizers_only():
                                                    'best lr / (1 - momentum)']
   labels = [line.get_label() for line in both.axes[1].get_lines()]
   assert 'momentum' in labels and 'adam' not in labels
+
+
+def test_the_best_learning_rate_exponent_is_fitted_with_its_interval():
+  # The synthetic sweep's best LR is 1e-3 min(B, 200): exponent 1 below B_crit, 0 above.
+  below = synthetic_table(batch_sizes=(1, 4, 16, 64))
+  row = cb.analyze(below, num_samples=50).summary.iloc[0]
+  assert row['lr_exponent'] == pytest.approx(1.0) and row['lr_exponent_n'] == 4
+  assert row['lr_exponent_lo'] <= 1.0 <= row['lr_exponent_hi']
+  mixed = cb.analyze(synthetic_table(), num_samples=50).summary.iloc[0]
+  assert 0.4 < mixed['lr_exponent'] < 0.9  # a bend, not one power: a wide interval
+  assert mixed['lr_exponent_hi'] - mixed['lr_exponent_lo'] > 0.2
+  assert math.isnan(cb.learning_rate_exponent([1, 2], [0.1, 0.2])['lr_exponent'])

@@ -118,3 +118,23 @@ def test_in_step_estimate_matches_exact_logistic_regression(tmp_path, groups):
   n = 4000
   assert averaged['grad_sq'] == pytest.approx(grad_sq - trace / (n - 1), rel=0.03)
   assert averaged['trace_sigma'] == pytest.approx(trace * n / (n - 1), rel=0.03)
+
+
+def test_every_log_row_carries_the_run_averaged_b_simple_so_far(tmp_path, session_data_dir):
+  """b_simple is an EMA (~100 steps); b_simple_run_average is the whole run so far, the value
+  the sweep table reports, and it survives a resume (recomputed from the kept rows)."""
+  import shutil  # pylint: disable=import-outside-toplevel
+  import json  # pylint: disable=import-outside-toplevel
+  config = tiny_config(train=dict(noise_scale=True, log_every='2 steps'))
+  run = mbx.train(config, tmp_path / 'run', quiet=True)
+  rows = run.train_metrics
+  for i in range(len(rows)):
+    prefix = rows.iloc[:i + 1]
+    expected = noise_scale.run_average(prefix['step'], prefix['grad_sq_estimate'],
+                                       prefix['trace_estimate'])['b_simple']
+    assert rows['b_simple_run_average'].iloc[i] == pytest.approx(expected, rel=1e-9)
+  shutil.rmtree(tmp_path / 'run' / 'checkpoints' / '20')  # resume from step 10
+  (tmp_path / 'run' / 'status.json').write_text(json.dumps({'status': 'running'}))
+  resumed = mbx.train(config, tmp_path / 'run', quiet=True).train_metrics
+  np.testing.assert_allclose(resumed['b_simple_run_average'], rows['b_simple_run_average'],
+                             rtol=1e-6)

@@ -193,6 +193,10 @@ def _summary_line(row, confidence: float) -> str:
   if 'zhang_cbs_fit' in row and not math.isnan(row.get('zhang_cbs_fit', math.nan)):
     text += f' (from the fit {row["zhang_cbs_fit"]:.1f})'
   text += f'; run-averaged B_simple (median over B) = {row["b_simple_median"]:.1f}'
+  if math.isfinite(row.get('lr_exponent', math.nan)):
+    text += (f'; best (effective) LR ∝ B^p, p = {row["lr_exponent"]:.2f} '
+             f'[{row["lr_exponent_lo"]:.2f}, {row["lr_exponent_hi"]:.2f}] '
+             f'({confidence:.0%} CI, {row["lr_exponent_n"]} batch sizes)')
   return text
 
 
@@ -209,9 +213,9 @@ def _analyze_local_cbs(args) -> None:
   per_factor.to_csv(out / 'local_cbs.csv', index=False)
   (out / 'local_cbs.json').write_text(json.dumps(summary, indent=2) + '\n')
   print(per_factor.to_string(index=False))
-  capped = ' (every factor tried stayed within tolerance: a lower bound)' if summary[
-      'capped'] else ''
+  capped = (' (every factor tried stayed within tolerance: a lower bound)'
+            if summary['capped'] else '')
   print(f'local CBS at step {args.step} of {args.run_dir} (trained at B = '
-        f'{summary["batch_size"]}): {summary["local_cbs"]}{capped}')
+        f'{summary["batch_size"]}): {critical_batch.local_cbs_text(summary)}{capped}')
   figures.local_cbs(per_factor, summary, out / 'local_cbs.png')
   print(f'written: {out / "local_cbs.csv"}, {out / "local_cbs.json"}, {out / "local_cbs.png"}')

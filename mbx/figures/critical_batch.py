@@ -243,7 +243,11 @@ def local_cbs(per_factor, summary: dict, path: str | pathlib.Path) -> None:
   ax.axhline(baseline, color='gray', lw=1)
   ax.axhspan(min(baseline, baseline + sign * tolerance), max(baseline, baseline + sign * tolerance),
              color='tab:green', alpha=0.2, label=f'within {tolerance:g} of k = 1')
-  ax.axvline(summary['local_cbs'], color='k', ls='--', label=f'local CBS = {summary["local_cbs"]}')
+  if summary.get('noise_limited'):
+    ax.plot([], [], ' ', label='local CBS: noise-limited (k = 1 seed spread > tolerance)')
+  else:
+    ax.axvline(summary['local_cbs'], color='k', ls='--',
+               label=f'local CBS = {summary["local_cbs"]}')
   ax.set_xscale('log', base=2)
   ax.set_xlabel('branch batch size k B')
   ax.set_ylabel(f'{metric} after {summary["window"]}')

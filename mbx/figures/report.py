@@ -179,6 +179,9 @@ def _fit_lines(analysis: critical_batch.CriticalBatchAnalysis) -> list[str]:
     else:
       text = f'{row["optimizer"]}: no fit (fewer than 3 batch sizes reached the target)'
     text += f'; Zhang 20% CBS = {row["zhang_cbs"]:.4g}'
+    if np.isfinite(row.get('lr_exponent', np.nan)):
+      text += (f'; best (effective) LR ∝ B^p with p = {row["lr_exponent"]:.2f} '
+               f'[{row["lr_exponent_lo"]:.2f}, {row["lr_exponent_hi"]:.2f}] (90% CI)')
     lines.append(text)
   return lines
 

@@ -381,6 +381,25 @@ class CriticalBatchAnalysis:
   target_value: float | None = None
 
 
+def learning_rate_exponent(batch_sizes, learning_rates, confidence: float = 0.9) -> dict:
+  """The power p of best lr ∝ B^p: least squares in log-log over the batch sizes that reached
+  the target, with a t-interval on the slope. A search grid that itself moves as B^q puts the
+  best LR on grid points, so read p against q and its CI, not "the rule holds exactly"."""
+  from scipy import stats as scipy_stats  # pylint: disable=import-outside-toplevel
+  b = np.asarray(batch_sizes, float)
+  lr = np.asarray(learning_rates, float)
+  keep = np.isfinite(b) & np.isfinite(lr) & (b > 0) & (lr > 0)
+  out = {'lr_exponent': np.nan, 'lr_exponent_lo': np.nan, 'lr_exponent_hi': np.nan,
+         'lr_exponent_n': int(keep.sum())}
+  if keep.sum() < 3:
+    return out
+  fit = scipy_stats.linregress(np.log(b[keep]), np.log(lr[keep]))
+  half = scipy_stats.t.ppf(0.5 + confidence / 2, keep.sum() - 2) * fit.stderr
+  out.update(lr_exponent=float(fit.slope), lr_exponent_lo=float(fit.slope - half),
+             lr_exponent_hi=float(fit.slope + half))
+  return out
+
+
 def analyze(table: pd.DataFrame, *, num_samples: int = 2000, confidence: float = 0.9,
             bootstrap: str = 'residuals', seed: int = 0) -> CriticalBatchAnalysis:
   """Shallue per-B minimum, McCandlish fit with CI, Zhang CBS, B_simple, per optimizer.
@@ -404,6 +423,10 @@ def analyze(table: pd.DataFrame, *, num_samples: int = 2000, confidence: float =
     row.update(b_simple_median=float(noise.median()) if len(noise) else np.nan,
                b_simple_min=float(noise.min()) if len(noise) else np.nan,
                b_simple_max=float(noise.max()) if len(noise) else np.nan)
+    column = ('effective_learning_rate' if 'effective_learning_rate' in group
+              else 'learning_rate')
+    row.update(learning_rate_exponent(b[finite], group[column].to_numpy(float)[finite],
+                                      confidence))
     if finite.sum() >= 3:
       curves = None
       if bootstrap == 'seeds':
@@ -538,10 +561,23 @@ def local_cbs(run_dir: str | pathlib.Path, step: int, *, factors: Sequence[int] 
   within = per_factor['within_tolerance'].to_numpy()
   last = int(np.argmin(within)) - 1 if not within.all() else len(within) - 1
   cbs = int(per_factor['batch_size'].iloc[max(last, 0)])
-  summary = {'local_cbs': cbs, 'step': step, 'batch_size': int(source.train.batch_size),
+  # The k = 1 branch's spread over seeds: a tolerance below it cannot tell branches apart.
+  baseline_std = float(per_factor.loc[per_factor['factor'] == 1, 'std'].iloc[0])
+  noise_limited = bool(np.isfinite(baseline_std) and baseline_std > tolerance)
+  summary = {'local_cbs': None if noise_limited else cbs, 'noise_limited': noise_limited,
+             'step': step, 'batch_size': int(source.train.batch_size),
              'metric': metric, 'tolerance': tolerance, 'window': window,
              'lr_scaling': lr_scaling or _default_lr_scaling(source.optim.name),
-             'seeds': list(seeds), 'baseline': baseline, 'run_dir': str(run_dir),
-             'capped': bool(within.all())}
+             'seeds': list(seeds), 'baseline': baseline, 'baseline_seed_std': baseline_std,
+             'run_dir': str(run_dir), 'capped': bool(within.all()) and not noise_limited}
   per_factor = per_factor.rename(columns={'value': metric, 'std': f'{metric}_std'})
   return per_factor, summary
+
+
+def local_cbs_text(summary: dict) -> str:
+  """'noise-limited', '>= 128' (every factor within tolerance) or '64'."""
+  if summary.get('noise_limited'):
+    return (f'noise-limited (the k = 1 branch varies by {summary["baseline_seed_std"]:.3g} '
+            f'over seeds, more than the tolerance {summary["tolerance"]:g})')
+  return f'{"≥ " if summary["capped"] else ""}{summary["local_cbs"]}'
+

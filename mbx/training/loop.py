@@ -33,11 +33,12 @@ from mbx import config as config_lib
 from mbx.optim import build_optimizer, scaled_learning_rate
 from mbx.training import distributed
 from mbx.training import feed as feed_lib
+from mbx.training import noise_scale as noise_scale_lib
 from mbx.training.autobatch import resolve_auto_micro_batch
 from mbx.training.checkpoints import Checkpoints
 from mbx.training.components import step_arguments, step_parts
 from mbx.training.plan import Plan, make_plan
-from mbx.training.records import Run, RunLock, RunWriter, load_run
+from mbx.training.records import Run, RunLock, RunWriter, load_run, read_jsonl
 from mbx.training.step import (StepParts, TrainState, init_train_state, make_eval_step,
                                make_mesh, make_step, metric_names, replicated,
                                trial_hyperparameters, zero_metric_sums)
@@ -241,6 +242,7 @@ class TrialRecorder:
     self.meta: dict[str, Any] = {'wall_time': 0.0, 'train_time': 0.0}
     self.summary: dict[str, Any] = {}
     self.outcome, self.reason, self.stopped = 'done', 'budget reached', False
+    self.noise_rows: list[tuple] = []
     self.last_loss = math.nan
     self.session_start = time.perf_counter()
 
@@ -254,6 +256,10 @@ class TrialRecorder:
     # Rows logged after the last checkpoint by a run that died are redone.
     self.writer.truncate_after(latest if latest is not None else -1)
     self.summary = dict(self.meta.get('summary', {}))
+    # The noise scale's interval estimates logged so far, for the run-averaged B_simple.
+    self.noise_rows = [(r['step'], r['grad_sq_estimate'], r['trace_estimate'])
+                       for r in read_jsonl(self.workdir / 'train_metrics.jsonl')
+                       if 'grad_sq_estimate' in r]
     self.session_start = time.perf_counter()
     return state
 
@@ -302,6 +308,12 @@ class TrialRecorder:
                                                 self.setup.num_train)
       for probe in workload.probes:
         row.update(probe.summarize(probe_states[probe.name]))
+      if 'grad_sq_estimate' in row:
+        # b_simple is an EMA over ~100 steps (the current value, noisy early on); this is the
+        # whole run so far, as the sweep table reports it.
+        self.noise_rows.append((step, row['grad_sq_estimate'], row['trace_estimate']))
+        row['b_simple_run_average'] = noise_scale_lib.run_average(
+            *zip(*self.noise_rows))['b_simple']
       row.update(examples_per_second=examples_per_second, steps_per_second=steps_per_second,
                  wall_time=self.elapsed())
       self.writer.append('train', row)
