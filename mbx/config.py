@@ -98,7 +98,9 @@ class OptimConfig:
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
   batch_size: int = 128                # global batch, over all hosts and devices
-  micro_batch_size: int | str | None = None  # global micro-batch; 'auto': the largest that fits
+  # global micro-batch; 'auto': the largest that fits; 'fastest': the quickest split by timing,
+  # recorded in config.json as 'fastest=<micro-batch>' (see fastest_micro_batch_size)
+  micro_batch_size: int | str | None = None
   autobatch_budget: int | str | None = None  # for 'auto': per device, e.g. '2GiB'; None: 0.9 x
                                              # the device's memory (no default on CPU)
   max_device_batch_size: int | None = None  # accumulate when exceeded
@@ -376,6 +378,21 @@ def trial_key(config: Config) -> str:
   return config_hash(blank)
 
 
+FASTEST = 'fastest'
+
+
+def fastest_micro_batch_size(value) -> int | None:
+  """The micro-batch a 'fastest=<n>' value records (None for anything else); ConfigError for a
+  malformed one."""
+  if not (isinstance(value, str) and value.startswith(FASTEST + '=')):
+    return None
+  text = value[len(FASTEST) + 1:]
+  if not text.isdigit() or int(text) <= 0:
+    raise ConfigError(f"train.micro_batch_size={value!r}: expected 'fastest' or "
+                      "'fastest=<positive integer>' (the recorded choice)")
+  return int(text)
+
+
 def config_hash(config: Config) -> str:
   return hashlib.sha1(json.dumps(to_dict(config), sort_keys=True).encode()).hexdigest()[:10]
 
@@ -452,10 +469,14 @@ def validate(config: Config) -> None:
          o.warmup_start_factor, 'must be in [0, 1]')
 
   _check_positive_int(t.batch_size, 'train.batch_size')
-  if t.micro_batch_size is not None and t.micro_batch_size != 'auto':
+  micro = fastest_micro_batch_size(t.micro_batch_size)
+  if micro is None and t.micro_batch_size not in (None, 'auto', FASTEST):
     _check(isinstance(t.micro_batch_size, int) and t.micro_batch_size > 0,
-           'train.micro_batch_size', t.micro_batch_size, "must be a positive integer or 'auto'")
-    _check(t.batch_size % t.micro_batch_size == 0, 'train.micro_batch_size',
+           'train.micro_batch_size', t.micro_batch_size,
+           "must be a positive integer, 'auto' or 'fastest'")
+    micro = t.micro_batch_size
+  if micro is not None:
+    _check(t.batch_size % micro == 0, 'train.micro_batch_size',
            t.micro_batch_size, f'must divide train.batch_size={t.batch_size}')
   if t.autobatch_budget is not None:
     _check(t.micro_batch_size == 'auto', 'train.autobatch_budget', t.autobatch_budget,

@@ -91,3 +91,44 @@ def test_checkpoint_interrupted_mid_write_is_never_latest(tmp_path):
   assert resumed.status['status'] == 'done'
   assert not any('tmp' in p.name for p in (workdir / 'checkpoints').iterdir())
   _assert_bitwise_equal(resumed.params(), _uninterrupted(tmp_path).params())
+
+
+def test_the_fastest_split_is_timed_once_recorded_and_reused_on_resume(tmp_path, capfd,
+                                                                       session_data_dir):
+  """train.micro_batch_size=fastest times the splits of the batch, records the winner in
+  config.json as 'fastest=<m>', and a resumed run reuses it (no second timing) and ends with
+  the uninterrupted run's parameters, bitwise."""
+  import json  # pylint: disable=import-outside-toplevel
+  import shutil  # pylint: disable=import-outside-toplevel
+  from helpers import tiny_config  # pylint: disable=import-outside-toplevel
+  config = tiny_config(train=dict(batch_size=16, micro_batch_size='fastest'))
+  run = mbx.train(config, tmp_path / 'run', quiet=True)
+  recorded = json.loads((tmp_path / 'run' / 'config.json').read_text())['train']
+  assert recorded['micro_batch_size'].startswith('fastest=')
+  micro = int(recorded['micro_batch_size'].split('=')[1])
+  assert micro in (16, 8, 4, 2, 1)
+  timed = capfd.readouterr().err
+  assert f'fastest split: train.micro_batch_size={micro}' in timed
+  shutil.rmtree(tmp_path / 'run' / 'checkpoints' / '20')
+  (tmp_path / 'run' / 'status.json').write_text(json.dumps({'status': 'running'}))
+  resumed = mbx.train(config, tmp_path / 'run', quiet=True)
+  assert 'fastest split' not in capfd.readouterr().err  # not timed again
+  assert resumed.status['step'] == 20
+  for a, b in zip(jax.tree.leaves(resumed.params()), jax.tree.leaves(run.params())):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  # The recorded choice is a config of its own: a re-run from config.json uses the same split.
+  again = mbx.train(mbx.load_run(tmp_path / 'run').config, tmp_path / 'again', quiet=True)
+  assert 'fastest split' not in capfd.readouterr().err
+  for a, b in zip(jax.tree.leaves(again.params()), jax.tree.leaves(run.params())):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.parametrize('value, message', [
+    ('fastest=7', 'must divide train.batch_size=64'),
+    ('fastest=x', "expected 'fastest' or 'fastest=<positive integer>'"),
+    ('quickest', "must be a positive integer, 'auto' or 'fastest'"),
+])
+def test_a_bad_micro_batch_size_fails_in_one_line(value, message):
+  from helpers import tiny_config  # pylint: disable=import-outside-toplevel
+  with pytest.raises(mbx.ConfigError, match=message):
+    mbx.validate(tiny_config(train=dict(batch_size=64, micro_batch_size=value)))

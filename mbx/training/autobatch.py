@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import statistics
 import subprocess
 import sys
 import time
@@ -485,6 +486,86 @@ def resolve_auto_micro_batch(workload: Workload, num_devices: int, *,
           f'{format_bytes(plan.chosen.total_bytes)} of {format_bytes(plan.budget_bytes)})',
           file=sys.stderr)
   return plan.resolved
+
+
+# ------------------------------------------------------------- the fastest split, by timing
+FASTEST_MAX_CANDIDATES = 6
+FASTEST_TIMED_STEPS = 5
+
+
+def _zeros_like(abstract):
+  return jax.jit(lambda: jnp.zeros(abstract.shape, abstract.dtype),
+                 out_shardings=abstract.sharding)()
+
+
+def time_micro_batches(workload: Workload, num_devices: int, *, num_train_examples: int,
+                       on_device: bool, steps: int = FASTEST_TIMED_STEPS,
+                       max_candidates: int = FASTEST_MAX_CANDIDATES) -> list[dict]:
+  """Seconds per step of the loop's own step for each way to split the configured batch into
+  2^j equal micro-batches (no split first), on zero data, median of 3 x `steps` steps after a
+  warm-up. Candidates whose compiled step exceeds a known memory budget are left out."""
+  config = workload.config
+  facts = DataFacts.of(workload, num_train_examples=num_train_examples, on_device=on_device)
+  compiler = _StepCompiler(workload, facts, make_mesh(jax.devices()[:num_devices]))
+  n, granule = compiler.num_devices, workload.batch_granule
+  per_device = config.train.batch_size // n
+  splits = [k for k in (2 ** j for j in range(16)) if k <= per_device and per_device % k == 0
+            and (per_device // k) % granule == 0][:max_candidates]
+  try:
+    budget, _ = memory_budget(config_budget(config), DEFAULT_MEMORY_FRACTION,
+                              list(compiler.mesh.devices.flat))
+  except config_lib.ConfigError:
+    budget = None  # CPU without a budget: every split is timed
+  parts, rows = compiler.parts, []
+  state = init_train_state(parts.model, build_optimizer(parts.optim), workload.sample_inputs(),
+                           seed=config.train.seed, mesh=compiler.mesh, task=parts.task,
+                           probes=parts.probes)
+  for k in splits:
+    micro = per_device // k * n
+    plan = make_plan(_with_micro_batch(config, micro), n, facts.num_train_examples,
+                     compiler.backend, **workload.plan_options)
+    shape = plan.shape_at(0)
+    if budget is not None and compiler.train_step(shape).total_bytes > budget:
+      rows.append({'micro_batch_size': micro, 'seconds_per_step': math.inf, 'fits': False})
+      continue
+    step, args, _ = compiler.train_program(shape)
+    data = jax.tree.map(_zeros_like, args[1:])
+    state, _ = step(state, *data)  # compiles
+    jax.block_until_ready(state)
+    times = []
+    for _ in range(3):
+      tic = time.perf_counter()
+      for _ in range(steps):
+        state, _ = step(state, *data)
+      jax.block_until_ready(state)
+      times.append((time.perf_counter() - tic) / steps)
+    rows.append({'micro_batch_size': micro, 'seconds_per_step': statistics.median(times),
+                 'fits': True})
+  return rows
+
+
+def resolve_fastest_micro_batch(workload: Workload, num_devices: int, *,
+                                num_train_examples: int, on_device: bool,
+                                quiet: bool = False) -> config_lib.Config:
+  """The workload's config with train.micro_batch_size='fastest' replaced by 'fastest=<m>',
+  m the quickest split measured here (unchanged otherwise: an int, or an already recorded
+  'fastest=<m>', which a resumed run and a re-run from config.json reuse, bitwise)."""
+  config = workload.config
+  if config.train.micro_batch_size != config_lib.FASTEST:
+    return config
+  rows = time_micro_batches(workload, num_devices, num_train_examples=num_train_examples,
+                            on_device=on_device)
+  best = min(rows, key=lambda r: r['seconds_per_step'])
+  if not math.isfinite(best['seconds_per_step']):
+    raise config_lib.ConfigError('train.micro_batch_size=fastest: no split of train.batch_size='
+                                 f'{config.train.batch_size} fits the memory budget')
+  if not quiet and jax.process_index() == 0:
+    timed = ', '.join(f'{r["micro_batch_size"]}: {r["seconds_per_step"] * 1e3:.2f} ms'
+                      for r in rows if r['fits'])
+    print(f'fastest split: train.micro_batch_size={best["micro_batch_size"]} '
+          f'(per step, by micro-batch: {timed})', file=sys.stderr)
+  return dataclasses.replace(config, train=dataclasses.replace(
+      config.train, micro_batch_size=f'{config_lib.FASTEST}={best["micro_batch_size"]}'))
 
 
 # ------------------------------------------------- checking against real out-of-memory errors

@@ -34,7 +34,7 @@ from mbx.optim import build_optimizer, scaled_learning_rate
 from mbx.training import distributed
 from mbx.training import feed as feed_lib
 from mbx.training import noise_scale as noise_scale_lib
-from mbx.training.autobatch import resolve_auto_micro_batch
+from mbx.training.autobatch import resolve_auto_micro_batch, resolve_fastest_micro_batch
 from mbx.training.checkpoints import Checkpoints
 from mbx.training.components import step_arguments, step_parts
 from mbx.training.plan import Plan, make_plan
@@ -156,6 +156,7 @@ class Setup:
   plan: Plan
   parts: StepParts
   evaluator: Evaluator
+  micro_batch_size: int | str | None = None  # as resolved ('fastest' -> 'fastest=<m>')
 
   @property
   def config(self) -> config_lib.Config:
@@ -181,12 +182,18 @@ def setup(workload: Workload) -> Setup:
   # config.json keeps 'auto' so that resuming sees the same config.
   plan_config = resolve_auto_micro_batch(workload, mesh.devices.size,
                                          num_train_examples=num_train, on_device=on_device)
+  # train.micro_batch_size='fastest' is timed here once and recorded as 'fastest=<m>' in the
+  # trials' config.json (train_packed), so a resume and a re-run reuse the split.
+  plan_config = resolve_fastest_micro_batch(
+      dataclasses.replace(workload, config=plan_config), mesh.devices.size,
+      num_train_examples=num_train, on_device=on_device)
   plan = make_plan(plan_config, mesh.devices.size, num_train, jax.default_backend(),
                    **workload.plan_options)
   parts = step_parts(workload, plan, mesh)
   return Setup(workload=workload, mesh=mesh, num_train=num_train, on_device=on_device,
                train_rows=train_rows, source=source, plan=plan, parts=parts,
-               evaluator=Evaluator(workload, parts.model, mesh, on_device))
+               evaluator=Evaluator(workload, parts.model, mesh, on_device),
+               micro_batch_size=plan_config.train.micro_batch_size)
 
 
 def branch_source(config: config_lib.Config) -> tuple[Run, int]:
@@ -657,7 +664,8 @@ def train_packed(configs: Sequence[config_lib.Config], workdirs: Sequence[str | 
   distributed.initialize()  # before anything asks JAX for its processes or devices
   trackers = check_trackers(trackers)
   workdirs = [pathlib.Path(w) for w in workdirs]
-  workloads = [resolve(c, data=data, model=model) for c in configs]
+  workloads = [_recorded_split(resolve(c, data=data, model=model), w)
+               for c, w in zip(configs, workdirs)]
   configs = [w.config for w in workloads]
   if len({pack_key(c) for c in configs}) > 1:
     raise config_lib.ConfigError('packed trials must differ only in '
@@ -680,6 +688,10 @@ def train_packed(configs: Sequence[config_lib.Config], workdirs: Sequence[str | 
     for lock in locks:
       lock.release(remove_if_new=True)
     raise
+  if configs[pending[0]].train.micro_batch_size == config_lib.FASTEST:  # as measured in setup
+    for i in pending:
+      configs[i] = dataclasses.replace(configs[i], train=dataclasses.replace(
+          configs[i].train, micro_batch_size=s.micro_batch_size))
   try:
     _train_pending(s, [configs[i] for i in pending], [workdirs[i] for i in pending], quiet,
                    trackers)
@@ -692,6 +704,20 @@ def train_packed(configs: Sequence[config_lib.Config], workdirs: Sequence[str | 
     if not quiet:
       _print_summary(runs[i], s.workload)
   return runs
+
+
+def _recorded_split(workload: Workload, workdir: pathlib.Path) -> Workload:
+  """train.micro_batch_size='fastest' of a run that already chose: its recorded
+  'fastest=<m>' from config.json, so the run resumes with the same split (never re-timed)."""
+  path = workdir / 'config.json'
+  if workload.config.train.micro_batch_size != config_lib.FASTEST or not path.exists():
+    return workload
+  recorded = json.loads(path.read_text()).get('train', {}).get('micro_batch_size')
+  if config_lib.fastest_micro_batch_size(recorded) is None:
+    return workload
+  config = workload.config
+  return dataclasses.replace(workload, config=dataclasses.replace(
+      config, train=dataclasses.replace(config.train, micro_batch_size=recorded)))
 
 
 def _train_pending(s: Setup, configs, workdirs, quiet: bool, trackers: tuple[str, ...]) -> None:

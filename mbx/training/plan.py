@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from mbx.config import Config, ConfigError, Duration, parse_duration
+from mbx.config import Config, ConfigError, Duration, fastest_micro_batch_size, parse_duration
 
 INT32_LIMIT = 2**31 - 1
 
@@ -99,17 +99,19 @@ def _micro_batches(config: Config, batch_size: int, num_devices: int, granule: i
     raise ConfigError(f'{field}: global batch {batch_size} is not divisible by the '
                       f'{num_devices} devices; use a multiple of {num_devices}')
   accumulation = 1
-  if t.micro_batch_size == 'auto':
-    raise ConfigError('train.micro_batch_size=auto: resolve it before planning '
-                      '(mbx.training.autobatch.resolve_auto_micro_batch)')
-  if t.micro_batch_size is not None:
-    if t.micro_batch_size % num_devices:
+  if t.micro_batch_size in ('auto', 'fastest'):
+    raise ConfigError(f'train.micro_batch_size={t.micro_batch_size}: resolve it before planning '
+                      '(mbx.training.autobatch.resolve_auto_micro_batch / '
+                      'resolve_fastest_micro_batch)')
+  micro = fastest_micro_batch_size(t.micro_batch_size) or t.micro_batch_size
+  if micro is not None:
+    if micro % num_devices:
       raise ConfigError(f'train.micro_batch_size={t.micro_batch_size}: not divisible by '
                         f'the {num_devices} devices')
-    if batch_size % t.micro_batch_size:
+    if batch_size % micro:
       raise ConfigError(f'train.micro_batch_size={t.micro_batch_size}: does not divide '
                         f'the global batch {batch_size}')
-    accumulation = batch_size // t.micro_batch_size
+    accumulation = batch_size // micro
   elif t.max_device_batch_size is not None:
     per_device, ghost = batch_size // num_devices, granule
     fits = [k for k in range(1, per_device + 1) if per_device % k == 0 and
