@@ -268,7 +268,8 @@ def test_bad_text_input_is_one_line_before_anything_is_written(tmp_path, case):
   result = mbx_train('--config', 'configs/lm_kjv_small.py', '--workdir', str(tmp_path / 'run'),
                       'data.name=text_file', *overrides)
   assert_one_line_error(result, message)
-  assert time.perf_counter() - start < 10
+  # Before any compilation; generous, as the suite runs two test processes on 2 cores.
+  assert time.perf_counter() - start < 20
   assert not (tmp_path / 'run').exists()
 
 

@@ -27,10 +27,14 @@ def _add_train(subparsers) -> None:
 
 
 def _train(args) -> None:
+  config = load_config(args.config, args.overrides)
+  from mbx.training import lock  # pylint: disable=import-outside-toplevel  (no JAX)
+  workdir = args.workdir or f'runs/{config.name}'
+  if (holder := lock.holder_of(workdir)) is not None:  # before the training stack loads
+    raise lock.busy_error(workdir, holder)
   loop = importlib.import_module('mbx.training.loop')  # jax loads only for commands that train
   trackers = [] if args.trackers == 'none' else [t for t in args.trackers.split(',') if t]
-  loop.train(load_config(args.config, args.overrides), args.workdir, quiet=args.quiet,
-             trackers=trackers)
+  loop.train(config, args.workdir, quiet=args.quiet, trackers=trackers)
 
 
 # Each module exposes add_parser(subparsers) and/or, for `mbx analyze <what>`,

@@ -38,7 +38,8 @@ from mbx.training.autobatch import resolve_auto_micro_batch, resolve_fastest_mic
 from mbx.training.checkpoints import Checkpoints
 from mbx.training.components import step_arguments, step_parts
 from mbx.training.plan import Plan, make_plan
-from mbx.training.records import Run, RunLock, RunWriter, load_run, read_jsonl
+from mbx.training.lock import RunLock
+from mbx.training.records import Run, RunWriter, load_run, read_jsonl
 from mbx.training.step import (StepParts, TrainState, init_train_state, make_eval_step,
                                make_mesh, make_step, metric_names, replicated,
                                trial_hyperparameters, zero_metric_sums)

@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import json
 import math
 import os
@@ -75,43 +74,6 @@ def read_status(path: pathlib.Path) -> dict[str, Any] | None:
   except json.JSONDecodeError as error:
     raise config_lib.ConfigError(f'{path}: not valid JSON ({error.msg} at line {error.lineno}); '
                                  're-run the training command to rewrite it') from None
-
-
-class RunLock:
-  """An exclusive flock on <run>/.lock, held while one process trains the run; the kernel
-  releases it when the process dies, even on SIGKILL, so a crashed run never stays locked."""
-
-  def __init__(self, workdir: str | pathlib.Path):
-    self.workdir = pathlib.Path(workdir)
-    self.created = not self.workdir.exists()
-    self.workdir.mkdir(parents=True, exist_ok=True)
-    self.file = open(self.workdir / '.lock', 'a+')  # pylint: disable=consider-using-with
-    try:
-      fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-      self.file.seek(0)
-      holder = self.file.read().strip() or 'unknown'
-      self.file.close()
-      raise config_lib.ConfigError(
-          f'{self.workdir}: another process (PID {holder}) is training this run; wait for it '
-          'to finish (then re-run to resume) or choose another --workdir') from None
-    self.file.seek(0)
-    self.file.truncate()
-    self.file.write(f'{os.getpid()}\n')
-    self.file.flush()
-
-  def release(self, *, remove_if_new: bool = False) -> None:
-    """Unlocks; with remove_if_new, a run directory this lock created and nothing else wrote
-    to is removed again (a run that failed before it started leaves nothing behind)."""
-    if self.file.closed:
-      return
-    self.file.close()
-    if remove_if_new and self.created:
-      (self.workdir / '.lock').unlink(missing_ok=True)
-      try:
-        self.workdir.rmdir()
-      except OSError:
-        pass  # something else was written: keep it
 
 
 class RunWriter:
