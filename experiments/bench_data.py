@@ -83,7 +83,11 @@ def grain_reader(source, batch_size: int, batches: int, mesh, threads: int) -> f
              .batch(batch_size, drop_remainder=True))
   iterator = iter(dataset.to_iter_dataset(grain.ReadOptions(num_threads=threads,
                                                            prefetch_buffer_size=2 * threads)))
-  sharding = batch_sharded(mesh)
+  return _examples_per_second(iterator, batch_size, batches, batch_sharded(mesh))
+
+
+def _examples_per_second(iterator, batch_size: int, batches: int, sharding) -> float:
+  """Batches taken from `iterator` and put on the devices, after 5 warm-up batches."""
   for _ in range(5):
     jax.block_until_ready(jax.device_put(next(iterator), sharding))
   start = time.perf_counter()
@@ -108,14 +112,7 @@ def grain_loader(source, batch_size: int, batches: int, mesh, workers: int) -> f
       sampler=grain.samplers.IndexSampler(len(source), shuffle=True, seed=0, num_epochs=1),
       operations=[Decode(), grain.transforms.Batch(batch_size, drop_remainder=True)],
       worker_count=workers)
-  iterator = iter(loader)
-  sharding = batch_sharded(mesh)
-  for _ in range(5):
-    jax.block_until_ready(jax.device_put(next(iterator), sharding))
-  start = time.perf_counter()
-  for _ in range(batches):
-    jax.block_until_ready(jax.device_put(next(iterator), sharding))
-  return batch_size * batches / (time.perf_counter() - start)
+  return _examples_per_second(iter(loader), batch_size, batches, batch_sharded(mesh))
 
 
 def main() -> None:

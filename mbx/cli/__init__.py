@@ -29,7 +29,7 @@ def _add_train(subparsers) -> None:
 def _train(args) -> None:
   config = load_config(args.config, args.overrides)
   from mbx.training import lock  # pylint: disable=import-outside-toplevel  (no JAX)
-  workdir = args.workdir or f'runs/{config.name}'
+  workdir = args.workdir or lock.default_workdir(config)
   if (holder := lock.holder_of(workdir)) is not None:  # before the training stack loads
     raise lock.busy_error(workdir, holder)
   loop = importlib.import_module('mbx.training.loop')  # jax loads only for commands that train

@@ -581,9 +581,8 @@ def _probe(config_json: str, per_device_batch: int) -> None:
     state = init_train_state(parts.model, build_optimizer(parts.optim), workload.sample_inputs(),
                              seed=workload.config.train.seed, mesh=compiler.mesh,
                              task=parts.task, probes=parts.probes)
-    zeros = lambda a: jax.jit(lambda: jnp.zeros(a.shape, a.dtype), out_shardings=a.sharding)()
-    data = jax.tree.map(zeros, args[1:])
-    kept = zeros(jax.ShapeDtypeStruct((beside,), jnp.uint8, sharding=compiler.replicated))
+    data = jax.tree.map(_zeros_like, args[1:])
+    kept = _zeros_like(jax.ShapeDtypeStruct((beside,), jnp.uint8, sharding=compiler.replicated))
     for _ in range(2):
       state, _ = step(state, *data)
     jax.block_until_ready((state, kept))

@@ -1,5 +1,5 @@
-"""The run directory's lock, importable without JAX: the CLI checks it before loading the
-training stack, so a second `mbx train` on a busy run exits at once."""
+"""The run directory and its lock, importable without JAX: the CLI checks the lock before
+loading the training stack, so a second `mbx train` on a busy run exits at once."""
 from __future__ import annotations
 
 import fcntl
@@ -10,6 +10,11 @@ import time
 from mbx import config as config_lib
 
 LOCK_FILE = '.lock'
+
+
+def default_workdir(config: config_lib.Config) -> pathlib.Path:
+  """Where a run goes without --workdir: runs/<config name>."""
+  return pathlib.Path('runs') / config.name
 
 
 def holder_of(workdir: str | pathlib.Path) -> str | None:

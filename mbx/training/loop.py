@@ -38,8 +38,8 @@ from mbx.training.autobatch import resolve_auto_micro_batch, resolve_fastest_mic
 from mbx.training.checkpoints import Checkpoints
 from mbx.training.components import step_arguments, step_parts
 from mbx.training.plan import Plan, make_plan
-from mbx.training.lock import RunLock
-from mbx.training.records import Run, RunWriter, load_run, read_jsonl
+from mbx.training.lock import RunLock, default_workdir
+from mbx.training.records import Run, RunWriter, load_run
 from mbx.training.step import (StepParts, TrainState, init_train_state, make_eval_step,
                                make_mesh, make_step, metric_names, replicated,
                                trial_hyperparameters, zero_metric_sums)
@@ -49,10 +49,6 @@ from mbx.training.workload import Workload, config_error, resolve
 MOMENTUM_OF = {'sgd': lambda o: 0.0, 'momentum': lambda o: o.momentum,
                'nesterov': lambda o: o.momentum, 'lars': lambda o: o.momentum}
 PACKABLE_FIELDS = tuple(f for f in config_lib.TRIAL_FIELDS if f[1] is not None)
-
-
-def default_workdir(config: config_lib.Config) -> pathlib.Path:
-  return pathlib.Path('runs') / config.name
 
 
 def _sgd_noise_scale(config: config_lib.Config, learning_rate: float, batch_size: int,
@@ -262,12 +258,11 @@ class TrialRecorder:
     elif self.config.train.init_from is not None:
       state = _branch_from(state, self.config)
     # Rows logged after the last checkpoint by a run that died are redone.
-    self.writer.truncate_after(latest if latest is not None else -1)
+    kept = self.writer.start_session(latest if latest is not None else -1)
     self.summary = dict(self.meta.get('summary', {}))
     # The noise scale's interval estimates logged so far, for the run-averaged B_simple.
     self.noise_rows = [(r['step'], r['grad_sq_estimate'], r['trace_estimate'])
-                       for r in read_jsonl(self.workdir / 'train_metrics.jsonl')
-                       if 'grad_sq_estimate' in r]
+                       for r in kept['train'] if 'grad_sq_estimate' in r]
     self.session_start = time.perf_counter()
     return state
 

@@ -132,23 +132,26 @@ class RunWriter:
     for tracker in self.trackers:
       tracker.add(log, row)
 
-  def truncate_after(self, step: int) -> None:
-    """Drops rows logged after `step` (by a run that died after its last checkpoint)."""
+  def start_session(self, step: int) -> dict[str, list[dict[str, Any]]]:
+    """A session of the run begins at checkpoint `step` (-1: none): drops the rows logged after
+    it (by a run that died after its last checkpoint), starts the trackers from the rows kept,
+    and returns them ({'train': [...], 'eval': [...]}; empty where this process writes nothing)."""
     if not self.enabled:
-      return
+      return {'train': [], 'eval': []}
+    kept = {}
     for log in ('train', 'eval'):
       path = self.workdir / f'{log}_metrics.jsonl'
+      kept[log] = [r for r in read_jsonl(path) if r['step'] <= step]
       if path.exists():
-        rows = [r for r in read_jsonl(path) if r['step'] <= step]
         tmp = path.with_name(f'.{path.name}.tmp')
-        tmp.write_text(''.join(json.dumps(r) + '\n' for r in rows))
+        tmp.write_text(''.join(json.dumps(r) + '\n' for r in kept[log]))
         os.replace(tmp, path)
-    if self.trackers:  # a new session: the trackers start from the kept rows
+    if self.trackers:
       config_path = self.workdir / 'config.json'
-      rows = {log: read_jsonl(self.workdir / f'{log}_metrics.jsonl') for log in ('train', 'eval')}
       config = json.loads(config_path.read_text()) if config_path.exists() else {}
       for tracker in self.trackers:
-        tracker.start(rows, config)
+        tracker.start(kept, config)
+    return kept
 
 
 def _frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
