@@ -50,7 +50,10 @@ class DataConfig:
   data_dir: str | None = None          # None: $MBX_DATA_DIR or ~/tensorflow_datasets
   download: bool = False               # allow tfds to download (needs internet)
   train_split: str = 'train'
-  eval_split: str | None = None        # None: the dataset's test/validation split
+  eval_split: str | None = None        # None: the dataset's validation split, else test
+  # Evaluated once, when the run ends (summary test_<metric>); None: 'test' when it is not
+  # the eval split; 'none': never. Targets, sweeps and LR choice read the eval split only.
+  test_split: str | None = None
   placement: str = 'auto'              # 'device': whole split in device memory
   augment: bool = True                 # the dataset's standard augmentation, if any
   prefetch: int = 2                    # batches prepared ahead (host placement)
@@ -433,6 +436,10 @@ def validate(config: Config) -> None:
     _check(isinstance(value, Mapping), f'{section}.{field}', value, 'expected a mapping')
   _check(isinstance(d.train_split, str) and bool(d.train_split.strip()), 'data.train_split',
          d.train_split, 'expected a split name')
+  for field in ('eval_split', 'test_split'):
+    value = getattr(d, field)
+    _check(value is None or (isinstance(value, str) and bool(value.strip())), f'data.{field}',
+           value, "expected a split name" + (" or 'none'" if field == 'test_split' else ''))
   _check_choice(d.placement, PLACEMENTS, 'data.placement')
   _check(d.prefetch >= 1, 'data.prefetch', d.prefetch, 'must be >= 1')
   _check_choice(m.dtype, DTYPES, 'model.dtype')

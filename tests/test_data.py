@@ -85,9 +85,9 @@ def test_mnist1d_shapes_dtypes_and_sizes(mnist1d_dir):
   assert set(np.unique(y)) == set(np.unique(y_test)) == set(range(10))
   info = data.dataset_info("mnist1d", data_dir=mnist1d_dir)
   assert info == data.DatasetInfo(
-      name="mnist1d", splits={"train": 4000, "test": 1000},
+      name="mnist1d", splits={"train": 4000, "validation": 1000, "test": 1000},
       element_spec={"inputs": ((40, 1), "float32"), "targets": ((), "int32")},
-      num_classes=10, eval_split="test")
+      num_classes=10, eval_split="validation")
   assert info.input_shape == (40, 1) and info.num_examples == info.splits
 
 
@@ -104,6 +104,27 @@ def test_mnist1d_values_match_make_dataset(mnist1d_dir, mnist1d_reference):
     expected_x = mnist1d_reference[ref_x][index].astype(np.float32)[..., None]
     np.testing.assert_array_equal(x, expected_x)  # raw values, not rescaled
     np.testing.assert_array_equal(y, mnist1d_reference[ref_y][index])
+
+
+def test_mnist1d_validation_is_disjoint_balanced_and_on_the_same_scale(mnist1d_dir):
+  """1000 more draws from the generator (another seed): no example of train or test
+  reappears, 100 per class, normalised with the 5000-example set's statistics."""
+  from mbx.data import mnist1d_builder  # pylint: disable=g-import-not-at-top
+  x_val, y_val = data.load_arrays("mnist1d", "validation", data_dir=mnist1d_dir)
+  assert x_val.shape == (1000, 40, 1) and np.bincount(y_val).tolist() == [100] * 10
+  others = np.concatenate([data.load_arrays("mnist1d", s, data_dir=mnist1d_dir)[0]
+                           for s in ("train", "test")])[..., 0]
+  sq_dist = ((x_val[:, None, :, 0] - others[None]) ** 2).sum(-1)
+  assert sq_dist.min() > 1.0  # nearest train/test neighbour; an exact copy would be 0
+  assert abs(x_val.mean()) < 0.05 and abs(x_val.std() - 1.0) < 0.05
+  # The hand-written generator loop is make_dataset's own, before its normalisation.
+  import mnist1d.data  # pylint: disable=g-import-not-at-top
+  args = mnist1d.data.get_dataset_args()
+  with mnist1d_builder.preserved_global_rng():
+    raw, labels = mnist1d_builder.raw_examples(args)
+    reference = mnist1d.data.make_dataset(args)
+  np.testing.assert_array_equal((raw[:4000] - raw.mean()) / raw.std(), reference["x"])
+  np.testing.assert_array_equal(labels[4000:], reference["y_test"])
 
 
 def test_mnist1d_build_is_deterministic_and_keeps_global_rng(
@@ -462,7 +483,7 @@ def test_dataset_names_and_eval_splits():
       "mnist1d", "mnist", "fashion_mnist", "cifar10", "cifar100",
       "imagenet2012")
   assert {n: data.default_eval_split(n) for n in data.DATASET_NAMES} == {
-      "mnist1d": "test", "mnist": "test", "fashion_mnist": "test",
+      "mnist1d": "validation", "mnist": "test", "fashion_mnist": "test",
       "cifar10": "test", "cifar100": "test", "imagenet2012": "validation"}
 
 
@@ -545,8 +566,9 @@ def test_resolve_mnist1d_is_the_old_load_arrays(session_data_dir, mnist1d_refere
   np.testing.assert_array_equal(
       train["inputs"], mnist1d_reference["x"][index].astype(np.float32)[..., None])
   info = dataset.info()
-  assert info.num_classes == 10 and info.eval_split == "test"
-  assert info.input_shape == (40, 1) and info.splits == {"train": 4000, "test": 1000}
+  assert info.num_classes == 10 and info.eval_split == "validation"
+  assert info.input_shape == (40, 1)
+  assert info.splits == {"train": 4000, "validation": 1000, "test": 1000}
   assert dataset.augment() is None
   assert dataset.num_examples("train[:90%]") == 3600
   source = dataset.source("test")
@@ -558,8 +580,8 @@ def test_resolve_mnist1d_is_the_old_load_arrays(session_data_dir, mnist1d_refere
   batch = source[np.array([5, -1, 5])]
   np.testing.assert_array_equal(batch["inputs"], test["inputs"][[5, -1, 5]])
   np.testing.assert_array_equal(batch["targets"], test["targets"][[5, -1, 5]])
-  _one_line_value_error(lambda: dataset.check_split("validation", "data.eval_split"),
-                        "data.eval_split='validation'", "train, test")
+  _one_line_value_error(lambda: dataset.check_split("valid", "data.eval_split"),
+                        "data.eval_split='valid'", "train, validation, test")
 
 
 @pytest.mark.parametrize("split", [
@@ -623,8 +645,8 @@ def test_user_tfds_builder_by_import_path(tiny_dir, name):
     assert row["targets"] == arrays["targets"][3]
     batch = source[np.array([1, 0, 1])]
     np.testing.assert_array_equal(batch["inputs"], arrays["inputs"][[1, 0, 1]])
-  _one_line_value_error(lambda: dataset.check_split("validation", "data.eval_split"),
-                        "data.eval_split='validation'", "train, test")
+  _one_line_value_error(lambda: dataset.check_split("valid", "data.eval_split"),
+                        "data.eval_split='valid'", "train, validation, test")
 
 
 def test_user_builder_is_prepared_locally_on_first_use(tmp_path):

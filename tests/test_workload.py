@@ -235,4 +235,4 @@ def test_an_inference_only_model_without_train_argument_is_evaluated(tmp_path):
   logits = model.apply({'params': run.params()}, jnp.asarray(x))
   accuracy = float(np.mean(np.argmax(logits, -1) == user_datasets.data.load_arrays(
       'mnist1d', 'test')[1]))
-  assert accuracy == pytest.approx(run.status['eval_accuracy'], abs=1e-6)
+  assert accuracy == pytest.approx(run.status['test_accuracy'], abs=1e-6)

@@ -41,7 +41,10 @@ _SPECS: dict[str, _Spec] = {
     # MNIST-1D (Greydanus & Kobak, arXiv 2011.14439) with the package defaults:
     # 5000 samples, 80/20 split. make_dataset already centres the whole set
     # and scales it to unit std; the paper trains on those values as they are.
-    "mnist1d": _Spec(10, (40, 1), {"train": 4000, "test": 1000}, "test"),
+    # Validation (mnist1d_builder): 1000 more draws; runs evaluate on it and
+    # report test once at the end.
+    "mnist1d": _Spec(10, (40, 1), {"train": 4000, "validation": 1000, "test": 1000},
+                     "validation"),
     # MNIST: the PyTorch examples/mnist constants (training-set pixel stats).
     "mnist": _Spec(
         10, (28, 28, 1), {"train": 60000, "test": 10000}, "test",

@@ -85,9 +85,13 @@ def split_size(split: str, sizes: Mapping[str, int]) -> int:
 
 
 def default_eval_split(split_names: Iterable[str]) -> str:
-  """'test', else 'validation', else the first split that is not 'train', else 'train'."""
+  """'validation', else 'test', else the first split that is not 'train', else 'train'.
+
+  Validation first: targets and learning-rate choices are made on it, and test is
+  reported once at the end (Shallue et al. 2019's protocol; see `test_split`).
+  """
   names = tuple(split_names)
-  for name in ("test", "validation"):
+  for name in ("validation", "test"):
     if name in names:
       return name
   return next((name for name in names if name != "train"), names[0])

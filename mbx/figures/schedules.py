@@ -71,7 +71,8 @@ def schedule_comparison(runs: Mapping[str, Sequence], out_dir: str | pathlib.Pat
       _mean_band(ax, [r.eval_metrics for r in group], x, 'eval_accuracy', name, colors[name],
                  scale=100, linestyle=styles[name])
     ax.set_xlabel(xlabel)
-    ax.set_ylabel('test accuracy (%)')
+    ax.set_ylabel('validation accuracy (%)' if 'test_accuracy' in group[0].status
+                  else 'test accuracy (%)')
     values = np.concatenate([r.eval_metrics['eval_accuracy'].to_numpy()[1:] * 100
                              for group in runs.values() for r in group])
     ax.set_ylim(ylim or (np.percentile(values, 5) - 2, values.max() + 0.5))

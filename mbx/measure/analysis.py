@@ -36,16 +36,20 @@ def _run_info(run, meta: dict) -> dict:
           'parameters_sha256': meta['parameters_sha256']}
 
 
-def _train_and_test(run, step, subset, batch_size, data=None):
+def _train_and_held_out(run, step, subset, batch_size, data=None):
   """The training loss at the run's checkpoint (on `subset` examples) and the same
-  parameters on the evaluation split, batched alike."""
+  parameters on the held-out splits, batched alike: {'test': the test split (the eval split
+  when the dataset has no separate one), 'validation': the eval split when it is separate}."""
   train, meta = loss_fn.from_run(run, step, subset=subset, batch_size=batch_size, data=data)
   workload = resolve(run.config, data=data)
-  test = loss_fn.LossFunction(train.model, train.task, train.unravel(train.theta),
-                              train.model_state, loss_fn.load_data(workload, workload.eval_split),
-                              batch_size=batch_size or run.config.train.eval_batch_size,
-                              mesh=train.mesh)
-  return train, test, meta
+  splits = {'test': workload.test_split or workload.eval_split}
+  if workload.test_split is not None:
+    splits['validation'] = workload.eval_split
+  held_out = {name: loss_fn.LossFunction(
+      train.model, train.task, train.unravel(train.theta), train.model_state,
+      loss_fn.load_data(workload, split), batch_size=batch_size or
+      run.config.train.eval_batch_size, mesh=train.mesh) for name, split in splits.items()}
+  return train, held_out, meta
 
 
 def sharpness_analysis(run, step: int | None = None, *,
@@ -69,7 +73,8 @@ def sharpness_analysis(run, step: int | None = None, *,
                   batch_size=batch_size, seed=seed)
   timings = {}
   tic = time.perf_counter()
-  train, test, meta = _train_and_test(run, step, subset, batch_size, data)
+  train, held_out, meta = _train_and_held_out(run, step, subset, batch_size, data)
+  test = held_out['test']
   train_metrics, test_metrics = train.evaluate(), test.evaluate()
   # A large gradient means the point is not a minimiser and first-order terms dominate φ.
   train_metrics['grad_norm'] = float(np.linalg.norm(np.asarray(train.value_and_grad()[1])))
@@ -79,6 +84,9 @@ def sharpness_analysis(run, step: int | None = None, *,
       'data': train.data.description, 'test_data': test.data.description, 'mode': train.mode,
       'devices': int(train.mesh.devices.size), 'backend': jax.default_backend(),
       'train': train_metrics, 'test': test_metrics,
+      **({'validation': held_out['validation'].evaluate(),
+          'validation_data': held_out['validation'].data.description}
+         if 'validation' in held_out else {}),
       'generalization_gap': {
           name: (train_metrics[name] - test_metrics[name] if better == 'max' else
                  test_metrics[name] - train_metrics[name])
@@ -155,7 +163,8 @@ def interpolation_analysis(run_a, run_b, step_a: int | None = None, step_b: int 
     raise ValueError(f'{run_a.workdir} and {run_b.workdir} train different models or data; '
                      'interpolation needs the same architecture')
   tic = time.perf_counter()
-  train, test, meta_a = _train_and_test(run_a, step_a, subset, batch_size, data)
+  train, held_out, meta_a = _train_and_held_out(run_a, step_a, subset, batch_size, data)
+  test = held_out['test']
   params_b, state_b, meta_b = run_b.restore(step_b)  # None: the newest that restores
   step_b = int(meta_b['step']) if step_b is None else step_b
   meta_b = {**meta_b, 'step': step_b,

@@ -82,6 +82,9 @@ class Evaluator:
     self.splits = {'eval': workload.eval_split}
     if config.train.eval_on_train:
       self.splits['train'] = workload.train_split
+    self.periodic = tuple(self.splits)  # evaluated along training; test only at the end
+    if workload.test_split is not None:
+      self.splits['test'] = workload.test_split
     self.batch_size = config.train.eval_batch_size
     self.cached, self.sources = {}, {}
     for prefix, split in self.splits.items():
@@ -92,18 +95,24 @@ class Evaluator:
         self.sources[prefix] = workload.dataset.source(split)
 
   def __call__(self, params, model_state) -> dict[str, float]:
-    return self._rows(self.eval_step, params, model_state)[0]
+    return self._rows(self.eval_step, params, model_state, self.periodic)[0]
 
   def stacked(self, params, model_state) -> list[dict[str, float]]:
     """One row per trial of a stack, from one vmapped pass over the data."""
     if self.eval_step not in self._vmapped:
       self._vmapped[self.eval_step] = jax.jit(
           jax.vmap(self.eval_step, in_axes=(0, 0, None, None)))
-    return self._rows(self._vmapped[self.eval_step], params, model_state)
+    return self._rows(self._vmapped[self.eval_step], params, model_state, self.periodic)
 
-  def _rows(self, eval_step, params, model_state) -> list[dict[str, float]]:
+  def test(self, params, model_state) -> dict[str, float]:
+    """test_<metric> of one trial's final state ({} without a test split)."""
+    if 'test' not in self.splits:
+      return {}
+    return self._rows(self.eval_step, params, model_state, ('test',))[0]
+
+  def _rows(self, eval_step, params, model_state, prefixes) -> list[dict[str, float]]:
     rows = None
-    for prefix in self.splits:
+    for prefix in prefixes:
       batches = self.cached.get(prefix) or feed_lib.streamed_eval_batches(
           self.sources[prefix], self.batch_size, self.mesh)
       totals = None
@@ -526,6 +535,13 @@ def _run_trials(s: Setup, trials: list[TrialRecorder], state: TrainState, *,
   evaluate = ((lambda st: s.evaluator.stacked(st.params, st.model_state)) if packed else
               (lambda st: [s.evaluator(st.params, st.model_state)]))
   sync_every_step = _sync_every_step(config, mesh)
+
+  def final_test(k: int) -> dict[str, float]:
+    if trials[k].outcome == 'diverged':
+      return {}
+    trial = trial_state(k)
+    return s.evaluator.test(trial.params, trial.model_state)
+
   for trial in trials:
     trial.writer.set_status('running', step=start_step, examples_seen=position)
   events = sorted(e for e in plan.log_steps | plan.eval_steps | plan.checkpoint_steps
@@ -606,7 +622,7 @@ def _run_trials(s: Setup, trials: list[TrialRecorder], state: TrainState, *,
               trial.checkpoint(step, trial_state(k))
           for k in leaving:
             active.remove(k)
-            trials[k].finish(step, compile_time=compile_time,
+            trials[k].finish(step, compile_time=compile_time, **final_test(k),
                              **({'packed_trials': len(trials)} if packed else {}))
           interval_start = time.perf_counter()
         if step >= phase_end:
@@ -622,7 +638,7 @@ def _run_trials(s: Setup, trials: list[TrialRecorder], state: TrainState, *,
     if not s.on_device:
       feed.close()
   for k in active:
-    trials[k].finish(step, compile_time=compile_time,
+    trials[k].finish(step, compile_time=compile_time, **final_test(k),
                      **({'packed_trials': len(trials)} if packed else {}))
   return step
 
@@ -741,6 +757,9 @@ def _print_summary(run: Run, workload: Workload) -> None:
   names = list(workload.task.metrics) + [k[len('eval_'):] for k in s
                                          if k.startswith('eval_bits_per_')]
   metrics = [f'{split}_{m}={s["eval_" + m]:.4f}' for m in names if f'eval_{m}' in s]
+  if workload.test_split is not None:
+    metrics += [f'{workload.test_split}_{m}={s["test_" + m]:.4f}' for m in names
+                if f'test_{m}' in s]
   parts[1:1] = metrics
   if 'steps_to_target' in s:
     parts.append(f'steps_to_target={s["steps_to_target"]}')

@@ -61,6 +61,16 @@ class Workload:
     return self.config.data.eval_split or self.info.eval_split
 
   @property
+  def test_split(self) -> str | None:
+    """Evaluated once at the end: data.test_split, else 'test' when it is a separate split."""
+    split = self.config.data.test_split
+    if split == 'none':
+      return None
+    if split is not None:
+      return split
+    return 'test' if 'test' in self.info.splits and self.eval_split != 'test' else None
+
+  @property
   def probe_groups(self) -> int:
     """The most gradient groups a probe needs (0: no probes)."""
     return max((p.min_groups for p in self.probes), default=0)
@@ -176,6 +186,8 @@ def resolve(config: config_lib.Config, *, data=None, model: nn.Module | None = N
     dataset.check_split(config.data.train_split, 'data.train_split')
     if config.data.eval_split is not None:
       dataset.check_split(config.data.eval_split, 'data.eval_split')
+    if config.data.test_split not in (None, 'none'):
+      dataset.check_split(config.data.test_split, 'data.test_split')
     task = resolve_task(config.task.name, config.task.options)
     model_config, module = _resolve_model(config, info, model)
     probes = ((NoiseScaleProbe(config.train.noise_scale_ema),) if config.train.noise_scale
