@@ -43,10 +43,37 @@ def test_run_directory_records(tmp_path):
   loaded = mbx.load_run(tmp_path)
   params = loaded.params()
   model = loaded.build_model()
-  x, y = data.load_arrays('mnist1d', 'test')
-  logits = model.apply({'params': params}, x, train=False)
-  accuracy = float(np.mean(np.argmax(logits, -1) == y))
-  assert accuracy == pytest.approx(run.status['eval_accuracy'], abs=1e-6)
+  # Along training the run evaluates on validation; test once, at the end, on the final state.
+  for split, key in (('validation', 'eval_accuracy'), ('test', 'test_accuracy')):
+    x, y = data.load_arrays('mnist1d', split)
+    logits = model.apply({'params': params}, x, train=False)
+    accuracy = float(np.mean(np.argmax(logits, -1) == y))
+    assert accuracy == pytest.approx(run.status[key], abs=1e-6), split
+  assert run.status['test_examples'] == 1000
+  assert not any(c.startswith('test_') for c in run.eval_metrics.columns)
+
+
+def test_the_test_split_is_chosen_or_turned_off_and_a_bad_one_is_refused(tmp_path):
+  off = mbx.train(tiny_config(data=dict(test_split='none')), tmp_path / 'off', quiet=True)
+  assert off.status['status'] == 'done'
+  assert not any(k.startswith('test_') for k in off.status)
+  chosen = mbx.train(tiny_config(data=dict(test_split='train[:500]')), tmp_path / 'chosen',
+                     quiet=True)
+  assert chosen.status['test_examples'] == 500
+  with pytest.raises(mbx.ConfigError, match=r"data\.test_split='valid'") as error:
+    mbx.train(tiny_config(data=dict(test_split='valid')), tmp_path / 'bad', quiet=True)
+  assert '\n' not in str(error.value) and not (tmp_path / 'bad').exists()
+
+
+def test_the_cnn_takes_batch_norm_for_small_batch_studies(tmp_path):
+  config = tiny_config(model=dict(options={'norm': 'batch'}), train=dict(batch_size=4))
+  run = mbx.train(config, tmp_path, quiet=True)
+  assert run.status['status'] == 'done'
+  params, model_state, _ = run.restore()
+  assert 'BatchNorm_0' in params and 'batch_stats' in model_state
+  assert np.isfinite(run.status['test_loss'])
+  with pytest.raises(mbx.ConfigError, match="model.options.norm='layer'"):
+    mbx.resolve(tiny_config(model=dict(options={'norm': 'layer'})))
 
 
 @pytest.mark.parametrize('accumulation', ['unrolled', 'scan'])

@@ -42,7 +42,7 @@ MODEL_NAMES: tuple[str, ...] = tuple(_MODELS)
 # output size is not the dataset's class count, e.g. regression).
 FILLED_FIELDS = ('num_classes', 'dtype', 'batch_norm_axis_name')
 _HIDDEN_FIELDS = ('parent', 'name')
-_CHOICES = {'norm': NORMS, 'pool': ('cls', 'gap'), 'positions': POSITIONS}
+_CHOICES = {'norm': NORMS + ('none',), 'pool': ('cls', 'gap'), 'positions': POSITIONS}
 
 __all__ = ['MODEL_NAMES', 'GhostBatchNorm', 'build_model', 'call_takes_train', 'describe_module',
            'has_batch_norm', 'model_fields', 'model_options', 'resolve_options']

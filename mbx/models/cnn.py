@@ -5,6 +5,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from mbx.models.batch_norm import norm_layer
+
 
 class Conv1DAsMatmul(nn.Module):
   """A 1-D convolution (NWC, explicit symmetric padding) computed as patches @ kernel.
@@ -41,11 +43,18 @@ class CNN1D(nn.Module):
   Conv1d(k5, s2, p1) then two Conv1d(k3, s2, p1), ReLU after each, flatten, Dense: length
   40 -> 19 -> 10 -> 5. Explicit padding keeps the lengths equal to PyTorch's; the flatten is
   length-major (NWC) rather than channel-major, which changes nothing but the weight order.
+  `norm='batch'` (or 'ghost') adds BatchNorm between each convolution and its ReLU, for
+  small-batch studies with and without BN (Masters & Luschi 2018); the default has none, as
+  in the paper.
   """
 
   num_classes: int
   channels: int = 25
+  norm: str = 'none'                   # 'batch' or 'ghost': BN after each convolution
+  ghost_batch_size: int = 32
+  bn_momentum: float = 0.9
   dtype: Any = jnp.float32
+  batch_norm_axis_name: str | None = None
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -53,9 +62,12 @@ class CNN1D(nn.Module):
       x = x[..., None]
     if x.ndim != 3:
       raise ValueError(f'cnn1d expects (batch, length, channels) input, got shape {x.shape}')
+    norm = norm_layer(self, train) if self.norm != 'none' else None
     for i, kernel in enumerate((5, 3, 3)):
       x = Conv1DAsMatmul(self.channels, kernel, stride=2, padding=1, dtype=self.dtype,
                          name=f'Conv_{i}')(x)
+      if norm is not None:
+        x = norm(name=f'BatchNorm_{i}')(x)
       x = nn.relu(x)
     x = x.reshape(x.shape[0], -1)
     x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32)(x)
