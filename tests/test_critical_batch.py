@@ -300,3 +300,31 @@ def test_the_best_learning_rate_exponent_is_fitted_with_its_interval():
   assert 0.4 < mixed['lr_exponent'] < 0.9  # a bend, not one power: a wide interval
   assert mixed['lr_exponent_hi'] - mixed['lr_exponent_lo'] > 0.2
   assert math.isnan(cb.learning_rate_exponent([1, 2], [0.1, 0.2])['lr_exponent'])
+
+
+def test_a_second_target_comes_from_the_same_evaluations(tmp_path, capsys, session_data_dir):
+  """Steps to an easier target are read from the evaluations the trials already made; a
+  harder one than the target the trials stopped at is refused in one line."""
+  table = synthetic_table(rng=np.random.default_rng(4))
+  _fake_sweep_dir(tmp_path, table)
+  for run_dir in sorted((tmp_path / 'trials').iterdir())[:5]:  # 0.75 halfway to the stop
+    path = run_dir / 'eval_metrics.jsonl'
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    final = rows[-1]['step']
+    if final < 4 or rows[-1]['eval_accuracy'] < 0.8:
+      continue
+    rows.insert(-1, {'step': final // 2, 'examples_seen': 0, 'eval_accuracy': 0.75})
+    rows.sort(key=lambda r: r['step'])
+    path.write_text(''.join(json.dumps(r) + '\n' for r in rows))
+  at_stop = runner.trial_table(tmp_path).set_index('trial_id')['steps_to_target']
+  easier = runner.trial_table(tmp_path, target_value=0.7)
+  assert easier.attrs['target_value'] == 0.7
+  easier = easier.set_index('trial_id')['steps_to_target']
+  moved = (easier != at_stop).fillna(False)
+  assert 1 <= int(moved.sum()) <= 5
+  assert (easier[moved] < at_stop[moved]).all()
+  with pytest.raises(mbx.ConfigError, match=r'^target eval_accuracy=0\.95: harder than'):
+    runner.trial_table(tmp_path, target_value=0.95)
+  cli.main(['analyze', 'cbs', str(tmp_path), '--bootstrap', '100', '--no-figures',
+            '--target', '0.7'])
+  assert 'target: eval_accuracy 0.7' in capsys.readouterr().out

@@ -122,6 +122,9 @@ def add_analyze_parsers(subparsers) -> None:
   cbs.add_argument('--bootstrap', type=int, default=2000, help='bootstrap samples')
   cbs.add_argument('--bootstrap-method', choices=('residuals', 'seeds'), default='residuals')
   cbs.add_argument('--confidence', type=float, default=0.9)
+  cbs.add_argument('--target', type=float, default=None,
+                   help="another target value than the sweep's, from the same evaluations "
+                        "(no harder than the sweep's when its trials stopped at the target)")
   cbs.add_argument('--no-figures', action='store_true')
   cbs.set_defaults(run=_analyze_cbs)
 
@@ -150,7 +153,8 @@ def _analyze_cbs(args) -> None:
 
   analysis = critical_batch.analyze_sweep(args.sweep_dir, num_samples=args.bootstrap,
                                           confidence=args.confidence,
-                                          bootstrap=args.bootstrap_method)
+                                          bootstrap=args.bootstrap_method,
+                                          target_value=args.target)
   out = pathlib.Path(args.out or pathlib.Path(args.sweep_dir) / 'analysis')
   out.mkdir(parents=True, exist_ok=True)
   analysis.per_batch_size.to_csv(out / 'per_batch_size.csv', index=False)

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from mbx import config as config_lib
 from mbx.sweep.grid import ADAM_FAMILY
-from mbx.sweep.runner import load_table
+from mbx.sweep.runner import load_table, trial_table
 from mbx.training.loop import train
 from mbx.training.records import load_run
 from mbx.training.workload import resolve
@@ -464,8 +464,12 @@ def analyze(table: pd.DataFrame, *, num_samples: int = 2000, confidence: float =
                                target_value=table.attrs.get('target_value'))
 
 
-def analyze_sweep(sweep_dir: str | pathlib.Path, **options) -> CriticalBatchAnalysis:
-  """`analyze` on a sweep directory's trial table (rebuilt from its run directories)."""
+def analyze_sweep(sweep_dir: str | pathlib.Path, *, target_value: float | None = None,
+                  **options) -> CriticalBatchAnalysis:
+  """`analyze` on a sweep directory's trial table (rebuilt from its run directories);
+  `target_value`: another target than the sweep's, from the same evaluations."""
+  if target_value is not None:
+    return analyze(trial_table(sweep_dir, target_value), **options)
   return analyze(load_table(sweep_dir), **options)
 
 

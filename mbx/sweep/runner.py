@@ -301,6 +301,8 @@ def trial_result(run_dir: pathlib.Path, target_metric: str, target_value: float,
   else:
     outcome = 'incomplete'
   row['outcome'] = outcome
+  name = target_metric.partition('_')[2] if target_metric.startswith('eval_') else None
+  row['test_metric'] = _float(status.get(f'test_{name}')) if name else float('nan')
   row.update(steps=status.get('step'), examples_seen=status.get('examples_seen'),
              wall_time=status.get('wall_time'), train_time=status.get('train_time'),
              compile_time=status.get('compile_time'), reason=status.get('reason'))
@@ -326,15 +328,28 @@ def _float(value) -> float:
 TABLE_COLUMNS = ('trial_id', 'optimizer', 'batch_size', 'learning_rate', 'momentum',
                  'effective_learning_rate', 'seed', 'budget', 'status', 'outcome',
                  'steps_to_target', 'steps_to_target_lower', 'examples_to_target',
-                 'best_metric', 'final_metric', 'steps', 'examples_seen', 'wall_time',
+                 'best_metric', 'final_metric', 'test_metric', 'steps', 'examples_seen', 'wall_time',
                  'train_time', 'compile_time', 'b_simple', 'b_simple_final', 'reason',
                  'run_dir')
 
 
-def trial_table(sweep_dir: str | pathlib.Path) -> pd.DataFrame:
-  """The tidy table, read fresh from the trials' run directories (one row per trial)."""
+def trial_table(sweep_dir: str | pathlib.Path, target_value: float | None = None) -> pd.DataFrame:
+  """The tidy table, read fresh from the trials' run directories (one row per trial).
+
+  `target_value`: steps to another target than the sweep's, from the same evaluations; with
+  stop_at_target it must be no harder than the sweep's (the trials stopped there).
+  test_metric is the run's final test_<metric> (the test split, evaluated once at the end).
+  """
   sweep_dir = pathlib.Path(sweep_dir)
   sweep, trial_rows = load_spec(sweep_dir)
+  if target_value is not None and target_value != sweep.target_value:
+    directions = dict(resolve_task(sweep.base.task.name, sweep.base.task.options).metrics)
+    harder = not stt.reached(sweep.target_value, target_value, sweep.target_metric, directions)
+    if sweep.stop_at_target and harder:
+      raise config_lib.ConfigError(
+          f'target {sweep.target_metric}={target_value}: harder than the sweep\'s '
+          f'{sweep.target_value}, where its trials stopped; choose a value the trials passed')
+    sweep = dataclasses.replace(sweep, target_value=float(target_value))
   directions = dict(resolve_task(sweep.base.task.name, sweep.base.task.options).metrics)
   rows = []
   for trial in trial_rows:
