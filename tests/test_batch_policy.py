@@ -1,0 +1,120 @@
+"""Adaptive batch size (train.batch_policy): the decision rules, bad input, and runs whose
+batch changes while they train."""
+from __future__ import annotations
+
+import math
+
+import pytest
+
+import mbx
+from mbx.config import ConfigError
+from mbx.training import batch_policy as bp
+
+from helpers import tiny_config
+
+
+# ------------------------------------------------------------------ decision rules
+@pytest.mark.parametrize('variance, grad_sq, scale', [
+    (4.0, 1.0, 2), (4.0, 1.0, 8), (0.5, 2.0, 4), (10.0, 0.1, 16), (1e-3, 5.0, 32)])
+def test_adascale_gain_is_the_closed_form(variance, grad_sq, scale):
+  expected = (variance + grad_sq) / (variance / scale + grad_sq)
+  assert bp.adascale_gain(variance, grad_sq, scale) == pytest.approx(expected, rel=1e-12)
+  assert 1.0 <= bp.adascale_gain(variance, grad_sq, scale) <= scale
+
+
+@pytest.mark.parametrize('variance, grad_sq', [(4.0, 1.0), (0.0, 1.0), (1.0, 0.0), (0.3, 7.0)])
+def test_adascale_gain_is_one_at_scale_one(variance, grad_sq):
+  assert bp.adascale_gain(variance, grad_sq, 1) == 1.0
+
+
+def test_adascale_gain_limits():
+  assert bp.adascale_gain(1.0, 0.0, 8) == 8.0         # pure noise: the full linear gain
+  assert bp.adascale_gain(0.0, 1.0, 8) == 1.0         # no noise: a bigger batch gains nothing
+  assert bp.adascale_gain(math.nan, math.nan, 8) == 1.0  # not measured yet
+  assert bp.adascale_gain(-1.0, 1.0, 8) == 1.0        # a negative (noisy) variance counts as 0
+
+
+def test_efficiency_is_gain_over_scale():
+  """Pollux's (phi + B0) / (phi + B) with phi = B_simple is AdaScale's r / S."""
+  base, b_simple = 32, 150.0
+  for batch in (32, 64, 256, 1024):
+    variance, grad_sq = b_simple / base, 1.0  # sigma^2 of a base batch = tr(Sigma) / B0
+    gain = bp.adascale_gain(variance, grad_sq, batch / base)
+    assert bp.statistical_efficiency(b_simple, batch, base) == pytest.approx(
+        gain / (batch / base), rel=1e-12)
+
+
+def test_ladder_and_rounding():
+  ladder = bp.batch_ladder(32, 1000, 2)
+  assert ladder == (32, 64, 128, 256, 512)
+  assert bp.noise_scale_batch(100.0, 1.0, ladder, 32) == 128  # log-nearest to 100
+  assert bp.noise_scale_batch(100.0, 4.0, ladder, 32) == 512  # 400, clipped by the ladder
+  assert bp.noise_scale_batch(3.0, 1.0, ladder, 64) == 32     # below B_min: B_min
+  assert bp.noise_scale_batch(math.nan, 1.0, ladder, 64) == 64  # not measured: unchanged
+
+
+def test_warmup_climbs_one_rung_when_the_noise_scale_allows():
+  ladder = (32, 64, 128)
+  assert bp.warmup_batch(32, ladder, b_simple=63.0) == 32
+  assert bp.warmup_batch(32, ladder, b_simple=64.0) == 64
+  assert bp.warmup_batch(64, ladder, b_simple=1e6) == 128   # one rung per decision
+  assert bp.warmup_batch(128, ladder, b_simple=1e6) == 128  # top of the ladder
+  assert bp.warmup_batch(64, ladder, b_simple=10.0) == 64   # never down
+  assert bp.warmup_batch(32, ladder, milestones_passed=2) == 128
+  assert bp.warmup_batch(32, ladder, milestones_passed=5) == 128
+
+
+def test_goodput_switches_only_for_a_large_enough_gain():
+  seconds = {32: 1.0, 64: 1.0, 128: 2.0}  # 64 is free, 128 costs twice as much
+  # phi huge: efficiency ~ 1 everywhere, so goodput ~ throughput: 64 and 128 tie, 64 first.
+  assert bp.goodput_choice(seconds, 1e9, 32, 32)[0] == 64
+  # phi small: big batches are wasted.
+  assert bp.goodput_choice({32: 1.0, 64: 1.5, 128: 2.0}, 1.0, 32, 64)[0] == 32
+  # a 3% gain is not worth switching for
+  best, gain = bp.goodput_choice({32: 1.0, 64: 1.94}, 1e9, 32, 32)
+  assert (best, gain) == (32, 0.0)
+  best, gain = bp.goodput_choice({32: 1.0, 64: 1.94}, 1e9, 32, 32, min_gain=0.01)
+  assert best == 64 and gain == pytest.approx(2 / 1.94 * (1e9 + 32) / (1e9 + 64) - 1)
+
+
+def test_lr_factors():
+  assert bp.lr_factor('sqrt', 4.0, 1.0, 'adam') == 2.0
+  assert bp.lr_factor('linear', 4.0, 1.0, 'sgd') == 4.0
+  assert bp.lr_factor('none', 4.0, 1.0, 'sgd') == 1.0
+  assert bp.lr_factor('adascale', 4.0, 3.0, 'momentum') == 3.0
+  assert bp.lr_factor('adascale', 4.0, 3.0, 'adam') == pytest.approx(math.sqrt(3.0))
+
+
+# ------------------------------------------------------------------ bad input
+POLICY = dict(duration='2 epochs', noise_scale=True, max_batch_size=256)
+
+
+@pytest.mark.parametrize('fields, fragments', [
+    (dict(batch_policy='growing'), ['train.batch_policy', 'growing', 'warmup', 'goodput']),
+    (dict(batch_policy='noise_scale', min_batch_size=512),
+     ['train.min_batch_size=512', 'train.max_batch_size=256']),
+    (dict(batch_policy='warmup', batch_policy_factor=1), ['train.batch_policy_factor=1', '>= 2']),
+    (dict(batch_policy='goodput', noise_scale=False), ['train.noise_scale', 'goodput']),
+    (dict(batch_policy='adascale', noise_scale=False), ['train.noise_scale', 'adascale']),
+    (dict(batch_policy='warmup', noise_scale=False), ['train.noise_scale', 'warmup']),
+    (dict(batch_policy='noise_scale', max_batch_size=None), ['train.max_batch_size', 'required']),
+    (dict(batch_policy='noise_scale', min_batch_size=48), ['train.batch_size=64', 'ladder']),
+    (dict(batch_policy='noise_scale', duration='100 steps'), ['train.duration', 'epochs']),
+    (dict(batch_policy='noise_scale', batch_size_milestones=(1.0,), batch_size_factor=2),
+     ['train.batch_size_milestones', 'cannot be combined']),
+    (dict(batch_policy='noise_scale', batch_policy_milestones=(1.0,)),
+     ['train.batch_policy_milestones', 'warmup']),
+    (dict(batch_policy='noise_scale', batch_policy_lr='cubic'), ['train.batch_policy_lr', 'sqrt']),
+])
+def test_bad_policy_config_is_named(fields, fragments):
+  with pytest.raises(ConfigError) as error:
+    mbx.validate(tiny_config(train={**POLICY, **fields}))
+  message = str(error.value)
+  assert '\n' not in message
+  for fragment in fragments:
+    assert fragment in message, (fragment, message)
+
+
+def test_warmup_at_milestones_needs_no_noise_scale():
+  mbx.validate(tiny_config(train={**POLICY, 'batch_policy': 'warmup', 'noise_scale': False,
+                                  'batch_policy_milestones': (0.5, 1.0)}))
