@@ -2,15 +2,21 @@
 batch changes while they train."""
 from __future__ import annotations
 
+import collections
 import math
 
+import jax
+import numpy as np
 import pytest
 
 import mbx
+from mbx import data as data_lib
 from mbx.config import ConfigError
 from mbx.training import batch_policy as bp
 
 from helpers import tiny_config
+
+N = 4000  # MNIST-1D training examples
 
 
 # ------------------------------------------------------------------ decision rules
@@ -118,3 +124,78 @@ def test_bad_policy_config_is_named(fields, fragments):
 def test_warmup_at_milestones_needs_no_noise_scale():
   mbx.validate(tiny_config(train={**POLICY, 'batch_policy': 'warmup', 'noise_scale': False,
                                   'batch_policy_milestones': (0.5, 1.0)}))
+
+
+# ------------------------------------------------------------------ runs that adapt
+def policy_config(policy: str, **train):
+  """Two epochs of MNIST-1D from B = 64 on the ladder 32..256, deciding every 8 steps."""
+  fields = dict(batch_policy=policy, duration='2 epochs', noise_scale=True, min_batch_size=32,
+                max_batch_size=256, log_every='8 steps', eval_every='1 epochs',
+                checkpoint_every='1 epochs')
+  optim = {}
+  if policy == 'adascale':  # S = 128 / 32 = 4
+    fields.update(batch_size=128, min_batch_size=None, max_batch_size=None)
+    optim = dict(base_batch_size=32)
+  return tiny_config(train={**fields, **train}, optim=optim, name=f'policy_{policy}')
+
+
+def test_the_example_stream_is_exact_across_batch_changes(tmp_path):
+  """Read from the host source: each step reads its batch, each example once per epoch, and
+  each batch shape compiles once however often the policy returns to it."""
+  reads = []
+
+  class Recording:
+    def __init__(self, source):
+      self.source = source
+
+    def __len__(self):
+      return len(self.source)
+
+    def __getitem__(self, indices):
+      reads.append(np.asarray(indices).copy())
+      return self.source[indices]
+
+  class RecordingDataset:
+    def __init__(self, base):
+      self.base, self.name = base, base.name
+
+    def __getattr__(self, name):
+      return getattr(self.base, name)
+
+    def source(self, split):
+      source = self.base.source(split)
+      return Recording(source) if split == 'train' else source
+
+  compiles = collections.Counter()
+
+  def listener(event, duration, **kwargs):
+    if event == '/jax/core/compile/backend_compile_duration':
+      compiles[kwargs.get('fun_name')] += 1
+
+  config = mbx.apply_overrides(policy_config('noise_scale'), ['data.placement=host'])
+  dataset = RecordingDataset(data_lib.resolve_dataset(config.data))
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    run = mbx.train(config, tmp_path, data=dataset, quiet=True)
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+  rows = run.train_metrics
+  batches = [b for b, n in zip(rows['batch_size'], np.diff(rows['step'], prepend=0))
+             for _ in range(n)]
+  assert len(set(batches)) >= 2, 'the policy never changed B'
+  # At a change the host feed is rebuilt; what its thread had read ahead at the old batch
+  # size is dropped, unused.
+  used, pending = [], list(reads)
+  for batch in batches:
+    while len(pending[0]) != batch:
+      pending.pop(0)
+    used.append(pending.pop(0))
+  stream = np.concatenate(used)
+  assert run.status['examples_seen'] == len(stream) >= 2 * N
+  for epoch in range(2):
+    assert sorted(stream[epoch * N:(epoch + 1) * N].tolist()) == list(range(N)), epoch
+  # Decisions: the batch of the rows after each decision is the one it chose.
+  decided = rows['policy_batch_size'].dropna().astype(int).tolist()
+  assert rows['batch_size'].tolist()[1:] == decided[:len(rows) - 1]
+  shapes = len(set(batches))
+  assert compiles['jit(update)'] == 2 * shapes, compiles  # a measuring and a plain step each

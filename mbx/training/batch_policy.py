@@ -19,10 +19,13 @@ phi = B0 sigma^2 / |G|^2 is B_simple.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
-from mbx.config import ADAM_FAMILY
+from mbx.config import ADAM_FAMILY, Config, Duration, batch_policy_lr_rule
+from mbx.training.plan import Plan, Segment, initial_segment
 
 
 def batch_ladder(min_batch: int, max_batch: int, factor: int) -> tuple[int, ...]:
@@ -111,16 +114,6 @@ def goodput_choice(seconds_per_step: Mapping[int, float], b_simple: float, base_
   return current, 0.0
 
 
-def lr_rule(rule: str, policy: str, optimizer: str) -> str:
-  """The LR rule a policy applies when B changes: 'auto' is AdaScale for adascale and goodput
-  (as Pollux does), else sqrt for the Adam family and linear for SGD and its kin."""
-  if rule != 'auto':
-    return rule
-  if policy in ('adascale', 'goodput'):
-    return 'adascale'
-  return 'sqrt' if optimizer in ADAM_FAMILY else 'linear'
-
-
 def lr_factor(rule: str, ratio: float, gain: float, optimizer: str) -> float:
   """The LR multiplier for a batch `ratio` times the initial one (gain: AdaScale's r).
 
@@ -131,3 +124,79 @@ def lr_factor(rule: str, ratio: float, gain: float, optimizer: str) -> float:
   if rule == 'adascale':
     return math.sqrt(gain) if optimizer in ADAM_FAMILY else gain
   return {'none': 1.0, 'linear': ratio, 'sqrt': math.sqrt(ratio)}[rule]
+
+
+class BatchPolicy:
+  """A run's policy on the host: decides at the plan's decision steps and keeps its decisions,
+  from which the plan is rebuilt (`replan(segments)`, i.e. plan.make_plan), so the steps before
+  a decision never change and the example stream stays exact.
+
+  Decisions read only the checkpointed train state (the noise-scale probe's EMAs) and what
+  `to_meta` records in the checkpoint (the decisions and goodput's timings), so a resumed run
+  decides as an uninterrupted one does.
+  """
+
+  def __init__(self, config: Config, replan: Callable[..., Plan], meta: Mapping[str, Any]):
+    self.config, self.replan = config, replan
+    self.rule = batch_policy_lr_rule(config)
+    self.base_batch = config.optim.base_batch_size or config.train.batch_size
+    recorded = meta.get('batch_policy', {})
+    self.segments = tuple(Segment(**s) for s in recorded.get('segments', ())) or (
+        initial_segment(config),)
+    self.seconds_per_step = {int(b): float(t)
+                             for b, t in recorded.get('seconds_per_step', {}).items()}
+
+  def plan(self) -> Plan:
+    return self.replan(segments=self.segments)
+
+  def to_meta(self) -> dict[str, Any]:
+    return {'segments': [dataclasses.asdict(s) for s in self.segments],
+            'seconds_per_step': {str(b): t for b, t in self.seconds_per_step.items()}}
+
+  def _target(self, plan: Plan, step: int, batch: int, b_simple: float,
+              time_steps: Callable[[Sequence[int]], dict[int, float]]) -> tuple[int, dict]:
+    t = self.config.train
+    if t.batch_policy == 'warmup':
+      if t.batch_policy_milestones:
+        marks = [Duration(m, t.batch_size_milestone_unit).to_examples(
+            t.batch_size, plan.num_train_examples, plan.tokens_per_example)
+            for m in t.batch_policy_milestones]
+        passed = sum(m <= plan.examples_after_step[step] for m in marks)
+        return warmup_batch(batch, plan.batch_ladder, milestones_passed=passed), {}
+      return warmup_batch(batch, plan.batch_ladder, b_simple=b_simple,
+                          multiple=t.batch_policy_multiple), {}
+    if t.batch_policy == 'noise_scale':
+      return noise_scale_batch(b_simple, t.batch_policy_multiple, plan.batch_ladder, batch), {}
+    if t.batch_policy == 'goodput':
+      if not self.seconds_per_step:  # measured once, here, and kept in the checkpoints
+        self.seconds_per_step = dict(time_steps(plan.batch_ladder))
+      best, gain = goodput_choice(self.seconds_per_step, b_simple, self.base_batch, batch,
+                                  t.goodput_min_gain)
+      return best, {'goodput_gain': gain}
+    return batch, {}  # adascale: the batch stays
+
+  def decide(self, plan: Plan, step: int, estimates: Mapping[str, float],
+             time_steps: Callable[[Sequence[int]], dict[int, float]]) -> tuple[bool, dict]:
+    """(whether the plan changed, the decision's log columns) at decision step `step`.
+
+    estimates: the noise-scale probe's summary (grad_sq, trace_sigma, b_simple; NaN when off);
+    time_steps(batches): measured seconds per step of each batch (goodput only)."""
+    current = plan.segment_at(step)
+    b_simple = float(estimates.get('b_simple', math.nan))
+    batch, columns = self._target(plan, step, current.batch_size, b_simple, time_steps)
+    gain, rate = 1.0, None
+    if self.rule == 'adascale':
+      variance = float(estimates.get('trace_sigma', math.nan)) / self.base_batch
+      gain = adascale_gain(variance, float(estimates.get('grad_sq', math.nan)),
+                           batch / self.base_batch)
+      rate = gain * self.base_batch
+    factor = lr_factor(self.rule, batch / self.config.train.batch_size, gain,
+                       self.config.optim.name)
+    columns = {'policy_batch_size': batch, 'policy_lr_factor': factor, 'adascale_gain': gain,
+               'policy_b_simple': b_simple, **columns}
+    if (batch, rate, factor) == (current.batch_size, current.progress_per_step,
+                                 current.lr_factor):
+      return False, columns
+    self.segments += (Segment(step, batch, progress=plan.progress_at(step),
+                              progress_per_step=rate, lr_factor=factor, gain=gain),)
+    return True, columns
