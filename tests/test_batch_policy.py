@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import math
+import pathlib
 
 import jax
 import numpy as np
@@ -13,8 +14,9 @@ import mbx
 from mbx import data as data_lib
 from mbx.config import ConfigError
 from mbx.training import batch_policy as bp
+from mbx.training.checkpoints import Checkpoints
 
-from helpers import tiny_config
+from helpers import run_python, tiny_config
 
 N = 4000  # MNIST-1D training examples
 
@@ -199,3 +201,81 @@ def test_the_example_stream_is_exact_across_batch_changes(tmp_path):
   assert rows['batch_size'].tolist()[1:] == decided[:len(rows) - 1]
   shapes = len(set(batches))
   assert compiles['jit(update)'] == 2 * shapes, compiles  # a measuring and a plain step each
+
+
+def _assert_bitwise_equal(a, b):
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+class _Stop(Exception):
+  """Stands for a crash right after a checkpoint was committed."""
+
+
+def test_a_run_resumed_mid_adaptation_ends_bitwise_equal(tmp_path, monkeypatch):
+  """B set from the noise scale, LR by AdaScale's gain (SGD with momentum): stopped after its
+  second checkpoint, when B has already changed, the re-run resumes from it, makes the same
+  decisions and ends with the uninterrupted run's parameters and logs, bit for bit."""
+  config = policy_config('noise_scale', batch_policy_lr='adascale',
+                         checkpoint_every='2000 examples')
+  config = mbx.apply_overrides(config, ['optim.name=momentum', 'optim.learning_rate=0.05'])
+  saved = []
+  save = Checkpoints.save
+
+  def save_or_stop(self, state, meta):
+    if len(saved) == 2:
+      self.wait()
+      raise _Stop
+    saved.append(meta)
+    return save(self, state, meta)
+
+  monkeypatch.setattr(Checkpoints, 'save', save_or_stop)
+  with pytest.raises(_Stop):
+    mbx.train(config, tmp_path / 'stopped', quiet=True)
+  monkeypatch.undo()
+  last = saved[-1]
+  stopped = mbx.load_run(tmp_path / 'stopped').status
+  assert stopped['status'] == 'failed' and stopped['last_good_step'] == last['step']
+  assert len(last['batch_policy']['segments']) > 1, 'no decision before the checkpoint'
+  assert {s['batch_size'] for s in last['batch_policy']['segments']} != {64}
+  assert mbx.load_run(tmp_path / 'stopped').train_metrics['step'].max() > last['step']
+
+  resumed = mbx.train(config, tmp_path / 'stopped', quiet=True)
+  reference = mbx.train(config, tmp_path / 'uninterrupted', quiet=True)
+  assert resumed.status['status'] == reference.status['status'] == 'done'
+  assert resumed.status['step'] == reference.status['step']
+  _assert_bitwise_equal(resumed.params(), reference.params())
+  a, b = resumed.train_metrics, reference.train_metrics
+  for column in ('step', 'batch_size', 'examples_seen', 'loss', 'learning_rate',
+                 'adascale_gain', 'policy_batch_size'):
+    np.testing.assert_array_equal(a[column], b[column], err_msg=column)
+  assert len(set(a['batch_size'])) > 1 and (a['adascale_gain'].dropna() > 1).any()
+
+
+def test_every_policy_runs_on_eight_devices(tmp_path):
+  """Each policy trains to its budget on 8 simulated devices, its batches on the ladder and
+  split over the devices."""
+  code = f"""
+    import json, sys
+    sys.path.insert(0, {str(pathlib.Path(__file__).parent)!r})
+    import jax, mbx
+    from test_batch_policy import policy_config
+    out = {{}}
+    for policy in ('warmup', 'adascale', 'noise_scale', 'goodput'):
+      config = policy_config(policy, batch_policy_multiple=2.0)
+      run = mbx.train(config, {str(tmp_path)!r} + '/' + policy, quiet=True)
+      rows = run.train_metrics
+      out[policy] = dict(status=run.status['status'], devices=run.status['num_devices'],
+                         examples=run.status['examples_seen'],
+                         batches=sorted(set(int(b) for b in rows['batch_size'])),
+                         gains=[float(g) for g in rows['adascale_gain'].dropna()])
+    print(json.dumps(out))
+  """
+  out = run_python(code, devices=8)
+  for policy, result in out.items():
+    assert result['status'] == 'done' and result['devices'] == 8, (policy, result)
+    assert result['examples'] >= 2 * N, (policy, result)
+    assert set(result['batches']) <= {32, 64, 128, 256}, (policy, result)
+  assert out['adascale']['batches'] == [128]
+  assert all(1 <= g <= 4 for g in out['adascale']['gains']) and max(out['adascale']['gains']) > 1
+  assert len(out['noise_scale']['batches']) > 1  # B = 2 x B_simple moves
