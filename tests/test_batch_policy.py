@@ -13,6 +13,7 @@ import pytest
 import mbx
 from mbx import data as data_lib
 from mbx.config import ConfigError
+from mbx.figures import adaptive_batch
 from mbx.training import batch_policy as bp
 from mbx.training.checkpoints import Checkpoints
 
@@ -250,6 +251,9 @@ def test_a_run_resumed_mid_adaptation_ends_bitwise_equal(tmp_path, monkeypatch):
                  'adascale_gain', 'policy_batch_size'):
     np.testing.assert_array_equal(a[column], b[column], err_msg=column)
   assert len(set(a['batch_size'])) > 1 and (a['adascale_gain'].dropna() > 1).any()
+  figure = adaptive_batch.decisions({'resumed': resumed, 'uninterrupted': reference},
+                                    tmp_path / 'decisions.png')
+  assert figure.stat().st_size > 0
 
 
 def test_every_policy_runs_on_eight_devices(tmp_path):

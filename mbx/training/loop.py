@@ -561,7 +561,9 @@ def _time_batches(s: Setup, step: int, state: TrainState, config: config_lib.Con
       timed.append((time.perf_counter() - tic) / POLICY_TIMED_STEPS)
     every = plan.probe_every if len(timed) > 1 else 1
     seconds[batch] = (timed[0] + (every - 1) * timed[-1]) / every
-  return seconds
+  # Every process decides; they must agree on what was measured.
+  agreed = distributed.from_writer(np.asarray([seconds[b] for b in batches], np.float64))
+  return {b: float(t) for b, t in zip(batches, agreed)}
 
 
 def _run_trials(s: Setup, trials: list[TrialRecorder], state: TrainState, *,
