@@ -16,8 +16,9 @@ from mbx.config import ConfigError
 from mbx.figures import adaptive_batch
 from mbx.training import batch_policy as bp
 from mbx.training.checkpoints import Checkpoints
+from mbx.training.plan import Segment, make_plan
 
-from helpers import run_python, tiny_config
+from helpers import assert_one_line_error, mbx_train, run_python, tiny_config
 
 N = 4000  # MNIST-1D training examples
 
@@ -283,3 +284,43 @@ def test_every_policy_runs_on_eight_devices(tmp_path):
   assert out['adascale']['batches'] == [128]
   assert all(1 <= g <= 4 for g in out['adascale']['gains']) and max(out['adascale']['gains']) > 1
   assert len(out['noise_scale']['batches']) > 1  # B = 2 x B_simple moves
+
+
+# ------------------------------------------------------------------ the plan of a policy
+def test_a_decision_rebuilds_the_plan_from_its_step_on():
+  config = policy_config('noise_scale', max_device_batch_size=64)
+  first = make_plan(config, 1, N, probe_groups=2)
+  assert first.batch_ladder == (32, 64, 128, 256) and first.max_batch_size == 256
+  assert first.total_steps == 125 and first.schedule_examples == 2 * N
+  assert first.decision_steps == frozenset(range(8, 125, 8)) <= first.log_steps
+  later = make_plan(config, 1, N, probe_groups=2, segments=(
+      Segment(0, 64), Segment(16, 256, progress=1024.0)))
+  np.testing.assert_array_equal(later.examples_after_step[:17], first.examples_after_step[:17])
+  assert later.total_steps == 16 + math.ceil((2 * N - 1024) / 256)
+  assert later.shape_at(16).batch_size == 256
+  assert later.shape_at(16).num_micro_batches >= 4  # accumulation switches on past 64
+  assert later.progress_at(20) == 1024 + 4 * 256
+
+
+def test_adascale_progress_sets_the_length_of_the_run():
+  config = policy_config('adascale')  # B = 128, B0 = 32
+  plan = make_plan(config, 1, N, probe_groups=2)
+  assert plan.segments[0].rate == 32.0 and plan.total_steps == 2 * N // 32  # gain 1: base steps
+  plan = make_plan(config, 1, N, probe_groups=2, segments=(
+      plan.segments[0], Segment(10, 128, progress=320.0, progress_per_step=3 * 32.0, gain=3.0)))
+  assert plan.total_steps == 10 + math.ceil((2 * N - 320) / 96)
+  assert plan.schedule_examples == 2 * N
+
+
+def test_a_rung_that_cannot_be_split_over_the_devices_is_named():
+  config = policy_config('noise_scale', min_batch_size=4)
+  with pytest.raises(ConfigError, match=r'batch 4 of its ladder .* 8 devices'):
+    make_plan(config, 8, N, probe_groups=2)
+
+
+def test_the_cli_rejects_a_policy_without_the_noise_scale_in_one_line(tmp_path):
+  result = mbx_train('--config', 'configs/mnist1d_cnn.py', '--workdir', str(tmp_path / 'run'),
+                     'train.batch_policy=goodput', 'train.max_batch_size=512',
+                     'train.duration=2 epochs')
+  assert_one_line_error(result, 'train.noise_scale', 'goodput')
+  assert not (tmp_path / 'run').exists()
