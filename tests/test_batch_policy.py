@@ -72,6 +72,8 @@ def test_warmup_climbs_one_rung_when_the_noise_scale_allows():
   assert bp.warmup_batch(64, ladder, b_simple=10.0) == 64   # never down
   assert bp.warmup_batch(32, ladder, milestones_passed=2) == 128
   assert bp.warmup_batch(32, ladder, milestones_passed=5) == 128
+  assert bp.warmup_batch(64, ladder, milestones_passed=1, initial=64) == 128
+  assert bp.warmup_batch(64, ladder, milestones_passed=1, initial=32) == 64
 
 
 def test_goodput_switches_only_for_a_large_enough_gain():
@@ -324,3 +326,15 @@ def test_the_cli_rejects_a_policy_without_the_noise_scale_in_one_line(tmp_path):
                      'train.duration=2 epochs')
   assert_one_line_error(result, 'train.noise_scale', 'goodput')
   assert not (tmp_path / 'run').exists()
+
+
+def test_warmup_at_milestones_doubles_b_and_scales_adams_lr_by_sqrt2(tmp_path):
+  config = policy_config('warmup', noise_scale=False, batch_policy_milestones=(0.5, 1.0),
+                         log_every='4 steps')
+  run = mbx.train(config, tmp_path, quiet=True)
+  rows = run.train_metrics
+  before = rows['examples_seen'] - rows['batch_size'] * np.diff(rows['step'], prepend=0)
+  expected = np.select([before >= N, before >= N // 2], [256, 128], 64)
+  np.testing.assert_array_equal(rows['batch_size'], expected)
+  np.testing.assert_allclose(rows['learning_rate'], 1e-2 * np.sqrt(expected / 64), rtol=1e-6)
+  assert 2 * N <= run.status['examples_seen'] < 2 * N + 256  # the last batch may overshoot

@@ -79,16 +79,18 @@ def noise_scale_batch(b_simple: float, multiple: float, ladder: Sequence[int],
 
 
 def warmup_batch(current: int, ladder: Sequence[int], *, milestones_passed: int | None = None,
-                 b_simple: float = math.nan, multiple: float = 1.0) -> int:
+                 initial: int | None = None, b_simple: float = math.nan,
+                 multiple: float = 1.0) -> int:
   """Batch-size warmup: climbs the ladder from its current rung, never down.
 
-  With fixed milestones, the rung is `milestones_passed` above the first (the initial batch).
-  Otherwise one rung up whenever the next rung is at most multiple x B_simple: the running
-  critical-batch estimate allows it.
+  With fixed milestones, the rung is `milestones_passed` above the initial batch's (`initial`,
+  by default the current batch). Otherwise one rung up whenever the next rung is at most
+  multiple x B_simple: the running critical-batch estimate allows it.
   """
   index = ladder.index(current)
   if milestones_passed is not None:
-    return ladder[min(max(milestones_passed, index), len(ladder) - 1)]
+    rung = ladder.index(current if initial is None else initial) + milestones_passed
+    return ladder[min(max(rung, index), len(ladder) - 1)]
   if (index + 1 < len(ladder) and math.isfinite(b_simple)
       and ladder[index + 1] <= multiple * b_simple):
     return ladder[index + 1]
@@ -162,7 +164,8 @@ class BatchPolicy:
             t.batch_size, plan.num_train_examples, plan.tokens_per_example)
             for m in t.batch_policy_milestones]
         passed = sum(m <= plan.examples_after_step[step] for m in marks)
-        return warmup_batch(batch, plan.batch_ladder, milestones_passed=passed), {}
+        return warmup_batch(batch, plan.batch_ladder, milestones_passed=passed,
+                            initial=t.batch_size), {}
       return warmup_batch(batch, plan.batch_ladder, b_simple=b_simple,
                           multiple=t.batch_policy_multiple), {}
     if t.batch_policy == 'noise_scale':
