@@ -3,6 +3,7 @@ batch changes while they train."""
 from __future__ import annotations
 
 import collections
+import json
 import math
 import pathlib
 
@@ -275,7 +276,9 @@ def test_every_policy_runs_on_eight_devices(tmp_path):
       out[policy] = dict(status=run.status['status'], devices=run.status['num_devices'],
                          examples=run.status['examples_seen'],
                          batches=sorted(set(int(b) for b in rows['batch_size'])),
-                         gains=[float(g) for g in rows['adascale_gain'].dropna()])
+                         gains=[float(g) for g in rows['adascale_gain'].dropna()],
+                         timed=sorted(int(b) for b in run.restore()[2]['batch_policy'].get(
+                             'seconds_per_step', {{}})))
     print(json.dumps(out))
   """
   out = run_python(code, devices=8)
@@ -286,6 +289,8 @@ def test_every_policy_runs_on_eight_devices(tmp_path):
   assert out['adascale']['batches'] == [128]
   assert all(1 <= g <= 4 for g in out['adascale']['gains']) and max(out['adascale']['gains']) > 1
   assert len(out['noise_scale']['batches']) > 1  # B = 2 x B_simple moves
+  assert out['goodput']['timed'] == [32, 64, 128, 256]  # every rung timed, on this machine
+  print(json.dumps(out))
 
 
 # ------------------------------------------------------------------ the plan of a policy
