@@ -438,6 +438,15 @@ def _check_positive_int(value: Any, field: str) -> None:
   _check(isinstance(value, int) and value > 0, field, value, 'must be a positive integer')
 
 
+def batch_ladder(min_batch: int, max_batch: int, factor: int) -> tuple[int, ...]:
+  """min_batch x factor^k for k = 0, 1, ... up to max_batch: the batches a policy may pick."""
+  ladder, batch = [], min_batch
+  while batch <= max_batch:
+    ladder.append(batch)
+    batch *= factor
+  return tuple(ladder)
+
+
 def batch_policy_lr_rule(config: Config) -> str:
   """train.batch_policy_lr with 'auto' resolved: AdaScale for adascale and goodput (as Pollux),
   else sqrt for the Adam family and linear for SGD and its kin."""
@@ -468,10 +477,8 @@ def _validate_batch_policy(config: Config, duration: Duration) -> None:
   if t.batch_policy != 'adascale':
     _check(t.max_batch_size is not None, 'train.max_batch_size', t.max_batch_size,
            f'required by {policy} (the largest batch it may choose)')
-    low, ladder = t.min_batch_size or t.batch_size, []
-    while low <= t.max_batch_size:
-      ladder.append(low)
-      low *= t.batch_policy_factor
+    ladder = list(batch_ladder(t.min_batch_size or t.batch_size, t.max_batch_size,
+                               t.batch_policy_factor))
     _check(t.batch_size in ladder, 'train.batch_size', t.batch_size,
            f'must be on the ladder train.min_batch_size x train.batch_policy_factor^k = {ladder}')
   if t.batch_policy_every is not None:

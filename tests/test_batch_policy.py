@@ -56,7 +56,7 @@ def test_efficiency_is_gain_over_scale():
 
 
 def test_ladder_and_rounding():
-  ladder = bp.batch_ladder(32, 1000, 2)
+  ladder = mbx.config.batch_ladder(32, 1000, 2)
   assert ladder == (32, 64, 128, 256, 512)
   assert bp.noise_scale_batch(100.0, 1.0, ladder, 32) == 128  # log-nearest to 100
   assert bp.noise_scale_batch(100.0, 4.0, ladder, 32) == 512  # 400, clipped by the ladder

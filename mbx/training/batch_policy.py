@@ -11,7 +11,8 @@ Four policies (config `train.batch_policy`, docs/adaptive_batch.md):
 * goodput: the B of the ladder with the largest measured throughput x statistical efficiency
   (Pollux, Qiao et al. 2021).
 
-Every batch a policy may choose is on a fixed geometric ladder, so each shape compiles once.
+Every batch a policy may choose is on a fixed geometric ladder (config.batch_ladder), so each
+shape compiles once.
 The statistics are the noise-scale probe's bias-corrected EMAs: |G|^2 and tr(Sigma), Sigma the
 covariance of one example's gradient. The gradient of a base batch of B0 examples then has
 variance sigma^2 = tr(Sigma) / B0, and the pre-conditioning-free Pollux noise scale
@@ -26,15 +27,6 @@ from typing import Any
 
 from mbx.config import ADAM_FAMILY, Config, Duration, batch_policy_lr_rule
 from mbx.training.plan import Plan, Segment, initial_segment
-
-
-def batch_ladder(min_batch: int, max_batch: int, factor: int) -> tuple[int, ...]:
-  """min_batch * factor^k for k = 0, 1, ... up to max_batch: the batches a policy may pick."""
-  ladder, batch = [], min_batch
-  while batch <= max_batch:
-    ladder.append(batch)
-    batch *= factor
-  return tuple(ladder)
 
 
 def adascale_gain(variance: float, grad_sq: float, scale: float) -> float:

@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from mbx.config import (Config, ConfigError, Duration, batch_policy_lr_rule,
+from mbx.config import (Config, ConfigError, Duration, batch_ladder, batch_policy_lr_rule,
                         fastest_micro_batch_size, parse_duration)
 
 INT32_LIMIT = 2**31 - 1
@@ -244,11 +244,7 @@ def policy_ladder(config: Config) -> tuple[int, ...]:
   t = config.train
   if t.batch_policy == 'adascale':
     return (t.batch_size,)
-  ladder, batch = [], t.min_batch_size or t.batch_size
-  while batch <= t.max_batch_size:
-    ladder.append(batch)
-    batch *= t.batch_policy_factor
-  return tuple(ladder)
+  return batch_ladder(t.min_batch_size or t.batch_size, t.max_batch_size, t.batch_policy_factor)
 
 
 def initial_segment(config: Config) -> Segment:
