@@ -32,6 +32,7 @@ DTYPES = ('float32', 'bfloat16')
 TARGET_PREFIXES = ('eval_', 'train_')
 BATCH_POLICIES = ('none', 'warmup', 'adascale', 'noise_scale', 'goodput')
 BATCH_POLICY_LR_RULES = ('auto', 'none', 'sqrt', 'linear', 'adascale')
+WARMUP_CRITERIA = ('noise_scale', 'branch')
 ADAM_FAMILY = ('adam', 'adamw', 'lamb')  # AdaScale's gain enters their LR as sqrt(r)
 # Field names of earlier versions, read from old config.json files and overrides.
 RENAMED_FIELDS = {('train', 'noise_scale_every'): 'probe_every',
@@ -145,6 +146,12 @@ class TrainConfig:
   batch_policy_milestones: tuple[float, ...] = ()  # warmup at fixed points instead, in
                                                    # train.batch_size_milestone_unit
   goodput_min_gain: float = 0.05       # goodput: switch only for this predicted gain or more
+  # warmup without milestones grows when: 'noise_scale' (the next rung <= multiple x B_simple)
+  # or 'branch' (Merrill et al.'s local-CBS test: trained for batch_policy_branch from here,
+  # the next rung's eval loss is at most (1 + batch_policy_tolerance) x the current one's)
+  batch_policy_criterion: str = 'noise_scale'
+  batch_policy_branch: str = '1000 examples'
+  batch_policy_tolerance: float = 0.0
   sync_every_step: bool | None = None  # None: on multi-device CPU (rendezvous deadlock)
   init_from: str | None = None         # 'RUN_DIR' or 'RUN_DIR@STEP': branch from a checkpoint
 
@@ -494,8 +501,19 @@ def _validate_batch_policy(config: Config, duration: Duration) -> None:
   _check(t.batch_policy == 'warmup' or not t.batch_policy_milestones,
          'train.batch_policy_milestones', t.batch_policy_milestones,
          'only used by train.batch_policy=warmup')
+  _check_choice(t.batch_policy_criterion, WARMUP_CRITERIA, 'train.batch_policy_criterion')
+  branch = parse_duration(t.batch_policy_branch, 'train.batch_policy_branch')
+  _check(branch.amount > 0 and branch.unit != 'steps', 'train.batch_policy_branch',
+         t.batch_policy_branch, 'must be positive, in epochs, examples or tokens')
+  _check(t.batch_policy_tolerance >= 0, 'train.batch_policy_tolerance',
+         t.batch_policy_tolerance, 'must be >= 0')
   rule = batch_policy_lr_rule(config)
-  reads_noise = rule == 'adascale' or t.batch_policy != 'warmup' or not t.batch_policy_milestones
+  branches = (t.batch_policy == 'warmup' and not t.batch_policy_milestones
+              and t.batch_policy_criterion == 'branch')
+  _check(not branches or rule != 'adascale', 'train.batch_policy_lr', t.batch_policy_lr,
+         'the branch criterion compares rungs at fixed LR rules: none, sqrt or linear')
+  reads_noise = rule == 'adascale' or (t.batch_policy != 'warmup' or not
+                                       t.batch_policy_milestones) and not branches
   _check(t.noise_scale or not reads_noise, 'train.noise_scale', t.noise_scale,
          f'{policy} with LR rule {rule} reads the noise scale; set train.noise_scale=true')
   _check(rule != 'adascale' or o.lr_scaling == 'none', 'optim.lr_scaling', o.lr_scaling,

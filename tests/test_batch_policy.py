@@ -118,6 +118,12 @@ POLICY = dict(duration='2 epochs', noise_scale=True, max_batch_size=256)
     (dict(batch_policy='noise_scale', batch_policy_milestones=(1.0,)),
      ['train.batch_policy_milestones', 'warmup']),
     (dict(batch_policy='noise_scale', batch_policy_lr='cubic'), ['train.batch_policy_lr', 'sqrt']),
+    (dict(batch_policy='warmup', batch_policy_criterion='loss'),
+     ['train.batch_policy_criterion', 'branch']),
+    (dict(batch_policy='warmup', batch_policy_criterion='branch', batch_policy_lr='adascale'),
+     ['train.batch_policy_lr', 'branch criterion']),
+    (dict(batch_policy='warmup', batch_policy_branch='10 steps'),
+     ['train.batch_policy_branch', 'examples']),
 ])
 def test_bad_policy_config_is_named(fields, fragments):
   with pytest.raises(ConfigError) as error:
@@ -128,9 +134,11 @@ def test_bad_policy_config_is_named(fields, fragments):
     assert fragment in message, (fragment, message)
 
 
-def test_warmup_at_milestones_needs_no_noise_scale():
+def test_warmup_at_milestones_or_by_branching_needs_no_noise_scale():
   mbx.validate(tiny_config(train={**POLICY, 'batch_policy': 'warmup', 'noise_scale': False,
                                   'batch_policy_milestones': (0.5, 1.0)}))
+  mbx.validate(tiny_config(train={**POLICY, 'batch_policy': 'warmup', 'noise_scale': False,
+                                  'batch_policy_criterion': 'branch'}))
 
 
 # ------------------------------------------------------------------ runs that adapt
@@ -269,11 +277,16 @@ def test_every_policy_runs_on_eight_devices(tmp_path):
     import jax, mbx
     from test_batch_policy import policy_config
     out = {{}}
-    for policy in ('warmup', 'adascale', 'noise_scale', 'goodput'):
-      config = policy_config(policy, batch_policy_multiple=2.0)
-      run = mbx.train(config, {str(tmp_path)!r} + '/' + policy, quiet=True)
+    branch = dict(batch_policy_criterion='branch', batch_policy_branch='512 examples',
+                  batch_policy_every='2000 examples')
+    for name, policy, fields in (('warmup', 'warmup', {{}}), ('adascale', 'adascale', {{}}),
+                                 ('noise_scale', 'noise_scale', {{}}),
+                                 ('goodput', 'goodput', {{}}),
+                                 ('warmup_branch', 'warmup', branch)):
+      config = policy_config(policy, batch_policy_multiple=2.0, **fields)
+      run = mbx.train(config, {str(tmp_path)!r} + '/' + name, quiet=True)
       rows = run.train_metrics
-      out[policy] = dict(status=run.status['status'], devices=run.status['num_devices'],
+      out[name] = dict(status=run.status['status'], devices=run.status['num_devices'],
                          examples=run.status['examples_seen'],
                          batches=sorted(set(int(b) for b in rows['batch_size'])),
                          gains=[float(g) for g in rows['adascale_gain'].dropna()],
@@ -343,3 +356,27 @@ def test_warmup_at_milestones_doubles_b_and_scales_adams_lr_by_sqrt2(tmp_path):
   np.testing.assert_array_equal(rows['batch_size'], expected)
   np.testing.assert_allclose(rows['learning_rate'], 1e-2 * np.sqrt(expected / 64), rtol=1e-6)
   assert 2 * N <= run.status['examples_seen'] < 2 * N + 256  # the last batch may overshoot
+
+
+def test_warmup_by_the_branch_test_grows_when_the_next_rung_keeps_up(tmp_path):
+  """Merrill et al.'s criterion: at each decision a copy trains 500 examples at B and at the
+  next rung; with a loose tolerance B climbs a rung per decision, the losses logged."""
+  config = policy_config('warmup', noise_scale=False, batch_policy_criterion='branch',
+                         batch_policy_branch='512 examples', batch_policy_tolerance=10.0,
+                         log_every='1000 examples', batch_policy_every='2000 examples')
+  run = mbx.train(config, tmp_path, quiet=True)
+  rows = run.train_metrics
+  decisions = rows.dropna(subset=['policy_batch_size'])
+  assert decisions['policy_batch_size'].tolist()[:2] == [128, 256]
+  climbing = decisions[decisions['policy_batch_size'] <= 256].iloc[:2]
+  assert (climbing['branch_loss'] > 0).all() and (climbing['branch_loss_next_rung'] > 0).all()
+  assert decisions['branch_loss'].iloc[2:].isna().all()  # at the top rung: nothing to test
+  assert sorted(set(rows['batch_size'])) == [64, 128, 256]
+  strict = policy_config('warmup', noise_scale=False, batch_policy_criterion='branch',
+                         batch_policy_branch='512 examples', batch_policy_tolerance=0.0,
+                         log_every='1000 examples', batch_policy_every='2000 examples')
+  run = mbx.train(strict, tmp_path / 'strict', quiet=True)
+  decisions = run.train_metrics.dropna(subset=['policy_batch_size'])
+  grew = decisions['branch_loss_next_rung'] <= decisions['branch_loss']
+  first = decisions['policy_batch_size'].iloc[0]
+  assert first == (128 if grew.iloc[0] else 64)

@@ -147,8 +147,13 @@ class BatchPolicy:
     return {'segments': [dataclasses.asdict(s) for s in self.segments],
             'seconds_per_step': {str(b): t for b, t in self.seconds_per_step.items()}}
 
+  def lr_factor(self, batch: int, gain: float = 1.0) -> float:
+    """The LR multiplier of a step of `batch` under the policy's LR rule (gain: AdaScale's)."""
+    return lr_factor(self.rule, batch / self.config.train.batch_size, gain,
+                     self.config.optim.name)
+
   def _target(self, plan: Plan, step: int, batch: int, b_simple: float,
-              time_steps: Callable[[Sequence[int]], dict[int, float]]) -> tuple[int, dict]:
+              measure: Mapping[str, Callable]) -> tuple[int, dict]:
     t = self.config.train
     if t.batch_policy == 'warmup':
       if t.batch_policy_milestones:
@@ -158,35 +163,51 @@ class BatchPolicy:
         passed = sum(m <= plan.examples_after_step[step] for m in marks)
         return warmup_batch(batch, plan.batch_ladder, milestones_passed=passed,
                             initial=t.batch_size), {}
+      if t.batch_policy_criterion == 'branch':
+        return self._branch_test(plan, batch, measure['branch_losses'])
       return warmup_batch(batch, plan.batch_ladder, b_simple=b_simple,
                           multiple=t.batch_policy_multiple), {}
     if t.batch_policy == 'noise_scale':
       return noise_scale_batch(b_simple, t.batch_policy_multiple, plan.batch_ladder, batch), {}
     if t.batch_policy == 'goodput':
       if not self.seconds_per_step:  # measured once, here, and kept in the checkpoints
-        self.seconds_per_step = dict(time_steps(plan.batch_ladder))
+        self.seconds_per_step = dict(measure['time_steps'](plan.batch_ladder))
       best, gain = goodput_choice(self.seconds_per_step, b_simple, self.base_batch, batch,
                                   t.goodput_min_gain)
       return best, {'goodput_gain': gain}
     return batch, {}  # adascale: the batch stays
 
+  def _branch_test(self, plan: Plan, batch: int,
+                   branch_losses: Callable[[Sequence[int]], list[float]]) -> tuple[int, dict]:
+    """Merrill et al. 2025's local-CBS test: one rung up if, trained from here on the same
+    examples, the next rung's eval loss is within the tolerance of the current rung's."""
+    ladder = plan.batch_ladder
+    index = ladder.index(batch)
+    if index + 1 == len(ladder):
+      return batch, {}
+    current, larger = branch_losses((batch, ladder[index + 1]))
+    grows = larger <= current * (1 + self.config.train.batch_policy_tolerance)
+    columns = {'branch_loss': current, 'branch_loss_next_rung': larger}
+    return (ladder[index + 1] if grows else batch), columns
+
   def decide(self, plan: Plan, step: int, estimates: Mapping[str, float],
-             time_steps: Callable[[Sequence[int]], dict[int, float]]) -> tuple[bool, dict]:
+             measure: Mapping[str, Callable]) -> tuple[bool, dict]:
     """(whether the plan changed, the decision's log columns) at decision step `step`.
 
     estimates: the noise-scale probe's summary (grad_sq, trace_sigma, b_simple; NaN when off);
-    time_steps(batches): measured seconds per step of each batch (goodput only)."""
+    measure: what the loop measures on request: 'time_steps'(batches) -> seconds per step of
+    each (goodput), 'branch_losses'(batches) -> the eval loss after training a copy of the
+    state at each batch for train.batch_policy_branch (warmup's branch criterion)."""
     current = plan.segment_at(step)
     b_simple = float(estimates.get('b_simple', math.nan))
-    batch, columns = self._target(plan, step, current.batch_size, b_simple, time_steps)
+    batch, columns = self._target(plan, step, current.batch_size, b_simple, measure)
     gain, rate = 1.0, None
     if self.rule == 'adascale':
       variance = float(estimates.get('trace_sigma', math.nan)) / self.base_batch
       gain = adascale_gain(variance, float(estimates.get('grad_sq', math.nan)),
                            batch / self.base_batch)
       rate = gain * self.base_batch
-    factor = lr_factor(self.rule, batch / self.config.train.batch_size, gain,
-                       self.config.optim.name)
+    factor = self.lr_factor(batch, gain)
     columns = {'policy_batch_size': batch, 'policy_lr_factor': factor, 'adascale_gain': gain,
                'policy_b_simple': b_simple, **columns}
     if (batch, rate, factor) == (current.batch_size, current.progress_per_step,

@@ -566,6 +566,43 @@ def _time_batches(s: Setup, step: int, state: TrainState, config: config_lib.Con
   return {b: float(t) for b, t in zip(batches, agreed)}
 
 
+def _branch_losses(s: Setup, step: int, state: TrainState, config: config_lib.Config, feed,
+                   policy, batches: Sequence[int]) -> list[float]:
+  """The eval loss after training a copy of `state` from `step` for train.batch_policy_branch
+  at each batch (on the examples the run itself reads next, at the policy's LR for that batch);
+  the copies are then dropped (Merrill et al. 2025's branched runs)."""
+  t = config.train
+  examples = config_lib.parse_duration(t.batch_policy_branch, 'train.batch_policy_branch'
+                                       ).to_examples(t.batch_size, s.num_train,
+                                                     s.plan.tokens_per_example)
+  shardings = jax.tree.map(lambda a: a.sharding, state)
+  copy = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree), out_shardings=shardings)
+  sync, losses = _sync_every_step(config, s.mesh), []
+  for batch in batches:
+    segment = Segment(step, batch, progress=s.plan.progress_at(step),
+                      lr_factor=policy.lr_factor(batch))
+    plan = s.replan(segments=s.plan.segments + (segment,))
+    count = max(1, min(examples // batch, plan.total_steps - step))
+    fns = compiled_steps(s, plan.shapes_of_phase(step), state, [config], segment)
+    (measuring, hyper), (plain, _) = fns[0], fns[-1]
+    branch_feed = None if s.on_device else feed_lib.HostFeed(
+        s.source, s.workload.info.element_spec, plan, s.mesh, seed=data_seed(config),
+        start_step=step, prefetch=config.data.prefetch)
+    position, scratch = int(plan.examples_after_step[step]), copy(state)
+    try:
+      for i in range(count):
+        args = feed.step_args(position + i * batch, batch) if s.on_device else branch_feed.next()
+        scratch, _ = (plain if (step + i) % plan.probe_every else measuring)(scratch, hyper,
+                                                                             *args)
+        if sync:
+          scratch.counters.block_until_ready()
+    finally:
+      if branch_feed is not None:
+        branch_feed.close()
+    losses.append(float(s.evaluator(scratch.params, scratch.model_state)['eval_loss']))
+  return losses
+
+
 def _run_trials(s: Setup, trials: list[TrialRecorder], state: TrainState, *,
                 quiet: bool) -> int:
   """Trains `trials` from their common position to the end of the plan, or until each has
@@ -653,9 +690,11 @@ def _run_trials(s: Setup, trials: list[TrialRecorder], state: TrainState, *,
           decision = None
           if policy is not None and step in plan.decision_steps and active:
             tic = time.perf_counter()
-            decided, decision = policy.decide(
-                plan, step, _noise_estimates(s, state),
-                lambda batches: _time_batches(s, step, state, trials[0].config, feed, batches))
+            decided, decision = policy.decide(plan, step, _noise_estimates(s, state), {
+                'time_steps': lambda batches: _time_batches(s, step, state, trials[0].config,
+                                                            feed, batches),
+                'branch_losses': lambda batches: _branch_losses(s, step, state, trials[0].config,
+                                                                feed, policy, batches)})
             trials[0].meta['batch_policy'] = policy.to_meta()  # before the checkpoint
             compile_time += time.perf_counter() - tic
           leaving = []
