@@ -263,6 +263,13 @@ def test_a_run_resumed_mid_adaptation_ends_bitwise_equal(tmp_path, monkeypatch):
                  'adascale_gain', 'policy_batch_size'):
     np.testing.assert_array_equal(a[column], b[column], err_msg=column)
   assert len(set(a['batch_size'])) > 1 and (a['adascale_gain'].dropna() > 1).any()
+  # AdaScale for SGD with momentum, as published: the LR of each interval is eta x the gain
+  # decided before it (constant schedule), and the run ends when the schedule's progress,
+  # advancing by gain x B0 (B0 = 64) a step, reaches the budget.
+  gain = a['adascale_gain'].shift(1).fillna(1.0).to_numpy()
+  np.testing.assert_allclose(a['learning_rate'], 0.05 * gain, rtol=1e-6)
+  progress = np.cumsum(np.diff(a['step'], prepend=0) * 64 * gain)
+  assert progress[-1] >= 2 * N > progress[-1] - 64 * gain[-1]
   figure = adaptive_batch.decisions({'resumed': resumed, 'uninterrupted': reference},
                                     tmp_path / 'decisions.png')
   assert figure.stat().st_size > 0
