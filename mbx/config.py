@@ -30,6 +30,10 @@ ACCUMULATION_MODES = ('auto', 'unrolled', 'scan')
 PLACEMENTS = ('auto', 'device', 'host')
 DTYPES = ('float32', 'bfloat16')
 TARGET_PREFIXES = ('eval_', 'train_')
+BATCH_POLICIES = ('none', 'warmup', 'adascale', 'noise_scale', 'goodput')
+BATCH_POLICY_LR_RULES = ('auto', 'none', 'sqrt', 'linear', 'adascale')
+WARMUP_CRITERIA = ('noise_scale', 'branch')
+ADAM_FAMILY = ('adam', 'adamw', 'lamb')  # AdaScale's gain enters their LR as sqrt(r)
 # Field names of earlier versions, read from old config.json files and overrides.
 RENAMED_FIELDS = {('train', 'noise_scale_every'): 'probe_every',
                   ('train', 'noise_scale_groups'): 'probe_groups'}
@@ -131,7 +135,26 @@ class TrainConfig:
   batch_size_milestones: tuple[float, ...] = ()  # Smith et al. 2018: B x factor at each
   batch_size_milestone_unit: str = 'epochs'      # or 'examples'; not steps (see validate)
   batch_size_factor: int = 1
-  max_batch_size: int | None = None    # past it, milestones decay the LR instead
+  max_batch_size: int | None = None    # past it, milestones decay the LR instead; a policy's B_max
+  # Adapting B during training (mbx.training.batch_policy, docs/adaptive_batch.md): B moves on
+  # the ladder min_batch_size x batch_policy_factor^k <= max_batch_size.
+  batch_policy: str = 'none'           # none, warmup, adascale, noise_scale, goodput
+  batch_policy_every: str | None = None  # decisions at these points; None: every log step
+  min_batch_size: int | None = None    # B_min of the ladder; None: train.batch_size
+  batch_policy_factor: int = 2         # the ladder's ratio (an integer >= 2)
+  batch_policy_lr: str = 'auto'        # LR on a change: none, sqrt, linear, adascale; auto:
+                                       # adascale for adascale/goodput, else sqrt (Adam) or linear
+  batch_policy_multiple: float = 1.0   # noise_scale: B = multiple x B_simple; warmup: grow while
+                                       # the next rung <= multiple x B_simple
+  batch_policy_milestones: tuple[float, ...] = ()  # warmup at fixed points instead, in
+                                                   # train.batch_size_milestone_unit
+  goodput_min_gain: float = 0.05       # goodput: switch only for this predicted gain or more
+  # warmup without milestones grows when: 'noise_scale' (the next rung <= multiple x B_simple)
+  # or 'branch' (Merrill et al.'s local-CBS test: trained for batch_policy_branch from here,
+  # the next rung's eval loss is at most (1 + batch_policy_tolerance) x the current one's)
+  batch_policy_criterion: str = 'noise_scale'
+  batch_policy_branch: str = '1000 examples'
+  batch_policy_tolerance: float = 0.0
   sync_every_step: bool | None = None  # None: on multi-device CPU (rendezvous deadlock)
   init_from: str | None = None         # 'RUN_DIR' or 'RUN_DIR@STEP': branch from a checkpoint
 
@@ -425,6 +448,88 @@ def _check_positive_int(value: Any, field: str) -> None:
   _check(isinstance(value, int) and value > 0, field, value, 'must be a positive integer')
 
 
+def batch_ladder(min_batch: int, max_batch: int, factor: int) -> tuple[int, ...]:
+  """min_batch x factor^k for k = 0, 1, ... up to max_batch: the batches a policy may pick."""
+  ladder, batch = [], min_batch
+  while batch <= max_batch:
+    ladder.append(batch)
+    batch *= factor
+  return tuple(ladder)
+
+
+def batch_policy_lr_rule(config: Config) -> str:
+  """train.batch_policy_lr with 'auto' resolved: AdaScale for adascale and goodput (as Pollux),
+  else sqrt for the Adam family and linear for SGD and its kin."""
+  t = config.train
+  if t.batch_policy_lr != 'auto':
+    return t.batch_policy_lr
+  if t.batch_policy in ('adascale', 'goodput'):
+    return 'adascale'
+  return 'sqrt' if config.optim.name in ADAM_FAMILY else 'linear'
+
+
+def _validate_batch_policy(config: Config, duration: Duration) -> None:
+  t, o = config.train, config.optim
+  _check_choice(t.batch_policy, BATCH_POLICIES, 'train.batch_policy')
+  _check_choice(t.batch_policy_lr, BATCH_POLICY_LR_RULES, 'train.batch_policy_lr')
+  if t.batch_policy == 'none':
+    return
+  policy = f'train.batch_policy={t.batch_policy}'
+  _check(not t.batch_size_milestones, 'train.batch_size_milestones', t.batch_size_milestones,
+         f'a fixed batch-size schedule cannot be combined with {policy}')
+  _check(isinstance(t.batch_policy_factor, int) and t.batch_policy_factor >= 2,
+         'train.batch_policy_factor', t.batch_policy_factor, 'must be an integer >= 2')
+  if t.min_batch_size is not None:
+    _check_positive_int(t.min_batch_size, 'train.min_batch_size')
+    _check(t.max_batch_size is None or t.min_batch_size <= t.max_batch_size,
+           'train.min_batch_size', t.min_batch_size,
+           f'must be <= train.max_batch_size={t.max_batch_size}')
+  if t.batch_policy != 'adascale':
+    _check(t.max_batch_size is not None, 'train.max_batch_size', t.max_batch_size,
+           f'required by {policy} (the largest batch it may choose)')
+    ladder = list(batch_ladder(t.min_batch_size or t.batch_size, t.max_batch_size,
+                               t.batch_policy_factor))
+    _check(t.batch_size in ladder, 'train.batch_size', t.batch_size,
+           f'must be on the ladder train.min_batch_size x train.batch_policy_factor^k = {ladder}')
+  if t.batch_policy_every is not None:
+    every = parse_duration(t.batch_policy_every, 'train.batch_policy_every')
+    _check(every.amount > 0, 'train.batch_policy_every', t.batch_policy_every, 'must be positive')
+  _check(t.batch_policy_multiple > 0, 'train.batch_policy_multiple', t.batch_policy_multiple,
+         'must be > 0')
+  _check(t.goodput_min_gain >= 0, 'train.goodput_min_gain', t.goodput_min_gain, 'must be >= 0')
+  _check(all(x > 0 for x in t.batch_policy_milestones) and
+         list(t.batch_policy_milestones) == sorted(set(t.batch_policy_milestones)),
+         'train.batch_policy_milestones', t.batch_policy_milestones,
+         'must be positive and strictly increasing')
+  _check(t.batch_policy == 'warmup' or not t.batch_policy_milestones,
+         'train.batch_policy_milestones', t.batch_policy_milestones,
+         'only used by train.batch_policy=warmup')
+  _check_choice(t.batch_policy_criterion, WARMUP_CRITERIA, 'train.batch_policy_criterion')
+  branch = parse_duration(t.batch_policy_branch, 'train.batch_policy_branch')
+  _check(branch.amount > 0 and branch.unit != 'steps', 'train.batch_policy_branch',
+         t.batch_policy_branch, 'must be positive, in epochs, examples or tokens')
+  _check(t.batch_policy_tolerance >= 0, 'train.batch_policy_tolerance',
+         t.batch_policy_tolerance, 'must be >= 0')
+  rule = batch_policy_lr_rule(config)
+  branches = (t.batch_policy == 'warmup' and not t.batch_policy_milestones
+              and t.batch_policy_criterion == 'branch')
+  _check(not branches or rule != 'adascale', 'train.batch_policy_lr', t.batch_policy_lr,
+         'the branch criterion compares rungs at fixed LR rules: none, sqrt or linear')
+  reads_noise = rule == 'adascale' or (t.batch_policy != 'warmup' or not
+                                       t.batch_policy_milestones) and not branches
+  _check(t.noise_scale or not reads_noise, 'train.noise_scale', t.noise_scale,
+         f'{policy} with LR rule {rule} reads the noise scale; set train.noise_scale=true')
+  _check(rule != 'adascale' or o.lr_scaling == 'none', 'optim.lr_scaling', o.lr_scaling,
+         'must be none with the adascale LR rule (the gain scales the LR)')
+  _check(duration.unit != 'steps', 'train.duration', t.duration,
+         f'give it in epochs, examples or tokens with {policy} (B changes)')
+  _check(o.milestone_unit != 'steps' or not o.milestones, 'optim.milestone_unit',
+         o.milestone_unit, f'use epochs, examples or tokens with {policy} (B changes)')
+  warmup = parse_duration(o.warmup, 'optim.warmup')
+  _check(warmup.unit != 'steps' or warmup.amount == 0, 'optim.warmup', o.warmup,
+         f'give it in epochs, examples or tokens with {policy} (B changes)')
+
+
 def validate(config: Config) -> None:
   """Checks every field; raises ConfigError naming the first bad one."""
   d, m, o, t = config.data, config.model, config.optim, config.train
@@ -564,3 +669,4 @@ def validate(config: Config) -> None:
     _check(parse_duration(o.warmup, 'optim.warmup').unit != 'steps' or
            parse_duration(o.warmup, 'optim.warmup').amount == 0, 'optim.warmup',
            o.warmup, 'give it in epochs, examples or tokens when the batch size changes')
+  _validate_batch_policy(config, duration)

@@ -9,9 +9,11 @@ import jax
 import jax.numpy as jnp
 
 from mbx.data.example_order import window_length
+from mbx.config import batch_policy_lr_rule
 from mbx.optim import build_optimizer, learning_rate_schedule
 from mbx.training.plan import Plan, StepShape
-from mbx.training.step import StepParts, TrainState, batch_sharded, init_train_state, replicated
+from mbx.training.step import (HYPER_SIZE, StepParts, TrainState, batch_sharded, init_train_state,
+                               replicated)
 from mbx.training.workload import Workload
 
 
@@ -20,10 +22,12 @@ def step_parts(workload: Workload, plan: Plan, mesh) -> StepParts:
   config = workload.config
   lr_schedule = learning_rate_schedule(
       config.optim, batch_size=plan.initial_batch_size,
-      examples_per_epoch=plan.num_train_examples, total_examples=plan.total_examples,
+      examples_per_epoch=plan.num_train_examples, total_examples=plan.schedule_examples,
       extra_decays=plan.lr_extra_decays, tokens_per_example=plan.tokens_per_example)
+  adascale = config.train.batch_policy != 'none' and batch_policy_lr_rule(config) == 'adascale'
   return StepParts(model=workload.model(mesh), task=workload.task, optim=config.optim,
-                   lr_schedule=lr_schedule, augment=workload.augment(), probes=workload.probes)
+                   lr_schedule=lr_schedule, augment=workload.augment(), probes=workload.probes,
+                   schedule_progress=adascale)
 
 
 def abstract_state(workload: Workload, parts: StepParts, mesh) -> TrainState:
@@ -41,7 +45,7 @@ def step_arguments(workload: Workload, shape: StepShape, mesh, *, on_device: boo
   """Abstract (hyper, *batch arguments) of the step: the order window and its start when the
   split lives on device (feed.DeviceFeed), else one arranged, batch-sharded batch."""
   stacked = (num_trials,) if num_trials > 1 else ()
-  hyper = jax.ShapeDtypeStruct((*stacked, 3), jnp.float32, sharding=replicated(mesh))
+  hyper = jax.ShapeDtypeStruct((*stacked, HYPER_SIZE), jnp.float32, sharding=replicated(mesh))
   if on_device:
     window = (*stacked, window_length(num_train_examples, max_batch_size))
     rows = {k: jax.ShapeDtypeStruct((*window, *s.shape[1:]), s.dtype, sharding=replicated(mesh))

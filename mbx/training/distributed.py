@@ -46,6 +46,14 @@ def barrier(name: str) -> None:
     multihost_utils.sync_global_devices(name)
 
 
+def from_writer(values):
+  """Process 0's `values` (a float array) on every process: a host-side measurement that the
+  processes must agree on, such as a step time a decision is taken from."""
+  if jax.process_count() == 1:
+    return values
+  return multihost_utils.broadcast_one_to_all(values)
+
+
 def is_writer() -> bool:
   """Only process 0 writes records, metrics and status."""
   return jax.process_index() == 0

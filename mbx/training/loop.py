@@ -14,6 +14,7 @@ finishes with the same parameters as an uninterrupted run.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import pathlib
@@ -31,13 +32,15 @@ from tqdm import tqdm
 
 from mbx import config as config_lib
 from mbx.optim import build_optimizer, scaled_learning_rate
+from mbx.training import batch_policy as batch_policy_lib
 from mbx.training import distributed
 from mbx.training import feed as feed_lib
 from mbx.training import noise_scale as noise_scale_lib
-from mbx.training.autobatch import resolve_auto_micro_batch, resolve_fastest_micro_batch
+from mbx.training.autobatch import (_zeros_like, resolve_auto_micro_batch,
+                                    resolve_fastest_micro_batch)
 from mbx.training.checkpoints import Checkpoints
 from mbx.training.components import step_arguments, step_parts
-from mbx.training.plan import Plan, make_plan
+from mbx.training.plan import Plan, Segment, make_plan
 from mbx.training.lock import RunLock, default_workdir
 from mbx.training.records import Run, RunWriter, load_run
 from mbx.training.step import (StepParts, TrainState, init_train_state, make_eval_step,
@@ -163,6 +166,7 @@ class Setup:
   parts: StepParts
   evaluator: Evaluator
   micro_batch_size: int | str | None = None  # as resolved ('fastest' -> 'fastest=<m>')
+  replan: Any = None  # segments -> Plan: the plan after a batch policy's decisions
 
   @property
   def config(self) -> config_lib.Config:
@@ -193,13 +197,14 @@ def setup(workload: Workload) -> Setup:
   plan_config = resolve_fastest_micro_batch(
       dataclasses.replace(workload, config=plan_config), mesh.devices.size,
       num_train_examples=num_train, on_device=on_device)
-  plan = make_plan(plan_config, mesh.devices.size, num_train, jax.default_backend(),
-                   **workload.plan_options)
+  replan = functools.partial(make_plan, plan_config, mesh.devices.size, num_train,
+                             jax.default_backend(), **workload.plan_options)
+  plan = replan()
   parts = step_parts(workload, plan, mesh)
   return Setup(workload=workload, mesh=mesh, num_train=num_train, on_device=on_device,
                train_rows=train_rows, source=source, plan=plan, parts=parts,
                evaluator=Evaluator(workload, parts.model, mesh, on_device),
-               micro_batch_size=plan_config.train.micro_batch_size)
+               micro_batch_size=plan_config.train.micro_batch_size, replan=replan)
 
 
 def branch_source(config: config_lib.Config) -> tuple[Run, int]:
@@ -298,9 +303,10 @@ class TrialRecorder:
             for name, count in examples.items()}
 
   def log(self, step: int, sums: np.ndarray, probe_states, *, examples_per_second: float,
-          steps_per_second: float, write: bool) -> bool:
+          steps_per_second: float, write: bool, extra: dict | None = None) -> bool:
     """Checks divergence from the interval's metric sums; writes the row if asked or if
-    diverged. Returns True when the trial diverged (and records why)."""
+    diverged (with `extra`: a batch policy's decision). Returns True when the trial diverged
+    (and records why)."""
     t, plan, workload = self.config.train, self.setup.plan, self.setup.workload
     sums = dict(zip(metric_names(workload.task, workload.probes), sums.tolist()))
     count = max(sums.pop('steps'), 1.0)
@@ -326,6 +332,7 @@ class TrialRecorder:
         self.noise_rows.append((step, row['grad_sq_estimate'], row['trace_estimate']))
         row['b_simple_run_average'] = noise_scale_lib.run_average(
             *zip(*self.noise_rows))['b_simple']
+      row.update(extra or {})
       row.update(examples_per_second=examples_per_second, steps_per_second=steps_per_second,
                  wall_time=self.elapsed())
       self.writer.append('train', row)
@@ -418,9 +425,16 @@ def trial_step(s: Setup, shape, packed: bool = False):
   return _STEPS[key]
 
 
-def hyperparameters(config: config_lib.Config, reference_peak: float, batch_size: int):
-  return trial_hyperparameters(scaled_learning_rate(config.optim, batch_size) / reference_peak,
-                               config.optim.momentum, data_seed(config))
+def hyperparameters(config: config_lib.Config, reference_peak: float, batch_size: int,
+                    segment: Segment | None = None):
+  """The step's per-trial inputs; under a batch policy, with the current decision's LR factor
+  and schedule progress."""
+  scale = scaled_learning_rate(config.optim, batch_size) / reference_peak
+  if segment is None:
+    return trial_hyperparameters(scale, config.optim.momentum, data_seed(config))
+  return trial_hyperparameters(scale * segment.lr_factor, config.optim.momentum,
+                               data_seed(config),
+                               (segment.progress, segment.rate, segment.first_step))
 
 
 def _abstract(tree):
@@ -428,14 +442,16 @@ def _abstract(tree):
                       tree)
 
 
-def compiled_steps(s: Setup, shapes, state, configs: Sequence[config_lib.Config]):
+def compiled_steps(s: Setup, shapes, state, configs: Sequence[config_lib.Config],
+                   segment: Segment | None = None):
   """[(compiled step, hyper)] for the shapes of a phase, compiled ahead of time; one trial
-  runs the plain step, several the vmapped one over their stacked states."""
+  runs the plain step, several the vmapped one over their stacked states (segment: a batch
+  policy's current decision)."""
   plan, mesh, packed = s.plan, s.mesh, len(configs) > 1
   results = []
   for shape in shapes:
     step_fn, reference_peak, compiled = trial_step(s, shape, packed=packed)
-    hyper = np.stack([hyperparameters(c, reference_peak, plan.initial_batch_size)
+    hyper = np.stack([hyperparameters(c, reference_peak, plan.initial_batch_size, segment)
                       for c in configs])
     hyper = jax.device_put(hyper if packed else hyper[0], replicated(mesh))
     _, *batch_args = step_arguments(s.workload, shape, mesh, on_device=s.on_device,
@@ -516,22 +532,109 @@ class _DeferredInterrupt:
       signal.signal(signal.SIGINT, self.previous)
 
 
+def _noise_estimates(s: Setup, state: TrainState) -> dict[str, float]:
+  """The noise-scale probe's bias-corrected |G|^2, tr(Sigma) and B_simple ({} when off)."""
+  for probe in s.parts.probes:
+    if probe.name == 'noise_scale':
+      return probe.summarize(state.probes[probe.name])
+  return {}
+
+
+POLICY_TIMED_STEPS = 3
+
+
+def _time_batches(s: Setup, step: int, state: TrainState, config: config_lib.Config, feed,
+                  batches: Sequence[int]) -> dict[int, float]:
+  """Seconds per step of each batch's compiled steps on this machine (a measuring step every
+  probe_every steps, plain ones between), run on a copy of `state` that is then dropped."""
+  shardings = jax.tree.map(lambda a: a.sharding, state)
+  copy = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree), out_shardings=shardings)
+  position, seconds = int(s.plan.examples_after_step[step]), {}
+  for batch in batches:
+    plan = s.replan(segments=s.plan.segments + (Segment(step, batch),))
+    timed = []
+    for fn, hyper in compiled_steps(s, plan.shapes_of_phase(step), state, [config]):
+      if s.on_device:
+        args = feed.step_args(position, batch)
+      else:
+        _, *abstract = step_arguments(s.workload, plan.shape_at(step), s.mesh, on_device=False,
+                                      num_train_examples=s.num_train,
+                                      max_batch_size=plan.max_batch_size)
+        args = jax.tree.map(_zeros_like, abstract)
+      scratch, _ = fn(copy(state), hyper, *args)  # warm-up
+      jax.block_until_ready(scratch)
+      tic = time.perf_counter()
+      for _ in range(POLICY_TIMED_STEPS):
+        scratch, _ = fn(scratch, hyper, *args)
+      jax.block_until_ready(scratch)
+      timed.append((time.perf_counter() - tic) / POLICY_TIMED_STEPS)
+    every = plan.probe_every if len(timed) > 1 else 1
+    seconds[batch] = (timed[0] + (every - 1) * timed[-1]) / every
+  # Every process decides; they must agree on what was measured.
+  agreed = distributed.from_writer(np.asarray([seconds[b] for b in batches], np.float64))
+  return {b: float(t) for b, t in zip(batches, agreed)}
+
+
+def _branch_losses(s: Setup, step: int, state: TrainState, config: config_lib.Config, feed,
+                   policy, batches: Sequence[int]) -> list[float]:
+  """The eval loss after training a copy of `state` from `step` for train.batch_policy_branch
+  at each batch (on the examples the run itself reads next, at the policy's LR for that batch);
+  the copies are then dropped (Merrill et al. 2025's branched runs)."""
+  t = config.train
+  examples = config_lib.parse_duration(t.batch_policy_branch, 'train.batch_policy_branch'
+                                       ).to_examples(t.batch_size, s.num_train,
+                                                     s.plan.tokens_per_example)
+  shardings = jax.tree.map(lambda a: a.sharding, state)
+  copy = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree), out_shardings=shardings)
+  sync, losses = _sync_every_step(config, s.mesh), []
+  for batch in batches:
+    segment = Segment(step, batch, progress=s.plan.progress_at(step),
+                      lr_factor=policy.lr_factor(batch))
+    plan = s.replan(segments=s.plan.segments + (segment,))
+    count = max(1, min(examples // batch, plan.total_steps - step))
+    fns = compiled_steps(s, plan.shapes_of_phase(step), state, [config], segment)
+    (measuring, hyper), (plain, _) = fns[0], fns[-1]
+    branch_feed = None if s.on_device else feed_lib.HostFeed(
+        s.source, s.workload.info.element_spec, plan, s.mesh, seed=data_seed(config),
+        start_step=step, prefetch=config.data.prefetch)
+    position, scratch = int(plan.examples_after_step[step]), copy(state)
+    try:
+      for i in range(count):
+        args = feed.step_args(position + i * batch, batch) if s.on_device else branch_feed.next()
+        scratch, _ = (plain if (step + i) % plan.probe_every else measuring)(scratch, hyper,
+                                                                             *args)
+        if sync:
+          scratch.counters.block_until_ready()
+    finally:
+      if branch_feed is not None:
+        branch_feed.close()
+    losses.append(float(s.evaluator(scratch.params, scratch.model_state)['eval_loss']))
+  return losses
+
+
 def _run_trials(s: Setup, trials: list[TrialRecorder], state: TrainState, *,
                 quiet: bool) -> int:
   """Trains `trials` from their common position to the end of the plan, or until each has
   diverged or reached its target; returns the last step. `state` is stacked when K > 1."""
-  plan, mesh, config = s.plan, s.mesh, s.config
+  mesh, config = s.mesh, s.config
   packed = len(trials) > 1
+  policy = None
+  if config.train.batch_policy != 'none':  # never packed (see _train_pending)
+    policy = batch_policy_lib.BatchPolicy(config, s.replan, trials[0].meta)
+    s.plan = policy.plan()  # with the decisions the checkpoint recorded
+  plan = s.plan
   start_step, position = (int(v) for v in jax.device_get(
       state.counters[0] if packed else state.counters))
   trial_state = (lambda k: _slice(state, k)) if packed else (lambda k: state)
   seeds = [data_seed(trial.config) for trial in trials]
+  host_feed = lambda first_step: feed_lib.HostFeed(
+      s.source, s.workload.info.element_spec, s.plan, mesh, seed=seeds[0],
+      start_step=first_step, prefetch=config.data.prefetch)
   if s.on_device:
     feed = feed_lib.DeviceFeed(s.train_rows, mesh, seed=seeds if packed else seeds[0],
                                max_batch_size=plan.max_batch_size)
   else:
-    feed = feed_lib.HostFeed(s.source, s.workload.info.element_spec, plan, mesh, seed=seeds[0],
-                             start_step=start_step, prefetch=config.data.prefetch)
+    feed = host_feed(start_step)
   evaluate = ((lambda st: s.evaluator.stacked(st.params, st.model_state)) if packed else
               (lambda st: [s.evaluator(st.params, st.model_state)]))
   sync_every_step = _sync_every_step(config, mesh)
@@ -544,8 +647,6 @@ def _run_trials(s: Setup, trials: list[TrialRecorder], state: TrainState, *,
 
   for trial in trials:
     trial.writer.set_status('running', step=start_step, examples_seen=position)
-  events = sorted(e for e in plan.log_steps | plan.eval_steps | plan.checkpoint_steps
-                  if e > start_step)
   progress = None if quiet else tqdm(
       total=plan.total_steps, initial=start_step, unit='step', dynamic_ncols=True,
       mininterval=0.5 if sys.stderr.isatty() else 30.0, file=sys.stderr,
@@ -563,12 +664,17 @@ def _run_trials(s: Setup, trials: list[TrialRecorder], state: TrainState, *,
       for k, row in enumerate(evaluate(state)):
         trials[k].evaluate(0, row)
     while step < plan.total_steps and active:
+      # A batch policy's decision rebuilds the plan from the current step on.
+      events = sorted(e for e in plan.log_steps | plan.eval_steps | plan.checkpoint_steps
+                      if e > step)
+      if progress is not None:
+        progress.total = plan.total_steps
       # Each shape of the phase compiles ahead of time, timed apart from throughput.
       batch = plan.shape_at(step).batch_size
       position = int(plan.examples_after_step[step])
       tic = time.perf_counter()
       step_fns = compiled_steps(s, plan.shapes_of_phase(step), state,
-                                [trial.config for trial in trials])
+                                [trial.config for trial in trials], plan.segment_at(step))
       if s.on_device:  # the first window's gather compiles too
         jax.block_until_ready(feed.step_args(position, batch))
       compile_time += time.perf_counter() - tic
@@ -576,6 +682,7 @@ def _run_trials(s: Setup, trials: list[TrialRecorder], state: TrainState, *,
       probe_every, phase_end = plan.probe_every, plan.next_phase_step(step)
       interval_start = time.perf_counter()
       while active:
+        decided = False
         next_event = next((e for e in events if e > step), plan.total_steps)
         until = min(next_event, phase_end, (step // progress_every + 1) * progress_every)
         taken = until - step
@@ -596,6 +703,16 @@ def _run_trials(s: Setup, trials: list[TrialRecorder], state: TrainState, *,
           sums = (jax.device_get(state.metric_sums)
                   if logged or step in plan.checkpoint_steps else None)
           rows = evaluate(state) if step in plan.eval_steps else None
+          decision = None
+          if policy is not None and step in plan.decision_steps and active:
+            tic = time.perf_counter()
+            decided, decision = policy.decide(plan, step, _noise_estimates(s, state), {
+                'time_steps': lambda batches: _time_batches(s, step, state, trials[0].config,
+                                                            feed, batches),
+                'branch_losses': lambda batches: _branch_losses(s, step, state, trials[0].config,
+                                                                feed, policy, batches)})
+            trials[0].meta['batch_policy'] = policy.to_meta()  # before the checkpoint
+            compile_time += time.perf_counter() - tic
           leaving = []
           if sums is not None:
             for k in active:
@@ -603,7 +720,8 @@ def _run_trials(s: Setup, trials: list[TrialRecorder], state: TrainState, *,
                   step, sums[k] if packed else sums,
                   _slice(state.probes, k) if packed else state.probes,
                   examples_per_second=interval_examples / max(time_since_log, 1e-9),
-                  steps_per_second=interval_steps / max(time_since_log, 1e-9), write=logged):
+                  steps_per_second=interval_steps / max(time_since_log, 1e-9), write=logged,
+                  extra=decision):
                 leaving.append(k)  # diverged
           if logged:  # before checkpointing: a resumed run starts the next interval from zero
             if progress is not None and not packed:
@@ -624,8 +742,13 @@ def _run_trials(s: Setup, trials: list[TrialRecorder], state: TrainState, *,
             active.remove(k)
             trials[k].finish(step, compile_time=compile_time, **final_test(k),
                              **({'packed_trials': len(trials)} if packed else {}))
+          if decided:
+            s.plan = plan = policy.plan()
+            if not s.on_device:  # its prefetched batches follow the old plan
+              feed.close()
+              feed = host_feed(step)
           interval_start = time.perf_counter()
-        if step >= phase_end:
+        if step >= phase_end or decided:
           break
   except BaseException as error:
     for k in active:
@@ -737,7 +860,9 @@ def _train_pending(s: Setup, configs, workdirs, quiet: bool, trackers: tuple[str
   trials = [TrialRecorder(c, w, s, trackers=trackers) for c, w in zip(configs, workdirs)]
   states = [trial.resume(initial_state(s, trial.config.train.seed)) for trial in trials]
   counters = {tuple(int(v) for v in jax.device_get(state.counters)) for state in states}
+  # A batch policy decides from each trial's own statistics: its trials run one by one.
   if len(trials) > 1 and (not s.on_device or len(counters) > 1 or
+                          s.config.train.batch_policy != 'none' or
                           any(trial.config.train.init_from for trial in trials)):
     groups = [([trial], state) for trial, state in zip(trials, states)]  # one by one
   else:

@@ -11,7 +11,8 @@ import math
 
 import numpy as np
 
-from mbx.config import Config, ConfigError, Duration, fastest_micro_batch_size, parse_duration
+from mbx.config import (Config, ConfigError, Duration, batch_ladder, batch_policy_lr_rule,
+                        fastest_micro_batch_size, parse_duration)
 
 INT32_LIMIT = 2**31 - 1
 
@@ -30,6 +31,25 @@ class StepShape:
 
 
 @dataclasses.dataclass(frozen=True)
+class Segment:
+  """Under a batch policy, the steps from `first_step` to the next segment's: one decision.
+
+  progress is the LR schedule's position (in examples) before first_step and
+  progress_per_step what each step adds: the batch itself, or AdaScale's gain x the base
+  batch. lr_factor multiplies the schedule's LR; gain is AdaScale's r (1 otherwise)."""
+  first_step: int
+  batch_size: int
+  progress: float = 0.0
+  progress_per_step: float | None = None  # None: batch_size (progress = examples seen)
+  lr_factor: float = 1.0
+  gain: float = 1.0
+
+  @property
+  def rate(self) -> float:
+    return self.batch_size if self.progress_per_step is None else self.progress_per_step
+
+
+@dataclasses.dataclass(frozen=True)
 class Plan:
   num_devices: int
   num_train_examples: int
@@ -45,10 +65,32 @@ class Plan:
   probe_every: int = 1
   plain_shapes: tuple[StepShape | None, ...] = ()  # per phase; None: every step measures
   tokens_per_example: int = 1  # target positions per example: 'tokens' durations, logs
+  # Under a batch policy (train.batch_policy): the decisions so far, the batches it may
+  # choose, the steps at which it decides, and the schedule's span (the budget, in examples).
+  segments: tuple[Segment, ...] = ()
+  batch_ladder: tuple[int, ...] = ()
+  decision_steps: frozenset[int] = frozenset()
+  budget_examples: int | None = None
 
   @property
   def total_examples(self) -> int:
     return int(self.examples_after_step[-1])
+
+  @property
+  def schedule_examples(self) -> int:
+    """Where decaying LR schedules end: the budget, which a policy's steps may overshoot."""
+    return self.budget_examples or self.total_examples
+
+  def segment_at(self, step: int) -> Segment | None:
+    later = [seg for seg in self.segments if seg.first_step <= step]
+    return later[-1] if later else None
+
+  def progress_at(self, step: int) -> float:
+    """The LR schedule's position before `step` (examples seen, without a policy)."""
+    segment = self.segment_at(step)
+    if segment is None:
+      return float(self.examples_after_step[step])
+    return segment.progress + (step - segment.first_step) * segment.rate
 
   @property
   def initial_batch_size(self) -> int:
@@ -56,7 +98,7 @@ class Plan:
 
   @property
   def max_batch_size(self) -> int:
-    return max(shape.batch_size for _, shape in self.phases)
+    return max([shape.batch_size for _, shape in self.phases] + list(self.batch_ladder))
 
   def phase_index(self, step: int) -> int:
     return max(i for i, (first_step, _) in enumerate(self.phases) if first_step <= step
@@ -197,17 +239,58 @@ def _lr_step_changes(config: Config, examples_after_step: np.ndarray, num_train_
   return {s for s in steps if 0 < s < total_steps}
 
 
+def policy_ladder(config: Config) -> tuple[int, ...]:
+  """The batches train.batch_policy may choose: B_min x factor^k <= B_max (AdaScale: B)."""
+  t = config.train
+  if t.batch_policy == 'adascale':
+    return (t.batch_size,)
+  return batch_ladder(t.min_batch_size or t.batch_size, t.max_batch_size, t.batch_policy_factor)
+
+
+def initial_segment(config: Config) -> Segment:
+  """A policy's first decision: the configured batch at the configured LR; under AdaScale the
+  gain is 1 until measured, so the schedule advances by one base batch a step."""
+  t = config.train
+  if batch_policy_lr_rule(config) == 'adascale':
+    return Segment(0, t.batch_size, progress_per_step=float(config.optim.base_batch_size
+                                                            or t.batch_size))
+  return Segment(0, t.batch_size)
+
+
+def _segment_steps(segments: tuple[Segment, ...], budget: float) -> list[tuple[int, int]]:
+  """[(batch, steps)] of the decisions so far; the last runs until the schedule's progress
+  reaches the budget."""
+  counts = [(seg.batch_size, nxt.first_step - seg.first_step)
+            for seg, nxt in zip(segments, segments[1:])]
+  last = segments[-1]
+  counts.append((last.batch_size, max(0, math.ceil((budget - last.progress) / last.rate))))
+  return counts
+
+
 def make_plan(config: Config, num_devices: int, num_train_examples: int,
               backend: str = 'cpu', *, probe_groups: int = 0, batch_granule: int = 1,
-              tokens_per_example: int = 1) -> Plan:
+              tokens_per_example: int = 1, segments: tuple[Segment, ...] = ()) -> Plan:
   """Resolves batch phases, micro-batching and event steps; raises ConfigError.
 
   probe_groups: the most gradient groups an in-step probe needs (0: no probes);
   batch_granule: per-device micro-batches are multiples of it (see step_shape);
-  tokens_per_example: what a 'tokens' duration is divided by (seq_len for windows of text)."""
+  tokens_per_example: what a 'tokens' duration is divided by (seq_len for windows of text);
+  segments: under train.batch_policy, the decisions taken so far (none: the initial batch)."""
   shape_options = dict(probe_groups=probe_groups, batch_granule=batch_granule)
   t = config.train
+  adaptive = t.batch_policy != 'none'
   phases, lr_extra_decays = _batch_phases(config, num_train_examples, tokens_per_example)
+  ladder = policy_ladder(config) if adaptive else ()
+  for batch in ladder:
+    if batch > num_train_examples:
+      raise ConfigError(f'train.max_batch_size={t.max_batch_size}: the batch ladder {list(ladder)} '
+                        f'of train.batch_policy={t.batch_policy} reaches {batch}, more than the '
+                        f'{num_train_examples} training examples of {config.data.name}')
+    try:
+      step_shape(config, batch, num_devices, backend, **shape_options)
+    except ConfigError as error:
+      raise ConfigError(f'train.batch_policy={t.batch_policy}: batch {batch} of its ladder '
+                        f'{list(ladder)} cannot be split: {error}') from None
   for _, batch in phases:
     if batch > num_train_examples:
       if batch == t.batch_size:
@@ -233,6 +316,9 @@ def make_plan(config: Config, num_devices: int, num_train_examples: int,
       count = max(0, math.ceil((min(end, total) - max(seen, start)) / batch)) if seen < min(end, total) else 0
     step_batches.append((batch, count))
     seen += batch * count
+  if adaptive:
+    segments = segments or (initial_segment(config),)
+    step_batches = _segment_steps(segments, total)
   examples_after_step = np.concatenate(
       [[0], np.cumsum(np.concatenate([np.full(n, b, np.int64) for b, n in step_batches]))])
   total_steps = len(examples_after_step) - 1
@@ -269,6 +355,14 @@ def make_plan(config: Config, num_devices: int, num_train_examples: int,
   log_steps |= {first for first, _ in step_phases[1:]}
   log_steps |= _lr_step_changes(config, examples_after_step, num_train_examples,
                                 lr_extra_decays, tokens_per_example)
+  decision_steps = set()
+  if adaptive:
+    decision_steps = events(t.batch_policy_every or t.log_every, 'train.batch_policy_every')
+    marks = [Duration(m, t.batch_size_milestone_unit).to_examples(
+        t.batch_size, num_train_examples, tokens_per_example) for m in t.batch_policy_milestones]
+    decision_steps |= set(np.searchsorted(examples_after_step, marks).tolist())
+    decision_steps = {s for s in decision_steps if 0 < s < total_steps}
+    log_steps |= decision_steps  # each log row has one batch size and one LR factor
   noise_every, plain_shapes = 1, ()
   if probe_groups:
     plain_shapes = tuple(step_shape(config, shape.batch_size, num_devices, backend, False,
@@ -285,4 +379,6 @@ def make_plan(config: Config, num_devices: int, num_train_examples: int,
               log_steps=frozenset(log_steps | final), eval_steps=frozenset(eval_steps | final),
               checkpoint_steps=frozenset(checkpoint_steps | final),
               probe_every=noise_every, plain_shapes=plain_shapes,
-              tokens_per_example=tokens_per_example)
+              tokens_per_example=tokens_per_example, segments=tuple(segments) if adaptive else (),
+              batch_ladder=ladder, decision_steps=frozenset(decision_steps),
+              budget_examples=total if adaptive else None)

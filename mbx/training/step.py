@@ -287,11 +287,20 @@ def _sharded_gradients(model, task: Task, probes: Sequence, shape: StepShape, me
                        out_specs=(P(), P(), P()))
 
 
-def trial_hyperparameters(learning_rate_scale: float, momentum: float, data_seed: int):
-  """The per-trial inputs of the step, as one float32 vector (one buffer)."""
+HYPER_SIZE = 6
+
+
+def trial_hyperparameters(learning_rate_scale: float, momentum: float, data_seed: int,
+                          progress: tuple[float, float, int] = (0.0, 0.0, 0)):
+  """The per-trial inputs of the step, as one float32 vector (one buffer).
+
+  progress = (schedule position at step s0, its advance per step, s0): where the LR schedule
+  is read when StepParts.schedule_progress is set (AdaScale), instead of the examples seen."""
   if not 0 <= data_seed < 2**24:
     raise ValueError(f'train.data_seed={data_seed}: must be in [0, 2^24) (exact in float32)')
-  return np.asarray([learning_rate_scale, momentum, data_seed], np.float32)
+  if not 0 <= progress[2] < 2**24:
+    raise ValueError(f'step {progress[2]}: must be in [0, 2^24) (exact in float32)')
+  return np.asarray([learning_rate_scale, momentum, data_seed, *progress], np.float32)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -303,6 +312,7 @@ class StepParts:
   lr_schedule: Callable          # examples seen -> LR at the reference peak
   augment: Callable | None = None
   probes: tuple = ()
+  schedule_progress: bool = False  # read the schedule at hyper's progress, not examples seen
 
 
 def make_update(parts: StepParts, shape: StepShape, mesh: Mesh, *, packed: bool = False):
@@ -334,7 +344,11 @@ def make_update(parts: StepParts, shape: StepShape, mesh: Mesh, *, packed: bool 
           keys, batch['inputs'])
     step_key = jax.random.fold_in(dropout_key, state.step)
     grads, model_state, stats = gradients(state.params, state.model_state, batch, step_key)
-    learning_rate = hyper[0] * parts.lr_schedule(state.examples_seen)
+    progress = state.examples_seen
+    if parts.schedule_progress:  # AdaScale: the schedule advances by gain x base batch a step
+      steps = (state.step - hyper[5].astype(jnp.int32)).astype(jnp.float32)
+      progress = hyper[3] + hyper[4] * steps
+    learning_rate = hyper[0] * parts.lr_schedule(progress)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params, learning_rate)
     params = optax.apply_updates(state.params, updates)
     grad_sq = sum_sq(grads, packed)
