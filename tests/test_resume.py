@@ -1,6 +1,8 @@
 """Interrupted runs resume to the same final parameters, bit for bit, on CPU."""
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import pathlib
 import signal
@@ -15,7 +17,7 @@ import pytest
 import mbx
 from mbx.training.checkpoints import Checkpoints
 
-from helpers import REPO, run_python
+from helpers import REPO, run_python, tiny_config
 
 OVERRIDES = ['train.batch_size=256', 'train.duration=3000 steps', 'train.log_every=50 steps',
              'train.eval_every=500 steps', 'train.checkpoint_every=300 steps',
@@ -132,3 +134,20 @@ def test_a_bad_micro_batch_size_fails_in_one_line(value, message):
   from helpers import tiny_config  # pylint: disable=import-outside-toplevel
   with pytest.raises(mbx.ConfigError, match=message):
     mbx.validate(tiny_config(train=dict(batch_size=64, micro_batch_size=value)))
+
+
+def test_a_run_recorded_before_new_config_fields_is_still_its_own_run(tmp_path):
+  """config.json written by an older mbx lacks fields added since; they take their defaults,
+  so the finished run is found again (not refused as a different config)."""
+  config = tiny_config()
+  first = mbx.train(config, tmp_path, quiet=True)
+  path = tmp_path / 'config.json'
+  recorded = json.loads(path.read_text())
+  for field in ('batch_policy', 'min_batch_size', 'goodput_min_gain'):
+    del recorded['train'][field]
+  path.write_text(json.dumps(recorded))
+  again = mbx.train(config, tmp_path, quiet=True)
+  assert again.status == first.status
+  changed = dataclasses.replace(config, train=dataclasses.replace(config.train, seed=5))
+  with pytest.raises(mbx.ConfigError, match='differs in train.seed'):
+    mbx.train(changed, tmp_path, quiet=True)

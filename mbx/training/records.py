@@ -93,6 +93,11 @@ class RunWriter:
     if not path.exists():
       return
     resolved, existing = config_lib.to_dict(config), json.loads(path.read_text())
+    try:  # fields added to mbx after the run was recorded take their defaults
+      existing = json.loads(json.dumps(config_lib.to_dict(config_lib.from_dict(existing))))
+    except config_lib.ConfigError:
+      pass
+    resolved = json.loads(json.dumps(resolved))
     if existing != resolved:
       changed = sorted(f'{section}.{key}' for section in resolved if isinstance(
           resolved[section], dict) for key in resolved[section]
