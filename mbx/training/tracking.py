@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import math
 import numbers
 import os
@@ -112,6 +113,9 @@ class TensorBoardLog:
   def start(self, rows, config) -> None:
     from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
 
+    # A diverged run logs NaN on purpose (it is in the JSONL too); tensorboardX would warn
+    # once per value.
+    logging.getLogger('tensorboardX.x2num').setLevel(logging.ERROR)
     self.close()
     if self.directory.exists():
       shutil.rmtree(self.directory)
