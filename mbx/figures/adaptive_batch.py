@@ -26,12 +26,13 @@ def decisions(runs: Mapping[str, object], path: str | pathlib.Path) -> pathlib.P
             ('policy_b_simple', 'B_simple (decision input)', True, 'post'),
             ('adascale_gain', 'AdaScale gain r', False, 'post'))
   fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2))
-  for label, run in runs.items():
+  for index, (label, run) in enumerate(runs.items()):
     rows = run.train_metrics
     for ax, (column, title, log, where) in zip(axes, panels):
-      if column not in rows:
+      if column not in rows:  # one colour per run in every panel, whichever it appears in
         continue
-      ax.step(rows['examples_seen'], rows[column], where=where, label=label, lw=1.2)
+      ax.step(rows['examples_seen'], rows[column], where=where, label=label, lw=1.2,
+              color=f'C{index % 10}')
       ax.set_title(title)
       ax.set_xlabel('examples seen')
       if log:
