@@ -225,7 +225,9 @@ def main() -> None:
   runs_dir = pathlib.Path(args.runs or REPO / 'runs' / name)
   out.mkdir(parents=True, exist_ok=True)
   start, load = time.perf_counter(), os.getloadavg()[0]
-  rows, times = [], {}
+  study_path = out / 'study.json'
+  earlier = json.loads(study_path.read_text()) if study_path.exists() else {}
+  rows, times, trained = [], {}, {}
   for key in workloads:
     workload = WORKLOADS[key]
     tic = time.perf_counter()
@@ -233,6 +235,7 @@ def main() -> None:
     for seed in seeds:
       for label, config in configs(workload, seed).items():
         workdir = runs_dir / key / f'{label.split(" =")[0].replace(" ", "_")}_seed{seed}'
+        trained[key] = trained.get(key, 0) + (not (workdir / 'status.json').exists())
         run = mbx.train(config, workdir, quiet=True)
         runs.setdefault(label, []).append(run)
         rows.append(run_row(label, run, workload))
@@ -241,6 +244,8 @@ def main() -> None:
               f'{r["examples_to_target"]}, wall {r["wall_time_to_target"]}, test {r["test"]}',
               flush=True)
     times[key] = time.perf_counter() - tic
+    if not trained[key] and key in earlier.get('training_invocation', {}):
+      times[key] = earlier['training_invocation'][key]['wall_time_s']
     decision_figures.decisions({k: v[0] for k, v in runs.items()},
                                out / f'decisions_{key}.png')
     metric_figure(runs, out / f'metric_{key}.png', workload.metric_label)
@@ -249,16 +254,27 @@ def main() -> None:
   summary = summarize(table)
   summary.to_csv(out / 'summary.csv', index=False)
   wall = time.perf_counter() - start
-  (out / 'study.json').write_text(json.dumps(
+  # Per workload, the invocation that trained its runs (a re-run that reuses them keeps it).
+  invocations = dict(earlier.get('training_invocation', {}))
+  for key in workloads:
+    if trained[key] or key not in invocations:
+      invocations[key] = {'wall_time_s': times[key], 'runs_trained': trained[key],
+                          'load_average_at_start': round(load, 1),
+                          'date': time.strftime('%Y-%m-%d %H:%M')}
+  study_path.write_text(json.dumps(
       {'wall_time_s': wall, 'per_workload_s': times, 'seeds': list(seeds),
+       'training_invocation': invocations,
        'load_average': [round(load, 1), round(os.getloadavg()[0], 1)]}, indent=1) + '\n')
   command = 'python experiments/adaptive_batch.py' + (' --quick' if args.quick else '') + (
       '' if args.quick or workloads == list(WORKLOADS) else ' --workloads ' + ' '.join(workloads))
   lines = ['# Adaptive batch size: warmup, AdaScale, noise scale, goodput', '',
-           f'Command: `{command}` — **{wall / 60:.1f} min** wall time ('
-           + ', '.join(f'{k} {v / 60:.1f} min' for k, v in times.items())
-           + f') on {platform.machine()} with {len(os.sched_getaffinity(0))} CPU cores '
-           f'(1-minute load average {load:.1f} at the start). Seeds {list(seeds)}; mean ± std '
+           f'Command: `{command}` — wall time of the invocations that trained the runs: '
+           + ', '.join(f'{k} **{v["wall_time_s"] / 60:.1f} min** ({v["runs_trained"]} runs, '
+                       f'{v["date"]}, 1-minute load average {v["load_average_at_start"]} at '
+                       'the start)' for k, v in invocations.items() if k in workloads)
+           + f'; this README was written by one of {wall / 60:.1f} min, on '
+           f'{platform.machine()} with {len(os.sched_getaffinity(0))} CPU cores. '
+           f'Seeds {list(seeds)}; mean ± std '
            'over seeds that reached the target (steps, examples, wall time) or over all seeds '
            '(validation and test at the end).', '',
            'Each run stops at the target on the validation split; "validation" and "test" are '
