@@ -220,7 +220,10 @@ def test_model_options_and_has_batch_norm():
   assert MODEL_NAMES == ('mlp', 'cnn1d', 'cnn2d', 'resnet18', 'resnet50', 'wrn16_4', 'vit',
                          'transformer')
   assert model_options('mlp') == {'hidden': (100, 100), 'residual': False}
-  assert model_options('cnn1d') == {'channels': 25}
+  assert model_options('cnn1d') == {'channels': 25, 'norm': 'none', 'ghost_batch_size': 32,
+                                    'bn_momentum': 0.9}
+  assert not has_batch_norm('cnn1d') and has_batch_norm(build_model(
+      'cnn1d', num_classes=10, options={'norm': 'batch'}))
   assert model_options('wrn16_4')['depth'] == 16 and model_options('wrn16_4')['width'] == 4
   assert model_options('resnet50')['zero_init_residual'] is True
   assert not has_batch_norm('vit') and has_batch_norm('resnet18')

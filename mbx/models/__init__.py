@@ -42,7 +42,9 @@ MODEL_NAMES: tuple[str, ...] = tuple(_MODELS)
 # output size is not the dataset's class count, e.g. regression).
 FILLED_FIELDS = ('num_classes', 'dtype', 'batch_norm_axis_name')
 _HIDDEN_FIELDS = ('parent', 'name')
-_CHOICES = {'norm': NORMS + ('none',), 'pool': ('cls', 'gap'), 'positions': POSITIONS}
+_CHOICES = {'norm': NORMS, 'pool': ('cls', 'gap'), 'positions': POSITIONS}
+# Models whose normalisation is optional (BN is an option of the plain CNN, not its default).
+_MODEL_CHOICES = {('cnn1d', 'norm'): ('none',) + NORMS}
 
 __all__ = ['MODEL_NAMES', 'GhostBatchNorm', 'build_model', 'call_takes_train', 'describe_module',
            'has_batch_norm', 'model_fields', 'model_options', 'resolve_options']
@@ -72,7 +74,7 @@ def model_fields(name: str) -> dict[str, Any]:
 def model_options(name: str) -> dict[str, object]:
   """The options of model `name` that a config may set, and their defaults."""
   return {k: v for k, v in model_fields(name).items() if k not in FILLED_FIELDS}
-def _check_value(key: str, value, default) -> None:
+def _check_value(key: str, value, default, choices=None) -> None:
   field = f'model.options.{key}={value!r}'
 
   def is_int(v):
@@ -86,12 +88,13 @@ def _check_value(key: str, value, default) -> None:
     # Every float option here is a rate or a momentum.
     ok = (is_int(value) or isinstance(value, float)) and 0 <= value < 1
   elif isinstance(default, str):
-    ok = isinstance(value, str) and value in _CHOICES.get(key, (value,))
+    choices = choices or _CHOICES.get(key, (value,))
+    ok = isinstance(value, str) and value in choices
   else:  # tuple of positive ints (layer sizes)
     ok = isinstance(value, (tuple, list)) and all(is_int(v) and v >= 1 for v in value)
   if not ok:
     allowed = {bool: 'a bool', int: 'a positive int', float: 'a number in [0, 1)',
-               str: f'one of {_CHOICES.get(key)}', tuple: 'a tuple of positive ints'}
+               str: f'one of {choices}', tuple: 'a tuple of positive ints'}
     raise ValueError(f'{field} must be {allowed[type(default)]} (default {default!r})')
 
 
@@ -106,7 +109,7 @@ def validate_model(name: str, options: Mapping[str, object]) -> None:
       raise ValueError(f'model.options.{key} is not an option of model {name!r}; '
                        f'allowed: {", ".join(settable) or "none"}')
     if name in _MODELS and key != 'num_classes':
-      _check_value(key, value, fields[key])
+      _check_value(key, value, fields[key], _MODEL_CHOICES.get((name, key)))
   missing = [k for k, v in fields.items()
              if v is inspect.Parameter.empty and k not in FILLED_FIELDS and k not in options]
   if missing:
@@ -186,7 +189,10 @@ def call_takes_train(module: nn.Module) -> bool:
 
 
 def has_batch_norm(model: nn.Module | str) -> bool:
-  """Whether the model (or model name) keeps a 'batch_stats' collection."""
-  fields = model_fields(model) if isinstance(model, str) else {
-      f.name: None for f in dataclasses.fields(type(model))}
-  return 'batch_norm_axis_name' in fields
+  """Whether the model (or model name, with its default options) keeps a 'batch_stats'
+  collection."""
+  if isinstance(model, str):
+    fields = model_fields(model)
+    return 'batch_norm_axis_name' in fields and fields.get('norm') != 'none'
+  fields = {f.name for f in dataclasses.fields(type(model))}
+  return 'batch_norm_axis_name' in fields and getattr(model, 'norm', None) != 'none'
