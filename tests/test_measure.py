@@ -221,7 +221,7 @@ def test_interpolation_endpoints_reproduce_the_runs_metrics_exactly(two_runs):
   for alpha, run in ((0.0, run_a), (1.0, run_b)):
     for metric in ('loss', 'accuracy'):
       assert rows[alpha][f'train_{metric}'] == run.status[f'train_{metric}']
-      assert rows[alpha][f'test_{metric}'] == run.status[f'eval_{metric}']
+      assert rows[alpha][f'test_{metric}'] == run.status[f'test_{metric}']
   assert rows[0.5]['train_loss'] != rows[0.0]['train_loss']
   params_a, params_b = run_a.params(), run_b.params()
   midpoint = landscape.interpolate(params_a, params_b, 0.25)
