@@ -292,7 +292,7 @@ def paired(rows: list[dict], key: str, a: str, b: str) -> list[tuple[float, floa
   """(value for regime a, value for regime b) per seed."""
   by_seed = {}
   for r in rows:
-    by_seed.setdefault(r['seed'], {})[r['regime']] = r[key]
+    by_seed.setdefault(r['seed'], {})[r['regime']] = r.get(key, float('nan'))
   return [(v[a], v[b]) for _, v in sorted(by_seed.items()) if a in v and b in v]
 
 
