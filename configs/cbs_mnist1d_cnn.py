@@ -9,9 +9,10 @@ to 2048, then 4000 = the whole training set) x 6 learning rates x 2 seeds x 2
 optimizers = 312 trials, each stopped at the target. Constant LR, no warmup or
 decay, so the search is over the learning rate alone (momentum fixed at 0.9).
 
-Target: test accuracy >= 0.85. In a pilot every batch size reached it, full batch
-included (full-batch Adam peaked at 0.888 within 400 steps, so 0.90 would leave the
-top of the B range without a result; the CNN ends at ~0.94 with small batches).
+Target: validation accuracy >= 0.85 (MNIST-1D's validation split; each trial's test
+accuracy is evaluated once, at its end). In a pilot every batch size reached it, full
+batch included (full-batch Adam peaked near 0.89 within 400 steps, so 0.90 would leave
+the top of the B range without a result; the CNN ends at ~0.94 with small batches).
 
 Learning rates: 6 points a factor of 2 apart, centred where the pilot found the
 best LR at B = 1 (momentum 1.5e-3, Adam 3e-3); the range follows the linear rule
