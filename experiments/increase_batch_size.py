@@ -30,6 +30,7 @@ import time
 
 import jax
 import pandas as pd
+import scipy.stats
 
 import mbx
 from mbx.figures import schedules as figures
@@ -72,13 +73,14 @@ def run_budget(epochs: int, seeds, runs_dir: pathlib.Path, counts: dict):
       runs.setdefault(schedule, []).append(run)
       s, train = run.status, run.train_metrics
       rows.append({'epochs_budget': epochs, 'schedule': schedule, 'seed': seed,
-                   'status': s['status'], 'test_accuracy': s.get('eval_accuracy'),
+                   'status': s['status'], 'test_accuracy': s.get('test_accuracy'),
+                   'validation_accuracy': s.get('eval_accuracy'),
                    'updates': s['step'], 'final_batch_size': int(train['batch_size'].iloc[-1]),
                    'final_lr': float(train['learning_rate'].iloc[-1]),
                    'final_train_loss': float(train['loss'].iloc[-1]),
                    'train_time_s': s['train_time'], 'wall_time_s': s['wall_time']})
       print(f'{epochs} epochs, {schedule:16s} seed {seed}: test accuracy '
-            f'{s.get("eval_accuracy"):.4f}, {s["step"]} updates, train {s["train_time"]:.1f}s, '
+            f'{s.get("test_accuracy"):.4f}, {s["step"]} updates, train {s["train_time"]:.1f}s, '
             f'wall {s["wall_time"]:.1f}s', flush=True)
   return pd.DataFrame(rows), runs
 
@@ -151,7 +153,8 @@ def phases(run: mbx.Run) -> list[dict]:
 
 
 def accuracy_at(group: list[mbx.Run], epoch: float) -> float:
-  """Mean over seeds of the test accuracy (%) at the last evaluation at or before `epoch`."""
+  """Mean over seeds of the validation accuracy (%) at the last evaluation at or before
+  `epoch`."""
   return 100 * sum(float(r.eval_metrics[r.eval_metrics['epoch'] <= epoch + 1e-9][
       'eval_accuracy'].iloc[-1]) for r in group) / len(group)
 
@@ -165,6 +168,9 @@ def budget_section(epochs: int, table: pd.DataFrame, runs: dict) -> tuple[list[s
   facts = {'gap': inc['mean'] - decay['mean'], 'paired_std': paired.std(), 'seeds': seeds,
            'ratio': decay['updates'] / inc['updates'], 'decay': decay, 'inc': inc,
            'hybrid': hybrid, 'phases': {k: phases(v[0]) for k, v in runs.items()}}
+  half = scipy.stats.t.ppf(0.975, len(paired) - 1) * scipy.stats.sem(paired)
+  facts['ci'] = (paired.mean() - half, paired.mean() + half)
+  facts['p'] = float(scipy.stats.ttest_1samp(paired, 0.0).pvalue)
   fit = runs['decaying LR'][0].train_metrics
   fit = fit[fit['accuracy'] >= 0.9995]['epoch']
   facts['fit_epoch'] = float(fit.iloc[0]) if len(fit) else None
@@ -185,22 +191,25 @@ def budget_section(epochs: int, table: pd.DataFrame, runs: dict) -> tuple[list[s
         f'{r["final_lr"]:.3g} | {r["train_time"]:.1f} | {r["wall_time"]:.1f} |'
         for name, r in s.iterrows()],
       '',
-      f'Increasing batch − decaying LR: **{facts["gap"]:+.2f} points** (paired by seed, mean ± '
-      f'std: {paired.mean():+.2f} ± {paired.std():.2f}) with **{facts["ratio"]:.2f}× fewer '
-      f'updates**; hybrid − decaying LR: {hybrid["mean"] - decay["mean"]:+.2f} points with '
-      f'{decay["updates"] / hybrid["updates"]:.2f}× fewer updates.',
+      f'Increasing batch − decaying LR: **{facts["gap"]:+.2f} points** (paired by seed: '
+      f'{paired.mean():+.2f} ± {paired.std():.2f} mean ± std, 95% CI '
+      f'[{facts["ci"][0]:+.2f}, {facts["ci"][1]:+.2f}], paired t-test p = {facts["p"]:.2g}, '
+      f'n = {seeds}) with **{facts["ratio"]:.2f}× fewer updates**; hybrid − decaying LR: '
+      f'{hybrid["mean"] - decay["mean"]:+.2f} points with '
+      f'{decay["updates"] / hybrid["updates"]:.2f}× fewer updates. A CI that contains 0 means '
+      'the schedules are not distinguishable at this n.',
       '',
       f'![schedules](schedules_{epochs}ep.png)',
       '',
-      f'![test accuracy against epochs](accuracy_vs_epochs_{epochs}ep.png)'
-      f'![test accuracy against parameter updates](accuracy_vs_updates_{epochs}ep.png)',
+      f'![validation accuracy against epochs](accuracy_vs_epochs_{epochs}ep.png)'
+      f'![validation accuracy against parameter updates](accuracy_vs_updates_{epochs}ep.png)',
       '',
-      'Phases (seed 0 for the training loss; test accuracy is the mean over seeds at the end '
+      'Phases (seed 0 for the training loss; validation accuracy is the mean over seeds at the end '
       'of the phase). g = LR·N/(B(1−m)) is Smith\'s noise scale; exact '
       'g = LR·(N/B − 1)/(1−m) '
       '(Smith et al. eq. 5 with momentum) differs from it once B is not small against N.',
       '',
-      '| schedule | epochs | B | LR | updates | g | exact g | training loss | test accuracy (%) |',
+      '| schedule | epochs | B | LR | updates | g | exact g | training loss | validation accuracy (%) |',
       '|---|---|---:|---:|---:|---:|---:|---:|---:|',
       *[f'| {name} | {p["start"]:.0f}–{p["end"]:.0f} | {p["B"]} | {p["LR"]:.3g} | '
         f'{p["updates"]} | {p["g"]:.3g} | {p["g_exact"]:.3g} | {p["train_loss"]:.2g} | '
@@ -222,7 +231,7 @@ def readme(budgets: dict, args, timing: dict) -> str:
       '# Increase the batch size instead of decaying the learning rate',
       '',
       'Smith, Kindermans, Ying & Le 2018 ([arXiv 1711.00489](https://arxiv.org/abs/1711.00489)),'
-      ' Figs. 1-2, on MNIST-1D (N = 4000 training / 1000 test examples) with the CNN of '
+      ' Figs. 1-2, on MNIST-1D (N = 4000 training examples; curves on the 1000 validation examples, final numbers on the 1000 test examples) with the CNN of '
       f'`{CONFIG}`: momentum SGD (m = 0.9), LR 0.1, batch 100. Three schedules cut '
       'the SGD noise scale g = LR·N/(B(1−m)) by 5 at 30%, 60% and 80% of training (Smith\'s '
       'epochs 60/120/160 of 200): *decaying LR* divides the LR; *increasing batch* multiplies '
