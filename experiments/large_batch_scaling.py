@@ -4,7 +4,7 @@ towards full batch? (issue 5)
 Goyal et al. 2017 (arXiv 1706.02677) Fig. 1 / Table 2 style, at MNIST-1D scale: the CNN of
 configs/mnist1d_cnn_momentum.py, 60 epochs for every batch size B = 125 ... 4000 (full
 batch), step decay x0.1 at epochs 20, 40 and 53.3 (Goyal's 30/60/80 of 90). For each
-optimizer the base LR is the best of a small grid at B0 = 125 (final test accuracy), then
+optimizer the base LR is the best of a small grid at B0 = 125 (final validation accuracy), then
 scaled to B:
   SGD, linear                 momentum SGD (0.9), LR x B/B0, no warmup
   SGD, linear + warmup        Goyal et al.: 5 epochs of linear warmup from the base LR
@@ -87,7 +87,9 @@ def train(items: list[str], runs_dir: pathlib.Path, record: dict) -> dict:
   run = mbx.train(config, workdir, quiet=True)
   s = run.status
   return {'status': s['status'],
-          'test_accuracy': s.get('eval_accuracy') if s['status'] == 'done' else float('nan'),
+          'validation_accuracy': (s.get('eval_accuracy') if s['status'] == 'done'
+                                  else float('nan')),
+          'test_accuracy': s.get('test_accuracy') if s['status'] == 'done' else float('nan'),
           'final_train_loss': float(run.train_metrics['loss'].iloc[-1]),
           'peak_lr': mbx.optim.scaled_learning_rate(config.optim, config.train.batch_size),
           'updates': s['step'], 'train_time_s': s.get('train_time'),
@@ -118,11 +120,13 @@ def main() -> None:
       row = train(overrides(optimizer, lr, 'linear', False, BASE_BATCH, args.epochs, args.seed),
                   runs_dir, record)
       sweep.append({'optimizer': optimizer, 'base_lr': lr, **row})
-      print(f'B0 sweep {optimizer:8s} lr {lr:<6g} test accuracy {row["test_accuracy"]:.4f} '
+      print(f'B0 sweep {optimizer:8s} lr {lr:<6g} validation accuracy '
+            f'{row["validation_accuracy"]:.4f} '
             f'({row["status"]})', flush=True)
   sweep = pd.DataFrame(sweep)
   sweep.to_csv(out / 'base_lr_sweep.csv', index=False)
-  best = sweep.fillna({'test_accuracy': -1}).sort_values('test_accuracy', kind='stable').groupby(
+  best = sweep.fillna({'validation_accuracy': -1}).sort_values(
+      'validation_accuracy', kind='stable').groupby(
       'optimizer').tail(1).set_index('optimizer')['base_lr'].to_dict()
 
   rows = []
@@ -158,11 +162,11 @@ def study_timing(out: pathlib.Path, seconds: float, trained: int, points: int,
   return json.loads(path.read_text())
 
 
-def _cell(row) -> str:
+def _cell(row, column: str = 'test_accuracy') -> str:
   if row.status == 'diverged':
     return 'NaN'
   dead = row.final_train_loss > DEAD_LOSS
-  return f'{100 * row.test_accuracy:.1f}' + ('†' if dead else '')
+  return f'{100 * getattr(row, column):.1f}' + ('†' if dead else '')
 
 
 def readme(table, sweep, best, args, batch_sizes, timing) -> str:
@@ -216,12 +220,12 @@ def readme(table, sweep, best, args, batch_sizes, timing) -> str:
       *[f'| {m} | ' + ' | '.join(f'{by[m, b].peak_lr:.3g}' for b in batch_sizes) + ' |'
         for m in METHODS],
       '',
-      f'## Base LR at B0 = {BASE_BATCH}: test accuracy (%)',
+      f'## Base LR at B0 = {BASE_BATCH}: validation accuracy (%), which picks it',
       '',
       '| optimizer | ' + ' | '.join(['LR: accuracy'] * width) + ' | chosen |',
       '|---|' + '---:|' * (width + 1),
       *[f'| {o} | ' + ' | '.join(
-          [f'{r.base_lr:g}: {_cell(r)}' for r in rows.itertuples()] +
+          [f'{r.base_lr:g}: {_cell(r, "validation_accuracy")}' for r in rows.itertuples()] +
           [''] * (width - len(rows))) + f' | {best[o]:g} |'
         for o, rows in sweep.groupby('optimizer', sort=False)],
       '',
