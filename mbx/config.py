@@ -419,8 +419,24 @@ def fastest_micro_batch_size(value) -> int | None:
   return int(text)
 
 
+def identity(config: Config) -> dict[str, Any]:
+  """to_dict without the fields at their defaults: what a config's hash is taken over, so a
+  field added to mbx later (with a default that keeps the old behaviour) leaves the hashes of
+  existing runs and sweeps, and so their directories, unchanged."""
+  values, defaults = to_dict(config), to_dict(Config())
+  out = {}
+  for key, value in values.items():
+    if isinstance(value, dict):
+      changed = {k: v for k, v in value.items() if defaults[key].get(k) != v}
+      if changed:
+        out[key] = changed
+    elif value != defaults[key]:
+      out[key] = value
+  return out
+
+
 def config_hash(config: Config) -> str:
-  return hashlib.sha1(json.dumps(to_dict(config), sort_keys=True).encode()).hexdigest()[:10]
+  return hashlib.sha1(json.dumps(identity(config), sort_keys=True).encode()).hexdigest()[:10]
 
 
 def parse_init_from(text: str) -> tuple[str, int | None]:

@@ -157,3 +157,13 @@ def test_mbx_train_accepts_the_ml_collections_spelling_and_a_run_config_json(tmp
                     str(tmp_path / 'b'), '--quiet')
   assert again.returncode == 0, again.stderr
   assert json.loads((tmp_path / 'b' / 'config.json').read_text()) == saved
+
+
+def test_a_field_at_its_default_does_not_enter_the_hash():
+  """Runs and sweeps keep their directories when mbx adds a config field with a default."""
+  config = mbx.Config(train=mbx.TrainConfig(batch_size=64))
+  same = mbx.apply_overrides(config, ['train.seed=0', 'train.noise_scale=false'])
+  assert mbx.config.config_hash(same) == mbx.config.config_hash(config)
+  assert mbx.config.identity(config) == {'train': {'batch_size': 64}}
+  other = mbx.apply_overrides(config, ['train.seed=1'])
+  assert mbx.config.config_hash(other) != mbx.config.config_hash(config)

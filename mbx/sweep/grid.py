@@ -305,6 +305,7 @@ def spec_hash(sweep: SweepConfig) -> str:
   """Identity of the grid; packing and job options only change how trials run, not what
   they are."""
   values = to_dict(sweep)
+  values['base'] = config_lib.identity(sweep.base)  # stable when mbx adds config fields
   for how in ('pack', 'pack_max_batch_size', 'submit'):
     values.pop(how)
   return hashlib.sha1(json.dumps(values, sort_keys=True).encode()).hexdigest()[:10]
