@@ -2,10 +2,13 @@
 
     mbx train --config configs/mnist1d_cnn.py
 
-The paper's reference training (batch 100, lr 1e-2, 8000 steps, constant LR) with
-AdamW's decoupled weight decay 0.05 (not biases): plain Adam, as in the paper, gives
-~93% here (its test loss climbs from step ~500 on) — both are in results/baselines.md.
-Expected: ~94% test accuracy (mean of 3 seeds), ~10 s of training on a 2-core CPU.
+The paper's reference training (batch 100, lr 1e-2, 8000 steps = 200 epochs) with AdamW's
+decoupled weight decay 0.05 (not biases) and the LR divided by 10 for the last 50 epochs,
+so the run ends converged: with the paper's constant LR the accuracy keeps swinging between
+evaluations. The decay was chosen on validation accuracy against a cosine decay and a
+cosine decay with weight decay 0.2 (results/baselines.md). Evaluates on the validation
+split along the way and on test once, at the end. Expected (results/baselines.md): seed 0
+prints test accuracy 94.0%; ~15 s on a 2-core CPU.
 """
 import mbx
 
@@ -14,7 +17,9 @@ def get_config() -> mbx.Config:
   return mbx.Config(
       data=mbx.DataConfig(name='mnist1d'),
       model=mbx.ModelConfig(name='cnn1d'),
-      optim=mbx.OptimConfig(name='adamw', learning_rate=1e-2, weight_decay=0.05),
+      optim=mbx.OptimConfig(name='adamw', learning_rate=1e-2, weight_decay=0.05,
+                            schedule='step',
+                            milestones=(150,)),
       train=mbx.TrainConfig(batch_size=100, duration='8000 steps', log_every='200 steps',
                             eval_every='500 steps', checkpoint_every='2000 steps'),
   )

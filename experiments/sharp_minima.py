@@ -511,7 +511,7 @@ def write_readme(out, args, seeds, grid, settings, density, grid_settings, rows,
       + ''.join(f' At B = {b} the best LR is at the edge of the grid.'
                 for b, lr in sorted(learning_rates.items())
                 if lr in (min(LEARNING_RATES), max(LEARNING_RATES))),
-      f'- Splits: the stopping rule reads the training loss, tuning reads MNIST-1D\'s '
+      '- Splits: the stopping rule reads the training loss, tuning reads MNIST-1D\'s '
       'validation split (1000 examples drawn with another seed), and test accuracy (the '
       'paper\'s 1000 test examples) is reported once per run, at its end.',
       f'- SB = 256, LB = 400 (10% of the 4000 training examples), FB = 4000; seeds {seeds}: '
