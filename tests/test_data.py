@@ -645,8 +645,8 @@ def test_user_tfds_builder_by_import_path(tiny_dir, name):
     assert row["targets"] == arrays["targets"][3]
     batch = source[np.array([1, 0, 1])]
     np.testing.assert_array_equal(batch["inputs"], arrays["inputs"][[1, 0, 1]])
-  _one_line_value_error(lambda: dataset.check_split("valid", "data.eval_split"),
-                        "data.eval_split='valid'", "train, validation, test")
+  _one_line_value_error(lambda: dataset.check_split("validation", "data.eval_split"),
+                        "data.eval_split='validation'", "train, test")
 
 
 def test_user_builder_is_prepared_locally_on_first_use(tmp_path):
