@@ -13,6 +13,8 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
+
 import mbx
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -113,3 +115,30 @@ def read_wandb_history(path) -> list[dict]:
     elif kind in (2, 3):
       pending += data
   return rows
+
+
+class RecordingDataset:
+  """A resolved dataset whose train-split reads are recorded: `reads` holds the example
+  indices of every read, in order (checks that a batch schedule's stream is exact)."""
+
+  def __init__(self, base):
+    self.base, self.name, self.reads = base, base.name, []
+
+  def __getattr__(self, name):
+    return getattr(self.base, name)
+
+  def source(self, split):
+    source = self.base.source(split)
+    return _RecordingSource(source, self.reads) if split == 'train' else source
+
+
+class _RecordingSource:
+  def __init__(self, source, reads: list):
+    self.source, self.reads = source, reads
+
+  def __len__(self):
+    return len(self.source)
+
+  def __getitem__(self, indices):
+    self.reads.append(np.asarray(indices).copy())
+    return self.source[indices]

@@ -19,7 +19,7 @@ from mbx.training import batch_policy as bp
 from mbx.training.checkpoints import Checkpoints
 from mbx.training.plan import Segment, make_plan
 
-from helpers import assert_one_line_error, mbx_train, run_python, tiny_config
+from helpers import RecordingDataset, assert_one_line_error, mbx_train, run_python, tiny_config
 
 N = 4000  # MNIST-1D training examples
 
@@ -157,30 +157,6 @@ def policy_config(policy: str, **train):
 def test_the_example_stream_is_exact_across_batch_changes(tmp_path):
   """Read from the host source: each step reads its batch, each example once per epoch, and
   each batch shape compiles once however often the policy returns to it."""
-  reads = []
-
-  class Recording:
-    def __init__(self, source):
-      self.source = source
-
-    def __len__(self):
-      return len(self.source)
-
-    def __getitem__(self, indices):
-      reads.append(np.asarray(indices).copy())
-      return self.source[indices]
-
-  class RecordingDataset:
-    def __init__(self, base):
-      self.base, self.name = base, base.name
-
-    def __getattr__(self, name):
-      return getattr(self.base, name)
-
-    def source(self, split):
-      source = self.base.source(split)
-      return Recording(source) if split == 'train' else source
-
   compiles = collections.Counter()
 
   def listener(event, duration, **kwargs):
@@ -189,6 +165,7 @@ def test_the_example_stream_is_exact_across_batch_changes(tmp_path):
 
   config = mbx.apply_overrides(policy_config('noise_scale'), ['data.placement=host'])
   dataset = RecordingDataset(data_lib.resolve_dataset(config.data))
+  reads = dataset.reads
   jax.monitoring.register_event_duration_secs_listener(listener)
   try:
     run = mbx.train(config, tmp_path, data=dataset, quiet=True)

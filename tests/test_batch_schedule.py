@@ -13,7 +13,7 @@ from mbx import data as data_lib
 from mbx.training.plan import make_plan
 from mbx.training.workload import resolve
 
-from helpers import REPO, run_python, tiny_config
+from helpers import REPO, RecordingDataset, run_python, tiny_config
 
 N = 4000  # MNIST-1D training examples
 
@@ -123,33 +123,9 @@ def test_logged_batch_size_learning_rate_and_noise_scale(compiled_run):
 
 def test_examples_per_epoch_are_exact_across_batch_changes(tmp_path):
   """Every example once per epoch, whatever the batch: read from the host source."""
-  reads = []
-
-  class Recording:
-    def __init__(self, source):
-      self.source = source
-
-    def __len__(self):
-      return len(self.source)
-
-    def __getitem__(self, indices):
-      reads.append(np.asarray(indices).copy())
-      return self.source[indices]
-
-  class RecordingDataset:
-    """The MNIST-1D dataset, with the reads of its train split recorded."""
-    def __init__(self, base):
-      self.base, self.name = base, base.name
-
-    def __getattr__(self, name):
-      return getattr(self.base, name)
-
-    def source(self, split):
-      source = self.base.source(split)
-      return Recording(source) if split == 'train' else source
-
   config = mbx.apply_overrides(hybrid_config(log_every='1 epochs'), ['data.placement=host'])
   dataset = RecordingDataset(data_lib.resolve_dataset(config.data))
+  reads = dataset.reads
   run = mbx.train(config, tmp_path, data=dataset, quiet=True)
   assert [len(r) for r in reads] == [100] * 40 + [200] * 20 + [400] * 20
   stream = np.concatenate(reads)
