@@ -493,7 +493,8 @@ FASTEST_MAX_CANDIDATES = 6
 FASTEST_TIMED_STEPS = 5
 
 
-def _zeros_like(abstract):
+def zeros_like(abstract):
+  """Zeros of an abstract array (shape, dtype, sharding), made on its devices."""
   return jax.jit(lambda: jnp.zeros(abstract.shape, abstract.dtype),
                  out_shardings=abstract.sharding)()
 
@@ -529,7 +530,7 @@ def time_micro_batches(workload: Workload, num_devices: int, *, num_train_exampl
       rows.append({'micro_batch_size': micro, 'seconds_per_step': math.inf, 'fits': False})
       continue
     step, args, _ = compiler.train_program(shape)
-    data = jax.tree.map(_zeros_like, args[1:])
+    data = jax.tree.map(zeros_like, args[1:])
     state, _ = step(state, *data)  # compiles
     jax.block_until_ready(state)
     times = []
@@ -581,8 +582,8 @@ def _probe(config_json: str, per_device_batch: int) -> None:
     state = init_train_state(parts.model, build_optimizer(parts.optim), workload.sample_inputs(),
                              seed=workload.config.train.seed, mesh=compiler.mesh,
                              task=parts.task, probes=parts.probes)
-    data = jax.tree.map(_zeros_like, args[1:])
-    kept = _zeros_like(jax.ShapeDtypeStruct((beside,), jnp.uint8, sharding=compiler.replicated))
+    data = jax.tree.map(zeros_like, args[1:])
+    kept = zeros_like(jax.ShapeDtypeStruct((beside,), jnp.uint8, sharding=compiler.replicated))
     for _ in range(2):
       state, _ = step(state, *data)
     jax.block_until_ready((state, kept))

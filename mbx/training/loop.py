@@ -36,8 +36,8 @@ from mbx.training import batch_policy as batch_policy_lib
 from mbx.training import distributed
 from mbx.training import feed as feed_lib
 from mbx.training import noise_scale as noise_scale_lib
-from mbx.training.autobatch import (_zeros_like, resolve_auto_micro_batch,
-                                    resolve_fastest_micro_batch)
+from mbx.training.autobatch import (resolve_auto_micro_batch, resolve_fastest_micro_batch,
+                                    zeros_like)
 from mbx.training.checkpoints import Checkpoints
 from mbx.training.components import step_arguments, step_parts
 from mbx.training.plan import Plan, Segment, make_plan
@@ -543,12 +543,18 @@ def _noise_estimates(s: Setup, state: TrainState) -> dict[str, float]:
 POLICY_TIMED_STEPS = 3
 
 
+@jax.jit
+def _copy_state(state: TrainState) -> TrainState:
+  """A scratch copy of the train state (same shardings), for timing and branching: the steps
+  donate their input, so the run's own state must not enter them. Compiled once per state
+  layout, not once per decision."""
+  return jax.tree.map(jnp.copy, state)
+
+
 def _time_batches(s: Setup, step: int, state: TrainState, config: config_lib.Config, feed,
                   batches: Sequence[int]) -> dict[int, float]:
   """Seconds per step of each batch's compiled steps on this machine (a measuring step every
   probe_every steps, plain ones between), run on a copy of `state` that is then dropped."""
-  shardings = jax.tree.map(lambda a: a.sharding, state)
-  copy = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree), out_shardings=shardings)
   position, seconds = int(s.plan.examples_after_step[step]), {}
   for batch in batches:
     plan = s.replan(segments=s.plan.segments + (Segment(step, batch),))
@@ -560,8 +566,8 @@ def _time_batches(s: Setup, step: int, state: TrainState, config: config_lib.Con
         _, *abstract = step_arguments(s.workload, plan.shape_at(step), s.mesh, on_device=False,
                                       num_train_examples=s.num_train,
                                       max_batch_size=plan.max_batch_size)
-        args = jax.tree.map(_zeros_like, abstract)
-      scratch, _ = fn(copy(state), hyper, *args)  # warm-up
+        args = jax.tree.map(zeros_like, abstract)
+      scratch, _ = fn(_copy_state(state), hyper, *args)  # warm-up
       jax.block_until_ready(scratch)
       tic = time.perf_counter()
       for _ in range(POLICY_TIMED_STEPS):
@@ -584,8 +590,6 @@ def _branch_losses(s: Setup, step: int, state: TrainState, config: config_lib.Co
   examples = config_lib.parse_duration(t.batch_policy_branch, 'train.batch_policy_branch'
                                        ).to_examples(t.batch_size, s.num_train,
                                                      s.plan.tokens_per_example)
-  shardings = jax.tree.map(lambda a: a.sharding, state)
-  copy = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree), out_shardings=shardings)
   sync, losses = _sync_every_step(config, s.mesh), []
   for batch in batches:
     segment = Segment(step, batch, progress=s.plan.progress_at(step),
@@ -597,7 +601,7 @@ def _branch_losses(s: Setup, step: int, state: TrainState, config: config_lib.Co
     branch_feed = None if s.on_device else feed_lib.HostFeed(
         s.source, s.workload.info.element_spec, plan, s.mesh, seed=data_seed(config),
         start_step=step, prefetch=config.data.prefetch)
-    position, scratch = int(plan.examples_after_step[step]), copy(state)
+    position, scratch = int(plan.examples_after_step[step]), _copy_state(state)
     try:
       for i in range(count):
         args = feed.step_args(position + i * batch, batch) if s.on_device else branch_feed.next()
