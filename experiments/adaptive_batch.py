@@ -127,8 +127,9 @@ def run_row(label: str, run: mbx.Run, workload: Workload) -> dict:
           'steps_to_target': s.get('steps_to_target'),
           'examples_to_target': s.get('examples_to_target'),
           'tokens_to_target': s.get('tokens_to_target', s.get('examples_to_target')),
-          # The wall clock to the target less compilation: compiled steps are shared by the
-          # runs of this process, so only the first run of a shape would pay for it.
+          # The wall clock to the target less compile_time (compilation and a policy's
+          # decisions): compiled steps are shared by the runs of this process, so only the
+          # first run of a shape would pay for them.
           'wall_time_to_target': (s['wall_time_to_target'] - s.get('compile_time', 0.0)
                                   if 'wall_time_to_target' in s else None),
           'compile_time': s.get('compile_time'),
@@ -278,10 +279,12 @@ def main() -> None:
            '(validation and test at the end).', '',
            'Each run stops at the target on the validation split; "validation" and "test" are '
            'the metric at that stop (test evaluated once, at the end). Wall time to the target '
-           'excludes compilation (the runs of one process share compiled steps, so only the '
-           'first run of a shape pays for it; `compile_time` in runs.csv) and includes the '
-           'evaluations, the probe and, for goodput, its timing of every rung. The machine was '
-           'shared with other jobs, so wall times carry that noise too.', '']
+           'is the loop\'s: it excludes compilation (the runs of one process share compiled '
+           'steps, so only the first run of a shape pays for it; `compile_time` in runs.csv) '
+           'and, because the loop counts it with compilation, the time a policy spends '
+           'deciding (goodput timing every rung, the branch test); it includes the '
+           'evaluations and the probe. The machine was shared with other jobs, so wall times '
+           'carry that noise too.', '']
   for key in workloads:
     workload = WORKLOADS[key]
     lrs, best = best_settings(workload)
