@@ -4,7 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mbx.data.example_order import (device_major_arrangement, epoch_permutation, order_window,
+from mbx.data.example_order import (WINDOW_MAX_BYTES, WINDOW_MAX_EPOCHS, WINDOW_STEPS,
+                                    device_major_arrangement, epoch_permutation, order_window,
+                                    window_epochs,
                                     stream_indices)
 from mbx.training.plan import make_plan
 
@@ -32,9 +34,24 @@ def test_batches_cover_each_epoch_exactly_once(batch_sizes):
 
 def test_window_matches_the_stream():
   n = 50
-  window = order_window(seed=1, num_examples=n, position=120, max_batch=64)
+  window = order_window(seed=1, num_examples=n, position=120, max_batch=64, row_bytes=4)
   assert window.start == 100 and window.covers(120, 64) and not window.covers(99, 2)
-  np.testing.assert_array_equal(window.indices[20:84], stream_indices(1, n, 120, 64))
+  np.testing.assert_array_equal(window.indices, stream_indices(1, n, 100, len(window.indices)))
+
+
+def test_a_window_spans_enough_epochs_for_several_large_batches_within_its_bounds():
+  """At B ~ N a one-epoch window would be rebuilt every step; it spans whole epochs for
+  WINDOW_STEPS of the largest batch instead, within WINDOW_MAX_EPOCHS and WINDOW_MAX_BYTES."""
+  assert window_epochs(4000, 32, row_bytes=164) == 1
+  assert window_epochs(4000, 1000, row_bytes=164) == -(-WINDOW_STEPS * 1000 // 4000)
+  assert window_epochs(4000, 4000, row_bytes=164) == WINDOW_MAX_EPOCHS
+  big_row = WINDOW_MAX_BYTES // (4000 * 3)  # three epochs fit in the byte bound
+  assert window_epochs(4000, 4000, row_bytes=big_row) == min(3, WINDOW_MAX_EPOCHS)
+  assert window_epochs(4000, 4000, row_bytes=WINDOW_MAX_BYTES) == 1  # never below one
+  epochs = window_epochs(40, 40, row_bytes=1)
+  window = order_window(seed=2, num_examples=40, position=85, max_batch=40, row_bytes=1)
+  assert window.start == 80 and len(window.indices) == epochs * 40 + 40
+  assert window.covers(80 + epochs * 40 - 1, 40) and not window.covers(80 + epochs * 40 + 1, 40)
 
 
 @pytest.mark.parametrize('devices, micro', [(1, 1), (2, 2), (4, 1), (8, 4)])

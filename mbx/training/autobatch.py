@@ -140,9 +140,9 @@ class _StepCompiler:
 
   def _train_split(self, max_batch_size: int) -> tuple:
     """The step's on-device data, as `DeviceFeed` passes it: the split's rows in the order
-    of one window (one epoch plus the largest batch) and the window's start."""
+    of one window (whole epochs plus the largest batch) and the window's start."""
     n = self.facts.num_train_examples
-    window = window_length(n, max_batch_size)
+    window = window_length(n, max_batch_size, example_bytes(self.facts.element_spec))
     return ({k: jax.ShapeDtypeStruct((window, *a.shape[1:]), a.dtype, sharding=self.replicated)
              for k, a in self.workload.batch_spec(1).items()},
             self._array((), jnp.int32, False))

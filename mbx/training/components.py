@@ -47,8 +47,10 @@ def step_arguments(workload: Workload, shape: StepShape, mesh, *, on_device: boo
   stacked = (num_trials,) if num_trials > 1 else ()
   hyper = jax.ShapeDtypeStruct((*stacked, HYPER_SIZE), jnp.float32, sharding=replicated(mesh))
   if on_device:
-    window = (*stacked, window_length(num_train_examples, max_batch_size))
+    row_spec = workload.batch_spec(1)
+    row_bytes = num_trials * sum(s.size * s.dtype.itemsize for s in row_spec.values())
+    window = (*stacked, window_length(num_train_examples, max_batch_size, row_bytes))
     rows = {k: jax.ShapeDtypeStruct((*window, *s.shape[1:]), s.dtype, sharding=replicated(mesh))
-            for k, s in workload.batch_spec(1).items()}
+            for k, s in row_spec.items()}
     return hyper, rows, jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated(mesh))
   return hyper, workload.batch_spec(shape.batch_size, batch_sharded(mesh))

@@ -21,7 +21,7 @@ from mbx.training.step import batch_sharded, replicated
 
 
 # data.placement='auto' keeps a split on device when it and its order window (about as
-# large again) take at most this much.
+# large again; at most example_order.WINDOW_MAX_BYTES for a small split) take at most this much.
 DEVICE_DATA_LIMIT_BYTES = 2 * 2**30
 
 
@@ -60,8 +60,8 @@ def window_rows(rows, indices, sharding):
 class DeviceFeed:
   """The training split lives in device memory; steps slice their batch there.
 
-  Once per epoch the host sends the epoch's order and the device permutes the
-  split into a window (one epoch plus the largest batch); each step then reads
+  Once per window the host sends its order and the device permutes the split into
+  it (whole epochs plus the largest batch, see example_order.window_epochs); each step reads
   a contiguous slice of it. A slice is far cheaper than a gather on XLA:CPU, and
   per-step host work is one comparison. Given several data seeds (packed trials),
   the windows of all the seeds are stacked: they share their start.
@@ -74,6 +74,7 @@ class DeviceFeed:
     self.seeds = list(seed) if self.stacked else [seed]
     self.num_examples = len(next(iter(rows.values())))
     self.max_batch_size = max_batch_size
+    self.row_bytes = len(self.seeds) * sum(v[:1].nbytes for v in rows.values())
     self.rows = {k: put(v, replicated(mesh)) for k, v in rows.items()}
     self.window = None
     self.args = None
@@ -82,8 +83,8 @@ class DeviceFeed:
     """(window, window_start) for the step starting at stream `position`: the window's
     rows as a dict, with a leading seed axis when the feed was given several seeds."""
     if self.window is None or not self.window.covers(position, batch_size):
-      windows = [order_window(seed, self.num_examples, position, self.max_batch_size)
-                 for seed in self.seeds]
+      windows = [order_window(seed, self.num_examples, position, self.max_batch_size,
+                              self.row_bytes) for seed in self.seeds]
       self.window = windows[0]
       indices = np.stack([w.indices for w in windows]) if self.stacked else self.window.indices
       sharding = replicated(self.mesh)
