@@ -62,15 +62,17 @@ def bare_loop(batch_size: int, steps: int, x_all, y_all, model_name: str = 'cnn1
 
 def mbx_loop(batch_size: int, steps: int, model_name: str = 'cnn1d', model_options=None,
              noise_scale: bool = False, tensorboard: bool = True,
-             log_every: int | None = None) -> tuple[float, float]:
-  """(examples/s of the training loop, examples/s over the whole run) for mbx.train."""
+             log_every: int | None = None,
+             micro_batch_size: int | str | None = None) -> tuple[float, float, object]:
+  """(examples/s of the training loop, examples/s over the whole run, the micro-batch size the
+  run recorded: None, or 'fastest=<m>' for micro_batch_size='fastest') for mbx.train."""
   config = mbx.Config(
       model=mbx.ModelConfig(name=model_name, options=dict(model_options or {})),
       optim=mbx.OptimConfig(name='adam', learning_rate=1e-3),
       train=mbx.TrainConfig(batch_size=batch_size, duration=f'{steps} steps',
                             log_every=f'{log_every or max(steps // 10, 1)} steps',
                             eval_every=f'{steps} steps', checkpoint_every=None,
-                            noise_scale=noise_scale),
+                            noise_scale=noise_scale, micro_batch_size=micro_batch_size),
       name='bench')
   with tempfile.TemporaryDirectory() as workdir:
     start = time.perf_counter()
@@ -78,7 +80,8 @@ def mbx_loop(batch_size: int, steps: int, model_name: str = 'cnn1d', model_optio
                     trackers=('tensorboard',) if tensorboard else ())
     wall = time.perf_counter() - start
   examples = batch_size * (steps - 1)  # the first step compiles and is timed apart
-  return examples / run.status['train_time'], batch_size * steps / wall
+  return (examples / run.status['train_time'], batch_size * steps / wall,
+          run.config.train.micro_batch_size)
 
 
 def writer_overhead(args) -> None:
@@ -120,7 +123,7 @@ def main() -> None:
     bare, loop, whole = [], [], []
     for _ in range(args.repeats):
       bare.append(bare_loop(batch_size, steps, x_all, y_all))
-      loop_rate, whole_rate = mbx_loop(batch_size, steps)
+      loop_rate, whole_rate, _ = mbx_loop(batch_size, steps)
       loop.append(loop_rate)
       whole.append(whole_rate)
     b, l, w = (statistics.median(v) for v in (bare, loop, whole))

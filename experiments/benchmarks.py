@@ -9,11 +9,16 @@ CPU table: the MNIST-1D CNN and MLP (Greydanus & Kobak), Adam (lr 1e-3), B in {3
 examples/s, median of --repeats timed runs, each after a warm-up:
   - mbx loop: `mbx.train` with the data on device, throughput from status.json's train_time
     (the loop between events: no compile, eval or checkpoint); `experiments/bench_step.py`
+  - mbx, fastest split: the same with train.micro_batch_size=fastest (the loop times each
+    split of the batch into 2^j micro-batches and keeps the quickest; the choices are printed)
   - mbx + B_simple: the same with train.noise_scale=true (the batch is split in >= 2 groups)
   - bare jit: one jitted Adam step on a fixed on-device batch, in a Python loop
   - PyTorch eager / torch.compile (model compiled, default mode): the same architecture,
     Adam (PyTorch's CPU default: neither foreach nor fused), a fixed batch pre-loaded as tensors,
     torch's default thread count (printed)
+Against the hardware: each row's model FLOP/s (analytic training FLOPs per example, PaLM
+convention, mbx/measure/flops.py, x the best mbx examples/s) over this machine's peak, taken as
+the FLOP/s of a large float32 matmul under XLA measured in the same run (--peak-size).
 The accelerator counterpart (bf16 step time and MFU at large batch, AutoBatch against a real
 OOM, packed trials) is experiments/gpu_check.py.
 Outputs: the tables on stdout; with --out, a Markdown file with machine, versions, thread
@@ -22,6 +27,8 @@ counts and the command.
 from __future__ import annotations
 
 import argparse
+import functools
+import multiprocessing
 import os
 import pathlib
 import platform
@@ -30,12 +37,14 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from bench_step import STEPS, bare_loop, mbx_loop  # pylint: disable=wrong-import-position
 
-from mbx import data  # pylint: disable=wrong-import-position
+from mbx import data, models  # pylint: disable=wrong-import-position
+from mbx.measure.flops import train_flops_per_example  # pylint: disable=wrong-import-position
 
 MODELS = {'cnn1d': {}, 'mlp': {'hidden': (100, 100), 'residual': True}}
 BATCH_SIZES = (32, 512, 4000)
@@ -91,13 +100,43 @@ def torch_loop(name: str, batch_size: int, steps: int, x_all, y_all, *, compiled
   return rates
 
 
-def torch_version() -> str | None:
+def _in_fresh_process(function, *args):
+  """function(*args) in a spawned process that then exits by itself (closed, not terminated:
+  torch.compile's worker pool would leak its semaphores)."""
+  pool = multiprocessing.get_context('spawn').Pool(1)
+  try:
+    return pool.apply(function, args)
+  finally:
+    pool.close()
+    pool.join()
+
+
+def _torch_worker(name: str, batch_size: int, steps: int, repeats: int) -> tuple[float, float]:
+  x_all, y_all = data.load_arrays('mnist1d', 'train')
+  return tuple(statistics.median(torch_loop(name, batch_size, steps, x_all, y_all, compiled=c,
+                                            repeats=repeats)) for c in (False, True))
+
+
+def torch_rates(name: str, batch_size: int, steps: int, repeats: int) -> tuple[float, float]:
+  """(eager, torch.compile) examples/s, measured in a fresh process: PyTorch's intra-op threads
+  keep spinning after a run and would slow whatever XLA runs next in this one."""
+  return _in_fresh_process(_torch_worker, name, batch_size, steps, repeats)
+
+
+def _torch_version() -> str | None:
   try:
     import torch  # pylint: disable=import-outside-toplevel
   except ImportError:
     return None
   return (f'torch {torch.__version__} ({torch.get_num_threads()} intra-op / '
           f'{torch.get_num_interop_threads()} inter-op threads, the defaults)')
+
+
+@functools.cache
+def torch_version() -> str | None:
+  """PyTorch's version and thread counts, asked in a fresh process (torch never runs in this
+  one, see torch_rates)."""
+  return _in_fresh_process(_torch_version)
 
 
 # ----------------------------------------------------------------------------- CPU table
@@ -107,28 +146,58 @@ def emit(lines: list[str], *new: str) -> None:
   print('\n'.join(new), flush=True)
 
 
+def matmul_peak(size: int, repeats: int) -> float:
+  """FLOP/s of a size x size float32 matmul under XLA, median of `repeats` timings of 5 calls:
+  the machine's practical peak, against which each row's model FLOP/s is read."""
+  a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
+  b = jax.random.normal(jax.random.key(1), (size, size), jnp.float32)
+  matmul = jax.jit(jnp.matmul)
+  matmul(a, b).block_until_ready()
+  rates = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    for _ in range(5):
+      out = matmul(a, b)
+    out.block_until_ready()
+    rates.append(5 * 2 * size**3 / (time.perf_counter() - start))
+  return statistics.median(rates)
+
+
 def cpu_table(args) -> list[str]:
   x_all, y_all = data.load_arrays('mnist1d', 'train')
   have_torch = torch_version() is not None
-  median = lambda f: statistics.median(f() for _ in range(args.repeats))
+  peak = matmul_peak(args.peak_size, args.repeats)
   lines = []
   emit(lines, f'## CPU: examples/s (median of {args.repeats})', '',
-       '| model | batch | steps | mbx loop | mbx + B_simple | B_simple cost | bare jit | '
-       'PyTorch eager | torch.compile | mbx / eager |', '|---|---:|' + '---:|' * 8)
+       f'Peak reference: {peak / 1e9:.1f} GFLOP/s, a {args.peak_size}x{args.peak_size} float32 '
+       f'matmul under XLA in this run (median of {args.repeats}).', '',
+       '| model | batch | steps | mbx loop | mbx, fastest split (micro-batch) | mbx + B_simple | '
+       'B_simple cost | bare jit | PyTorch eager | torch.compile | mbx / bare | mbx / eager | '
+       'train FLOPs / example | best mbx GFLOP/s | % of peak |', '|---|---:|' + '---:|' * 13)
   for name, options in MODELS.items():
+    flops = train_flops_per_example(models.build_model(name, num_classes=10, options=options),
+                                    x_all.shape[1:])
     for batch_size in args.batch_sizes:
       steps = max(int(STEPS.get(batch_size, 1000) * args.steps_scale), 10)
-      mbx = median(lambda: mbx_loop(batch_size, steps, name, options)[0])
-      with_noise = median(lambda: mbx_loop(batch_size, steps, name, options, noise_scale=True)[0])
-      bare = median(lambda: bare_loop(batch_size, steps, x_all, y_all, name, options))
+      runs = {'mbx': [], 'fastest': [], 'noise': [], 'bare': []}
+      for _ in range(args.repeats):  # interleaved: a drift of the machine hits every column
+        runs['mbx'].append(mbx_loop(batch_size, steps, name, options)[0])
+        runs['fastest'].append(mbx_loop(batch_size, steps, name, options,
+                                        micro_batch_size='fastest'))
+        runs['noise'].append(mbx_loop(batch_size, steps, name, options, noise_scale=True)[0])
+        runs['bare'].append(bare_loop(batch_size, steps, x_all, y_all, name, options))
+      chosen = '/'.join(sorted({str(r[2]).split('=')[-1] for r in runs['fastest']}, key=int))
+      runs['fastest'] = [r[0] for r in runs['fastest']]
+      mbx, fastest, with_noise, bare = (statistics.median(runs[k])
+                                        for k in ('mbx', 'fastest', 'noise', 'bare'))
       eager = compiled = float('nan')
       if have_torch:
-        eager, compiled = (statistics.median(torch_loop(
-            name, batch_size, steps, x_all, y_all, compiled=c, repeats=args.repeats))
-                           for c in (False, True))
-      emit(lines, f'| {name} | {batch_size} | {steps} | {mbx:,.0f} | {with_noise:,.0f} | '
-           f'{1 - with_noise / mbx:.0%} | {bare:,.0f} | {eager:,.0f} | {compiled:,.0f} | '
-           f'{mbx / eager:.2f} |')
+        eager, compiled = torch_rates(name, batch_size, steps, args.repeats)
+      best = max(mbx, fastest)
+      emit(lines, f'| {name} | {batch_size} | {steps} | {mbx:,.0f} | {fastest:,.0f} ({chosen}) | '
+           f'{with_noise:,.0f} | {1 - with_noise / mbx:.0%} | {bare:,.0f} | {eager:,.0f} | '
+           f'{compiled:,.0f} | {mbx / bare:.2f} | {best / eager:.2f} | {flops / 1e6:.2f} M | '
+           f'{best * flops / 1e9:.1f} | {best * flops / peak:.1%} |')
   if not have_torch:
     emit(lines, '', "PyTorch columns are nan: torch is not installed (pip install -e '.[bench]').")
   emit(lines, '')
@@ -161,6 +230,8 @@ def main() -> None:
   parser.add_argument('--repeats', type=int, default=3)
   parser.add_argument('--steps-scale', type=float, default=1.0)
   parser.add_argument('--batch-sizes', type=int, nargs='*', default=list(BATCH_SIZES))
+  parser.add_argument('--peak-size', type=int, default=2048,
+                      help='side of the float32 matmul that measures the peak FLOP/s')
   parser.add_argument('--out', default=None, help='also write Markdown here')
   args = parser.parse_args()
   command = 'python ' + ' '.join([os.path.relpath(sys.argv[0])] + sys.argv[1:])
@@ -173,7 +244,10 @@ def main() -> None:
             '', 'mbx loop: `mbx.train`\'s training time (status.json `train_time`: the loop '
             'between events, without compile, eval or checkpoints), data on device. Bare jit and '
             'PyTorch train on one fixed pre-loaded batch. B_simple cost = 1 - (mbx + B_simple) / '
-            'mbx loop.']
+            'mbx loop. mbx / bare uses the mbx loop (no split); mbx / eager and the FLOP/s use '
+            'the faster of the mbx loop and its fastest split. FLOPs: matmuls and convolutions '
+            'only, training = 3x forward (mbx/measure/flops.py); the peak is a large float32 '
+            'matmul under XLA, measured in the same run.']
     pathlib.Path(args.out).write_text('\n'.join(text) + '\n')
     print(f'\nwritten to {args.out}')
 
