@@ -1,83 +1,120 @@
-"""How much faster is a sweep when trials share one vmapped program? (issue 6)
+"""How much faster is a packed sweep than the same sweep trained one trial after the other?
+(issue 17: whole-sweep wall time, packed vs one-by-one, at B in {1, 4, 16})
 
-Question: K trials of the MNIST-1D CNN that differ only in learning rate (and
-seed) — trained one after the other with `mbx.train`, or packed into one jitted,
-vmapped step with `mbx.train_packed`. Both write identical run
-directories (tests/test_packed.py checks the parameters agree).
+The sweep is the critical-batch-size study's own (configs/cbs_mnist1d_cnn.py: the MNIST-1D
+CNN, momentum SGD, 6 learning rates x 2 seeds = 12 trials per batch size, geometric
+evaluations, each trial stopped at validation accuracy 0.85 or at its budget, the final
+checkpoint written), restricted to one batch size at a time. It runs through `run_sweep`, as
+`mbx sweep` does, with sweep.pack off and on; each run is a fresh process (so each compiles,
+as a user's sweep does), and the wall time is the whole `run_sweep` call: data loading,
+compilation, training, evaluations, checkpoints, records and trials.csv.
 
-    python experiments/bench_packed.py                 # ~3 min on a 2-core CPU
-    python experiments/bench_packed.py --trials 4 --batch-sizes 1 16
+    python experiments/bench_packed.py --out results/bench_packed.md   # ~10 min, 2-core CPU
+    python experiments/bench_packed.py --batch-sizes 16 --budget-scale 0.1 --repeats 1
 
-Reports, per batch size, the wall time of the whole sweep (data loading,
-compilation, evaluation and checkpoints included) and the training-loop time
-summed over trials (status.json train_time; for a pack, the pack's loop time),
-and their ratios. Prints a Markdown table; results/bench_packed.md holds one.
+Reported per batch size: the median wall time of --repeats runs of each (alternated, so a
+drift of the machine hits both), their ratio, and where the time went (training loops,
+compilation) from the trials' status.json.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import importlib.util
+import json
+import os
+import pathlib
 import platform
+import statistics
+import sys
 import tempfile
 import time
 
-import jax
-import numpy as np
-
-import mbx
-from mbx.training.loop import train_packed
-
-STEPS = {1: 3000, 16: 1500, 256: 300, 4000: 40}
+REPO = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / 'experiments'))
+from bench_step import in_fresh_process  # pylint: disable=wrong-import-position
 
 
-def configs(batch_size: int, steps: int, trials: int) -> list[mbx.Config]:
-  learning_rates = np.geomspace(3e-3, 1e-1, trials)
-  return [mbx.Config(
-      model=mbx.ModelConfig(name='cnn1d'),
-      optim=mbx.OptimConfig(name='momentum', learning_rate=float(lr), momentum=0.9),
-      train=mbx.TrainConfig(batch_size=batch_size, duration=f'{steps} steps', seed=i,
-                            log_every=f'{max(steps // 5, 1)} steps',
-                            eval_every=f'{max(steps // 5, 1)} steps', checkpoint_every=None),
-      name=f'bench_b{batch_size}_{i}') for i, lr in enumerate(learning_rates)]
+def study_sweep(batch_size: int, budget_scale: float, pack: bool):
+  """The CBS study's sweep at one batch size, momentum SGD only."""
+  from mbx.sweep.grid import SweepConfig  # pylint: disable=import-outside-toplevel
+  spec = importlib.util.spec_from_file_location('cbs', REPO / 'configs' / 'cbs_mnist1d_cnn.py')
+  study = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(study)
+  sweep: SweepConfig = study.get_sweep()
+  steps = int(study.budget(batch_size).split()[0])
+  return dataclasses.replace(
+      sweep, batch_sizes=(batch_size,), budgets={},
+      budget=f'{max(int(steps * budget_scale), 10)} steps',
+      search=tuple(s for s in sweep.search if s.optimizer == 'momentum'),
+      pack=pack, pack_max_batch_size=None, name=f'bench_packed_b{batch_size}')
 
 
-def measure(batch_size: int, steps: int, trials: int) -> dict[str, float]:
-  sweep = configs(batch_size, steps, trials)
-  with tempfile.TemporaryDirectory() as root:
+def time_sweep(batch_size: int, budget_scale: float, pack: bool) -> dict:
+  """Runs the sweep in this (fresh) process; wall time and the trials' own times."""
+  from mbx.sweep.runner import run_sweep  # pylint: disable=import-outside-toplevel
+  sweep = study_sweep(batch_size, budget_scale, pack)
+  with tempfile.TemporaryDirectory() as sweep_dir:
     start = time.perf_counter()
-    solo = [mbx.train(c, f'{root}/solo{i}', quiet=True) for i, c in enumerate(sweep)]
-    solo_wall = time.perf_counter() - start
-    start = time.perf_counter()
-    packed = train_packed(sweep, [f'{root}/packed{i}' for i in range(trials)], quiet=True)
-    packed_wall = time.perf_counter() - start
-  solo_train = sum(r.status['train_time'] for r in solo)
-  packed_train = max(r.status['train_time'] for r in packed)  # one loop for all trials
-  return {'solo_wall': solo_wall, 'packed_wall': packed_wall, 'solo_train': solo_train,
-          'packed_train': packed_train,
-          'solo_compile': sum(r.status['compile_time'] for r in solo),
-          'packed_compile': packed[0].status['compile_time']}
+    run_sweep(sweep, sweep_dir, log=lambda text: None)
+    wall = time.perf_counter() - start
+    statuses = [json.loads(p.read_text())
+                for p in pathlib.Path(sweep_dir).glob('trials/*/status.json')]
+  done = [s for s in statuses if s.get('status') in ('done', 'diverged')]
+  # A pack's loop and compile are shared: each trial records the pack's (the longest one).
+  combine = max if pack else sum
+  return {'wall': wall, 'trials': len(statuses), 'finished': len(done),
+          'steps': sum(s['step'] for s in done), 'budget': sweep.budget,
+          'reached': sum('steps_to_target' in s for s in done),
+          'train_time': combine(s['train_time'] for s in done),
+          'compile_time': combine(s.get('compile_time', 0.0) for s in done)}
 
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--trials', type=int, nargs='*', default=[8, 16],
-                      help='pack sizes K to measure')
-  parser.add_argument('--batch-sizes', type=int, nargs='*', default=sorted(STEPS))
-  parser.add_argument('--steps-scale', type=float, default=1.0)
+  parser.add_argument('--batch-sizes', type=int, nargs='*', default=[1, 4, 16])
+  parser.add_argument('--budget-scale', type=float, default=1.0,
+                      help="times the study's per-batch-size step budget")
+  parser.add_argument('--repeats', type=int, default=2)
+  parser.add_argument('--out', default=None, help='also write Markdown here')
   args = parser.parse_args()
-  print(f'Machine: {platform.machine()}, {jax.device_count()} {jax.default_backend()} device(s); '
-        f'jax {jax.__version__}; MNIST-1D CNN, momentum SGD; K trials per batch size '
-        'differing in learning rate and seed.\n')
-  print('| K | batch | steps | one-by-one: wall (s) | packed: wall (s) | wall speed-up | '
-        'one-by-one: loop (s) | packed: loop (s) | loop speed-up | compile one-by-one / packed (s) |')
-  print('|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|')
-  for trials in args.trials:
-    for batch_size in args.batch_sizes:
-      steps = max(int(STEPS.get(batch_size, 200) * args.steps_scale), 10)
-      m = measure(batch_size, steps, trials)
-      print(f'| {trials} | {batch_size} | {steps} | {m["solo_wall"]:.1f} | {m["packed_wall"]:.1f} | '
-            f'{m["solo_wall"] / m["packed_wall"]:.2f}x | {m["solo_train"]:.2f} | '
-            f'{m["packed_train"]:.2f} | {m["solo_train"] / m["packed_train"]:.2f}x | '
-            f'{m["solo_compile"]:.1f} / {m["packed_compile"]:.1f} |', flush=True)
+  import jax  # pylint: disable=import-outside-toplevel
+  command = 'python ' + ' '.join([os.path.relpath(sys.argv[0])] + sys.argv[1:])
+  lines = [f'Machine: {platform.machine()}, {os.cpu_count()} logical CPUs, '
+           f'{jax.device_count()} {jax.default_backend()} device(s); jax {jax.__version__}. '
+           f'Sweep: configs/cbs_mnist1d_cnn.py, momentum SGD, one batch size per row '
+           f'(6 learning rates x 2 seeds), stopped at validation accuracy 0.85 or the budget; '
+           f'median of {args.repeats} fresh-process runs of each.', '',
+           '| batch | trials | budget | reached target | one-by-one: wall (s) | packed: wall (s) '
+           '| wall speed-up | one-by-one: loops, compile (s) | packed: loop, compile (s) |',
+           '|---:|---:|---|---:|---:|---:|---:|---:|---:|']
+  print('\n'.join(lines), flush=True)
+  for batch_size in args.batch_sizes:
+    runs = {False: [], True: []}
+    for repeat in range(args.repeats):
+      for pack in ((False, True) if repeat % 2 == 0 else (True, False)):
+        runs[pack].append(in_fresh_process(time_sweep, batch_size, args.budget_scale, pack))
+    solo, packed = ({k: statistics.median(r[k] for r in runs[p])
+                     for k in ('wall', 'train_time', 'compile_time')} for p in (False, True))
+    first = runs[True][0]
+    if any((r['reached'], r['steps']) != (first['reached'], first['steps'])
+           for p in runs for r in runs[p]):
+      print(f'warning: B = {batch_size}: packed and one-by-one trials did not train alike',
+            file=sys.stderr)
+    row = (f'| {batch_size} | {first["trials"]} | {first["budget"]} | {first["reached"]} | '
+           f'{solo["wall"]:.1f} | {packed["wall"]:.1f} | {solo["wall"] / packed["wall"]:.2f}x | '
+           f'{solo["train_time"]:.1f}, {solo["compile_time"]:.1f} | '
+           f'{packed["train_time"]:.1f}, {packed["compile_time"]:.1f} |')
+    lines.append(row)
+    print(row, flush=True)
+  if args.out:
+    text = [f'Command: `{command}` ({time.strftime("%Y-%m-%d")})', '', *lines, '',
+            'Wall = the whole `run_sweep` call in a fresh process (JAX and mbx imports excluded). '
+            'Loops = the training loops (status.json `train_time`, summed over one-by-one '
+            'trials; a pack has one loop); compile = ahead-of-time compilation of the steps '
+            '(one-by-one trials after the first reuse the compiled programs).']
+    pathlib.Path(args.out).write_text('\n'.join(text) + '\n')
+    print(f'\nwritten to {args.out}')
 
 
 if __name__ == '__main__':

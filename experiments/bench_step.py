@@ -18,6 +18,7 @@ whole-run wall time. Prints a Markdown table; results/bench_step.md holds one.
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import platform
 import statistics
 import tempfile
@@ -31,6 +32,17 @@ from mbx import data, models
 from mbx.tasks.classification import cross_entropy
 
 STEPS = {1: 20000, 32: 6000, 512: 1500, 4000: 250}
+
+
+def in_fresh_process(function, *args):
+  """function(*args) in a spawned process that then exits by itself (closed, not terminated:
+  torch.compile's worker pool would leak its semaphores)."""
+  pool = multiprocessing.get_context('spawn').Pool(1)
+  try:
+    return pool.apply(function, args)
+  finally:
+    pool.close()
+    pool.join()
 
 
 def bare_loop(batch_size: int, steps: int, x_all, y_all, model_name: str = 'cnn1d',

@@ -15,7 +15,7 @@ examples/s, median of --repeats timed runs, each after a warm-up:
   - bare jit: one jitted Adam step on a fixed on-device batch, in a Python loop
   - PyTorch eager / torch.compile (model compiled, default mode): the same architecture,
     Adam (PyTorch's CPU default: neither foreach nor fused), a fixed batch pre-loaded as tensors,
-    torch's default thread count (printed)
+    torch's default thread count (printed), in a fresh process per repeat
 Against the hardware: each row's model FLOP/s (analytic training FLOPs per example, PaLM
 convention, mbx/measure/flops.py, x the best mbx examples/s) over this machine's peak, taken as
 the FLOP/s of a large float32 matmul under XLA measured in the same run (--peak-size).
@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import multiprocessing
 import os
 import pathlib
 import platform
@@ -41,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from bench_step import STEPS, bare_loop, mbx_loop  # pylint: disable=wrong-import-position
+from bench_step import STEPS, bare_loop, in_fresh_process, mbx_loop  # pylint: disable=wrong-import-position
 
 from mbx import data, models  # pylint: disable=wrong-import-position
 from mbx.measure.flops import train_flops_per_example  # pylint: disable=wrong-import-position
@@ -100,17 +99,6 @@ def torch_loop(name: str, batch_size: int, steps: int, x_all, y_all, *, compiled
   return rates
 
 
-def _in_fresh_process(function, *args):
-  """function(*args) in a spawned process that then exits by itself (closed, not terminated:
-  torch.compile's worker pool would leak its semaphores)."""
-  pool = multiprocessing.get_context('spawn').Pool(1)
-  try:
-    return pool.apply(function, args)
-  finally:
-    pool.close()
-    pool.join()
-
-
 def _torch_worker(name: str, batch_size: int, steps: int, repeats: int) -> tuple[float, float]:
   x_all, y_all = data.load_arrays('mnist1d', 'train')
   return tuple(statistics.median(torch_loop(name, batch_size, steps, x_all, y_all, compiled=c,
@@ -120,7 +108,7 @@ def _torch_worker(name: str, batch_size: int, steps: int, repeats: int) -> tuple
 def torch_rates(name: str, batch_size: int, steps: int, repeats: int) -> tuple[float, float]:
   """(eager, torch.compile) examples/s, measured in a fresh process: PyTorch's intra-op threads
   keep spinning after a run and would slow whatever XLA runs next in this one."""
-  return _in_fresh_process(_torch_worker, name, batch_size, steps, repeats)
+  return in_fresh_process(_torch_worker, name, batch_size, steps, repeats)
 
 
 def _torch_version() -> str | None:
@@ -136,7 +124,7 @@ def _torch_version() -> str | None:
 def torch_version() -> str | None:
   """PyTorch's version and thread counts, asked in a fresh process (torch never runs in this
   one, see torch_rates)."""
-  return _in_fresh_process(_torch_version)
+  return in_fresh_process(_torch_version)
 
 
 # ----------------------------------------------------------------------------- CPU table
@@ -163,6 +151,11 @@ def matmul_peak(size: int, repeats: int) -> float:
   return statistics.median(rates)
 
 
+def spread(values: list[float]) -> str:
+  """Median [min-max] of per-repeat ratios."""
+  return f'{statistics.median(values):.2f} [{min(values):.2f}-{max(values):.2f}]'
+
+
 def cpu_table(args) -> list[str]:
   x_all, y_all = data.load_arrays('mnist1d', 'train')
   have_torch = torch_version() is not None
@@ -172,32 +165,37 @@ def cpu_table(args) -> list[str]:
        f'Peak reference: {peak / 1e9:.1f} GFLOP/s, a {args.peak_size}x{args.peak_size} float32 '
        f'matmul under XLA in this run (median of {args.repeats}).', '',
        '| model | batch | steps | mbx loop | mbx, fastest split (micro-batch) | mbx + B_simple | '
-       'B_simple cost | bare jit | PyTorch eager | torch.compile | mbx / bare | mbx / eager | '
+       'B_simple cost | bare jit | PyTorch eager | torch.compile | mbx / bare [range] | '
+       'mbx / eager [range] | '
        'train FLOPs / example | best mbx GFLOP/s | % of peak |', '|---|---:|' + '---:|' * 13)
   for name, options in MODELS.items():
     flops = train_flops_per_example(models.build_model(name, num_classes=10, options=options),
                                     x_all.shape[1:])
     for batch_size in args.batch_sizes:
       steps = max(int(STEPS.get(batch_size, 1000) * args.steps_scale), 10)
-      runs = {'mbx': [], 'fastest': [], 'noise': [], 'bare': []}
+      runs = {k: [] for k in ('mbx', 'fastest', 'noise', 'bare', 'eager', 'compiled')}
+      chosen = set()
       for _ in range(args.repeats):  # interleaved: a drift of the machine hits every column
         runs['mbx'].append(mbx_loop(batch_size, steps, name, options)[0])
-        runs['fastest'].append(mbx_loop(batch_size, steps, name, options,
-                                        micro_batch_size='fastest'))
+        rate, _, split = mbx_loop(batch_size, steps, name, options, micro_batch_size='fastest')
+        runs['fastest'].append(rate)
+        chosen.add(int(str(split).split('=')[-1]))
         runs['noise'].append(mbx_loop(batch_size, steps, name, options, noise_scale=True)[0])
         runs['bare'].append(bare_loop(batch_size, steps, x_all, y_all, name, options))
-      chosen = '/'.join(sorted({str(r[2]).split('=')[-1] for r in runs['fastest']}, key=int))
-      runs['fastest'] = [r[0] for r in runs['fastest']]
-      mbx, fastest, with_noise, bare = (statistics.median(runs[k])
-                                        for k in ('mbx', 'fastest', 'noise', 'bare'))
-      eager = compiled = float('nan')
-      if have_torch:
-        eager, compiled = torch_rates(name, batch_size, steps, args.repeats)
-      best = max(mbx, fastest)
-      emit(lines, f'| {name} | {batch_size} | {steps} | {mbx:,.0f} | {fastest:,.0f} ({chosen}) | '
-           f'{with_noise:,.0f} | {1 - with_noise / mbx:.0%} | {bare:,.0f} | {eager:,.0f} | '
-           f'{compiled:,.0f} | {mbx / bare:.2f} | {best / eager:.2f} | {flops / 1e6:.2f} M | '
-           f'{best * flops / 1e9:.1f} | {best * flops / peak:.1%} |')
+        eager, compiled = (torch_rates(name, batch_size, steps, 1) if have_torch else
+                           (float('nan'), float('nan')))
+        runs['eager'].append(eager)
+        runs['compiled'].append(compiled)
+      median = {k: statistics.median(v) for k, v in runs.items()}
+      best = [max(a, b) for a, b in zip(runs['mbx'], runs['fastest'])]  # per repeat
+      ratio = lambda num, den: spread([a / b for a, b in zip(num, den)])
+      emit(lines, f'| {name} | {batch_size} | {steps} | {median["mbx"]:,.0f} | '
+           f'{median["fastest"]:,.0f} ({"/".join(map(str, sorted(chosen)))}) | '
+           f'{median["noise"]:,.0f} | {1 - median["noise"] / median["mbx"]:.0%} | '
+           f'{median["bare"]:,.0f} | {median["eager"]:,.0f} | {median["compiled"]:,.0f} | '
+           f'{ratio(runs["mbx"], runs["bare"])} | {ratio(best, runs["eager"])} | '
+           f'{flops / 1e6:.2f} M | {statistics.median(best) * flops / 1e9:.1f} | '
+           f'{statistics.median(best) * flops / peak:.1%} |')
   if not have_torch:
     emit(lines, '', "PyTorch columns are nan: torch is not installed (pip install -e '.[bench]').")
   emit(lines, '')
@@ -244,8 +242,9 @@ def main() -> None:
             '', 'mbx loop: `mbx.train`\'s training time (status.json `train_time`: the loop '
             'between events, without compile, eval or checkpoints), data on device. Bare jit and '
             'PyTorch train on one fixed pre-loaded batch. B_simple cost = 1 - (mbx + B_simple) / '
-            'mbx loop. mbx / bare uses the mbx loop (no split); mbx / eager and the FLOP/s use '
-            'the faster of the mbx loop and its fastest split. FLOPs: matmuls and convolutions '
+            'mbx loop. Ratios: median and range of the per-repeat ratios (each repeat runs every '
+            'column once, in turn); mbx / bare uses the mbx loop (no split); mbx / eager and the '
+            'FLOP/s use the faster of the mbx loop and its fastest split in each repeat. FLOPs: matmuls and convolutions '
             'only, training = 3x forward (mbx/measure/flops.py); the peak is a large float32 '
             'matmul under XLA, measured in the same run.']
     pathlib.Path(args.out).write_text('\n'.join(text) + '\n')

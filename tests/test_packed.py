@@ -7,6 +7,7 @@ import pytest
 
 import mbx
 from mbx.training.loop import pack_key, train_packed
+from mbx.training.workload import resolve
 
 from helpers import tiny_config
 
@@ -47,6 +48,24 @@ def test_packed_trials_equal_solo_trials(tmp_path):
     assert run.train_metrics['step'].tolist() == solo.train_metrics['step'].tolist()
 
 
+def test_a_stack_evaluates_alike_vmapped_and_trial_by_trial(monkeypatch):
+  """Packed trials are evaluated in one vmapped pass on accelerators and one by one on
+  XLA:CPU (faster there); both give each trial's own row."""
+  from mbx.training import loop  # pylint: disable=import-outside-toplevel
+  s = loop.setup(resolve(tiny_config(train=dict(batch_size=16))))
+  states = [loop.initial_state(s, seed) for seed in range(3)]
+  stack = loop._stack(states)  # pylint: disable=protected-access
+  alone = [s.evaluator(state.params, state.model_state) for state in states]
+  assert len({row['eval_loss'] for row in alone}) == 3
+  for vmapped in (True, False):
+    monkeypatch.setattr(loop.Evaluator, 'vmap_stacks', vmapped)
+    rows = s.evaluator.stacked(stack.params, stack.model_state)
+    for row, single in zip(rows, alone, strict=True):
+      assert row.keys() == single.keys()
+      for key, value in single.items():
+        np.testing.assert_allclose(row[key], value, rtol=1e-5, err_msg=key)
+
+
 def test_a_diverging_trial_leaves_the_others_intact(tmp_path):
   configs = _trials()
   configs[1] = tiny_config(optim=dict(name='momentum', learning_rate=1e4, momentum=0.5),
@@ -72,6 +91,33 @@ def test_a_trial_that_reaches_its_target_stops_where_it_would_alone(tmp_path):
     assert run.status['step'] == solo.status['step']
     assert run.status.get('steps_to_target') == solo.status.get('steps_to_target')
     _close(run.params(), solo.params())
+
+
+def test_trials_still_training_leave_a_pack_that_is_half_finished(tmp_path, monkeypatch):
+  """Two of four trials reach their target early; the other two (an LR too small to learn)
+  go on as a pack of two, and every trial still ends as it would alone."""
+  from mbx.training import loop  # pylint: disable=import-outside-toplevel
+  decisions = []
+  repack = loop._repack  # pylint: disable=protected-access
+  monkeypatch.setattr(loop, '_repack', lambda *args: decisions.append(repack(*args)) or
+                      decisions[-1])
+  base = dict(duration='60 steps', log_every='10 steps', eval_every='1000 steps',
+              checkpoint_every=None, batch_size=16, target_metric='eval_accuracy',
+              target_value=0.2, stop_at_target=True, eval_growth=1.3)
+  configs = [tiny_config(optim=dict(name='momentum', learning_rate=lr, momentum=0.9),
+                         train=dict(seed=seed, **base))
+             for lr, seed in ((0.05, 0), (1e-6, 1), (0.05, 2), (1e-6, 3))]
+  packed = train_packed(configs, [tmp_path / f'p{i}' for i in range(4)], quiet=True)
+  assert True in decisions  # the pack was split
+  assert [('target' in run.status['reason']) for run in packed] == [True, False, True, False]
+  for i, run in enumerate(packed):
+    solo = mbx.train(configs[i], tmp_path / f'solo{i}', quiet=True)
+    assert run.status['packed_trials'] == 4
+    assert run.status['step'] == solo.status['step']
+    assert run.status.get('steps_to_target') == solo.status.get('steps_to_target')
+    _close(run.params(), solo.params())
+    np.testing.assert_allclose(run.train_metrics['loss'], solo.train_metrics['loss'], rtol=1e-4)
+    assert run.eval_metrics['step'].tolist() == solo.eval_metrics['step'].tolist()
 
 
 def test_rerunning_a_finished_pack_does_nothing(tmp_path):

@@ -70,6 +70,7 @@ class Evaluator:
 
   _eval_steps: dict = {}  # compiled once per model config, shared by a sweep's trials
   _vmapped: dict = {}     # their vmapped versions, for packed trials
+  vmap_stacks: bool | None = None  # a stack in one vmapped pass; None: except on XLA:CPU
 
   def __init__(self, workload: Workload, model, mesh, on_device: bool):
     config = workload.config
@@ -100,17 +101,31 @@ class Evaluator:
   def __call__(self, params, model_state) -> dict[str, float]:
     return self._rows(self.eval_step, params, model_state, self.periodic)[0]
 
-  def stacked(self, params, model_state) -> list[dict[str, float]]:
-    """One row per trial of a stack, from one vmapped pass over the data."""
+  def _stacked_rows(self, params, model_state, prefixes) -> list[dict[str, float]]:
+    """One row per trial of a stack. On an accelerator from one vmapped pass over the data;
+    on XLA:CPU trial by trial, which is faster there: the MNIST-1D CNN's 12 trials took 37 ms
+    one by one and 66 ms vmapped (its convolutions become grouped ones), 1000 examples each."""
+    vmapped = self.vmap_stacks if self.vmap_stacks is not None else (
+        jax.default_backend() != 'cpu')
+    if not vmapped:
+      return [self._rows(self.eval_step, *_slice((params, model_state), k), prefixes)[0]
+              for k in range(jax.tree.leaves(params)[0].shape[0])]
     if self.eval_step not in self._vmapped:
       self._vmapped[self.eval_step] = jax.jit(
           jax.vmap(self.eval_step, in_axes=(0, 0, None, None)))
-    return self._rows(self._vmapped[self.eval_step], params, model_state, self.periodic)
+    return self._rows(self._vmapped[self.eval_step], params, model_state, prefixes)
 
-  def test(self, params, model_state) -> dict[str, float]:
-    """test_<metric> of one trial's final state ({} without a test split)."""
+  def stacked(self, params, model_state) -> list[dict[str, float]]:
+    """One row per trial of a stack."""
+    return self._stacked_rows(params, model_state, self.periodic)
+
+  def test(self, params, model_state, stacked: bool = False):
+    """test_<metric> of one trial's final state ({} without a test split); stacked: a row per
+    trial of a stack."""
     if 'test' not in self.splits:
-      return {}
+      return [{}] * jax.tree.leaves(params)[0].shape[0] if stacked else {}
+    if stacked:
+      return self._stacked_rows(params, model_state, ('test',))
     return self._rows(self.eval_step, params, model_state, ('test',))[0]
 
   def _rows(self, eval_step, params, model_state, prefixes) -> list[dict[str, float]]:
@@ -263,6 +278,10 @@ class TrialRecorder:
     self.noise_rows: list[tuple] = []
     self.last_loss = math.nan
     self.session_start = time.perf_counter()
+    self.packed_with = 1  # the size of the pack it started in
+
+  def pack_record(self) -> dict[str, int]:
+    return {'packed_trials': self.packed_with} if self.packed_with > 1 else {}
 
   def resume(self, state: TrainState) -> TrainState:
     """The latest checkpoint if any, else `state` (or the init_from branch)."""
@@ -616,10 +635,20 @@ def _branch_losses(s: Setup, step: int, state: TrainState, config: config_lib.Co
   return losses
 
 
+def _repack(num_active: int, num_trials: int, step: int, total_steps: int) -> bool:
+  """Whether the trials still training should leave a pack that is at least half finished.
+  A packed step on XLA:CPU costs nearly K times one trial's share (results/bench_packed.md), so
+  finished trials would go on costing until the last one ends; a smaller pack costs a compile,
+  worth it with a quarter of the budget or more still to go."""
+  return 0 < num_active <= num_trials // 2 and total_steps - step >= total_steps // 4
+
+
 def _run_trials(s: Setup, trials: list[TrialRecorder], state: TrainState, *,
-                quiet: bool) -> int:
+                quiet: bool, compile_time: float = 0.0):
   """Trains `trials` from their common position to the end of the plan, or until each has
-  diverged or reached its target; returns the last step. `state` is stacked when K > 1."""
+  diverged or reached its target; returns None. `state` is stacked when K > 1. When a pack is
+  left at most half active (`_repack`), returns (state, indices of the active trials,
+  compile_time) instead, for the caller to go on with those trials alone."""
   mesh, config = s.mesh, s.config
   packed = len(trials) > 1
   policy = None
@@ -643,11 +672,18 @@ def _run_trials(s: Setup, trials: list[TrialRecorder], state: TrainState, *,
               (lambda st: [s.evaluator(st.params, st.model_state)]))
   sync_every_step = _sync_every_step(config, mesh)
 
-  def final_test(k: int) -> dict[str, float]:
-    if trials[k].outcome == 'diverged':
-      return {}
-    trial = trial_state(k)
-    return s.evaluator.test(trial.params, trial.model_state)
+  def final_tests(finishing: list[int]) -> dict[int, dict[str, float]]:
+    """Each finishing trial's test row; of a whole pack at once, as one stacked evaluation."""
+    tested = [k for k in finishing if trials[k].outcome != 'diverged']
+    rows = {k: {} for k in finishing}
+    if packed and len(tested) == len(trials):
+      stacked_rows = s.evaluator.test(state.params, state.model_state, stacked=True)
+      rows.update({k: stacked_rows[k] for k in tested})
+    else:
+      for k in tested:
+        trial = trial_state(k)
+        rows[k] = s.evaluator.test(trial.params, trial.model_state)
+    return rows
 
   for trial in trials:
     trial.writer.set_status('running', step=start_step, examples_seen=position)
@@ -660,7 +696,7 @@ def _run_trials(s: Setup, trials: list[TrialRecorder], state: TrainState, *,
   if packed:
     zero_sums = np.tile(zero_sums, (len(trials), 1))
   active = list(range(len(trials)))
-  compile_time, step = 0.0, start_step
+  step, repack = start_step, False
   interval_steps, interval_examples, time_since_log = 0, 0, 0.0
   interrupt = _DeferredInterrupt()
   try:
@@ -742,18 +778,22 @@ def _run_trials(s: Setup, trials: list[TrialRecorder], state: TrainState, *,
               trial.checkpoint(step, trial_state(k))
             elif step in plan.checkpoint_steps:
               trial.checkpoint(step, trial_state(k))
+          tests = final_tests(leaving)
           for k in leaving:
             active.remove(k)
-            trials[k].finish(step, compile_time=compile_time, **final_test(k),
-                             **({'packed_trials': len(trials)} if packed else {}))
+            trials[k].finish(step, compile_time=compile_time, **tests[k],
+                             **trials[k].pack_record())
           if decided:
             s.plan = plan = policy.plan()
             if not s.on_device:  # its prefetched batches follow the old plan
               feed.close()
               feed = host_feed(step)
+          repack = packed and _repack(len(active), len(trials), step, plan.total_steps)
           interval_start = time.perf_counter()
-        if step >= phase_end or decided:
+        if step >= phase_end or decided or repack:
           break
+      if repack:
+        break
   except BaseException as error:
     for k in active:
       trials[k].fail(step, error)
@@ -764,10 +804,13 @@ def _run_trials(s: Setup, trials: list[TrialRecorder], state: TrainState, *,
       progress.close()
     if not s.on_device:
       feed.close()
+  if repack:
+    return state, active, compile_time
+  tests = final_tests(active)
   for k in active:
-    trials[k].finish(step, compile_time=compile_time, **final_test(k),
-                     **({'packed_trials': len(trials)} if packed else {}))
-  return step
+    trials[k].finish(step, compile_time=compile_time, **tests[k],
+                     **trials[k].pack_record())
+  return None
 
 
 def train(config: config_lib.Config, workdir: str | pathlib.Path | None = None, *,
@@ -873,7 +916,18 @@ def _train_pending(s: Setup, configs, workdirs, quiet: bool, trackers: tuple[str
     groups = [(trials, _stack(states) if len(trials) > 1 else states[0])]
   del states
   for group, state in groups:
-    _run_trials(s, group, state, quiet=quiet or len(trials) > 1)
+    for trial in group:
+      trial.packed_with = len(group)
+    compile_time = 0.0
+    while True:
+      left = _run_trials(s, group, state, quiet=quiet or len(trials) > 1,
+                         compile_time=compile_time)
+      if left is None:
+        break
+      state, active, compile_time = left  # a smaller pack of the trials still training
+      group = [group[k] for k in active]
+      state = _stack([_slice(state, k) for k in active]) if len(active) > 1 else _slice(
+          state, active[0])
 
 
 def _print_summary(run: Run, workload: Workload) -> None:
