@@ -72,20 +72,48 @@ def bare_loop(batch_size: int, steps: int, x_all, y_all, model_name: str = 'cnn1
   return batch_size * steps / (time.perf_counter() - start)
 
 
+def mbx_step_alone(batch_size: int, steps: int, model_name: str = 'cnn1d',
+                   model_options=None) -> float:
+  """Examples/s of mbx's own compiled train step called in a bare Python loop on one fixed
+  order window: the step without the loop and the feed (each epoch's shuffle), so that the
+  mbx loop / bare jit ratio splits into the step's share and the loop's."""
+  from mbx.training import feed as feed_lib  # pylint: disable=import-outside-toplevel
+  from mbx.training import loop  # pylint: disable=import-outside-toplevel
+  from mbx.training.workload import resolve  # pylint: disable=import-outside-toplevel
+  config = _config(batch_size, steps, model_name, model_options)
+  s = loop.setup(resolve(config))
+  state = loop.initial_state(s, config.train.seed)
+  (step, hyper), = loop.compiled_steps(s, [s.plan.shape_at(0)], state, [config])
+  feed = feed_lib.DeviceFeed(s.train_rows, s.mesh, seed=0, max_batch_size=s.plan.max_batch_size)
+  args = feed.step_args(0, batch_size)  # the slice offset runs past the window: it clamps
+  state, metrics = step(state, hyper, *args)
+  metrics.block_until_ready()
+  start = time.perf_counter()
+  for _ in range(steps):
+    state, metrics = step(state, hyper, *args)
+  metrics.block_until_ready()
+  return batch_size * steps / (time.perf_counter() - start)
+
+
+def _config(batch_size: int, steps: int, model_name: str, model_options, *,
+            log_every: int | None = None, **train) -> mbx.Config:
+  return mbx.Config(
+      model=mbx.ModelConfig(name=model_name, options=dict(model_options or {})),
+      optim=mbx.OptimConfig(name='adam', learning_rate=1e-3),
+      train=mbx.TrainConfig(batch_size=batch_size, duration=f'{steps} steps',
+                            log_every=f'{log_every or max(steps // 10, 1)} steps',
+                            eval_every=f'{steps} steps', checkpoint_every=None, **train),
+      name='bench')
+
+
 def mbx_loop(batch_size: int, steps: int, model_name: str = 'cnn1d', model_options=None,
              noise_scale: bool = False, tensorboard: bool = True,
              log_every: int | None = None,
              micro_batch_size: int | str | None = None) -> tuple[float, float, object]:
   """(examples/s of the training loop, examples/s over the whole run, the micro-batch size the
   run recorded: None, or 'fastest=<m>' for micro_batch_size='fastest') for mbx.train."""
-  config = mbx.Config(
-      model=mbx.ModelConfig(name=model_name, options=dict(model_options or {})),
-      optim=mbx.OptimConfig(name='adam', learning_rate=1e-3),
-      train=mbx.TrainConfig(batch_size=batch_size, duration=f'{steps} steps',
-                            log_every=f'{log_every or max(steps // 10, 1)} steps',
-                            eval_every=f'{steps} steps', checkpoint_every=None,
-                            noise_scale=noise_scale, micro_batch_size=micro_batch_size),
-      name='bench')
+  config = _config(batch_size, steps, model_name, model_options, log_every=log_every,
+                   noise_scale=noise_scale, micro_batch_size=micro_batch_size)
   with tempfile.TemporaryDirectory() as workdir:
     start = time.perf_counter()
     run = mbx.train(config, workdir, quiet=True,

@@ -9,6 +9,8 @@ CPU table: the MNIST-1D CNN and MLP (Greydanus & Kobak), Adam (lr 1e-3), B in {3
 examples/s, median of --repeats timed runs, each after a warm-up:
   - mbx loop: `mbx.train` with the data on device, throughput from status.json's train_time
     (the loop between events: no compile, eval or checkpoint); `experiments/bench_step.py`
+  - mbx step alone: mbx's compiled step in a bare Python loop on a fixed order window (the
+    step without the loop's events and the per-epoch shuffle), as a ratio to bare jit
   - mbx, fastest split: the same with train.micro_batch_size=fastest (the loop times each
     split of the batch into 2^j micro-batches and keeps the quickest; the choices are printed)
   - mbx + B_simple: the same with train.noise_scale=true (the batch is split in >= 2 groups)
@@ -40,7 +42,8 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from bench_step import STEPS, bare_loop, in_fresh_process, mbx_loop  # pylint: disable=wrong-import-position
+from bench_step import (STEPS, bare_loop, in_fresh_process, mbx_loop,  # pylint: disable=wrong-import-position
+                        mbx_step_alone)
 
 from mbx import data, models  # pylint: disable=wrong-import-position
 from mbx.measure.flops import train_flops_per_example  # pylint: disable=wrong-import-position
@@ -166,17 +169,18 @@ def cpu_table(args) -> list[str]:
        f'matmul under XLA in this run (median of {args.repeats}).', '',
        '| model | batch | steps | mbx loop | mbx, fastest split (micro-batch) | mbx + B_simple | '
        'B_simple cost | bare jit | PyTorch eager | torch.compile | mbx / bare [range] | '
-       'mbx / eager [range] | '
-       'train FLOPs / example | best mbx GFLOP/s | % of peak |', '|---|---:|' + '---:|' * 13)
+       'mbx step alone / bare | mbx / eager [range] | '
+       'train FLOPs / example | best mbx GFLOP/s | % of peak |', '|---|---:|' + '---:|' * 14)
   for name, options in MODELS.items():
     flops = train_flops_per_example(models.build_model(name, num_classes=10, options=options),
                                     x_all.shape[1:])
     for batch_size in args.batch_sizes:
       steps = max(int(STEPS.get(batch_size, 1000) * args.steps_scale), 10)
-      runs = {k: [] for k in ('mbx', 'fastest', 'noise', 'bare', 'eager', 'compiled')}
+      runs = {k: [] for k in ('mbx', 'alone', 'fastest', 'noise', 'bare', 'eager', 'compiled')}
       chosen = set()
       for _ in range(args.repeats):  # interleaved: a drift of the machine hits every column
         runs['mbx'].append(mbx_loop(batch_size, steps, name, options)[0])
+        runs['alone'].append(mbx_step_alone(batch_size, steps, name, options))
         rate, _, split = mbx_loop(batch_size, steps, name, options, micro_batch_size='fastest')
         runs['fastest'].append(rate)
         chosen.add(int(str(split).split('=')[-1]))
@@ -193,7 +197,8 @@ def cpu_table(args) -> list[str]:
            f'{median["fastest"]:,.0f} ({"/".join(map(str, sorted(chosen)))}) | '
            f'{median["noise"]:,.0f} | {1 - median["noise"] / median["mbx"]:.0%} | '
            f'{median["bare"]:,.0f} | {median["eager"]:,.0f} | {median["compiled"]:,.0f} | '
-           f'{ratio(runs["mbx"], runs["bare"])} | {ratio(best, runs["eager"])} | '
+           f'{ratio(runs["mbx"], runs["bare"])} | {ratio(runs["alone"], runs["bare"])} | '
+           f'{ratio(best, runs["eager"])} | '
            f'{flops / 1e6:.2f} M | {statistics.median(best) * flops / 1e9:.1f} | '
            f'{statistics.median(best) * flops / peak:.1%} |')
   if not have_torch:
@@ -242,7 +247,8 @@ def main() -> None:
             '', 'mbx loop: `mbx.train`\'s training time (status.json `train_time`: the loop '
             'between events, without compile, eval or checkpoints), data on device. Bare jit and '
             'PyTorch train on one fixed pre-loaded batch. B_simple cost = 1 - (mbx + B_simple) / '
-            'mbx loop. Ratios: median and range of the per-repeat ratios (each repeat runs every '
+            'mbx loop. mbx step alone: mbx\'s compiled step in a bare Python loop on one fixed '
+            'order window (no loop, no per-epoch shuffle). Ratios: median and range of the per-repeat ratios (each repeat runs every '
             'column once, in turn); mbx / bare uses the mbx loop (no split); mbx / eager and the '
             'FLOP/s use the faster of the mbx loop and its fastest split in each repeat. FLOPs: matmuls and convolutions '
             'only, training = 3x forward (mbx/measure/flops.py); the peak is a large float32 '

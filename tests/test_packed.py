@@ -99,8 +99,11 @@ def test_trials_still_training_leave_a_pack_that_is_half_finished(tmp_path, monk
   from mbx.training import loop  # pylint: disable=import-outside-toplevel
   decisions = []
   repack = loop._repack  # pylint: disable=protected-access
-  monkeypatch.setattr(loop, '_repack', lambda *args: decisions.append(repack(*args)) or
-                      decisions[-1])
+
+  def free_compiles(active, trials, steps_left, step_seconds, compile_seconds):
+    decisions.append(repack(active, trials, steps_left, step_seconds, 0.0))
+    return decisions[-1]
+  monkeypatch.setattr(loop, '_repack', free_compiles)  # 60 steps would not pay for one
   base = dict(duration='60 steps', log_every='10 steps', eval_every='1000 steps',
               checkpoint_every=None, batch_size=16, target_metric='eval_accuracy',
               target_value=0.2, stop_at_target=True, eval_growth=1.3)
@@ -118,6 +121,15 @@ def test_trials_still_training_leave_a_pack_that_is_half_finished(tmp_path, monk
     _close(run.params(), solo.params())
     np.testing.assert_allclose(run.train_metrics['loss'], solo.train_metrics['loss'], rtol=1e-4)
     assert run.eval_metrics['step'].tolist() == solo.eval_metrics['step'].tolist()
+
+
+def test_a_pack_splits_only_when_the_steps_left_pay_for_the_compile():
+  from mbx.training.loop import _repack  # pylint: disable=import-outside-toplevel
+  assert not _repack(7, 12, 10_000, 1e-3, 0.1)    # more than half still active
+  assert not _repack(0, 12, 10_000, 1e-3, 0.1)    # none left
+  assert _repack(6, 12, 10_000, 1e-3, 1.0)        # saves ~5 s for a 1 s compile
+  assert not _repack(6, 12, 1_000, 1e-3, 1.0)     # saves ~0.5 s: not worth it
+  assert _repack(1, 4, 100, 1e-2, 0.3) and not _repack(1, 4, 100, 1e-2, 0.4)
 
 
 def test_rerunning_a_finished_pack_does_nothing(tmp_path):

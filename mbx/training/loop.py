@@ -635,12 +635,17 @@ def _branch_losses(s: Setup, step: int, state: TrainState, config: config_lib.Co
   return losses
 
 
-def _repack(num_active: int, num_trials: int, step: int, total_steps: int) -> bool:
+def _repack(num_active: int, num_trials: int, steps_left: int, step_seconds: float,
+            compile_seconds: float) -> bool:
   """Whether the trials still training should leave a pack that is at least half finished.
   A packed step on XLA:CPU costs nearly K times one trial's share (results/bench_packed.md), so
-  finished trials would go on costing until the last one ends; a smaller pack costs a compile,
-  worth it with a quarter of the budget or more still to go."""
-  return 0 < num_active <= num_trials // 2 and total_steps - step >= total_steps // 4
+  finished trials go on costing until the last one ends; a smaller pack costs a compile. Split
+  when the steps left, at the pack's measured step time, would save twice what compiling this
+  pack took, if the step's cost fell in proportion to the trials left."""
+  if not 0 < num_active <= num_trials // 2:
+    return False
+  saving = steps_left * step_seconds * (1 - num_active / num_trials)
+  return saving > 2 * compile_seconds
 
 
 def _run_trials(s: Setup, trials: list[TrialRecorder], state: TrainState, *,
@@ -697,6 +702,7 @@ def _run_trials(s: Setup, trials: list[TrialRecorder], state: TrainState, *,
     zero_sums = np.tile(zero_sums, (len(trials), 1))
   active = list(range(len(trials)))
   step, repack = start_step, False
+  pack_compile = loop_seconds = 0.0  # this call's, for `_repack`
   interval_steps, interval_examples, time_since_log = 0, 0, 0.0
   interrupt = _DeferredInterrupt()
   try:
@@ -718,6 +724,7 @@ def _run_trials(s: Setup, trials: list[TrialRecorder], state: TrainState, *,
       if s.on_device:  # the first window's gather compiles too
         jax.block_until_ready(feed.step_args(position, batch))
       compile_time += time.perf_counter() - tic
+      pack_compile += time.perf_counter() - tic
       measuring_fn, plain_fn, hyper = step_fns[0][0], step_fns[-1][0], step_fns[0][1]
       probe_every, phase_end = plan.probe_every, plan.next_phase_step(step)
       interval_start = time.perf_counter()
@@ -739,6 +746,7 @@ def _run_trials(s: Setup, trials: list[TrialRecorder], state: TrainState, *,
           state.counters.block_until_ready()
           interval_time = time.perf_counter() - interval_start
           time_since_log += interval_time
+          loop_seconds += interval_time
           logged = step in plan.log_steps
           sums = (jax.device_get(state.metric_sums)
                   if logged or step in plan.checkpoint_steps else None)
@@ -788,7 +796,8 @@ def _run_trials(s: Setup, trials: list[TrialRecorder], state: TrainState, *,
             if not s.on_device:  # its prefetched batches follow the old plan
               feed.close()
               feed = host_feed(step)
-          repack = packed and _repack(len(active), len(trials), step, plan.total_steps)
+          repack = packed and _repack(len(active), len(trials), plan.total_steps - step,
+                                      loop_seconds / max(step - start_step, 1), pack_compile)
           interval_start = time.perf_counter()
         if step >= phase_end or decided or repack:
           break
