@@ -35,8 +35,10 @@ sys.path.insert(0, str(REPO / 'experiments'))
 from bench_step import in_fresh_process  # pylint: disable=wrong-import-position
 
 
-def study_sweep(batch_size: int, budget_scale: float, pack: bool):
-  """The CBS study's sweep at one batch size, momentum SGD only."""
+def study_sweep(batch_size: int, budget_scale: float, pack: bool,
+                learning_rates: int | None = None):
+  """The CBS study's sweep at one batch size, momentum SGD only (learning_rates: fewer points
+  of its learning-rate grid, for a quick check)."""
   from mbx.sweep.grid import SweepConfig  # pylint: disable=import-outside-toplevel
   spec = importlib.util.spec_from_file_location('cbs', REPO / 'configs' / 'cbs_mnist1d_cnn.py')
   study = importlib.util.module_from_spec(spec)
@@ -46,14 +48,17 @@ def study_sweep(batch_size: int, budget_scale: float, pack: bool):
   return dataclasses.replace(
       sweep, batch_sizes=(batch_size,), budgets={},
       budget=f'{max(int(steps * budget_scale), 10)} steps',
-      search=tuple(s for s in sweep.search if s.optimizer == 'momentum'),
+      search=tuple(dataclasses.replace(s, num_learning_rates=learning_rates or
+                                       s.num_learning_rates)
+                   for s in sweep.search if s.optimizer == 'momentum'),
       pack=pack, pack_max_batch_size=None, name=f'bench_packed_b{batch_size}')
 
 
-def time_sweep(batch_size: int, budget_scale: float, pack: bool) -> dict:
+def time_sweep(batch_size: int, budget_scale: float, pack: bool,
+               learning_rates: int | None = None) -> dict:
   """Runs the sweep in this (fresh) process; wall time and the trials' own times."""
   from mbx.sweep.runner import run_sweep  # pylint: disable=import-outside-toplevel
-  sweep = study_sweep(batch_size, budget_scale, pack)
+  sweep = study_sweep(batch_size, budget_scale, pack, learning_rates)
   with tempfile.TemporaryDirectory() as sweep_dir:
     start = time.perf_counter()
     run_sweep(sweep, sweep_dir, log=lambda text: None)

@@ -13,8 +13,8 @@ against a real out-of-memory boundary, and packed trials against one-by-one.
    real boundary, found by running the step in fresh subprocesses (galloping, then bisection
    to 2%): configs/lm_kjv_large.py with context 1024, so the boundary lies inside the corpus.
    A build whose `memory_analysis()` returns zeros is detected and said.
-3. A sweep of K = 8 MNIST-1D CNN trials at B = 16, packed into one vmapped program against
-   one after the other (whole wall time; experiments/bench_packed.py).
+3. The critical-batch-size study's sweep at B = 16 (12 MNIST-1D CNN trials), packed into one
+   vmapped program against one after the other (whole wall time; experiments/bench_packed.py).
 
 Each section records its own wall time; a section that fails is reported and the others run.
 """
@@ -33,7 +33,8 @@ import jax
 import jax.numpy as jnp
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from bench_packed import measure as measure_packed  # pylint: disable=wrong-import-position
+from bench_packed import time_sweep  # pylint: disable=wrong-import-position
+from bench_step import in_fresh_process  # pylint: disable=wrong-import-position
 
 from mbx import models  # pylint: disable=wrong-import-position
 from mbx.config import ConfigError, OptimConfig, load_config  # pylint: disable=wrong-import-position
@@ -198,17 +199,20 @@ def oom_section(dry_run: bool) -> list[str]:
 
 
 def packed_section(dry_run: bool) -> list[str]:
-  trials, settings = (2, ((4, 10),)) if dry_run else (8, ((16, 600),))
-  lines = [f'MNIST-1D CNN, K = {trials} trials differing in learning rate and seed, whole sweep '
-           'wall time (data, compiles, evaluation and checkpoints included).', '',
-           '| batch | steps | one-by-one (s) | packed (s) | speed-up | loop one-by-one / '
-           'packed (s) |', '|---:|---:|---:|---:|---:|---:|']
-  for batch_size, steps in settings:
-    m = measure_packed(batch_size, steps, trials)
-    lines.append(f'| {batch_size} | {steps} | {m["solo_wall"]:.1f} | {m["packed_wall"]:.1f} | '
-                 f'{m["solo_wall"] / m["packed_wall"]:.2f}x | {m["solo_train"]:.2f} / '
-                 f'{m["packed_train"]:.2f} |')
-  return lines
+  batch_size, budget_scale, learning_rates = (4, 0.001, 1) if dry_run else (16, 1.0, None)
+  runs = [(time_sweep(batch_size, budget_scale, pack, learning_rates) if dry_run else
+           in_fresh_process(time_sweep, batch_size, budget_scale, pack))  # fresh: each compiles
+          for pack in (False, True)]
+  solo, packed = runs
+  return [f'The critical-batch-size sweep of configs/cbs_mnist1d_cnn.py at B = {batch_size} '
+          f'(momentum SGD, {packed["trials"]} trials, {packed["budget"]} each, stopped at the '
+          'target), packed against one by one: the whole `run_sweep` wall time (data, compiles, '
+          'evaluations and checkpoints included; experiments/bench_packed.py).', '',
+          '| batch | one-by-one (s) | packed (s) | speed-up | loops one-by-one / packed (s) |',
+          '|---:|---:|---:|---:|---:|',
+          f'| {batch_size} | {solo["wall"]:.1f} | {packed["wall"]:.1f} | '
+          f'{solo["wall"] / packed["wall"]:.2f}x | {solo["train_time"]:.2f} / '
+          f'{packed["train_time"]:.2f} |']
 
 
 def main(argv=None) -> None:
