@@ -95,9 +95,8 @@ def test_a_second_train_on_the_same_workdir_exits_at_once_naming_the_holder(tmp_
     while not (workdir / 'train_metrics.jsonl').exists() and time.time() < deadline:
       assert first.poll() is None, first.communicate()[1][-2000:]
       time.sleep(0.2)
-    start = time.perf_counter()
     second = mbx_train(*args)
-    assert time.perf_counter() - start < 10
+    assert first.poll() is None  # it did not wait for the holder to finish (no wall-clock bound)
     assert_one_line_error(second, str(workdir), f'PID {first.pid}', 'another process')
   finally:
     out, err = first.communicate(timeout=300)
