@@ -283,7 +283,7 @@ def _coerce(value: Any, hint: Any, field: str) -> Any:
   raise TypeError(f'unsupported config type {hint} for {field}')
 
 
-def _parse_literal(text: str) -> Any:
+def parse_value(text: str) -> Any:
   """'1e-3' -> 0.001, 'true' -> True, '30,60' -> (30, 60), 'adam' -> 'adam'."""
   lowered = text.strip().lower()
   if lowered in ('true', 'false'):
@@ -339,7 +339,7 @@ def apply_overrides(config: Config, overrides: Sequence[str]) -> Config:
       raise ConfigError(f'{key}: unknown config section; allowed: '
                         f'{", ".join(sorted(SECTIONS))}, name')
     if len(path) == 3 and tuple(path[:2]) in MAPPING_FIELDS:
-      values[path[0]][path[1]][path[2]] = _parse_literal(text)
+      values[path[0]][path[1]][path[2]] = parse_value(text)
       continue
     if len(path) != 2:
       raise ConfigError(f'{key}: expected section.field (or data|model|task.options.key)')
@@ -349,7 +349,7 @@ def apply_overrides(config: Config, overrides: Sequence[str]) -> Config:
       raise ConfigError(f'{key}: unknown field; allowed: '
                         f'{", ".join(sorted(_field_types(SECTIONS[section])))}')
     hint = _field_types(SECTIONS[section])[field]
-    parsed = _parse_literal(text)
+    parsed = parse_value(text)
     if hint in (str, str | None) and parsed is not None:
       parsed = text  # keep '1 epochs', '8000 steps' and names verbatim
     if hint == tuple[str, ...] and isinstance(parsed, str):

@@ -39,7 +39,7 @@ def _train(args) -> None:
 
 # Each module exposes add_parser(subparsers) and/or, for `mbx analyze <what>`,
 # add_analyze_parsers(analyze_subparsers).
-COMMAND_MODULES = ('mbx.cli.sweep', 'mbx.cli.autobatch', 'mbx.cli.launch', 'mbx.cli.report')
+COMMAND_MODULES = ('mbx.cli.sweep', 'mbx.cli.study', 'mbx.cli.autobatch', 'mbx.cli.launch', 'mbx.cli.report')
 ANALYZE_MODULES = ('mbx.cli.sweep', 'mbx.cli.analyze')
 
 
@@ -88,7 +88,14 @@ def main(argv=None) -> None:
   except ConfigError as error:
     print(f'mbx: error: {error}', file=sys.stderr)
     sys.exit(2)
-  args = parser.parse_args(argv)
+  args, extra = parser.parse_known_args(argv)
+  # `mbx study NAME --quick study.seeds=0,1`: overrides after options (argparse takes
+  # positionals in one run), kept as overrides when they all look like field=value.
+  if extra:
+    if getattr(args, 'overrides', None) is None or not all(
+        '=' in e and not e.startswith('-') for e in extra):
+      parser.error(f'unrecognized arguments: {" ".join(extra)}')
+    args.overrides = [*args.overrides, *extra]
   try:
     args.run(args)
   except ConfigError as error:

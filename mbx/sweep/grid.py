@@ -84,6 +84,15 @@ class Trial:
   budget: str
   config: config_lib.Config
 
+  @classmethod
+  def of(cls, config: config_lib.Config) -> 'Trial':
+    """The trial that trains `config` as it is (the studies build their grids this way)."""
+    optim = config.optim
+    momentum = (optim.b1 if optim.name in ADAM_FAMILY else
+                None if optim.name == 'sgd' else optim.momentum)
+    return cls(optim.name, config.train.batch_size, optim.learning_rate, momentum,
+               config.train.seed, config.train.duration, config)
+
   @property
   def id(self) -> str:
     """Readable and unique: parameters, then a hash of the whole resolved config."""

@@ -186,12 +186,26 @@ def run_sweep(sweep: grid_lib.SweepConfig, sweep_dir: str | pathlib.Path, *, wor
   write_spec(sweep_dir, sweep, trials)
   for warning in grid_lib.coarse_grid_warnings(sweep):
     log(f'warning: {warning}')
+  return run_trials(trials, sweep_dir, worker=worker, num_workers=num_workers, pack=pack,
+                    pack_max_batch_size=sweep.pack_max_batch_size, name=sweep.name,
+                    compilation_cache=compilation_cache, log=log)
+
+
+def run_trials(trials: Sequence[grid_lib.Trial], sweep_dir: str | pathlib.Path, *,
+               worker: int = 0, num_workers: int = 1, pack: bool = False,
+               pack_max_batch_size: int | None = None, name: str = 'trials',
+               compilation_cache: bool = False, table: bool = True,
+               log: Callable[[str], None] | None = None) -> SweepProgress:
+  """Trains this worker's unfinished `trials` into SWEEP_DIR/trials/<id>; the engine under
+  `run_sweep` and the studies (mbx/study), which build their trials from configs."""
+  sweep_dir = pathlib.Path(sweep_dir)
+  log = log or (lambda text: tqdm.write(text, file=sys.stderr))
   if compilation_cache:
     _enable_compilation_cache(sweep_dir)
   progress = SweepProgress()
-  units = assign(trials, worker, num_workers, pack, sweep.pack_max_batch_size)
+  units = assign(trials, worker, num_workers, pack, pack_max_batch_size)
   total, position = sum(len(u) for u in units), 0
-  bar = tqdm(total=total, desc=f'{sweep.name} [worker {worker}/{num_workers}]', unit='trial',
+  bar = tqdm(total=total, desc=f'{name} [worker {worker}/{num_workers}]', unit='trial',
              file=sys.stderr, disable=not sys.stderr.isatty())
   for unit in units:
     position += len(unit)
@@ -207,28 +221,28 @@ def run_sweep(sweep: grid_lib.SweepConfig, sweep_dir: str | pathlib.Path, *, wor
           f'{_describe(read_status(trial_dir(sweep_dir, trial)))}')
     bar.update(len(unit))
   bar.close()
-  write_table(sweep_dir)
+  if table:
+    write_table(sweep_dir)
   return progress
 
 
-def _parallel_worker(sweep: grid_lib.SweepConfig, sweep_dir: str, worker: int,
+def _parallel_worker(run: Callable[..., Any], args: tuple, worker: int,
                      num_workers: int) -> None:
-  run_sweep(sweep, sweep_dir, worker=worker, num_workers=num_workers, compilation_cache=True)
+  run(*args, worker=worker, num_workers=num_workers, compilation_cache=True)
 
 
-def run_parallel(sweep: grid_lib.SweepConfig, sweep_dir: str | pathlib.Path,
-                 num_workers: int) -> None:
-  """`mbx sweep --worker i --num-workers n` for every i, as processes of this machine.
+def in_processes(run: Callable[..., Any], args: tuple, num_workers: int) -> None:
+  """`run(*args, worker=i, num_workers=n)` for every i, as processes of this machine
+  (`run` is `run_sweep` or `run_trials`).
 
   Spawned, not forked: each worker starts its own JAX. Raises SystemExit naming the
   workers that failed (re-running resumes)."""
   if num_workers == 1:
-    _parallel_worker(sweep, str(sweep_dir), 0, 1)
+    _parallel_worker(run, args, 0, 1)
     return
   import multiprocessing  # pylint: disable=import-outside-toplevel
   context = multiprocessing.get_context('spawn')
-  processes = [context.Process(target=_parallel_worker,
-                               args=(sweep, str(sweep_dir), i, num_workers))
+  processes = [context.Process(target=_parallel_worker, args=(run, args, i, num_workers))
                for i in range(num_workers)]
   for process in processes:
     process.start()
@@ -236,7 +250,13 @@ def run_parallel(sweep: grid_lib.SweepConfig, sweep_dir: str | pathlib.Path,
     process.join()
   failed = [i for i, process in enumerate(processes) if process.exitcode != 0]
   if failed:
-    raise SystemExit(f'sweep workers {failed} failed; re-run to resume')
+    raise SystemExit(f'workers {failed} failed; re-run to resume')
+
+
+def run_parallel(sweep: grid_lib.SweepConfig, sweep_dir: str | pathlib.Path,
+                 num_workers: int) -> None:
+  """`mbx sweep --worker i --num-workers n` for every i, as processes of this machine."""
+  in_processes(run_sweep, (sweep, str(sweep_dir)), num_workers)
 
 
 def study_parser(description: str):

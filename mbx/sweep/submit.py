@@ -101,8 +101,34 @@ def submit(sweep: grid_lib.SweepConfig, sweep_dir: str | pathlib.Path, *, cluste
                             workers, [num_workers] * num_workers)
 
 
-def wait(jobs, sweep_dir: str | pathlib.Path) -> list[str]:
-  """Waits for every job; rewrites trials.csv; returns one line per failed job."""
+def _trials_task(trials: list[grid_lib.Trial], sweep_dir: str, worker: int,
+                 num_workers: int, name: str) -> dict[str, int]:
+  progress = runner.run_trials(trials, sweep_dir, worker=worker, num_workers=num_workers,
+                               name=name, compilation_cache=True, table=False)
+  if progress.failed:
+    raise RuntimeError(f'worker {worker}: trials failed: {", ".join(progress.failed)}')
+  return {'trained': len(progress.trained), 'skipped': len(progress.skipped)}
+
+
+def submit_trials(trials: list[grid_lib.Trial], sweep_dir: str | pathlib.Path, *, cluster: str,
+                  num_workers: int, name: str, options: SubmitOptions | None = None,
+                  wait: bool = True) -> list[str]:
+  """A study phase's `trials` as a job array of `num_workers` shards; with `wait`, returns
+  one line per failed job once all have ended (the trials' status.json say the rest)."""
+  if cluster not in CLUSTERS:
+    raise config_lib.ConfigError(f'--submit={cluster!r}: allowed: {", ".join(CLUSTERS)}')
+  import submitit  # pylint: disable=import-outside-toplevel
+  sweep_dir = pathlib.Path(sweep_dir).absolute()
+  options = options or SubmitOptions()
+  executor = submitit.AutoExecutor(folder=sweep_dir / LOG_DIR / '%j', cluster=cluster)
+  executor.update_parameters(**options.executor_parameters(f'mbx-{name}'))
+  n = max(1, min(num_workers, len(trials)))
+  jobs = executor.map_array(_trials_task, [trials] * n, [str(sweep_dir)] * n, list(range(n)),
+                            [n] * n, [name] * n)
+  return _failures(jobs) if wait else []
+
+
+def _failures(jobs) -> list[str]:
   failures = []
   for worker, job in enumerate(jobs):
     try:
@@ -111,5 +137,11 @@ def wait(jobs, sweep_dir: str | pathlib.Path) -> list[str]:
       lines = [line for line in str(error).strip().splitlines() if line.strip()]
       failures.append(f'worker {worker} (job {job.job_id}): {lines[-1] if lines else error}'
                       f'; log: {job.paths.stderr}')
+  return failures
+
+
+def wait(jobs, sweep_dir: str | pathlib.Path) -> list[str]:
+  """Waits for every job; rewrites trials.csv; returns one line per failed job."""
+  failures = _failures(jobs)
   runner.write_table(pathlib.Path(sweep_dir))
   return failures

@@ -1,0 +1,110 @@
+"""Studies: each question of the large-batch literature as one command on your own config.
+
+    mbx study sharp-minima --config my_config.py --out studies/sharp [--quick] [study.seeds=0,1,2]
+    mbx study cbs --config configs/mnist1d_cnn.py --workers 2
+    summary = mbx.study.run('sharp-minima', mbx.load_config('my_config.py'), 'studies/sharp')
+
+A study is one file of this package: `Options` (a frozen dataclass of its protocol's knobs,
+with `QUICK`, the smoke-sized overrides), `TITLE`, `check(config, options)` (one-line errors
+before anything is written), and `run(ctx)`: grids, then runs (`ctx.train`, which trains only
+what is unfinished), then analyses, then tables, figures and findings (mbx/study/context.py).
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib
+import pathlib
+import sys
+import time
+import types
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from mbx import config as config_lib
+
+STUDIES = {
+    'cbs': 'mbx.study.cbs',
+    'sharp-minima': 'mbx.study.sharp_minima',
+    'increase-batch': 'mbx.study.increase_batch',
+    'small-batch': 'mbx.study.small_batch',
+    'scaling-rules': 'mbx.study.scaling_rules',
+    'adaptive': 'mbx.study.adaptive',
+}
+
+
+def study_module(name: str) -> types.ModuleType:
+  if name not in STUDIES:
+    close = difflib.get_close_matches(name, STUDIES, n=1)
+    raise config_lib.ConfigError(
+        f'study {name!r}: unknown' + (f'; did you mean {close[0]!r}?' if close else '')
+        + f' (allowed: {", ".join(STUDIES)})')
+  return importlib.import_module(STUDIES[name])
+
+
+def options_of(name: str, overrides: Sequence[str] = (), quick: bool = False,
+               **values: Any) -> Any:
+  """The study's Options: defaults, then QUICK (with `quick`), then `values`, then
+  `study.field=value` overrides; unknown fields are one-line errors."""
+  module = study_module(name)
+  fields = {f.name: f for f in dataclasses.fields(module.Options)}
+  chosen = dict(module.QUICK) if quick else {}
+  chosen.update(values)
+  for text in overrides:
+    key, sep, value = text.partition('=')
+    key = key.removeprefix('study.')
+    if not sep:
+      raise config_lib.ConfigError(f'study.{key}: expected study.{key}=VALUE')
+    chosen[key] = config_lib.parse_value(value)
+  for key in chosen:
+    if key not in fields:
+      close = difflib.get_close_matches(key, fields, n=1)
+      raise config_lib.ConfigError(
+          f'study.{key}: not an option of the {name} study'
+          + (f'; did you mean study.{close[0]}?' if close else '')
+          + f' (allowed: {", ".join(fields)})')
+  defaults = module.Options()
+  for key, value in chosen.items():
+    if isinstance(value, list) or (isinstance(getattr(defaults, key), tuple)
+                                   and not isinstance(value, tuple) and value is not None):
+      chosen[key] = tuple(value) if isinstance(value, list) else (value,)
+  return dataclasses.replace(module.Options(), **chosen)
+
+
+def is_study_dir(path: str | pathlib.Path) -> bool:
+  from mbx.study.context import SUMMARY_FILE  # pylint: disable=import-outside-toplevel
+  return (pathlib.Path(path) / SUMMARY_FILE).is_file()
+
+
+def run(name: str, config: config_lib.Config, out: str | pathlib.Path, *,
+        options: Any = None, quick: bool = False, workers: int = 1, submit: str | None = None,
+        command: str | None = None, log=None) -> dict[str, Any]:
+  """Runs study `name` on `config` into `out`; returns its summary (summary.json).
+
+  Finished runs in `out` are reused. Every option and config error is raised (ConfigError)
+  before anything is written or compiled."""
+  module = study_module(name)
+  options = options_of(name, quick=quick) if options is None else options
+  config_lib.validate(config)
+  module.check(config, options)
+  from mbx.study import context  # pylint: disable=import-outside-toplevel
+  ctx = context.StudyContext(
+      study=name, config=config, options=options, out=pathlib.Path(out), quick=quick,
+      workers=workers, submit=submit,
+      command=command or ' '.join([pathlib.Path(sys.argv[0]).name, *sys.argv[1:]]))
+  if log is not None:
+    ctx.log = log
+  start = time.perf_counter()
+  ctx.out.mkdir(parents=True, exist_ok=True)
+  module.run(ctx)
+  return context.write(ctx, module.TITLE.format(name=config.name), time.perf_counter() - start)
+
+
+def describe_options(name: str) -> list[str]:
+  """'field = default' per option, for `mbx study NAME --help`."""
+  module = study_module(name)
+  return [f'study.{f.name}={getattr(module.Options(), f.name)!r}'
+          for f in dataclasses.fields(module.Options)]
+
+
+__all__ = ['STUDIES', 'run', 'options_of', 'study_module', 'is_study_dir']
