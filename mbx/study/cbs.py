@@ -1,0 +1,383 @@
+"""What is my critical batch size? (Shallue et al. 2019; McCandlish et al. 2018; Zhang et al.
+2024; Merrill et al. 2025)
+
+A sweep of batch sizes × a learning-rate search × seeds, every trial stopped at a target;
+steps-to-target at the best LR per batch size; McCandlish's fit S = S_min (1 + B_crit / B)
+with a bootstrap interval, its sensitivity to which batch sizes were measured and its lack of
+fit; Zhang's 20% CBS; the run-averaged noise scale B_simple of the same trials; optionally a
+second, easier target from the same evaluations; and Merrill's local CBS, branching the best
+trial at one batch size at points of its training.
+
+Given a training config, the grid derives from it by the rules in `derive_sweep` (stated in
+the README); given a sweep file (get_sweep), its grid is used as written.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+from mbx import config as config_lib
+
+TITLE = 'Critical batch size ({name})'
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+  grid: Any = None                       # a SweepConfig used as given; None: derive_sweep
+  # --- the rules derive_sweep applies to a training config
+  batch_sizes: tuple[int, ...] = ()      # (): 1, 2, 4, ... up to the training set, and it
+  learning_rate_range: float = 8.0       # searched: optim.learning_rate ÷/× this, at the
+  num_learning_rates: int = 6            # config's batch size, log-spaced
+  lr_scaling_power: float | None = None  # the range moves as B^p; None: 1 for SGD-type,
+                                         # 0.5 for Adam-type optimizers
+  seeds: tuple[int, ...] = (0, 1)
+  target_metric: str | None = None       # None: train.target_metric of the config
+  target_value: float | None = None      # None: train.target_value of the config
+  budget_scale: float = 2.0              # budget(B) = max(scale × the config's examples / B,
+  min_budget_steps: int = 200            #                 min_budget_steps) steps
+  eval_growth: float = 1.05              # evaluations at ceil(g^i): steps-to-target within g
+  noise_scale: bool = True               # log B_simple in every trial where B allows
+  # --- analyses
+  second_target: float | None = None     # another target from the same evaluations
+  bootstrap: int = 2000
+  confidence: float = 0.9
+  local_cbs: bool = True
+  local_cbs_batch_size: int | None = None  # branch the best trial at this B; None: 16 if in
+                                           # the grid, else the smallest B above 1
+  local_cbs_fractions: tuple[float, ...] = (1.0,)  # branch points, × its steps to target
+  local_cbs_window: str = '2 epochs'
+  local_cbs_tolerance: float = 0.02
+  local_cbs_metric: str = 'eval_loss'
+  local_cbs_seeds: tuple[int, ...] = (0, 1)
+
+
+QUICK = dict(num_learning_rates=3, learning_rate_range=2.0, seeds=(0,), local_cbs_seeds=(0,),
+             bootstrap=200)
+QUICK_BATCH_SIZES = 5  # --quick keeps this many batch sizes, spread over the grid
+
+
+def _adam_type(optimizer: str) -> bool:
+  from mbx.sweep import grid  # pylint: disable=import-outside-toplevel
+  return optimizer in grid.ADAM_FAMILY
+
+
+def derive_sweep(config: config_lib.Config, options: Options, num_train: int, quick: bool):
+  """The sweep a training config implies, by the rules named in Options."""
+  from mbx.sweep import grid  # pylint: disable=import-outside-toplevel
+  b0, lr = config.train.batch_size, config.optim.learning_rate
+  power = options.lr_scaling_power
+  if power is None:
+    power = 0.5 if _adam_type(config.optim.name) else 1.0
+  search = grid.SearchSpace(
+      config.optim.name, learning_rate=(lr / options.learning_rate_range,
+                                        lr * options.learning_rate_range),
+      num_learning_rates=options.num_learning_rates, sampling='grid', lr_scaling_power=power,
+      reference_batch_size=b0)
+  sizes = tuple(options.batch_sizes) or grid.default_batch_sizes(num_train)
+  if quick and not options.batch_sizes:
+    sizes = tuple(b for b in sizes if b >= 4) or sizes  # B = 1, 2 take the most steps
+    picks = sorted({round(i * (len(sizes) - 1) / (QUICK_BATCH_SIZES - 1))
+                    for i in range(QUICK_BATCH_SIZES)})
+    sizes = tuple(sizes[i] for i in picks)
+  examples = config_lib.parse_duration(config.train.duration, 'train.duration').to_examples(
+      b0, num_train)
+  budgets = {b: f'{max(math.ceil(options.budget_scale * examples / b), options.min_budget_steps)} steps'
+             for b in sizes}
+  return grid.SweepConfig(
+      base=config, search=(search,), batch_sizes=sizes, seeds=tuple(options.seeds),
+      budget=budgets[sizes[0]], budgets=budgets,
+      target_metric=options.target_metric or config.train.target_metric,
+      target_value=(options.target_value if options.target_value is not None
+                    else config.train.target_value),
+      stop_at_target=True, eval_growth=options.eval_growth, noise_scale=options.noise_scale,
+      name=config.name)
+
+
+def check(config: config_lib.Config, options: Options) -> None:
+  if options.grid is not None:
+    return
+  metric = options.target_metric or config.train.target_metric
+  value = options.target_value if options.target_value is not None else config.train.target_value
+  if metric is None or value is None:
+    raise config_lib.ConfigError(
+        'study.target_metric / study.target_value: the cbs study needs a target (e.g. '
+        'study.target_metric=eval_accuracy study.target_value=0.9, or train.target_metric and '
+        'train.target_value in the config)')
+  if options.num_learning_rates < 2 or options.learning_rate_range <= 1:
+    raise config_lib.ConfigError(
+        f'study.num_learning_rates={options.num_learning_rates}, study.learning_rate_range='
+        f'{options.learning_rate_range}: the search needs >= 2 learning rates over a range > 1')
+  if not options.seeds:
+    raise config_lib.ConfigError('study.seeds=(): at least one seed')
+
+
+def _sweep_of(ctx):
+  from mbx.sweep import grid  # pylint: disable=import-outside-toplevel
+  from mbx.training.workload import resolve  # pylint: disable=import-outside-toplevel
+  options = ctx.options
+  if options.grid is not None:
+    sweep = options.grid
+    if isinstance(sweep, dict):
+      sweep = grid.from_dict(sweep)
+    if ctx.quick:
+      sweep = quick_sweep(sweep)
+    return sweep, None
+  workload = resolve(ctx.config)
+  num_train = workload.dataset.num_examples(workload.train_split)
+  sweep = derive_sweep(ctx.config, options, num_train, ctx.quick)
+  for b in sweep.batch_sizes:
+    if not 1 <= b <= num_train:
+      raise config_lib.ConfigError(f'study.batch_sizes: {b} outside 1 … {num_train} (the '
+                                   'training set)')
+  return sweep, num_train
+
+
+def quick_sweep(sweep):
+  """A smoke-sized version of a given grid: the middle three LRs of each search, one seed,
+  five batch sizes spread over the grid."""
+  sizes = sweep.batch_sizes
+  if len(sizes) > QUICK_BATCH_SIZES:
+    picks = sorted({round(i * (len(sizes) - 1) / (QUICK_BATCH_SIZES - 1))
+                    for i in range(QUICK_BATCH_SIZES)})
+    sizes = tuple(sizes[i] for i in picks)
+  search = tuple(dataclasses.replace(
+      s, learning_rate=(s.learning_rate[0] * 2, s.learning_rate[1] / 2),
+      num_learning_rates=min(3, s.num_learning_rates)) for s in sweep.search)
+  return dataclasses.replace(sweep, search=search, batch_sizes=sizes, seeds=sweep.seeds[:1],
+                             budgets={b: sweep.budgets[b] for b in sizes if b in sweep.budgets},
+                             name=f'{sweep.name}_quick')
+
+
+def _rules(sweep, derived: bool, options: Options) -> list[str]:
+  search = sweep.search[0]
+  sizes = ', '.join(str(b) for b in sweep.batch_sizes)
+  budgets = ', '.join(f'{b}: {sweep.budgets.get(b, sweep.budget).split()[0]}'
+                      for b in sweep.batch_sizes)
+  lines = [
+      f'Grid: optimizers {", ".join(s.optimizer for s in sweep.search)}; B = {sizes}; seeds '
+      f'{", ".join(map(str, sweep.seeds))}; target {sweep.target_metric} = '
+      f'{sweep.target_value:g}, each trial stopped when it reaches it; evaluations at '
+      f'ceil({sweep.eval_growth}^i) steps, so steps-to-target is at most '
+      f'{(sweep.eval_growth - 1) * 100:.0f}% high.',
+      f'Learning rates: {search.num_learning_rates} per B ({search.sampling}), '
+      f'{search.learning_rate[0]:.3g} … {search.learning_rate[1]:.3g} at B = '
+      f'{search.reference_batch_size}, the range moving as B^{search.lr_scaling_power:g}.',
+      f'Budgets (steps): {budgets}.']
+  if derived:
+    lines += [f'Derived from the config: the LR range is optim.learning_rate ÷/× '
+              f'{options.learning_rate_range:g} at train.batch_size, moved as B^p (p = 1 for '
+              'SGD-type updates, 0.5 for Adam-type; study.lr_scaling_power); budget(B) = '
+              f'max({options.budget_scale:g} × the config\'s train.duration in examples / B, '
+              f'{options.min_budget_steps}) steps; B = powers of two up to the training set '
+              '(study.batch_sizes).']
+  return lines
+
+
+def _fit_rows(analysis, target) -> list[dict]:
+  rows = []
+  summary = analysis.summary.set_index('optimizer')
+  for optimizer, row in summary.iterrows():
+    out = {'optimizer': optimizer, 'target': target}
+    for key in ('b_crit', 'b_crit_lo', 'b_crit_hi', 's_min', 's_min_lo', 's_min_hi', 'e_min',
+                'e_min_lo', 'e_min_hi', 'b_crit_leave_out_min', 'b_crit_leave_out_max',
+                'b_crit_without_largest', 'lack_of_fit_f', 'lack_of_fit_p', 'zhang_cbs',
+                'zhang_cbs_fit', 'b_simple_median', 'b_simple_min', 'b_simple_max',
+                'b_crit_over_b_simple', 'lr_exponent', 'lr_exponent_lo', 'lr_exponent_hi',
+                'num_batch_sizes'):
+      if key in row:
+        out[key] = row[key]
+    rows.append(out)
+  return rows
+
+
+def _fit_markdown(rows, confidence: float, local: dict) -> list[str]:
+  from mbx.figures.readme import fmt  # pylint: disable=import-outside-toplevel
+  lines = [f'| optimizer | target | B_crit [{confidence:.0%} CI] | S_min | E_min | leave one B out '
+           '| lack of fit F (p) | Zhang 20% CBS | local CBS | B_simple median [min, max] | '
+           'best-LR exponent p [CI] | batch sizes reaching it |',
+           '|---|---:|---|---:|---:|---|---|---:|---|---|---|---:|']
+  for r in rows:
+    fit = math.isfinite(r.get('b_crit', math.nan))
+    lines.append(
+        f'| {r["optimizer"]} | {r["target"]:g} | '
+        + (f'**{fmt(r["b_crit"])}** [{fmt(r["b_crit_lo"])}, {fmt(r["b_crit_hi"])}] | '
+           f'{fmt(r["s_min"])} | {fmt(r["e_min"])} | {fmt(r.get("b_crit_leave_out_min"))} – '
+           f'{fmt(r.get("b_crit_leave_out_max"))} | {fmt(r.get("lack_of_fit_f"))} '
+           f'({fmt(r.get("lack_of_fit_p"), 2)}) | ' if fit else '— | — | — | — | — | ')
+        + f'{fmt(r.get("zhang_cbs"))} | {local.get(r["optimizer"], "—")} | '
+        f'{fmt(r.get("b_simple_median"))} [{fmt(r.get("b_simple_min"))}, '
+        f'{fmt(r.get("b_simple_max"))}] | {fmt(r.get("lr_exponent"), 2)} '
+        f'[{fmt(r.get("lr_exponent_lo"), 2)}, {fmt(r.get("lr_exponent_hi"), 2)}] | '
+        f'{int(r["num_batch_sizes"])} |')
+  return lines
+
+
+def local_cbs_batch_size(options: Options, sizes) -> int | None:
+  if options.local_cbs_batch_size is not None:
+    return options.local_cbs_batch_size
+  if 16 in sizes:
+    return 16
+  return next((b for b in sorted(sizes) if b > 1), None)
+
+
+def _local_cbs(ctx, sweep, analysis, num_train: int) -> tuple[list[dict], dict[str, str]]:
+  """Merrill's local CBS from the best trial at one batch size, at fractions of its steps to
+  the target (a fraction 1 alone branches the trial's own final checkpoint)."""
+  import pandas as pd  # pylint: disable=import-outside-toplevel
+  import mbx  # pylint: disable=import-outside-toplevel
+  from mbx.figures import critical_batch as figures  # pylint: disable=import-outside-toplevel
+  from mbx.sweep import critical_batch  # pylint: disable=import-outside-toplevel
+  options = ctx.options
+  source_b = local_cbs_batch_size(options, sweep.batch_sizes)
+  rows, text = [], {}
+  per_b, trials = analysis.per_batch_size, analysis.trials
+  for optimizer in analysis.summary['optimizer']:
+    best = per_b[(per_b['optimizer'] == optimizer) & (per_b['batch_size'] == source_b)]
+    if best.empty or not math.isfinite(best['steps_to_target'].iloc[0]):
+      text[optimizer] = f'— (B = {source_b} did not reach the target)'
+      continue
+    trial = trials[(trials['optimizer'] == optimizer) & (trials['batch_size'] == source_b) &
+                   (trials['learning_rate'] == best['learning_rate'].iloc[0]) &
+                   (trials['outcome'] == 'reached')].sort_values('seed').iloc[0]
+    source = ctx.out / trial['run_dir']
+    reached = int(trial['steps_to_target'])
+    steps = sorted({max(1, round(f * reached)) for f in options.local_cbs_fractions})
+    if steps != [reached]:  # a source run with checkpoints at the branch points
+      config = mbx.load_run(source).config
+      unit = math.gcd(*steps)
+      train = dataclasses.replace(
+          config.train, duration=f'{steps[-1]} steps', stop_at_target=False,
+          checkpoint_every=f'{unit} steps', keep_checkpoints=steps[-1] // unit + 1,
+          eval_growth=None, eval_every=f'{unit} steps')
+      source = ctx.out / 'local_cbs' / optimizer / 'source'
+      with ctx.timed('local CBS'):
+        mbx.train(dataclasses.replace(config, train=train, name=f'{config.name}-source'),
+                  source, quiet=True)
+    factors = [2**i for i in range(int(math.log2(num_train / source_b)) + 1)]
+    if ctx.quick:
+      factors = factors[::2]
+    points = []
+    for step in steps:
+      with ctx.timed('local CBS'):
+        per_factor, summary = critical_batch.local_cbs(
+            source, step, factors=factors, window=options.local_cbs_window,
+            tolerance=options.local_cbs_tolerance, metric=options.local_cbs_metric,
+            seeds=tuple(options.local_cbs_seeds),
+            workdir=ctx.out / 'local_cbs' / optimizer / f'step{step}')
+      suffix = f'_step{step}' if len(steps) > 1 else ''
+      figures.local_cbs(per_factor, summary, ctx.figure(
+          f'local_cbs_{optimizer}{suffix}', f'local CBS of {optimizer} at step {step}: the '
+          f'branches\' {options.local_cbs_metric} after the window vs k·B'))
+      per_factor.insert(0, 'optimizer', optimizer)
+      per_factor['branch_step'] = summary['step']
+      per_factor['local_cbs'] = summary['local_cbs']
+      per_factor['capped'] = summary['capped']
+      per_factor['lr_scaling'] = summary['lr_scaling']
+      per_factor['branched_from'] = trial['trial_id']
+      rows.append(per_factor)
+      value = ('noise-limited' if summary['local_cbs'] is None or pd.isna(summary['local_cbs'])
+               else f'{"≥ " if summary["capped"] else ""}{int(summary["local_cbs"])}')
+      points.append(f'{value} at step {summary["step"]}')
+    text[optimizer] = '; '.join(points) + f' (from B = {source_b})'
+  frame = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
+  return frame, text
+
+
+def run(ctx) -> None:
+  from mbx.figures import critical_batch as figures  # pylint: disable=import-outside-toplevel
+  from mbx.figures.readme import fmt  # pylint: disable=import-outside-toplevel
+  from mbx.sweep import critical_batch, grid, runner  # pylint: disable=import-outside-toplevel
+  from mbx.sweep import submit as submit_lib  # pylint: disable=import-outside-toplevel
+  options = ctx.options
+  sweep, num_train = _sweep_of(ctx)
+  trials = grid.expand(sweep)
+  for trial in trials:
+    config_lib.validate(trial.config)
+  if num_train is None:
+    from mbx.training.workload import resolve  # pylint: disable=import-outside-toplevel
+    workload = resolve(sweep.base)
+    num_train = workload.dataset.num_examples(workload.train_split)
+  ctx.protocol += _rules(sweep, options.grid is None, options)
+
+  finished = sum(runner.is_finished(ctx.out, t) for t in trials)
+  with ctx.timed('sweep'):
+    if ctx.submit:
+      runner.write_spec(ctx.out, sweep, trials)
+      jobs = submit_lib.submit(sweep, ctx.out, cluster=ctx.submit, num_workers=ctx.workers,
+                               options=submit_lib.SubmitOptions.from_mapping(sweep.submit,
+                                                                             'sweep.submit'))
+      submit_lib.wait(jobs, ctx.out)
+    else:
+      runner.in_processes(runner.run_sweep, (sweep, str(ctx.out)), ctx.workers)
+  ctx.reused += finished
+  ctx.trained += sum(runner.is_finished(ctx.out, t) for t in trials) - finished
+
+  with ctx.timed('analysis and figures'):
+    table = runner.load_table(ctx.out)
+    ctx.table('trials', table)
+    counts = runner.outcome_counts(table)
+    analysis = critical_batch.analyze(table, num_samples=options.bootstrap,
+                                      confidence=options.confidence)
+    figures.save_all(analysis, ctx.out)
+  local, local_text = ([], {})
+  if options.local_cbs:
+    local, local_text = _local_cbs(ctx, sweep, analysis, num_train)
+  fit_rows = _fit_rows(analysis, sweep.target_value)
+  second = None
+  if options.second_target is not None:
+    with ctx.timed('analysis and figures'):
+      second = critical_batch.analyze(runner.trial_table(ctx.out, options.second_target),
+                                      num_samples=options.bootstrap, confidence=options.confidence)
+    fit_rows += _fit_rows(second, options.second_target)
+  ctx.table('cbs_summary', fit_rows, title='Critical batch size, three ways, beside the noise '
+            'scale', markdown=_fit_markdown(fit_rows, options.confidence, local_text),
+            note='B_crit: McCandlish fit S = S_min(1 + B_crit/B) to the per-B minimum steps, '
+            f'{options.confidence:.0%} bootstrap of the log residuals (scatter under the assumed '
+            'curve); "leave one B out" and "lack of fit" show how much the fit depends on the '
+            'curve and on which batch sizes were measured. B_simple = tr(Σ)/|G|² averaged '
+            'over each best trial up to the target (median over B).')
+  per_b = analysis.per_batch_size
+  ctx.table('per_batch_size', per_b.drop(columns=[c for c in ('seed_steps',) if c in per_b]),
+            title='Steps to target per batch size (minimum over the LR search)',
+            markdown=['| optimizer | B | steps S | examples E | best LR | lr/(1−m) | reached / '
+                      'not / diverged | B_simple |', '|---|---:|---:|---:|---:|---:|---|---:|',
+                      *[f'| {r["optimizer"]} | {r["batch_size"]} | {fmt(r["steps_to_target"], 4)}'
+                        f' | {fmt(r["examples_to_target"], 4)} | {fmt(r["learning_rate"])} | '
+                        f'{fmt(r.get("effective_learning_rate"))} | {r["num_reached"]} / '
+                        f'{r["num_not_reached"]} / {r["num_infeasible"]} | {fmt(r["b_simple"])} |'
+                        for _, r in per_b.iterrows()]])
+  if analysis.sensitivity:
+    import pandas as pd  # pylint: disable=import-outside-toplevel
+    ctx.table('fit_sensitivity', pd.concat([t.assign(optimizer=o) for o, t in
+                                            analysis.sensitivity.items()], ignore_index=True))
+  if len(local):
+    ctx.table('local_cbs', local)
+  for name, caption in (('steps_vs_batch_size', 'steps to target vs B: measured, the fit with '
+                         'its band, perfect scaling, B_crit and B_simple'),
+                        ('pareto', 'steps vs examples to target with the fitted hyperbola'),
+                        ('best_learning_rate', 'best LR per B against linear and √ scaling '
+                         '(pale bars: the searched range)'),
+                        ('lr_heatmap', 'steps to target over LR × B')):
+    if (ctx.out / f'{name}.png').exists():
+      ctx.figure(name, caption)
+  ctx.section('Warnings from the analysis', [f'- {w}' for w in analysis.warnings] or ['- none'])
+
+  ctx.results.update(trials=len(table), outcomes=counts, spec_hash=grid.spec_hash(sweep),
+                     warnings=analysis.warnings)
+  for r in fit_rows:
+    if math.isfinite(r.get('b_crit', math.nan)):
+      ctx.findings.append(
+          f'{r["optimizer"]}, target {r["target"]:g}: B_crit = {fmt(r["b_crit"])} '
+          f'[{fmt(r["b_crit_lo"])}, {fmt(r["b_crit_hi"])}] ({options.confidence:.0%} CI), '
+          f'{fmt(r.get("b_crit_leave_out_min"))}–{fmt(r.get("b_crit_leave_out_max"))} with any '
+          f'batch size left out, lack-of-fit p = {fmt(r.get("lack_of_fit_p"), 2)}; S_min = '
+          f'{fmt(r["s_min"])}; Zhang 20% CBS {fmt(r.get("zhang_cbs"))}; run-averaged B_simple '
+          f'{fmt(r.get("b_simple_median"))} (B_crit/B_simple = '
+          f'{fmt(r.get("b_crit_over_b_simple"), 2)}); local CBS '
+          f'{local_text.get(r["optimizer"], "not measured")}.')
+    else:
+      ctx.findings.append(f'{r["optimizer"]}, target {r["target"]:g}: no fit (fewer than 3 '
+                          'batch sizes reached the target).')
+  ctx.findings.append(f'{len(table)} trials: ' + ', '.join(f'{v} {k}' for k, v in counts.items())
+                      + f'; {len(analysis.warnings)} warning(s) from the analysis.')
