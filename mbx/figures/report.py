@@ -247,7 +247,8 @@ def run_section(doc: Document, path: pathlib.Path) -> None:
              f'status: {status.get("status")} ({status.get("reason")}) at step '
              f'{status.get("step")}, wall time {_fmt(status.get("wall_time"))} s on '
              f'{status.get("num_devices")} {status.get("backend")} device(s)'])
-  final = {k: v for k, v in status.items() if k.startswith(('eval_', 'train_', 'steps_to'))}
+  final = {k: v for k, v in status.items()
+           if k.startswith(('eval_', 'train_', 'test_', 'steps_to'))}
   if final:
     doc.table(pd.DataFrame([final]), f'{path.name}_final')
   if not run.metrics.empty:
@@ -255,7 +256,7 @@ def run_section(doc: Document, path: pathlib.Path) -> None:
   analysis_dir = path / 'analysis'
   for summary_file in sorted(analysis_dir.glob('*.json')) if analysis_dir.is_dir() else []:
     summary = json.loads(summary_file.read_text())
-    scalars = {k: v for k, v in summary.items() if isinstance(v, (int, float, str))}
+    scalars = analysis_numbers(summary) if isinstance(summary, dict) else {}
     if scalars:
       doc.heading(summary_file.stem.replace('_', ' '), 3)
       doc.table(pd.DataFrame([scalars]), f'{path.name}_{summary_file.stem}')
@@ -265,14 +266,65 @@ def run_section(doc: Document, path: pathlib.Path) -> None:
                  f'{path.name}_{image.stem}', image.stem.replace('_', ' '))
 
 
+# ------------------------------------------------------------------ studies
+STUDY_FILE = 'summary.json'  # what `mbx study` writes (mbx/study/context.py)
+
+
+def study_section(doc: Document, path: pathlib.Path) -> None:
+  """A study directory: its command, machine and timings, findings, protocol, then the
+  tables and figures its README shows, in that order."""
+  summary = json.loads((path / STUDY_FILE).read_text())
+  doc.heading(f'Study {summary["study"]}: {summary["title"]} ({path})')
+  last = summary['invocations'][-1]
+  machine = summary['machine']
+  doc.items([f'command: {summary["command"]}',
+             f'wall time {last["wall_time_s"] / 60:.1f} min ({last["trained_runs"]} runs '
+             f'trained, {last["reused_runs"]} reused) on {machine["devices"]} '
+             f'{machine["backend"]} device(s), {machine["cpus"]} CPU cores, jax {machine["jax"]}'
+             + (' — quick (smoke-sized) run' if summary.get('quick') else '')])
+  doc.heading('Findings', 3)
+  doc.items(summary['findings'])
+  doc.heading('Protocol', 3)
+  doc.items(summary['protocol'])
+  for item in summary.get('shown', []):
+    if 'table' in item:
+      doc.heading(item['title'], 3)
+      doc.table(pd.read_csv(path / f'{item["table"]}.csv'), f'{path.name}_{item["table"]}')
+    elif (path / item['figure']).exists():
+      image = path / item['figure']
+      doc.figure(lambda p, image=image: p.write_bytes(image.read_bytes()),
+                 f'{path.name}_{image.stem}', item['title'])
+
+
+def analysis_numbers(summary: dict) -> dict:
+  """The headline numbers of an analysis JSON (`mbx analyze ...`): metrics per split, the
+  generalisation gap, ε-sharpness per space and ε, λ_max, tr(H), and top-level scalars."""
+  numbers = {k: v for k, v in summary.items() if isinstance(v, (int, float))}
+  for split in ('train', 'validation', 'test', 'generalization_gap'):
+    for name, value in (summary.get(split) or {}).items():
+      if isinstance(value, (int, float)):
+        numbers[f'{split}_{name}'] = value
+  for result in (summary.get('sharpness') or {}).get('results', []):
+    numbers[f'sharpness_{result["space"]}_{result["epsilon"]:g}'] = result['sharpness']
+  curvature = summary.get('hessian') or {}
+  if 'top_eigenvalues' in curvature:
+    numbers['lambda_max'] = curvature['top_eigenvalues']['eigenvalues'][0]
+  if 'trace' in curvature:
+    numbers['trace'] = curvature['trace']['trace']
+  return numbers
+
+
 # ------------------------------------------------------------------ driver
 def kind_of(path: pathlib.Path) -> str:
+  if (path / STUDY_FILE).exists():
+    return 'study'
   if (path / runner.TABLE_FILE).exists() or (path / runner.SPEC_FILE).exists():
     return 'sweep'
   if (path / 'config.json').exists():
     return 'run'
-  raise config_lib.ConfigError(f'{path}: neither a sweep or study directory ({runner.TABLE_FILE}'
-                               f' or {runner.SPEC_FILE}) nor a run directory (config.json)')
+  raise config_lib.ConfigError(f'{path}: neither a study ({STUDY_FILE}), a sweep '
+                               f'({runner.TABLE_FILE} or {runner.SPEC_FILE}) nor a run '
+                               'directory (config.json)')
 
 
 def write_report(paths: Sequence[str | pathlib.Path], out: str | pathlib.Path, *,
@@ -292,7 +344,10 @@ def write_report(paths: Sequence[str | pathlib.Path], out: str | pathlib.Path, *
   steps = sum(len(cbs_figures.FIGURES) if k == 'sweep' else 1 for k in kinds)
   with tqdm(total=steps, desc='report', unit='figure', disable=quiet) as progress:
     for path, kind in zip(paths, kinds):
-      if kind == 'sweep':
+      if kind == 'study':
+        study_section(doc, path)
+        progress.update(1)
+      elif kind == 'sweep':
         sweep_section(doc, path, target=target, bootstrap=bootstrap, progress=progress)
       else:
         run_section(doc, path)

@@ -67,6 +67,7 @@ class StudyContext:
   findings: list[str] = dataclasses.field(default_factory=list)
   protocol: list[str] = dataclasses.field(default_factory=list)
   results: dict[str, Any] = dataclasses.field(default_factory=dict)
+  shown: list[dict[str, str]] = dataclasses.field(default_factory=list)  # README order
 
   @property
   def trials_dir(self) -> pathlib.Path:
@@ -128,6 +129,7 @@ class StudyContext:
     (self.out / f'{name}.md').write_text('\n'.join(lines) + '\n')
     self.tables[name] = json.loads(frame.to_json(orient='records'))
     if title is not None:
+      self.shown.append({'table': name, 'title': title})
       self.sections.append((title, [*lines, *([''] + [note] if note else []),
                                     '', f'(`{name}.csv`)']))
     return frame
@@ -135,6 +137,7 @@ class StudyContext:
   def figure(self, name: str, caption: str) -> pathlib.Path:
     """The path to draw <name>.png at; the README shows it under the last section."""
     path = self.out / f'{name}.png'
+    self.shown.append({'figure': f'{name}.png', 'title': caption})
     self.sections.append(('', [f'![{caption}]({name}.png)', '', f'*{caption}*']))
     return path
 
@@ -198,7 +201,8 @@ def write(ctx: StudyContext, title: str, wall_time: float) -> dict[str, Any]:
              'machine': info, 'options': _jsonable(ctx.options),
              'config': config_lib.to_dict(ctx.config), 'invocations': invocations,
              'protocol': ctx.protocol, 'findings': ctx.findings,
-             'results': _jsonable(ctx.results), 'tables': _jsonable(ctx.tables)}
+             'results': _jsonable(ctx.results), 'shown': ctx.shown,
+             'tables': _jsonable(ctx.tables)}
   tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
   tmp.write_text(json.dumps(summary, indent=1, default=str) + '\n')
   os.replace(tmp, path)
