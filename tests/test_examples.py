@@ -22,3 +22,36 @@ def test_own_model_example_trains_sweeps_and_analyses_in_fresh_processes(tmp_pat
   sharpness = json.loads((tmp_path / 'run' / 'analysis' / 'sharpness_step300.json').read_text())
   assert sharpness['train']['accuracy'] > 0.5 and sharpness['sharpness']['results']
   assert 'test accuracy' in result.stdout
+
+
+@pytest.mark.slow
+def test_own_study_example_runs_both_studies_and_the_report_in_fresh_processes(tmp_path):
+  result = subprocess.run([sys.executable, 'examples/own_study.py', '--quick', '--out',
+                           str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=900)
+  assert result.returncode == 0, result.stderr[-3000:]
+  import pandas as pd  # pylint: disable=import-outside-toplevel
+  sharp = tmp_path / 'sharp_minima'
+  summary = json.loads((sharp / 'summary.json').read_text())
+  assert summary['config']['model']['name'].endswith('examples/own_study.py:SineMLP')
+  assert summary['invocations'][-1]['trained_runs'] == 3 * 3 + 3 * 2  # tuning + 2 seeds
+  paired = pd.read_csv(sharp / 'paired.csv')
+  # One row per (comparison, measure) with n, the mean difference or ratio, its CI and p.
+  assert not paired.duplicated(['comparison', 'measure']).any()
+  assert set(paired['comparison']) == {'LB vs SB', 'FB vs SB'}
+  assert {'test acc (%)', 'φ full ε=0.001', 'λ_max', 'tr(H)'} <= set(paired['measure'])
+  assert (paired['n'] == 2).all()
+  finite = paired.dropna(subset=['ci_low'])
+  assert len(finite) >= len(paired) - 2
+  assert ((finite['ci_low'] <= finite['estimate']) & (finite['estimate'] <= finite['ci_high'])).all()
+  assert paired['p_t'].between(0, 1).sum() >= len(paired) - 2
+  runs = pd.read_csv(sharp / 'runs.csv')
+  assert len(runs) == 6 and runs['test_accuracy'].between(0.25, 1).all()
+  cbs = tmp_path / 'cbs'
+  fit = pd.read_csv(cbs / 'cbs_summary.csv')
+  assert fit['optimizer'].tolist() == ['adam'] and fit['b_crit'].notna().all()
+  assert len(pd.read_csv(cbs / 'trials.csv')) == 5 * 3
+  report = (tmp_path / 'report.md').read_text()
+  assert 'Study sharp-minima' in report and 'Study cbs' in report
+  assert 'Paired comparisons' in report and 'λ_max' in report
+  readme = (sharp / 'README.md').read_text()
+  assert summary['command'] in readme and '## Interpretation' in readme

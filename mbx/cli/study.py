@@ -44,6 +44,8 @@ def add_parser(subparsers) -> None:
                       help="configs/<name>.py (get_config), a run's config.json; for cbs also "
                            'a sweep file (get_sweep)')
   parser.add_argument('--out', default=None, help='default: studies/<NAME>/<config name>')
+  parser.add_argument('--runs', default=None,
+                      help='where the run directories go (default: --out, under trials/)')
   parser.add_argument('--quick', action='store_true', help='a smoke-sized version')
   parser.add_argument('--workers', type=int, default=1, help='local worker processes per phase')
   parser.add_argument('--submit', choices=('slurm', 'local'), default=None,
@@ -83,7 +85,8 @@ def _study(args) -> None:
   out = pathlib.Path(args.out or pathlib.Path('studies') / args.name / config.name)
   command = 'mbx ' + ' '.join(sys.argv[1:]) if sys.argv[1:2] == ['study'] else None
   summary = study_lib.run(args.name, config, out, options=options, quick=args.quick,
-                          workers=args.workers, submit=args.submit, command=command)
+                          workers=args.workers, submit=args.submit, runs=args.runs,
+                          command=command)
   print('\n'.join(f'- {f}' for f in summary['findings']))
   last = summary['invocations'][-1]
   print(f'{out}: {last["trained_runs"]} runs trained, {last["reused_runs"]} reused, '

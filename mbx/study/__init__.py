@@ -78,10 +78,12 @@ def is_study_dir(path: str | pathlib.Path) -> bool:
 
 def run(name: str, config: config_lib.Config, out: str | pathlib.Path, *,
         options: Any = None, quick: bool = False, workers: int = 1, submit: str | None = None,
-        command: str | None = None, log=None) -> dict[str, Any]:
-  """Runs study `name` on `config` into `out`; returns its summary (summary.json).
+        runs: str | pathlib.Path | None = None, command: str | None = None,
+        log=None) -> dict[str, Any]:
+  """Runs study `name` on `config` into `out` (its run directories into `runs`, default
+  `out`); returns its summary (summary.json).
 
-  Finished runs in `out` are reused. Every option and config error is raised (ConfigError)
+  Finished runs are reused. Every option and config error is raised (ConfigError)
   before anything is written or compiled."""
   module = study_module(name)
   options = options_of(name, quick=quick) if options is None else options
@@ -90,12 +92,13 @@ def run(name: str, config: config_lib.Config, out: str | pathlib.Path, *,
   from mbx.study import context  # pylint: disable=import-outside-toplevel
   ctx = context.StudyContext(
       study=name, config=config, options=options, out=pathlib.Path(out), quick=quick,
-      workers=workers, submit=submit,
+      workers=workers, submit=submit, runs=runs,
       command=command or ' '.join([pathlib.Path(sys.argv[0]).name, *sys.argv[1:]]))
   if log is not None:
     ctx.log = log
   start = time.perf_counter()
   ctx.out.mkdir(parents=True, exist_ok=True)
+  ctx.runs.mkdir(parents=True, exist_ok=True)
   module.run(ctx)
   return context.write(ctx, module.TITLE.format(name=config.name), time.perf_counter() - start)
 

@@ -96,6 +96,8 @@ def derive_sweep(config: config_lib.Config, options: Options, num_train: int, qu
 
 def check(config: config_lib.Config, options: Options) -> None:
   if options.grid is not None:
+    from mbx.study import context  # pylint: disable=import-outside-toplevel
+    context.check_metric(options.grid.target_metric, 'sweep.target_metric', options.grid.base)
     return
   metric = options.target_metric or config.train.target_metric
   value = options.target_value if options.target_value is not None else config.train.target_value
@@ -104,6 +106,9 @@ def check(config: config_lib.Config, options: Options) -> None:
         'study.target_metric / study.target_value: the cbs study needs a target (e.g. '
         'study.target_metric=eval_accuracy study.target_value=0.9, or train.target_metric and '
         'train.target_value in the config)')
+  from mbx.study import context  # pylint: disable=import-outside-toplevel
+  context.check_metric(metric, 'study.target_metric' if options.target_metric
+                       else 'train.target_metric', config)
   if options.num_learning_rates < 2 or options.learning_rate_range <= 1:
     raise config_lib.ConfigError(
         f'study.num_learning_rates={options.num_learning_rates}, study.learning_rate_range='
@@ -240,7 +245,7 @@ def _local_cbs(ctx, sweep, analysis, num_train: int) -> tuple[list[dict], dict[s
     trial = trials[(trials['optimizer'] == optimizer) & (trials['batch_size'] == source_b) &
                    (trials['learning_rate'] == best['learning_rate'].iloc[0]) &
                    (trials['outcome'] == 'reached')].sort_values('seed').iloc[0]
-    source = ctx.out / trial['run_dir']
+    source = ctx.runs / trial['run_dir']
     reached = int(trial['steps_to_target'])
     steps = sorted({max(1, round(f * reached)) for f in options.local_cbs_fractions})
     if steps != [reached]:  # a source run with checkpoints at the branch points
@@ -250,7 +255,7 @@ def _local_cbs(ctx, sweep, analysis, num_train: int) -> tuple[list[dict], dict[s
           config.train, duration=f'{steps[-1]} steps', stop_at_target=False,
           checkpoint_every=f'{unit} steps', keep_checkpoints=steps[-1] // unit + 1,
           eval_growth=None, eval_every=f'{unit} steps')
-      source = ctx.out / 'local_cbs' / optimizer / 'source'
+      source = ctx.runs / 'local_cbs' / optimizer / 'source'
       with ctx.timed('local CBS'):
         mbx.train(dataclasses.replace(config, train=train, name=f'{config.name}-source'),
                   source, quiet=True)
@@ -264,7 +269,7 @@ def _local_cbs(ctx, sweep, analysis, num_train: int) -> tuple[list[dict], dict[s
             source, step, factors=factors, window=options.local_cbs_window,
             tolerance=options.local_cbs_tolerance, metric=options.local_cbs_metric,
             seeds=tuple(options.local_cbs_seeds),
-            workdir=ctx.out / 'local_cbs' / optimizer / f'step{step}')
+            workdir=ctx.runs / 'local_cbs' / optimizer / f'step{step}')
       suffix = f'_step{step}' if len(steps) > 1 else ''
       figures.local_cbs(per_factor, summary, ctx.figure(
           f'local_cbs_{optimizer}{suffix}', f'local CBS of {optimizer} at step {step}: the '
@@ -284,6 +289,17 @@ def _local_cbs(ctx, sweep, analysis, num_train: int) -> tuple[list[dict], dict[s
   return frame, text
 
 
+def _b_simple_text(row: dict) -> str:
+  from mbx.figures.readme import fmt  # pylint: disable=import-outside-toplevel
+  value = row.get('b_simple_median', math.nan)
+  if not math.isfinite(value):
+    return 'not measured'
+  if value <= 0:
+    return (f'{fmt(value)} (negative: |G|² is below its noise in these batches, so the '
+            'estimate carries no scale; do not read it as a batch size)')
+  return f'{fmt(value)} (B_crit/B_simple = {fmt(row.get("b_crit_over_b_simple"), 2)})'
+
+
 def run(ctx) -> None:
   from mbx.figures import critical_batch as figures  # pylint: disable=import-outside-toplevel
   from mbx.figures.readme import fmt  # pylint: disable=import-outside-toplevel
@@ -300,21 +316,21 @@ def run(ctx) -> None:
     num_train = workload.dataset.num_examples(workload.train_split)
   ctx.protocol += _rules(sweep, options.grid is None, options)
 
-  finished = sum(runner.is_finished(ctx.out, t) for t in trials)
+  finished = sum(runner.is_finished(ctx.runs, t) for t in trials)
   with ctx.timed('sweep'):
     if ctx.submit:
-      runner.write_spec(ctx.out, sweep, trials)
-      jobs = submit_lib.submit(sweep, ctx.out, cluster=ctx.submit, num_workers=ctx.workers,
+      runner.write_spec(ctx.runs, sweep, trials)
+      jobs = submit_lib.submit(sweep, ctx.runs, cluster=ctx.submit, num_workers=ctx.workers,
                                options=submit_lib.SubmitOptions.from_mapping(sweep.submit,
                                                                              'sweep.submit'))
-      submit_lib.wait(jobs, ctx.out)
+      submit_lib.wait(jobs, ctx.runs)
     else:
-      runner.in_processes(runner.run_sweep, (sweep, str(ctx.out)), ctx.workers)
+      runner.in_processes(runner.run_sweep, (sweep, str(ctx.runs)), ctx.workers)
   ctx.reused += finished
-  ctx.trained += sum(runner.is_finished(ctx.out, t) for t in trials) - finished
+  ctx.trained += sum(runner.is_finished(ctx.runs, t) for t in trials) - finished
 
   with ctx.timed('analysis and figures'):
-    table = runner.load_table(ctx.out)
+    table = runner.load_table(ctx.runs)
     ctx.table('trials', table)
     counts = runner.outcome_counts(table)
     analysis = critical_batch.analyze(table, num_samples=options.bootstrap,
@@ -327,7 +343,7 @@ def run(ctx) -> None:
   second = None
   if options.second_target is not None:
     with ctx.timed('analysis and figures'):
-      second = critical_batch.analyze(runner.trial_table(ctx.out, options.second_target),
+      second = critical_batch.analyze(runner.trial_table(ctx.runs, options.second_target),
                                       num_samples=options.bootstrap, confidence=options.confidence)
     fit_rows += _fit_rows(second, options.second_target)
   ctx.table('cbs_summary', fit_rows, title='Critical batch size, three ways, beside the noise '
@@ -373,8 +389,7 @@ def run(ctx) -> None:
           f'{fmt(r.get("b_crit_leave_out_min"))}–{fmt(r.get("b_crit_leave_out_max"))} with any '
           f'batch size left out, lack-of-fit p = {fmt(r.get("lack_of_fit_p"), 2)}; S_min = '
           f'{fmt(r["s_min"])}; Zhang 20% CBS {fmt(r.get("zhang_cbs"))}; run-averaged B_simple '
-          f'{fmt(r.get("b_simple_median"))} (B_crit/B_simple = '
-          f'{fmt(r.get("b_crit_over_b_simple"), 2)}); local CBS '
+          + _b_simple_text(r) + '; local CBS '
           f'{local_text.get(r["optimizer"], "not measured")}.')
     else:
       ctx.findings.append(f'{r["optimizer"]}, target {r["target"]:g}: no fit (fewer than 3 '

@@ -1,7 +1,8 @@
 """What every study shares: training its grids (only the unfinished runs), timing its phases,
 and writing its directory.
 
-    <out>/trials/<trial_id>/   one ordinary run directory per configuration the study trains
+    <runs>/trials/<trial_id>/  one ordinary run directory per configuration the study trains
+                               (runs defaults to out)
     <out>/<table>.csv|.md      each table, as data and as Markdown
     <out>/<figure>.png         each figure
     <out>/summary.json         the command, machine, options, timings and every table's rows
@@ -69,9 +70,10 @@ class StudyContext:
   results: dict[str, Any] = dataclasses.field(default_factory=dict)
   shown: list[dict[str, str]] = dataclasses.field(default_factory=list)  # README order
 
-  @property
-  def trials_dir(self) -> pathlib.Path:
-    return self.out
+  runs: pathlib.Path | None = None  # where trials/ goes (None: `out`); tables stay in out
+
+  def __post_init__(self):
+    self.runs = pathlib.Path(self.runs) if self.runs is not None else self.out
 
   # ------------------------------------------------------------------ training
   def train(self, configs: Mapping[Any, config_lib.Config], phase: str) -> dict[Any, Any]:
@@ -85,32 +87,32 @@ class StudyContext:
     unique = list({t.id: t for t in trials.values()}.values())
     for trial in unique:
       config_lib.validate(trial.config)
-    todo = [t for t in unique if not runner.is_finished(self.out, t)]
+    todo = [t for t in unique if not runner.is_finished(self.runs, t)]
     self.reused += len(unique) - len(todo)
     self.log(f'{self.study}: {phase}: {len(unique)} runs, {len(unique) - len(todo)} '
              f'already finished, training {len(todo)}')
     if todo:
       self._train(todo, phase)
-    failed = [t.id for t in todo if not runner.is_finished(self.out, t)]
+    failed = [t.id for t in todo if not runner.is_finished(self.runs, t)]
     self.trained += len(todo) - len(failed)
     if failed:
-      reasons = {runner.read_status(runner.trial_dir(self.out, t)).get('reason') for t in failed}
+      reasons = {runner.read_status(runner.trial_dir(self.runs, t)).get('reason') for t in failed}
       raise config_lib.ConfigError(
           f'{phase}: {len(failed)} run(s) failed ({"; ".join(sorted(map(str, reasons)))}); '
-          f'first: {runner.trial_dir(self.out, failed[0])}; re-running the study retries them')
+          f'first: {runner.trial_dir(self.runs, failed[0])}; re-running the study retries them')
     self.phases[phase] = self.phases.get(phase, 0.0) + time.perf_counter() - tic
-    return {key: load_run(runner.trial_dir(self.out, t)) for key, t in trials.items()}
+    return {key: load_run(runner.trial_dir(self.runs, t)) for key, t in trials.items()}
 
   def _train(self, trials: list, phase: str) -> None:
     from mbx.sweep import runner, submit  # pylint: disable=import-outside-toplevel
     run = functools.partial(runner.run_trials, name=f'{self.study}/{phase}', table=False)
     if self.submit:
-      submit.submit_trials(trials, self.out, cluster=self.submit, num_workers=self.workers,
+      submit.submit_trials(trials, self.runs, cluster=self.submit, num_workers=self.workers,
                            name=f'{self.study}-{phase}', wait=True)
     elif self.workers > 1:
-      runner.in_processes(run, (trials, str(self.out)), min(self.workers, len(trials)))
+      runner.in_processes(run, (trials, str(self.runs)), min(self.workers, len(trials)))
     else:
-      run(trials, self.out, log=self.log)
+      run(trials, self.runs, log=self.log)
 
   def timed(self, phase: str):
     """`with ctx.timed('analysis'):` adds the block's wall time to the phase."""
@@ -157,6 +159,28 @@ class _Timer:
   def __exit__(self, *exc):
     elapsed = time.perf_counter() - self.tic
     self.ctx.phases[self.phase] = self.ctx.phases.get(self.phase, 0.0) + elapsed
+
+
+# ------------------------------------------------------------------ checks
+def task_metrics(config: config_lib.Config) -> dict[str, str]:
+  """The metrics the config's task declares, with which way is better."""
+  from mbx.tasks import resolve_task  # pylint: disable=import-outside-toplevel
+  try:
+    return dict(resolve_task(config.task.name, config.task.options).metrics)
+  except ValueError as error:
+    raise config_lib.ConfigError(str(error)) from None
+
+
+def check_metric(value: str, field: str, config: config_lib.Config,
+                 prefixes: tuple[str, ...] = ('eval', 'train')) -> str:
+  """`value` = '<prefix>_<metric>' with a metric the task declares; returns the metric."""
+  metrics = task_metrics(config)
+  prefix, _, name = str(value).partition('_')
+  if prefix not in prefixes or name not in metrics:
+    allowed = ', '.join(f'{p}_{m}' for p in prefixes for m in metrics)
+    raise config_lib.ConfigError(f'{field}={value!r}: not a metric of task '
+                                 f'{config.task.name!r}; allowed: {allowed}')
+  return name
 
 
 # ------------------------------------------------------------------ writing

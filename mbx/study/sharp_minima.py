@@ -18,6 +18,7 @@ import math
 from typing import Any
 
 from mbx import config as config_lib
+from mbx.study import context
 
 TITLE = 'Sharp minima: small, large and full batch at equal training loss ({name})'
 
@@ -55,28 +56,10 @@ QUICK = dict(seeds=(0, 1), learning_rate_factors=(0.3, 1.0, 3.0), lanczos_steps=
              trace_samples=20, grid_trace_samples=20, density_runs=1, density_steps=40)
 
 
-def _task_metrics(config: config_lib.Config) -> dict[str, str]:
-  from mbx.tasks import resolve_task  # pylint: disable=import-outside-toplevel
-  try:
-    return dict(resolve_task(config.task.name, config.task.options).metrics)
-  except ValueError as error:
-    raise config_lib.ConfigError(str(error)) from None
-
-
-def _metric_field(value: str, field: str, metrics: dict[str, str], prefixes: tuple[str, ...]):
-  prefix, _, name = value.partition('_')
-  if prefix not in prefixes or name not in metrics:
-    allowed = ', '.join(f'{p}_{m}' for p in prefixes for m in metrics)
-    raise config_lib.ConfigError(f'study.{field}={value!r}: the task ({metrics and "declares "}'
-                                 f'{", ".join(metrics)}) has no such metric; allowed: {allowed}')
-  return name
-
-
 def check(config: config_lib.Config, options: Options) -> None:
-  metrics = _task_metrics(config)
-  _metric_field(options.stop_metric, 'stop_metric', metrics, ('train',))
+  context.check_metric(options.stop_metric, 'study.stop_metric', config, ('train',))
   if options.select_metric is not None:
-    _metric_field(options.select_metric, 'select_metric', metrics, ('eval',))
+    context.check_metric(options.select_metric, 'study.select_metric', config, ('eval',))
   if not options.seeds:
     raise config_lib.ConfigError('study.seeds=(): at least one seed')
   if options.tuning_seed in options.seeds:
@@ -91,7 +74,7 @@ def check(config: config_lib.Config, options: Options) -> None:
 def _select_metric(config, options) -> str:
   if options.select_metric:
     return options.select_metric
-  return 'eval_accuracy' if 'accuracy' in _task_metrics(config) else 'eval_loss'
+  return 'eval_accuracy' if 'accuracy' in context.task_metrics(config) else 'eval_loss'
 
 
 def regimes(options: Options, num_train: int) -> dict[str, int]:
@@ -196,7 +179,7 @@ def _unit_column_sharpness(run, epsilon: float = 1e-3) -> float:
 def tune(ctx, batch_sizes, learning_rates, select: str) -> tuple[dict[int, float], list[dict]]:
   """Per B, the LR whose tuning-seed run reached the stop with the best `select` metric on
   validation (ties: the smaller LR)."""
-  options, metrics = ctx.options, _task_metrics(ctx.config)
+  options, metrics = ctx.options, context.task_metrics(ctx.config)
   runs = ctx.train({(b, lr): trial_config(ctx.config, options, b, options.tuning_seed, lr)
                     for b in batch_sizes for lr in learning_rates}, 'LR tuning on validation')
   better_is_max = metrics[select.partition('_')[2]] == 'max'
@@ -226,13 +209,15 @@ def tune(ctx, batch_sizes, learning_rates, select: str) -> tuple[dict[int, float
 REGIME_MEASURES = [  # (column, header, scale) for the side-by-side table
     ('train_accuracy', 'train acc (%)', 100), ('validation_accuracy', 'val acc (%)', 100),
     ('test_accuracy', 'test acc (%)', 100), ('gap_accuracy', 'gap (pts)', 100),
-    ('train_loss', 'train loss', 1), ('test_loss', 'test loss', 1), ('gap_loss', 'loss gap', 1)]
+    ('train_loss', 'train loss', 1), ('test_loss', 'test loss', 1), ('gap_loss', 'loss gap', 1),
+    ('train_grad_norm', '‖∇f‖ at the stop', 1)]
 
 
 def _measures(rows, options) -> list[tuple[str, str, float]]:
   sharp = [(sharpness_key(space, e), f'φ {space} ε={e:g}', 1)
            for space in ('full', 'subspace') for e in options.epsilons]
-  out = REGIME_MEASURES + sharp + [('lambda_max', 'λ_max', 1), ('trace', 'tr(H)', 1)]
+  unit = [('sharpness_subspace_unit_0.001', 'φ subspace ε=0.001, unit-norm columns of A', 1)]
+  out = REGIME_MEASURES + sharp + unit + [('lambda_max', 'λ_max', 1), ('trace', 'tr(H)', 1)]
   return [m for m in out if any(m[0] in r for r in rows)]
 
 
@@ -327,10 +312,12 @@ def run(ctx) -> None:
   ctx.table('paired', stats, title=f'Paired comparisons (n = {len(seeds)} seeds)',
             markdown=_paired_markdown(stats))
 
-  with ctx.timed('interpolation, landscapes, density'):
+  interpolation_rows = []
+  with ctx.timed('interpolation and density'):
     for other in [r for r in sizes if r != 'SB']:
       curves = [analysis.interpolation_analysis(runs[('SB', s)], runs[(other, s)])['rows']
                 for s in seeds]
+      interpolation_rows += [barrier_row(curve, other, s) for curve, s in zip(curves, seeds)]
       figures.parametric_plot(
           curves, ctx.figure(f'parametric_sb_{other.lower()}',
                              f'θ(α) = α·θ_{other} + (1−α)·θ_SB, {len(seeds)} seed(s)'),
@@ -341,6 +328,10 @@ def run(ctx) -> None:
                                                  f'density (SLQ), seed {seeds[0]}'),
                            title=f'Hessian eigenvalue density, seed {seeds[0]}')
 
+  ctx.table('interpolation', interpolation_rows,
+            title='Along θ(α) = α·θ_other + (1−α)·θ_SB (per seed)',
+            note='barrier: the highest training loss for α in (0, 1) minus the larger of the '
+            'two ends; beyond: training loss at α = 2 (past the other end) and α = −1 (past SB).')
   grid_rows = []
   if options.grid:
     grid_runs = ctx.train({b: trial_config(config, options, b, seeds[0], chosen[b])
@@ -375,12 +366,40 @@ def run(ctx) -> None:
           f'{s["comparison"]}, {s["measure"]}: {statistics.interval_text(s)} (n = {s["n"]} '
           f'paired seeds; t p = {s["p_t"]:.2g}, Wilcoxon p = {s["p_wilcoxon"]:.2g}; higher in '
           f'{s["higher"]} of {s["n"]}).')
+  for other in sorted({r['other'] for r in interpolation_rows}):
+    group = [r for r in interpolation_rows if r['other'] == other]
+    steeper = sum(r['train_loss_alpha_2'] > r['train_loss_alpha_-1'] for r in group)
+    ctx.findings.append(
+        f'SB–{other} interpolation: a training-loss barrier of '
+        f'{_pm([r["barrier"] for r in group])} between the two minima; the loss past the '
+        f'{other} end (α = 2) exceeds the loss past the SB end (α = −1) in {steeper} of '
+        f'{len(group)} seeds.')
+  if len(grid_rows) >= 4:
+    import scipy.stats  # pylint: disable=import-outside-toplevel
+    for key, label, _ in headline:
+      result = scipy.stats.spearmanr([r['batch_size'] for r in grid_rows],
+                                     [r.get(key, math.nan) for r in grid_rows])
+      ctx.findings.append(
+          f'Across the batch-size grid (one run per B, {len(grid_rows)} sizes): Spearman '
+          f'ρ(B, {label}) = {result.statistic:+.2f} (p = {result.pvalue:.2g}).')
   reached = sum(r['reached_stop'] for r in rows + grid_rows)
   ctx.findings.append(f'{reached} of {len(rows) + len(grid_rows)} analysed runs reached the '
                       f'stop ({options.stop_metric} ≤ {options.stop_value:g}).')
   if len(seeds) < 5:
     ctx.findings.append(f'Only {len(seeds)} seeds: with n < 5 pairs no two-sided exact '
                         'Wilcoxon p can fall below 0.0625; read the intervals.')
+
+
+def barrier_row(curve: list[dict], other: str, seed: int) -> dict:
+  """The loss barrier between the two minima along the interpolation, and the losses past
+  either end (Keskar et al.'s Fig. 3 read as numbers)."""
+  by_alpha = {round(r['alpha'], 6): r['train_loss'] for r in curve}
+  ends = max(by_alpha.get(0.0, math.nan), by_alpha.get(1.0, math.nan))
+  inside = [v for a, v in by_alpha.items() if 0 < a < 1]
+  return {'other': other, 'seed': seed,
+          'barrier': (max(inside) - ends) if inside else math.nan,
+          'train_loss_alpha_-1': by_alpha.get(-1.0, math.nan),
+          'train_loss_alpha_2': by_alpha.get(2.0, math.nan)}
 
 
 def _pm(values) -> str:

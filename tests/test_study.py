@@ -1,0 +1,153 @@
+"""`mbx study`: the shared statistics against closed forms, options and bad input, growing a
+study, and the cbs grid rules."""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import scipy.stats
+
+import mbx
+import mbx.study
+from mbx.study import statistics
+from mbx.study import sharp_minima
+
+from helpers import REPO
+
+
+def test_paired_differences_and_ratios_match_the_closed_forms():
+  differences = [-1.0, -2.0, -1.5, -0.5, -2.5]
+  baseline = [0.9] * 5
+  other = [0.9 + d / 100 for d in differences]
+  result = statistics.paired(baseline, other, 'difference', scale=100)
+  mean, sem = np.mean(differences), np.std(differences, ddof=1) / math.sqrt(5)
+  assert result['n'] == 5 and result['estimate'] == pytest.approx(mean)
+  assert result['ci_high'] - result['estimate'] == pytest.approx(2.776445 * sem, rel=1e-5)
+  assert result['p_t'] == pytest.approx(scipy.stats.ttest_1samp(differences, 0).pvalue)
+  assert result['p_wilcoxon'] == pytest.approx(0.0625)  # all 5 below: the smallest possible
+  assert (result['higher'], result['lower']) == (0, 5)
+  ratio = statistics.paired([1.0, 2.0, 4.0], [2.0, 4.0, 8.0], 'ratio')
+  assert ratio['estimate'] == pytest.approx(2.0) and ratio['ci_low'] == pytest.approx(2.0)
+  # A ratio is a geometric mean of the per-seed ratios; non-positive pairs are dropped.
+  ratio = statistics.paired([1.0, 1.0, -1.0], [2.0, 8.0, 3.0], 'ratio')
+  assert ratio['n'] == 2 and ratio['estimate'] == pytest.approx(4.0)
+  assert math.isnan(statistics.paired([1.0], [2.0])['ci_low'])
+
+
+def test_welch_matches_scipy():
+  a, b = [0.90, 0.92, 0.91, 0.95], [0.85, 0.88, 0.86]
+  result = statistics.welch(a, b, scale=100)
+  assert result['estimate'] == pytest.approx((np.mean(b) - np.mean(a)) * 100)
+  assert result['p'] == pytest.approx(scipy.stats.ttest_ind(b, a, equal_var=False).pvalue)
+  assert result['ci_low'] < result['estimate'] < result['ci_high'] < 0
+
+
+def test_sharp_minima_pairs_each_regime_with_sb_by_seed_for_every_measure():
+  options = sharp_minima.Options(epsilons=(1e-3,))
+  key = sharp_minima.sharpness_key('full', 1e-3)
+  rows = []
+  for seed, (d, r) in enumerate([(-1.0, 2.0), (-2.0, 2.0), (-1.5, 2.0)]):
+    rows.append({'regime': 'SB', 'seed': seed, 'test_accuracy': 0.9, key: 1.0})
+    rows.append({'regime': 'LB', 'seed': seed, 'test_accuracy': 0.9 + d / 100, key: r})
+  stats = {(s['comparison'], s['column']): s
+           for s in sharp_minima.paired_rows(rows, options, {'SB': 256, 'LB': 400})}
+  assert set(stats) == {('LB vs SB', 'test_accuracy'), ('LB vs SB', key)}
+  assert stats['LB vs SB', 'test_accuracy']['estimate'] == pytest.approx(-1.5)
+  assert stats['LB vs SB', key]['kind'] == 'ratio'
+  assert stats['LB vs SB', key]['estimate'] == pytest.approx(2.0)
+
+
+def test_interpolation_barrier_reads_the_curve():
+  curve = [{'alpha': a, 'train_loss': loss} for a, loss in
+           [(-1.0, 3.0), (0.0, 0.01), (0.5, 1.5), (1.0, 0.02), (2.0, 5.0)]]
+  row = sharp_minima.barrier_row(curve, 'LB', 0)
+  assert row['barrier'] == pytest.approx(1.48)
+  assert (row['train_loss_alpha_-1'], row['train_loss_alpha_2']) == (3.0, 5.0)
+
+
+def test_options_take_overrides_quick_and_suggest_the_closest_field():
+  options = mbx.study.options_of('sharp-minima', ['study.seeds=0,1,2', 'study.small_batch=64'],
+                                 quick=True)
+  assert options.seeds == (0, 1, 2) and options.small_batch == 64
+  assert options.learning_rate_factors == sharp_minima.QUICK['learning_rate_factors']
+  assert mbx.study.options_of('sharp-minima', ['study.seeds=3']).seeds == (3,)
+  with pytest.raises(mbx.ConfigError, match='did you mean study.seeds'):
+    mbx.study.options_of('sharp-minima', ['study.seed=1'])
+  with pytest.raises(mbx.ConfigError, match="did you mean 'sharp-minima'"):
+    mbx.study.options_of('sharp_minima')
+
+
+def _study(args, tmp_path):
+  return subprocess.run([sys.executable, '-m', 'mbx.cli', 'study', *args], cwd=REPO,
+                        capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize('args, message', [
+    (['sharp-minima', '--config', 'configs/mnist1d_cnn.py', 'study.stop_metric=train_rmse'],
+     "study.stop_metric='train_rmse': not a metric of task 'classification'; allowed: "
+     'train_loss, train_accuracy'),
+    (['sharp-minima', '--config', 'configs/mnist1d_cnn.py', 'study.tuning_seed=0'],
+     'study.tuning_seed=0: also in study.seeds'),
+    (['cbs', '--config', 'configs/mnist1d_cnn.py', 'train.target_metric=eval_f1',
+      'train.target_value=0.5'],
+     "train.target_metric='eval_f1': not a metric of task 'classification'"),
+    (['cbs', '--config', 'configs/mnist1d_cnn.py'], 'the cbs study needs a target'),
+    (['cbs', '--config', 'configs/mnist1d_cnn.py', 'study.sedes=1'],
+     'did you mean study.seeds?'),
+])
+def test_a_study_the_config_cannot_answer_stops_in_one_line_before_writing(
+    tmp_path, args, message):
+  out = tmp_path / 'study'
+  result = _study([*args, '--out', str(out)], tmp_path)
+  assert result.returncode == 2, result.stderr
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and 'Traceback' not in result.stderr
+  assert lines[0].startswith('mbx study: error: ') and message in lines[0]
+  assert not out.exists()
+
+
+def test_cbs_derives_its_grid_from_a_training_config_by_the_stated_rules():
+  from mbx.study import cbs  # pylint: disable=import-outside-toplevel
+  config = mbx.load_config(REPO / 'configs' / 'mnist1d_cnn.py',
+                           ['train.batch_size=32', 'train.duration=10 epochs',
+                            'optim.learning_rate=1e-3', 'train.target_metric=eval_accuracy',
+                            'train.target_value=0.8'])
+  sweep = cbs.derive_sweep(config, cbs.Options(), num_train=4000, quick=False)
+  assert sweep.batch_sizes == (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4000)
+  space = sweep.search[0]
+  assert space.optimizer == config.optim.name and space.reference_batch_size == 32
+  assert space.learning_rate == pytest.approx((1e-3 / 8, 1e-3 * 8))
+  assert space.lr_scaling_power == (0.5 if config.optim.name.startswith('adam') else 1.0)
+  # budget(B) = max(2 x 10 epochs of examples / B, 200) steps
+  assert sweep.budgets[32] == f'{2 * 40000 // 32} steps' and sweep.budgets[4000] == '200 steps'
+  assert (sweep.target_metric, sweep.target_value) == ('eval_accuracy', 0.8)
+  quick = cbs.derive_sweep(config, cbs.Options(), num_train=4000, quick=True)
+  assert len(quick.batch_sizes) == 5 and min(quick.batch_sizes) >= 4
+  assert max(quick.batch_sizes) == 4000
+
+
+TINY = ['model.name=mlp', 'model.options.hidden=(16,)', 'train.checkpoint_every=none',
+        'train.log_every=50 steps']
+
+
+@pytest.mark.slow
+def test_growing_a_study_trains_only_the_new_runs(tmp_path):
+  config = mbx.load_config(REPO / 'configs' / 'mnist1d_sharp_minima.py', TINY)
+  options = dict(small_batch=256, large_batch=1000, full_batch=False, learning_rates=(1e-2,),
+                 stop_value=2.0, max_epochs=20, subspace_dim=4, maxiter=2, top_k=1,
+                 lanczos_steps=5, trace_samples=2, density_runs=0, unit_column_subspace=False)
+  first = mbx.study.run('sharp-minima', config, tmp_path,
+                        options=mbx.study.options_of('sharp-minima', seeds=(0,), **options))
+  assert first['invocations'][-1]['trained_runs'] == 2 + 2  # tuning at both B, then seed 0
+  grown = mbx.study.run('sharp-minima', config, tmp_path,
+                        options=mbx.study.options_of('sharp-minima', seeds=(0, 1), **options))
+  last = grown['invocations'][-1]
+  assert (last['trained_runs'], last['reused_runs']) == (2, 4)  # only seed 1's two runs
+  assert len(grown['invocations']) == 2
+  paired = json.loads((tmp_path / 'summary.json').read_text())['tables']['paired']
+  assert {row['n'] for row in paired} == {2}  # the analysis uses both seeds
+  assert (tmp_path / 'README.md').read_text().count('## Interpretation') == 1
