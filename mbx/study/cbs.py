@@ -46,7 +46,10 @@ class Options:
   local_cbs_batch_size: int | None = None  # branch the best trial at this B; None: 16 if in
                                            # the grid, else the smallest B above 1
   local_cbs_fractions: tuple[float, ...] = (1.0,)  # branch points, × its steps to target
-  local_cbs_window: str = '2 epochs'
+  local_cbs_window: str = '2 epochs'    # data per branch; 'first quarter': what the source
+                                         # saw in the first quarter of its training
+  local_cbs_max_factor: int | None = None  # branches at k·B, k = 1, 2, 4, … up to this
+                                           # (None: up to the training set)
   local_cbs_tolerance: float = 0.02
   local_cbs_metric: str = 'eval_loss'
   local_cbs_seeds: tuple[int, ...] = (0, 1)
@@ -140,8 +143,8 @@ def _sweep_of(ctx):
 
 def quick_sweep(sweep):
   """A smoke-sized version of a given grid: the middle three LRs of each search, one seed,
-  five batch sizes spread over the grid."""
-  sizes = sweep.batch_sizes
+  five batch sizes from 4 up spread over the grid."""
+  sizes = tuple(b for b in sweep.batch_sizes if b >= 4) or sweep.batch_sizes
   if len(sizes) > QUICK_BATCH_SIZES:
     picks = sorted({round(i * (len(sizes) - 1) / (QUICK_BATCH_SIZES - 1))
                     for i in range(QUICK_BATCH_SIZES)})
@@ -226,13 +229,73 @@ def local_cbs_batch_size(options: Options, sizes) -> int | None:
   return next((b for b in sorted(sizes) if b > 1), None)
 
 
+def _branch(args) -> tuple:
+  """One branch point (a process of its own when the study has workers)."""
+  from mbx.sweep import critical_batch  # pylint: disable=import-outside-toplevel
+  source, step, factors, options, workdir = args
+  return critical_batch.local_cbs(
+      source, step, factors=factors, window=options['window'],
+      tolerance=options['tolerance'], metric=options['metric'], seeds=options['seeds'],
+      workdir=workdir)
+
+
+def branch_steps(reached: int, fractions) -> tuple[int, list[int]]:
+  """(checkpoint unit, branch steps): each fraction of the steps to target, on a grid of
+  eighths of it so that a source run keeps few checkpoints."""
+  unit = max(1, reached // 8)
+  return unit, sorted({max(unit, round(f * reached / unit) * unit) for f in fractions})
+
+
+def _source_run(ctx, trial_dir, reached: int, optimizer: str):
+  """The best trial again, checkpointed at the branch points (None: branch the trial itself,
+  which ends at the target)."""
+  import mbx  # pylint: disable=import-outside-toplevel
+  if tuple(ctx.options.local_cbs_fractions) == (1.0,):
+    return trial_dir, [reached]
+  unit, steps = branch_steps(reached, ctx.options.local_cbs_fractions)
+  config = mbx.load_run(trial_dir).config
+  train = dataclasses.replace(
+      config.train, duration=f'{steps[-1]} steps', stop_at_target=False,
+      checkpoint_every=f'{unit} steps', keep_checkpoints=steps[-1] // unit + 2,
+      eval_growth=None, eval_every=f'{unit} steps', log_every=f'{max(1, unit // 4)} steps')
+  source = ctx.runs / 'local_cbs' / optimizer / 'source'
+  mbx.train(dataclasses.replace(config, train=train, name=f'{config.name}-source'), source,
+            quiet=True)
+  return source, steps
+
+
+def _window(options: Options, source_b: int, steps: list[int]) -> str:
+  if options.local_cbs_window == 'first quarter':  # the data the source saw in its first
+    return f'{max(1, steps[-1] // 4) * source_b} examples'  # quarter of training
+  return options.local_cbs_window
+
+
+def _along_training(local, source, metric: str):
+  """One row per branch point: the source's metric and B_simple there, the local CBS."""
+  import mbx  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  import pandas as pd  # pylint: disable=import-outside-toplevel
+  run = mbx.load_run(source)
+  evals, train = run.eval_metrics.set_index('step'), run.train_metrics
+  rows = []
+  for step, group in local.groupby('branch_step'):
+    window = train[(train['step'] <= step) & (train['step'] > step - max(1, step // 4))]
+    noise = window['b_simple'] if 'b_simple' in window else pd.Series(dtype=float)
+    cbs = group['local_cbs'].iloc[0]
+    rows.append({'step': int(step), f'source_{metric}': float(evals.loc[step, metric]),
+                 'local_cbs': None if pd.isna(cbs) else int(cbs),
+                 'capped': bool(group['capped'].iloc[0]),
+                 'upper_bound': not pd.isna(cbs) and int(cbs) == int(
+                     group.loc[group['factor'] == 1, 'batch_size'].iloc[0]),
+                 'b_simple_before': float(noise.mean()) if noise.notna().any() else np.nan})
+  return pd.DataFrame(rows), run
+
+
 def _local_cbs(ctx, sweep, analysis, num_train: int) -> tuple[list[dict], dict[str, str]]:
   """Merrill's local CBS from the best trial at one batch size, at fractions of its steps to
   the target (a fraction 1 alone branches the trial's own final checkpoint)."""
   import pandas as pd  # pylint: disable=import-outside-toplevel
-  import mbx  # pylint: disable=import-outside-toplevel
   from mbx.figures import critical_batch as figures  # pylint: disable=import-outside-toplevel
-  from mbx.sweep import critical_batch  # pylint: disable=import-outside-toplevel
   options = ctx.options
   source_b = local_cbs_batch_size(options, sweep.batch_sizes)
   rows, text = [], {}
@@ -245,46 +308,54 @@ def _local_cbs(ctx, sweep, analysis, num_train: int) -> tuple[list[dict], dict[s
     trial = trials[(trials['optimizer'] == optimizer) & (trials['batch_size'] == source_b) &
                    (trials['learning_rate'] == best['learning_rate'].iloc[0]) &
                    (trials['outcome'] == 'reached')].sort_values('seed').iloc[0]
-    source = ctx.runs / trial['run_dir']
-    reached = int(trial['steps_to_target'])
-    steps = sorted({max(1, round(f * reached)) for f in options.local_cbs_fractions})
-    if steps != [reached]:  # a source run with checkpoints at the branch points
-      config = mbx.load_run(source).config
-      unit = math.gcd(*steps)
-      train = dataclasses.replace(
-          config.train, duration=f'{steps[-1]} steps', stop_at_target=False,
-          checkpoint_every=f'{unit} steps', keep_checkpoints=steps[-1] // unit + 1,
-          eval_growth=None, eval_every=f'{unit} steps')
-      source = ctx.runs / 'local_cbs' / optimizer / 'source'
-      with ctx.timed('local CBS'):
-        mbx.train(dataclasses.replace(config, train=train, name=f'{config.name}-source'),
-                  source, quiet=True)
-    factors = [2**i for i in range(int(math.log2(num_train / source_b)) + 1)]
-    if ctx.quick:
-      factors = factors[::2]
-    points = []
-    for step in steps:
-      with ctx.timed('local CBS'):
-        per_factor, summary = critical_batch.local_cbs(
-            source, step, factors=factors, window=options.local_cbs_window,
-            tolerance=options.local_cbs_tolerance, metric=options.local_cbs_metric,
-            seeds=tuple(options.local_cbs_seeds),
-            workdir=ctx.runs / 'local_cbs' / optimizer / f'step{step}')
-      suffix = f'_step{step}' if len(steps) > 1 else ''
+    with ctx.timed('local CBS'):
+      source, steps = _source_run(ctx, ctx.runs / trial['run_dir'],
+                                  int(trial['steps_to_target']), optimizer)
+      largest = min(num_train / source_b, options.local_cbs_max_factor or math.inf)
+      factors = [2**i for i in range(int(math.log2(largest)) + 1)]
+      if ctx.quick:
+        factors = factors[::2]
+      settings = {'window': _window(options, source_b, steps),
+                  'tolerance': options.local_cbs_tolerance, 'metric': options.local_cbs_metric,
+                  'seeds': tuple(options.local_cbs_seeds)}
+      jobs = [(str(source), step, factors, settings,
+               ctx.runs / 'local_cbs' / optimizer / f'step{step}') for step in steps]
+      if ctx.workers > 1 and len(jobs) > 1:
+        import multiprocessing  # pylint: disable=import-outside-toplevel
+        with multiprocessing.get_context('spawn').Pool(min(ctx.workers, len(jobs))) as pool:
+          results = pool.map(_branch, jobs, chunksize=1)
+      else:
+        results = [_branch(job) for job in jobs]
+    points, found = [], []
+    for per_factor, summary in results:
+      suffix = f'_step{summary["step"]}' if len(steps) > 1 else ''
       figures.local_cbs(per_factor, summary, ctx.figure(
-          f'local_cbs_{optimizer}{suffix}', f'local CBS of {optimizer} at step {step}: the '
-          f'branches\' {options.local_cbs_metric} after the window vs k·B'))
+          f'local_cbs_{optimizer}{suffix}', f'local CBS of {optimizer} at step '
+          f'{summary["step"]}: the branches\' {options.local_cbs_metric} after '
+          f'{settings["window"]} vs k·B'))
       per_factor.insert(0, 'optimizer', optimizer)
       per_factor['branch_step'] = summary['step']
       per_factor['local_cbs'] = summary['local_cbs']
       per_factor['capped'] = summary['capped']
       per_factor['lr_scaling'] = summary['lr_scaling']
+      per_factor['window'] = settings['window']
       per_factor['branched_from'] = trial['trial_id']
-      rows.append(per_factor)
+      found.append(per_factor)
       value = ('noise-limited' if summary['local_cbs'] is None or pd.isna(summary['local_cbs'])
                else f'{"≥ " if summary["capped"] else ""}{int(summary["local_cbs"])}')
       points.append(f'{value} at step {summary["step"]}')
+    rows += found
     text[optimizer] = '; '.join(points) + f' (from B = {source_b})'
+    if len(steps) > 1:
+      along, run = _along_training(pd.concat(found, ignore_index=True), source,
+                                   options.local_cbs_metric)
+      ctx.table(f'local_cbs_along_training_{optimizer}', along,
+                title=f'Local CBS along training ({optimizer}, source B = {source_b})')
+      figures.local_cbs_along_training(
+          along, run.train_metrics, run.eval_metrics,
+          ctx.figure(f'local_cbs_along_training_{optimizer}', 'local CBS at each branch '
+                     'point beside the source run\'s B_simple and loss'),
+          metric=options.local_cbs_metric)
   frame = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
   return frame, text
 
