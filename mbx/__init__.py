@@ -3,6 +3,7 @@
     run = mbx.train(mbx.load_config('configs/mnist1d_cnn.py'))
     run = mbx.train(config, data=mbx.ArrayDataset({...}), model=MyModule())  # your own
     run = mbx.load_run('runs/mnist1d_cnn')   # config, metrics DataFrame, checkpoints
+    summary = mbx.study.run('sharp-minima', config, 'studies/sharp')  # a whole study
 
 The facade: `import mbx` loads only the configs; the training stack (jax) loads when one of
 `train`, `load_run`, `Run` or `ArrayDataset` is first used.
@@ -21,6 +22,8 @@ __all__ = ['Config', 'ConfigError', 'DataConfig', 'ModelConfig', 'OptimConfig', 
 
 
 def __getattr__(name):
+  if name == 'study':  # mbx.study.run(...): the studies (no JAX until one runs)
+    return importlib.import_module('mbx.study')
   if name in _LAZY:
     return getattr(importlib.import_module(_LAZY[name]), name)
   raise AttributeError(f'module mbx has no attribute {name!r}')

@@ -151,3 +151,54 @@ def test_growing_a_study_trains_only_the_new_runs(tmp_path):
   paired = json.loads((tmp_path / 'summary.json').read_text())['tables']['paired']
   assert {row['n'] for row in paired} == {2}  # the analysis uses both seeds
   assert (tmp_path / 'README.md').read_text().count('## Interpretation') == 1
+
+
+OWN_STUDY = '''
+import dataclasses
+
+TITLE = 'Test accuracy per batch size ({name})'
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+  batch_sizes: tuple = (32, 128)
+  seeds: tuple = (0,)
+
+
+QUICK = {}
+
+
+def check(config, options):
+  import mbx
+  if not options.batch_sizes:
+    raise mbx.ConfigError('study.batch_sizes=(): give at least one')
+
+
+def run(ctx):
+  configs = {(b, s): dataclasses.replace(ctx.config, train=dataclasses.replace(
+      ctx.config.train, batch_size=b, seed=s)) for b in ctx.options.batch_sizes
+             for s in ctx.options.seeds}
+  runs = ctx.train(configs, 'training')
+  rows = [{'batch_size': b, 'seed': s, 'steps': run.status['step']}
+          for (b, s), run in runs.items()]
+  ctx.table('runs', rows, title='Runs')
+  ctx.findings.append(f'{len(rows)} runs')
+'''
+
+
+@pytest.mark.slow
+def test_your_own_study_file_runs_through_the_cli(tmp_path):
+  study = tmp_path / 'my_study.py'
+  study.write_text(OWN_STUDY)
+  out = tmp_path / 'out'
+  args = [str(study), '--config', 'configs/mnist1d_cnn.py', '--out', str(out), *TINY,
+          'train.duration=20 steps', 'train.eval_every=20 steps']
+  result = _study(args, tmp_path)
+  assert result.returncode == 0, result.stderr[-2000:]
+  summary = json.loads((out / 'summary.json').read_text())
+  assert summary['tables']['runs'] == [{'batch_size': 32, 'seed': 0, 'steps': 20},
+                                       {'batch_size': 128, 'seed': 0, 'steps': 20}]
+  assert summary['findings'] == ['2 runs'] and (out / 'runs.md').exists()
+  bad = _study([*args, 'study.batch_sizes=()'], tmp_path)
+  assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
+      'mbx study: error: study.batch_sizes=(): give at least one']

@@ -38,8 +38,9 @@ def add_parser(subparsers) -> None:
                   'only the new ones.',
       epilog='studies:\n' + '\n'.join(f'  {name:15s} {text}' for name, text in STUDY_HELP.items())
              + '\n\nstudy options: `mbx study NAME --options` lists them with their defaults.')
-  parser.add_argument('name', choices=list(study_lib.STUDIES), metavar='NAME',
-                      help=', '.join(study_lib.STUDIES))
+  parser.add_argument('name', metavar='NAME',
+                      help=', '.join(study_lib.STUDIES) + ', or your own study file '
+                           '(my_study.py, docs/studies.md)')
   parser.add_argument('--config', default=None,
                       help="configs/<name>.py (get_config), a run's config.json; for cbs also "
                            'a sweep file (get_sweep)')
@@ -82,7 +83,8 @@ def _study(args) -> None:
     raise config_lib.ConfigError(f'--config {args.config}: a sweep file (get_sweep) serves '
                                  f'only the cbs study; give {args.name} a training config')
   options = study_lib.options_of(args.name, study_overrides, quick=args.quick, **values)
-  out = pathlib.Path(args.out or pathlib.Path('studies') / args.name / config.name)
+  study_name = pathlib.Path(args.name).stem
+  out = pathlib.Path(args.out or pathlib.Path('studies') / study_name / config.name)
   command = 'mbx ' + ' '.join(sys.argv[1:]) if sys.argv[1:2] == ['study'] else None
   summary = study_lib.run(args.name, config, out, options=options, quick=args.quick,
                           workers=args.workers, submit=args.submit, runs=args.runs,

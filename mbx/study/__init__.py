@@ -4,7 +4,7 @@
     mbx study cbs --config configs/mnist1d_cnn.py --workers 2
     summary = mbx.study.run('sharp-minima', mbx.load_config('my_config.py'), 'studies/sharp')
 
-A study is one file of this package: `Options` (a frozen dataclass of its protocol's knobs,
+A study is one file (here, or your own, named by path): `Options` (a frozen dataclass of its protocol's knobs,
 with `QUICK`, the smoke-sized overrides), `TITLE`, `check(config, options)` (one-line errors
 before anything is written), and `run(ctx)`: grids, then runs (`ctx.train`, which trains only
 what is unfinished), then analyses, then tables, figures and findings (mbx/study/context.py).
@@ -33,7 +33,24 @@ STUDIES = {
 }
 
 
+PROTOCOL = ('TITLE', 'Options', 'QUICK', 'check', 'run')
+
+
 def study_module(name: str) -> types.ModuleType:
+  """A built-in study, or your own: a Python file (`my_study.py`) or module (`pkg.mod`) that
+  defines TITLE, Options, QUICK, check and run as the built-in ones do."""
+  if name.endswith('.py') or ('.' in name and name not in STUDIES):
+    from mbx import registry  # pylint: disable=import-outside-toplevel
+    try:
+      module = (registry.module_from_file(name) if name.endswith('.py')
+                else importlib.import_module(name))
+    except (ImportError, OSError) as error:
+      raise config_lib.ConfigError(f'study {name!r}: cannot import it ({error})') from None
+    missing = [attr for attr in PROTOCOL if not hasattr(module, attr)]
+    if missing:
+      raise config_lib.ConfigError(f'study {name!r}: a study module defines '
+                                   f'{", ".join(PROTOCOL)}; it lacks {", ".join(missing)}')
+    return module
   if name not in STUDIES:
     close = difflib.get_close_matches(name, STUDIES, n=1)
     raise config_lib.ConfigError(
