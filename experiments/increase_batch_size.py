@@ -10,8 +10,8 @@ The protocol is the library's increase-batch study (mbx/study/increase_batch.py)
 
     mbx study increase-batch --config configs/mnist1d_cnn_momentum.py 'study.budgets=200,30'
 
-    python experiments/increase_batch_size.py           # ~5 min on a 2-core CPU
-    python experiments/increase_batch_size.py --quick   # 20 and 3 epochs, 2 seeds: a smoke test
+    python experiments/increase_batch_size.py           # ~11 min on a busy 2-core CPU
+    python experiments/increase_batch_size.py --quick   # 20 and 3 epochs, 2 seeds (~4 min)
     -> results/increase_batch_size/ (README.md, schedules.md/.csv, paired.md/.csv,
        phases.md/.csv, runs.csv, schedules_<E>ep.png, accuracy_vs_epochs_<E>ep.png,
        accuracy_vs_updates_<E>ep.png, summary.json; runs under trials/, reused when re-run)
