@@ -28,24 +28,18 @@ def _mean_band(ax, frames: Sequence[pd.DataFrame], x: str, y: str, label: str, c
     ax.fill_between(xs, ys.min(0), ys.max(0), color=color, alpha=0.2, lw=0)
 
 
-def schedule_comparison(runs: Mapping[str, Sequence], out_dir: str | pathlib.Path,
-                        suffix: str = '', title: str = '',
-                        ylim: tuple[float, float] | None = None) -> list[pathlib.Path]:
-  """Writes schedules{suffix}.png, accuracy_vs_epochs{suffix}.png, accuracy_vs_updates{suffix}.png.
+def schedules(runs: Mapping[str, Sequence], path: str | pathlib.Path,
+              title: str = '') -> pathlib.Path:
+  """Smith et al. 2018 Fig. 1: learning rate, batch size and noise scale g against epochs, one
+  line per schedule (its first run).
 
   Args:
     runs: schedule name -> runs (mbx.Run) of that schedule over seeds, in plot order.
-    out_dir: where the PNGs go.
-    suffix: appended to the file names.
-    title: prefixed to the figure titles.
-    ylim: test-accuracy axis limits in percent (default: from the data).
+    path: the PNG to write.
+    title: prefixed to the figure title.
   """
-  out_dir = pathlib.Path(out_dir)
-  colors = dict(zip(runs, plt.rcParams['axes.prop_cycle'].by_key()['color']))
-  # Dashes keep curves that coincide (e.g. schedules equal until late) both visible.
-  styles = dict(zip(runs, ['-', '--', ':', '-.'] * len(runs)))
-  paths = []
-
+  path = pathlib.Path(path)
+  colors, styles = _styles(runs)
   fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
   for name, group in runs.items():
     train = group[0].train_metrics
@@ -60,31 +54,58 @@ def schedule_comparison(runs: Mapping[str, Sequence], out_dir: str | pathlib.Pat
   axes[0].legend()
   fig.suptitle(f'{title}Schedules (Smith et al. 2018, Fig. 1)')
   fig.tight_layout()
-  paths.append(out_dir / f'schedules{suffix}.png')
-  fig.savefig(paths[-1], dpi=120)
+  fig.savefig(path, dpi=120)
   plt.close(fig)
+  return path
 
-  for x, xlabel, filename in [('epoch', 'epoch', f'accuracy_vs_epochs{suffix}.png'),
-                              ('step', 'parameter updates', f'accuracy_vs_updates{suffix}.png')]:
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, group in runs.items():
-      _mean_band(ax, [r.eval_metrics for r in group], x, 'eval_accuracy', name, colors[name],
-                 scale=100, linestyle=styles[name])
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel('validation accuracy (%)' if 'test_accuracy' in group[0].status
-                  else 'test accuracy (%)')
-    values = np.concatenate([r.eval_metrics['eval_accuracy'].to_numpy()[1:] * 100
-                             for group in runs.values() for r in group])
-    ax.set_ylim(ylim or (np.percentile(values, 5) - 2, values.max() + 0.5))
-    ax.grid(alpha=0.3)
-    ax.legend(loc='lower right')
-    seeds = min(len(g) for g in runs.values())
-    ax.set_title(f'{title}mean of {seeds} seed{"s" * (seeds > 1)}, band = min..max')
-    fig.tight_layout()
-    paths.append(out_dir / filename)
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
-  return paths
+
+def metric_curves(runs: Mapping[str, Sequence], path: str | pathlib.Path, *,
+                  x: str = 'epoch', metric: str = 'eval_accuracy', ylabel: str = '',
+                  scale: float = 100.0, higher_is_better: bool = True, title: str = '',
+                  ylim: tuple[float, float] | None = None) -> pathlib.Path:
+  """Smith et al. 2018 Fig. 2: an evaluation metric against epochs (x='epoch') or parameter
+  updates (x='step'), one curve per schedule (mean over seeds, band = min..max).
+
+  Args:
+    runs: schedule name -> runs (mbx.Run) of that schedule over seeds, in plot order.
+    path: the PNG to write.
+    metric: the eval-log column; scale: its values are multiplied by this (100: percent).
+    higher_is_better: sets the default limits, which leave out the first evaluations.
+    ylim: the metric axis limits (default: from the data).
+  """
+  path = pathlib.Path(path)
+  colors, styles = _styles(runs)
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for name, group in runs.items():
+    _mean_band(ax, [r.eval_metrics for r in group], x, metric, name, colors[name],
+               scale=scale, linestyle=styles[name])
+  ax.set_xlabel({'epoch': 'epoch', 'step': 'parameter updates'}.get(x, x))
+  ax.set_ylabel(ylabel or metric)
+  values = np.concatenate([r.eval_metrics[metric].to_numpy()[1:] * scale
+                           for group in runs.values() for r in group])
+  values = values[np.isfinite(values)]
+  if ylim is None and values.size:
+    spread = max(float(values.max() - values.min()), 1e-12)
+    ylim = ((np.percentile(values, 5) - 0.05 * spread, values.max() + 0.02 * spread)
+            if higher_is_better else
+            (values.min() - 0.02 * spread, np.percentile(values, 95) + 0.05 * spread))
+  if ylim is not None:
+    ax.set_ylim(ylim)
+  ax.grid(alpha=0.3)
+  ax.legend(loc='lower right' if higher_is_better else 'upper right')
+  seeds = min(len(g) for g in runs.values())
+  ax.set_title(f'{title}mean of {seeds} seed{"s" * (seeds > 1)}, band = min..max')
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return path
+
+
+def _styles(runs: Mapping[str, Sequence]) -> tuple[dict, dict]:
+  colors = dict(zip(runs, plt.rcParams['axes.prop_cycle'].by_key()['color']))
+  # Dashes keep curves that coincide (e.g. schedules equal until late) both visible.
+  styles = dict(zip(runs, ['-', '--', ':', '-.'] * len(runs)))
+  return colors, styles
 
 
 def accuracy_vs_batch_size(table: pd.DataFrame, path: str | pathlib.Path, *,
