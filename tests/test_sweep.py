@@ -168,6 +168,32 @@ def test_a_sweep_dir_refuses_a_different_grid(tmp_path, session_data_dir):
     runner.write_spec(tmp_path, other, expand(other))
 
 
+def test_a_target_the_task_does_not_declare_fails_before_anything_is_written(
+    tmp_path, session_data_dir):
+  for metric, fragments in [
+      ('eval_bleu', ["sweep.target_metric='eval_bleu'", "task 'classification'",
+                     'allowed: eval_loss, eval_accuracy, eval_error']),
+      ('accuracy', ["sweep.target_metric='accuracy'", 'allowed: eval_loss']),
+      ('train_accuracy', ["sweep.target_metric='train_accuracy'", 'train.eval_on_train=true',
+                          'eval_accuracy'])]:
+    with pytest.raises(mbx.ConfigError) as error:
+      runner.run_sweep(_sweep(target_metric=metric), tmp_path / 'sweep', log=lambda _: None)
+    assert len(str(error.value).splitlines()) == 1
+    for fragment in fragments:
+      assert fragment in str(error.value)
+    assert not (tmp_path / 'sweep').exists()
+  with pytest.raises(mbx.ConfigError, match="data.eval_split='nope'"):  # a split of no data
+    runner.run_sweep(_sweep(base=tiny_config(data=dict(eval_split='nope'))),
+                     tmp_path / 'sweep', log=lambda _: None)
+  assert not (tmp_path / 'sweep').exists()
+  on_train = _sweep(target_metric='train_accuracy',
+                    base=tiny_config(train=dict(eval_on_train=True)))
+  grid.validate(on_train)  # read from the train split, which these trials evaluate
+  with pytest.raises(mbx.ConfigError, match="allowed: eval_loss, eval_rmse, train_loss"):
+    grid.validate(_sweep(base=tiny_config(task=dict(name='regression'),
+                                          train=dict(eval_on_train=True))))
+
+
 # ------------------------------------------------------- steps to target
 def test_first_crossing_brackets_the_target():
   steps, values = [0, 1, 2, 4, 8], [0.1, 0.3, 0.45, 0.7, 0.9]

@@ -25,6 +25,7 @@ from scipy.stats import qmc
 
 from mbx import config as config_lib
 from mbx import registry
+from mbx.tasks import resolve_task
 from mbx.training.workload import resolve
 
 SAMPLINGS = ('grid', 'quasirandom')
@@ -237,6 +238,25 @@ def coarse_grid_warnings(sweep: SweepConfig) -> list[str]:
   return lines
 
 
+def _check_target(sweep: SweepConfig) -> None:
+  """The target is a metric the task declares, on a split the trials evaluate: eval_<metric>
+  (the evaluation split) always, train_<metric> (the train split) with train.eval_on_train."""
+  try:
+    task = resolve_task(sweep.base.task.name, sweep.base.task.options)
+  except ValueError as error:
+    raise config_lib.ConfigError(str(error)) from None
+  splits = ('eval', 'train') if sweep.base.train.eval_on_train else ('eval',)
+  allowed = ', '.join(f'{split}_{name}' for split in splits for name in task.metrics)
+  metric = sweep.target_metric
+  prefix, _, name = metric.partition('_') if isinstance(metric, str) else ('', '', '')
+  if prefix == 'train' and name in task.metrics and 'train' not in splits:
+    raise config_lib.ConfigError(
+        f'sweep.target_metric={metric!r}: the train split is evaluated only with '
+        f'train.eval_on_train=true; set it, or use one of: {allowed}')
+  _check(prefix in splits and name in task.metrics, 'sweep.target_metric', metric,
+         f'not a metric of task {sweep.base.task.name!r}; allowed: {allowed}')
+
+
 def validate(sweep: SweepConfig) -> None:
   """Checks the sweep's own fields; each trial's config is validated before it trains."""
   _check(isinstance(sweep.base, config_lib.Config), 'sweep.base', type(sweep.base).__name__,
@@ -270,9 +290,7 @@ def validate(sweep: SweepConfig) -> None:
          'sweep.seeds', sweep.seeds, 'must be non-negative integers (at least one)')
   for text in (sweep.budget, *sweep.budgets.values()):
     config_lib.parse_duration(text, 'sweep.budget')
-  _check(isinstance(sweep.target_metric, str) and sweep.target_metric.startswith(
-      config_lib.TARGET_PREFIXES), 'sweep.target_metric', sweep.target_metric,
-      'expected eval_<metric> or train_<metric> of the task')
+  _check_target(sweep)
   if sweep.eval_growth is not None:
     _check(sweep.eval_growth > 1, 'sweep.eval_growth', sweep.eval_growth, 'must be > 1')
   _check(bool(sweep.name) and '/' not in sweep.name, 'sweep.name', sweep.name,

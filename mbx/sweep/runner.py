@@ -40,6 +40,7 @@ from mbx.tasks import resolve_task
 from mbx.training import noise_scale as noise_scale_lib
 from mbx.training.loop import pack_key, train, train_packed
 from mbx.training.records import read_jsonl, write_json_atomic
+from mbx.training.workload import resolve
 
 SPEC_FILE = 'sweep.json'
 TABLE_FILE = 'trials.csv'
@@ -183,13 +184,15 @@ def run_sweep(sweep: grid_lib.SweepConfig, sweep_dir: str | pathlib.Path, *, wor
   trials = grid_lib.expand(sweep)
   for trial in trials:  # every config error before the first trial trains
     config_lib.validate(trial.config)
+  units = assign(trials, worker, num_workers, pack, sweep.pack_max_batch_size)
+  if any(not is_finished(sweep_dir, t) for unit in units for t in unit):
+    resolve(trials[0].config)  # data, splits, model and task: once, before anything is written
   write_spec(sweep_dir, sweep, trials)
   for warning in grid_lib.coarse_grid_warnings(sweep):
     log(f'warning: {warning}')
   if compilation_cache:
     _enable_compilation_cache(sweep_dir)
   progress = SweepProgress()
-  units = assign(trials, worker, num_workers, pack, sweep.pack_max_batch_size)
   total, position = sum(len(u) for u in units), 0
   bar = tqdm(total=total, desc=f'{sweep.name} [worker {worker}/{num_workers}]', unit='trial',
              file=sys.stderr, disable=not sys.stderr.isatty())
