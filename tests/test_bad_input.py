@@ -10,6 +10,7 @@ import pytest
 
 import mbx
 from mbx.config import ConfigError
+from mbx.sweep import SearchSpace, SweepConfig, expand, runner
 
 from helpers import REPO, assert_one_line_error, mbx_train, tiny_config
 
@@ -105,3 +106,37 @@ def test_a_second_train_on_the_same_workdir_exits_at_once_naming_the_holder(tmp_
   assert run.status['status'] == 'done' and run.status['step'] == 20000
   steps = run.train_metrics['step'].tolist()
   assert steps == sorted(set(steps))  # no duplicated rows from a second writer
+
+
+def _mbx(*args: str) -> subprocess.CompletedProcess:
+  return subprocess.run([sys.executable, '-m', 'mbx.cli', *args], cwd=REPO, capture_output=True,
+                        text=True, timeout=300)
+
+
+def test_an_analysis_given_the_wrong_kind_of_directory_says_which_it_needs(tmp_path):
+  """A run where a sweep belongs and the other way round: one line, no traceback."""
+  run = tmp_path / 'run'
+  run.mkdir()
+  (run / 'config.json').write_text(json.dumps(mbx.config.to_dict(tiny_config())))
+  sweep_dir = tmp_path / 'sweep'
+  sweep = SweepConfig(base=tiny_config(), search=(SearchSpace('adam', (1e-3, 1e-2)),),
+                      batch_sizes=(16,))
+  runner.write_spec(sweep_dir, sweep, expand(sweep))
+  trial = runner.trial_dir(sweep_dir, expand(sweep)[0])
+  trial.mkdir(parents=True)
+  (trial / 'config.json').write_text((run / 'config.json').read_text())
+  assert_one_line_error(_mbx('analyze', 'cbs', str(run)), f'{run} is a run directory',
+                        'mbx analyze cbs needs a sweep directory (one with sweep.json)',
+                        f'mbx analyze local-cbs {run}', f'mbx analyze sharpness {run}')
+  assert_one_line_error(_mbx('analyze', 'cbs', str(trial)), f'{trial} is a run directory',
+                        f'did you mean mbx analyze cbs {sweep_dir}, the sweep it belongs to?')
+  for command in (['sharpness', str(sweep_dir)], ['landscape', str(sweep_dir)],
+                  ['local-cbs', str(sweep_dir), '--step', '10'],
+                  ['interpolate', str(run), str(sweep_dir)]):
+    assert_one_line_error(_mbx('analyze', *command), f'{sweep_dir} is a sweep directory',
+                          f'mbx analyze {command[0]} needs a run directory (one with '
+                          'config.json)', f'mbx analyze cbs {sweep_dir}')
+  assert_one_line_error(_mbx('analyze', 'sharpness', str(tmp_path)),
+                        'neither a run directory (config.json) nor a sweep directory')
+  assert_one_line_error(_mbx('report', str(tmp_path / 'nowhere')), 'nowhere: no such directory')
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['run', 'sweep']  # nothing written

@@ -195,7 +195,8 @@ def test_analyze_cbs_warns_of_an_edge_of_search_best_lr_and_reports_the_fit_sens
   table.loc[out_of_budget, 'outcome'] = 'not_reached'
   table.loc[out_of_budget, 'steps_to_target'] = pd.NA
   analysis = cb.analyze(table, num_samples=200)
-  assert any('edge of its search at B = 64' in w for w in analysis.warnings), analysis.warnings
+  assert any('edge of its search at B = 64' in w and 'trains only the new trials' in w
+             for w in analysis.warnings), analysis.warnings
   assert any('ran out of budget' in w for w in analysis.warnings)
   row = analysis.summary.iloc[0]
   assert row['b_crit_leave_out_min'] <= row['b_crit'] <= row['b_crit_leave_out_max']

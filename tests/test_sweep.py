@@ -17,11 +17,12 @@ import pandas as pd
 import pytest
 
 import mbx
-from mbx.sweep import SearchSpace, SweepConfig, expand, grid, load_sweep, runner
+from mbx.figures import report
+from mbx.sweep import SearchSpace, SweepConfig, critical_batch, expand, grid, load_sweep, runner
 from mbx.sweep import steps_to_target as stt
 from mbx.training.plan import make_plan
 
-from helpers import REPO, tiny_config
+from helpers import REPO, assert_one_line_error, tiny_config
 
 
 def _sweep(**fields) -> SweepConfig:
@@ -159,13 +160,106 @@ def test_trial_lock_excludes_a_second_holder(tmp_path, session_data_dir):
     assert again == [trial]
 
 
-def test_a_sweep_dir_refuses_a_different_grid(tmp_path, session_data_dir):
+def test_growing_the_grid_keeps_the_ids_of_every_existing_trial(session_data_dir):
+  """More learning rates (same spacing), seeds, batch sizes or optimizers only add trials."""
+  sweep = _sweep(search=(SearchSpace('adam', (1e-2, 3e-2), num_learning_rates=2),),
+                 budgets={16: '100 steps'})
+  grown = [
+      dataclasses.replace(sweep, search=(SearchSpace('adam', (1e-2, 9e-2),
+                                                     num_learning_rates=3),)),
+      dataclasses.replace(sweep, seeds=(0, 1)),
+      dataclasses.replace(sweep, batch_sizes=(16, 64, 256), budgets={16: '100 steps',
+                                                                     256: '50 steps'}),
+      dataclasses.replace(sweep, search=(SearchSpace('sgd', (0.1, 1.0)), *sweep.search)),
+  ]
+  ids = {t.id for t in expand(sweep)}
+  for other in grown:
+    assert grid.trial_changing_field(sweep, other) is None, other
+    assert ids < {t.id for t in expand(other)}, other
+  # A quasi-random search with more points keeps the first ones (the same sequence).
+  quasi = dataclasses.replace(sweep, search=(SearchSpace('adam', (1e-3, 1e-1), sampling=
+                                                         'quasirandom', num_learning_rates=4),))
+  more = dataclasses.replace(quasi, search=(dataclasses.replace(quasi.search[0],
+                                                                num_learning_rates=7),))
+  assert grid.trial_changing_field(quasi, more) is None
+  assert {t.id for t in expand(quasi)} < {t.id for t in expand(more)}
+  # Fewer values are allowed too (their trials stay on disk); so is how trials run.
+  assert grid.trial_changing_field(grown[0], sweep) is None
+  assert grid.trial_changing_field(sweep, dataclasses.replace(
+      sweep, pack=True, submit={'time': '1:00:00'})) is None
+
+
+@pytest.mark.parametrize('change, field, values', [
+    (dict(target_value=0.6), 'sweep.target_value', '(0.5 -> 0.6)'),
+    (dict(budget='200 steps'), 'sweep.budget', "('150 steps' -> '200 steps')"),
+    (dict(budgets={64: '10 steps'}), 'sweep.budgets[64]', "('150 steps' -> '10 steps')"),
+    (dict(eval_growth=1.1), 'sweep.eval_growth', '(1.05 -> 1.1)'),
+    (dict(search=(SearchSpace('adam', (3e-3, 3e-2), num_learning_rates=2,
+                              lr_scaling_power=0.5),)),
+     'sweep.search[0].lr_scaling_power', '(0.0 -> 0.5)'),
+    (dict(base=tiny_config(optim=dict(weight_decay=0.1))), 'optim.weight_decay', '(0.0 -> 0.1)'),
+    (dict(base=tiny_config(model=dict(name='mlp'))), 'model.name', "('cnn1d' -> 'mlp')"),
+])
+def test_a_sweep_dir_refuses_a_change_to_its_trials_naming_the_field(tmp_path, session_data_dir,
+                                                                       change, field, values):
+  base = _sweep()
+  if 'base' in change:  # the same train section as _sweep's base, another model or optimizer
+    change['base'] = dataclasses.replace(change['base'], train=base.base.train)
+  sweep = dataclasses.replace(base, **change)
+  assert grid.trial_changing_field(base, sweep)[0] == field
+  runner.write_spec(tmp_path, base, expand(base))
+  before = (tmp_path / 'sweep.json').read_text()
+  with pytest.raises(mbx.ConfigError) as error:
+    runner.write_spec(tmp_path, sweep, expand(sweep))
+  message = str(error.value)
+  assert f'holds a sweep with a different {field} {values}' in message
+  assert '--sweep-dir' in message and len(message.splitlines()) == 1
+  assert (tmp_path / 'sweep.json').read_text() == before
+
+
+def test_sweep_json_takes_the_grown_grid_and_keeps_the_earlier_ones(tmp_path, session_data_dir):
   sweep = _sweep()
-  runner.write_spec(tmp_path, sweep, expand(sweep))
-  runner.write_spec(tmp_path, dataclasses.replace(sweep, pack=True), expand(sweep))  # same grid
-  other = dataclasses.replace(sweep, seeds=(0, 1))
-  with pytest.raises(mbx.ConfigError, match='different sweep'):
-    runner.write_spec(tmp_path, other, expand(other))
+  assert runner.write_spec(tmp_path, sweep, expand(sweep)) is None
+  assert runner.write_spec(tmp_path, dataclasses.replace(sweep, pack=True),
+                           expand(sweep)) is None  # the same grid
+  grown = dataclasses.replace(sweep, seeds=(0, 1))
+  previous = runner.write_spec(tmp_path, grown, expand(grown))
+  assert previous['sweep']['seeds'] == [0]
+  spec = json.loads((tmp_path / 'sweep.json').read_text())
+  assert spec['sweep']['seeds'] == [0, 1] and len(spec['trials']) == len(expand(grown))
+  [earlier] = spec['history']
+  assert earlier['grid']['seeds'] == [0] and earlier['num_trials'] == len(expand(sweep))
+  assert earlier['spec_hash'] == grid.spec_hash(sweep) and earlier['replaced'] == spec['written']
+  assert runner.load_spec(tmp_path)[0] == grown
+  runner.write_spec(tmp_path, sweep, expand(sweep))  # and back: the history grows
+  assert [h['grid']['seeds'] for h in json.loads(
+      (tmp_path / 'sweep.json').read_text())['history']] == [[0], [0, 1]]
+
+
+def test_a_target_the_task_does_not_declare_fails_before_anything_is_written(
+    tmp_path, session_data_dir):
+  for metric, fragments in [
+      ('eval_bleu', ["sweep.target_metric='eval_bleu'", "task 'classification'",
+                     'allowed: eval_loss, eval_accuracy, eval_error']),
+      ('accuracy', ["sweep.target_metric='accuracy'", 'allowed: eval_loss']),
+      ('train_accuracy', ["sweep.target_metric='train_accuracy'", 'train.eval_on_train=true',
+                          'eval_accuracy'])]:
+    with pytest.raises(mbx.ConfigError) as error:
+      runner.run_sweep(_sweep(target_metric=metric), tmp_path / 'sweep', log=lambda _: None)
+    assert len(str(error.value).splitlines()) == 1
+    for fragment in fragments:
+      assert fragment in str(error.value)
+    assert not (tmp_path / 'sweep').exists()
+  with pytest.raises(mbx.ConfigError, match="data.eval_split='nope'"):  # a split of no data
+    runner.run_sweep(_sweep(base=tiny_config(data=dict(eval_split='nope'))),
+                     tmp_path / 'sweep', log=lambda _: None)
+  assert not (tmp_path / 'sweep').exists()
+  on_train = _sweep(target_metric='train_accuracy',
+                    base=tiny_config(train=dict(eval_on_train=True)))
+  grid.validate(on_train)  # read from the train split, which these trials evaluate
+  with pytest.raises(mbx.ConfigError, match="allowed: eval_loss, eval_rmse, train_loss"):
+    grid.validate(_sweep(base=tiny_config(task=dict(name='regression'),
+                                          train=dict(eval_on_train=True))))
 
 
 # ------------------------------------------------------- steps to target
@@ -240,6 +334,63 @@ def test_rerunning_a_finished_sweep_trains_nothing(small_sweep):
   assert progress.trained == [] and len(progress.skipped) == len(expand(sweep))
   assert (sweep_dir / 'trials.csv').read_text() == before
   assert len(runner.load_table(sweep_dir)) == len(expand(sweep))
+
+
+@pytest.mark.slow
+def test_a_grown_sweep_trains_only_its_new_trials_and_analyses_all(tmp_path, monkeypatch):
+  """2 learning rates, then a third (same spacing) and a second seed: the 2 finished trials
+  are reused untouched, the 4 new ones train, and the table and the analysis hold all 6."""
+  trained = []
+  real_train = runner.train
+
+  def counting_train(config, workdir, **kwargs):
+    trained.append(pathlib.Path(workdir).name)
+    return real_train(config, workdir, **kwargs)
+
+  monkeypatch.setattr(runner, 'train', counting_train)
+  sweep = _sweep(search=(SearchSpace('adam', (1e-2, 3e-2), num_learning_rates=2),),
+                 batch_sizes=(16,), budget='20 steps', target_value=0.15)
+  sweep_dir = tmp_path / 'sweep'
+  first = runner.run_sweep(sweep, sweep_dir, log=lambda _: None)
+  old_ids = sorted(t.id for t in expand(sweep))
+  assert sorted(trained) == sorted(first.trained) == old_ids
+  files = [runner.trial_dir(sweep_dir, i) / name for i in old_ids
+           for name in ('status.json', 'eval_metrics.jsonl', 'config.json')]
+  stamps = {f: f.stat().st_mtime_ns for f in files}
+
+  grown = dataclasses.replace(
+      sweep, search=(SearchSpace('adam', (1e-2, 9e-2), num_learning_rates=3),), seeds=(0, 1))
+  lines = []
+  trained.clear()
+  second = runner.run_sweep(grown, sweep_dir, log=lines.append)
+  new_ids = sorted(t.id for t in expand(grown))
+  assert len(new_ids) == 6 and set(old_ids) < set(new_ids)
+  assert sorted(trained) == sorted(second.trained) == sorted(set(new_ids) - set(old_ids))
+  assert sorted(second.skipped) == old_ids and not second.failed
+  assert {f: f.stat().st_mtime_ns for f in files} == stamps  # untouched
+  assert any('the grid changed (2 -> 6 trials); 2 of them finished already' in line
+             for line in lines), lines
+
+  table = runner.load_table(sweep_dir)
+  assert sorted(table['trial_id']) == new_ids and set(table['status']) <= {'done', 'diverged'}
+  assert sorted(table['learning_rate'].unique()) == pytest.approx([0.01, 0.03, 0.09])
+  per_b = critical_batch.analyze_sweep(sweep_dir, num_samples=20).per_batch_size
+  assert per_b['num_trials'].sum() == 6
+  assert (per_b[['num_reached', 'num_not_reached', 'num_infeasible']].sum(axis=1) == 6).all()
+  spec = json.loads((sweep_dir / 'sweep.json').read_text())
+  assert [h['grid']['seeds'] for h in spec['history']] == [[0]]
+  doc = report.Document(files_dir=tmp_path / 'report_files')
+  report._what_was_run(doc, sweep_dir, table, spec)  # pylint: disable=protected-access
+  assert f'grown from the grid {grid.spec_hash(sweep)} (2 trials' in doc.md_parts[-1]
+
+  # Shrinking back: nothing trains, the earlier trials stay on disk, the table is the grid.
+  trained.clear()
+  lines.clear()
+  runner.run_sweep(sweep, sweep_dir, log=lines.append)
+  assert trained == [] and sorted(runner.load_table(sweep_dir)['trial_id']) == old_ids
+  assert any('4 of the earlier grid stay in trials/ but leave trials.csv' in line
+             for line in lines), lines
+  assert sorted(p.name for p in (sweep_dir / 'trials').iterdir()) == new_ids
 
 
 # ----------------------------------------------- killed with SIGKILL, resumed
@@ -398,6 +549,24 @@ def test_a_yaml_or_json_grid_is_the_same_sweep_as_its_python_config(tmp_path):
     assert [t.id for t in expand(sweep)] == [t.id for t in expand(reference)]
     assert grid.spec_hash(sweep) == grid.spec_hash(reference)
   assert load_sweep(yaml_config, ['sweep.seeds=0,1']).seeds == (0, 1)
+
+
+def test_mbx_sweep_refuses_a_changed_base_field_in_one_line(tmp_path):
+  """Through the command line: exit 2, one line naming the field, nothing written."""
+  config = tmp_path / 'grid.yaml'
+  config.write_text(GRID_YAML)
+  sweep, sweep_dir = load_sweep(config), tmp_path / 'sweep'
+  runner.write_spec(sweep_dir, sweep, expand(sweep))
+  before = (sweep_dir / 'sweep.json').read_text()
+  env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get('PYTHONPATH', ''))
+  command = [sys.executable, '-m', 'mbx.cli', 'sweep', '--config', str(config), '--sweep-dir',
+             str(sweep_dir)]
+  result = subprocess.run([*command, 'optim.weight_decay=0.1'], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+  assert_one_line_error(result, f'mbx sweep: error: {sweep_dir} holds a sweep with a '
+                        'different optim.weight_decay (0.0 -> 0.1)', '--sweep-dir')
+  assert (sweep_dir / 'sweep.json').read_text() == before
+  assert sorted(p.name for p in sweep_dir.iterdir()) == ['locks', 'sweep.json']
 
 
 @pytest.mark.parametrize('text, message', [

@@ -14,6 +14,7 @@ import pathlib
 
 import numpy as np
 
+from mbx.cli import directories
 from mbx.figures import sharpness as figures
 from mbx.measure import analysis, hessian
 from mbx.training.records import load_run
@@ -85,6 +86,7 @@ def _write_json(path: pathlib.Path, value) -> None:
 
 
 def _sharpness(args) -> None:
+  directories.require(args.run_dir, 'run', 'mbx analyze sharpness')
   run = load_run(args.run_dir)
   summary = analysis.sharpness_analysis(
       run, args.step, epsilons=args.epsilons, subspace_dim=args.subspace_dim,
@@ -121,6 +123,8 @@ def _sharpness_line(summary: dict) -> str:
 
 
 def _interpolate(args) -> None:
+  directories.require(args.run_a, 'run', 'mbx analyze interpolate')
+  directories.require(args.run_b, 'run', 'mbx analyze interpolate')
   run_a, run_b = load_run(args.run_a), load_run(args.run_b)
   start, stop, num = args.alphas
   summary = analysis.interpolation_analysis(
@@ -139,6 +143,7 @@ def _interpolate(args) -> None:
 
 
 def _landscape(args) -> None:
+  directories.require(args.run_dir, 'run', 'mbx analyze landscape')
   run = load_run(args.run_dir)
   summary = analysis.landscape_analysis(run, args.step, dims=args.dims, span=args.span,
                                         points=args.points, subset=args.subset,

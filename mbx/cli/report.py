@@ -2,6 +2,7 @@
 (mbx/figures/report.py): one self-contained HTML file and its Markdown twin."""
 from __future__ import annotations
 
+import pathlib
 import sys
 
 from mbx import config as config_lib
@@ -38,6 +39,10 @@ def _target(text: str | None) -> tuple[str, float] | None:
 
 
 def _run(args) -> None:
+  for path in args.paths:
+    if not pathlib.Path(path).is_dir():
+      raise config_lib.ConfigError(f'{path}: no such directory; mbx report takes sweep, '
+                                   'study results (trials.csv) or run directories')
   from mbx.figures import report  # pylint: disable=import-outside-toplevel  (loads matplotlib)
   command = 'mbx ' + ' '.join(sys.argv[1:]) if sys.argv[1:2] == ['report'] else 'mbx report'
   html_path, markdown = report.write_report(args.paths, args.out, target=_target(args.target),

@@ -15,6 +15,7 @@ import sys
 import pandas as pd
 
 from mbx import config as config_lib
+from mbx.cli import directories
 from mbx.figures import critical_batch as figures
 from mbx.sweep import critical_batch, grid, runner
 from mbx.sweep import submit as submit_lib
@@ -150,7 +151,7 @@ def add_analyze_parsers(subparsers) -> None:
 
 
 def _analyze_cbs(args) -> None:
-
+  directories.require(args.sweep_dir, 'sweep', 'mbx analyze cbs')
   analysis = critical_batch.analyze_sweep(args.sweep_dir, num_samples=args.bootstrap,
                                           confidence=args.confidence,
                                           bootstrap=args.bootstrap_method,
@@ -205,6 +206,7 @@ def _summary_line(row, confidence: float) -> str:
 
 
 def _analyze_local_cbs(args) -> None:
+  directories.require(args.run_dir, 'run', 'mbx analyze local-cbs')
   factors = [int(k) for k in args.factors.split(',') if k.strip()]
   seeds = [int(s) for s in args.seeds.split(',') if s.strip()]
   per_factor, summary = critical_batch.local_cbs(

@@ -155,6 +155,10 @@ def _what_was_run(doc: Document, path: pathlib.Path, table: pd.DataFrame, spec: 
                  f'({base["model"]["dtype"]}), task {base["task"]["name"]}')
     lines.append(f'grid identity (spec hash): {spec.get("spec_hash")}')
     lines.append(f'command: {spec.get("command", "not recorded")}')
+    for earlier in spec.get('history', []):  # a sweep grown in place
+      lines.append(f'grown from the grid {earlier.get("spec_hash")} ({earlier.get("num_trials")} '
+                   f'trials, replaced {earlier.get("replaced")}; command: '
+                   f'{earlier.get("command")})')
   else:
     lines.append(f'grid: no {runner.SPEC_FILE} here; the table alone')
   for column, label in (('backend', 'backend'), ('num_devices', 'devices')):

@@ -290,7 +290,8 @@ def fit_warnings(per_batch_size: pd.DataFrame, summary: pd.DataFrame, *, bootstr
     edges = reached[reached['best_lr_at_edge']]['batch_size'].tolist()
     if edges:
       lines.append(f'{optimizer}: the best learning rate is at the edge of its search at B = '
-                   f'{", ".join(map(str, edges))}; widen the search there')
+                   f'{", ".join(map(str, edges))}; widen the search there (mbx sweep on the '
+                   'same directory then trains only the new trials)')
     if len(reached) < 4:
       lines.append(f'{optimizer}: only {len(reached)} batch sizes reached the target; a fit of '
                    'two parameters needs at least 4 to be checked')

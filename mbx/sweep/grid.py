@@ -25,6 +25,7 @@ from scipy.stats import qmc
 
 from mbx import config as config_lib
 from mbx import registry
+from mbx.tasks import resolve_task
 from mbx.training.workload import resolve
 
 SAMPLINGS = ('grid', 'quasirandom')
@@ -246,6 +247,25 @@ def coarse_grid_warnings(sweep: SweepConfig) -> list[str]:
   return lines
 
 
+def _check_target(sweep: SweepConfig) -> None:
+  """The target is a metric the task declares, on a split the trials evaluate: eval_<metric>
+  (the evaluation split) always, train_<metric> (the train split) with train.eval_on_train."""
+  try:
+    task = resolve_task(sweep.base.task.name, sweep.base.task.options)
+  except ValueError as error:
+    raise config_lib.ConfigError(str(error)) from None
+  splits = ('eval', 'train') if sweep.base.train.eval_on_train else ('eval',)
+  allowed = ', '.join(f'{split}_{name}' for split in splits for name in task.metrics)
+  metric = sweep.target_metric
+  prefix, _, name = metric.partition('_') if isinstance(metric, str) else ('', '', '')
+  if prefix == 'train' and name in task.metrics and 'train' not in splits:
+    raise config_lib.ConfigError(
+        f'sweep.target_metric={metric!r}: the train split is evaluated only with '
+        f'train.eval_on_train=true; set it, or use one of: {allowed}')
+  _check(prefix in splits and name in task.metrics, 'sweep.target_metric', metric,
+         f'not a metric of task {sweep.base.task.name!r}; allowed: {allowed}')
+
+
 def validate(sweep: SweepConfig) -> None:
   """Checks the sweep's own fields; each trial's config is validated before it trains."""
   _check(isinstance(sweep.base, config_lib.Config), 'sweep.base', type(sweep.base).__name__,
@@ -279,9 +299,7 @@ def validate(sweep: SweepConfig) -> None:
          'sweep.seeds', sweep.seeds, 'must be non-negative integers (at least one)')
   for text in (sweep.budget, *sweep.budgets.values()):
     config_lib.parse_duration(text, 'sweep.budget')
-  _check(isinstance(sweep.target_metric, str) and sweep.target_metric.startswith(
-      config_lib.TARGET_PREFIXES), 'sweep.target_metric', sweep.target_metric,
-      'expected eval_<metric> or train_<metric> of the task')
+  _check_target(sweep)
   if sweep.eval_growth is not None:
     _check(sweep.eval_growth > 1, 'sweep.eval_growth', sweep.eval_growth, 'must be > 1')
   _check(bool(sweep.name) and '/' not in sweep.name, 'sweep.name', sweep.name,
@@ -310,14 +328,93 @@ def from_dict(values: Mapping[str, Any]) -> SweepConfig:
   return SweepConfig(**values)
 
 
+# Fields that change how trials run, not what they are.
+HOW_FIELDS = ('pack', 'pack_max_batch_size', 'submit')
+# The grid: changing these adds trials (and may leave some out); every other field is part of
+# what each trial is.
+GRID_FIELDS = ('batch_sizes', 'seeds', 'search', 'budgets')
+# Within a SearchSpace, the points searched; the other fields say how points are placed.
+SEARCH_GRID_FIELDS = ('learning_rate', 'num_learning_rates', 'one_minus_momentum',
+                      'num_momenta', 'momentum')
+
+
 def spec_hash(sweep: SweepConfig) -> str:
   """Identity of the grid; packing and job options only change how trials run, not what
   they are."""
   values = to_dict(sweep)
   values['base'] = config_lib.identity(sweep.base)  # stable when mbx adds config fields
-  for how in ('pack', 'pack_max_batch_size', 'submit'):
+  for how in HOW_FIELDS:
     values.pop(how)
   return hashlib.sha1(json.dumps(values, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def grid_of(sweep: SweepConfig) -> dict[str, Any]:
+  """The grid fields of `sweep`, JSON-ready (what a sweep directory's history records)."""
+  values = to_dict(sweep)
+  return {name: values[name] for name in GRID_FIELDS}
+
+
+def trial_changing_field(old: SweepConfig, new: SweepConfig) -> tuple[str, Any, Any] | None:
+  """(field, old value, new value) of the first change between two sweeps that alters trials
+  both could hold, or None when `new` differs from `old` only in its grid (and in how trials
+  run).
+
+  The grid may grow or shrink: batch sizes, seeds, optimizers (search spaces appended) and the
+  points of a search (learning-rate range and count, momenta). Everything that enters a
+  trial's config or places its search points may not: the base config, the budget of a
+  batch size both grids have, the target, evaluations, noise scale, the name, the search's
+  sampling, seed and learning-rate scaling. A trial's id hashes its config, so an unchanged
+  point of the grid keeps its id and its run directory.
+  """
+  for field in dataclasses.fields(SweepConfig):
+    name = field.name
+    if name not in (*HOW_FIELDS, *GRID_FIELDS, 'base') and getattr(old, name) != getattr(
+        new, name):
+      return f'sweep.{name}', getattr(old, name), getattr(new, name)
+  # The base as every trial sees it: fields each trial sets (optimizer, learning rate, batch
+  # size, seed, budget, target) are the same placeholder in both.
+  placeholder = dict(optimizer='sgd', batch_size=1, learning_rate=1.0, momentum=None, seed=0,
+                     budget='1 steps')
+  change = _first_difference(config_lib.to_dict(trial_config(old, **placeholder)),
+                             config_lib.to_dict(trial_config(new, **placeholder)), '')
+  if change:
+    return change
+  earlier = dict(_keyed(old.search))
+  for i, (key, space) in enumerate(_keyed(new.search)):
+    if key not in earlier:  # an optimizer added to the study
+      continue
+    for field in dataclasses.fields(SearchSpace):
+      a, b = getattr(earlier[key], field.name), getattr(space, field.name)
+      if field.name not in SEARCH_GRID_FIELDS and a != b:
+        return f'sweep.search[{i}].{field.name}', a, b
+  for b in sorted({*old.budgets, *new.budgets}):  # a batch size (possibly) in both grids
+    if all(not s.batch_sizes or b in s.batch_sizes for s in (old, new)):
+      was, wanted = old.budgets.get(b, old.budget), new.budgets.get(b, new.budget)
+      if was != wanted:
+        return f'sweep.budgets[{b}]', was, wanted
+  return None
+
+
+def _keyed(spaces) -> list[tuple[tuple[str, int], SearchSpace]]:
+  """Each space keyed by (optimizer, how many earlier spaces share it): a study's searches
+  pair up by optimizer, whatever their order."""
+  seen: dict[str, int] = {}
+  keyed = []
+  for space in spaces:
+    keyed.append(((space.optimizer, seen.get(space.optimizer, 0)), space))
+    seen[space.optimizer] = seen.get(space.optimizer, 0) + 1
+  return keyed
+
+
+def _first_difference(a: Any, b: Any, path: str) -> tuple[str, Any, Any] | None:
+  """The first (dotted path, a, b) where two JSON-like values differ."""
+  if isinstance(a, dict) and isinstance(b, dict):
+    for key in [*a, *(k for k in b if k not in a)]:
+      change = _first_difference(a.get(key), b.get(key), f'{path}.{key}' if path else key)
+      if change:
+        return change
+    return None
+  return None if a == b else (path, a, b)
 
 
 def apply_overrides(sweep: SweepConfig, overrides: list[str]) -> SweepConfig:

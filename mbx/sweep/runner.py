@@ -1,9 +1,10 @@
 """Running a sweep: one ordinary run directory per trial, resumable, split over workers.
 
     <sweep>/sweep.json          the grid spec (SweepConfig) and its trials, like Shallue
-                                et al.'s study.json
+                                et al.'s study.json, and the earlier grids (`history`)
     <sweep>/trials/<trial_id>/  each trial's run directory (config, status, metrics, checkpoints)
-    <sweep>/locks/<trial_id>    flock'ed by the process training that trial
+    <sweep>/locks/<trial_id>    flock'ed by the process training that trial (locks/sweep.json:
+                                by the one writing sweep.json)
     <sweep>/trials.csv          the tidy table: one row per trial of the grid
 
 A trial's result is its run directory's status.json, which `mbx.train` replaces
@@ -16,11 +17,20 @@ whose status is done or diverged and resumes the rest from their last checkpoint
 The per-trial flock (released by the kernel when its process dies, even on
 SIGKILL) stops two processes from ever training the same trial at once, should
 splits overlap.
+
+A sweep directory grows in place: run it again with more batch sizes, seeds, optimizers or
+learning rates and only the new trials train; the finished ones keep their ids (a trial's
+config does not depend on the rest of the grid) and are reused. sweep.json then holds the
+new grid, its `history` the earlier ones, and the table covers the current grid: trials of
+values taken out stay in trials/ and return when their values do. A change to what a trial
+is (the base config, target, evaluations, a batch size's budget, how search points are
+placed) is refused in one line naming the field.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime
 import fcntl
 import json
 import os
@@ -40,6 +50,7 @@ from mbx.tasks import resolve_task
 from mbx.training import noise_scale as noise_scale_lib
 from mbx.training.loop import pack_key, train, train_packed
 from mbx.training.records import read_jsonl, write_json_atomic
+from mbx.training.workload import resolve
 
 SPEC_FILE = 'sweep.json'
 TABLE_FILE = 'trials.csv'
@@ -68,24 +79,60 @@ def is_finished(sweep_dir, trial: grid_lib.Trial) -> bool:
 
 
 # ---------------------------------------------------------------- the spec
+def check_spec(sweep_dir: str | pathlib.Path, sweep: grid_lib.SweepConfig) -> dict | None:
+  """The sweep.json in `sweep_dir` (None if there is none); a ConfigError naming the field
+  when `sweep` differs from it in more than its grid (grid.trial_changing_field)."""
+  path = pathlib.Path(sweep_dir) / SPEC_FILE
+  if not path.exists():
+    return None
+  existing = json.loads(path.read_text())
+  if existing.get('spec_hash') != grid_lib.spec_hash(sweep):
+    try:
+      there = grid_lib.from_dict(existing['sweep'])
+    except (KeyError, TypeError, ValueError) as error:  # ConfigError is a ValueError
+      raise config_lib.ConfigError(f'{path}: not a sweep this mbx can read ({error}); use '
+                                   'another --sweep-dir') from None
+    change = grid_lib.trial_changing_field(there, sweep)
+    if change is not None:
+      field, was, wanted = change
+      raise config_lib.ConfigError(
+          f'{path.parent} holds a sweep with a different {field} ({was!r} -> {wanted!r}); '
+          'that changes its trials, so use another --sweep-dir or revert it (only the grid '
+          'may change in place: batch sizes, seeds, optimizers, search points)')
+  return existing
+
+
 def write_spec(sweep_dir: pathlib.Path, sweep: grid_lib.SweepConfig,
-               trials: Sequence[grid_lib.Trial]) -> None:
-  """Writes sweep.json, or checks that the one there describes the same grid."""
-  path = sweep_dir / SPEC_FILE
+               trials: Sequence[grid_lib.Trial]) -> dict[str, Any] | None:
+  """Writes sweep.json; returns the spec it replaced when the grid changed, else None.
+
+  A sweep directory grows in place: when `sweep` differs from the one there only in its grid,
+  sweep.json takes the new grid and appends the old one to its `history`; trials of both
+  keep their ids and run directories. Any other change is refused (check_spec).
+  """
+  path = pathlib.Path(sweep_dir) / SPEC_FILE
   spec = {'name': sweep.name, 'spec_hash': grid_lib.spec_hash(sweep),
           'command': ' '.join([pathlib.Path(sys.argv[0]).name, *sys.argv[1:]]),
-          'sweep': grid_lib.to_dict(sweep), 'trials': [t.row() for t in trials]}
-  if path.exists():
-    existing = json.loads(path.read_text())
-    if existing.get('spec_hash') != spec['spec_hash']:
-      raise config_lib.ConfigError(
-          f'{sweep_dir} holds a different sweep ({existing.get("name")!r}, spec '
-          f'{existing.get("spec_hash")}; this one is {spec["spec_hash"]}); use another '
-          '--sweep-dir (a changed grid is a new sweep; finished trials of the same '
-          'configs can be copied or linked into its trials/ folder)')
-    return
-  sweep_dir.mkdir(parents=True, exist_ok=True)
-  write_json_atomic(path, spec)
+          'written': _now(), 'sweep': grid_lib.to_dict(sweep),
+          'trials': [t.row() for t in trials], 'history': []}
+  (path.parent / LOCKS_DIR).mkdir(parents=True, exist_ok=True)
+  with open(path.parent / LOCKS_DIR / SPEC_FILE, 'a') as lock:  # one writer at a time
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    existing = check_spec(path.parent, sweep)
+    if existing is not None and existing.get('spec_hash') == spec['spec_hash']:
+      return None
+    if existing is not None:
+      spec['history'] = existing.get('history', []) + [{
+          'spec_hash': existing.get('spec_hash'), 'written': existing.get('written'),
+          'replaced': spec['written'], 'command': existing.get('command'),
+          'num_trials': len(existing.get('trials', [])),
+          'grid': grid_lib.grid_of(grid_lib.from_dict(existing['sweep']))}]
+    write_json_atomic(path, spec)
+    return existing
+
+
+def _now() -> str:
+  return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')
 
 
 def load_spec(sweep_dir: str | pathlib.Path) -> tuple[grid_lib.SweepConfig, list[dict]]:
@@ -183,7 +230,13 @@ def run_sweep(sweep: grid_lib.SweepConfig, sweep_dir: str | pathlib.Path, *, wor
   trials = grid_lib.expand(sweep)
   for trial in trials:  # every config error before the first trial trains
     config_lib.validate(trial.config)
-  write_spec(sweep_dir, sweep, trials)
+  check_spec(sweep_dir, sweep)
+  units = assign(trials, worker, num_workers, pack, sweep.pack_max_batch_size)
+  if any(not is_finished(sweep_dir, t) for unit in units for t in unit):
+    resolve(trials[0].config)  # data, splits, model and task: once, before anything is written
+  previous = write_spec(sweep_dir, sweep, trials)
+  if previous is not None:
+    log(grid_change_line(sweep_dir, previous, trials))
   for warning in grid_lib.coarse_grid_warnings(sweep):
     log(f'warning: {warning}')
   return run_trials(trials, sweep_dir, worker=worker, num_workers=num_workers, pack=pack,
@@ -224,6 +277,20 @@ def run_trials(trials: Sequence[grid_lib.Trial], sweep_dir: str | pathlib.Path, 
   if table:
     write_table(sweep_dir)
   return progress
+
+
+def grid_change_line(sweep_dir: pathlib.Path, previous: dict[str, Any],
+                     trials: Sequence[grid_lib.Trial]) -> str:
+  """What a grown (or shrunk) grid reuses and leaves out of the table."""
+  before = {row['trial_id'] for row in previous.get('trials', [])}
+  finished = sum(1 for t in trials if is_finished(sweep_dir, t))
+  text = (f'{sweep_dir}: the grid changed ({len(before)} -> {len(trials)} trials); '
+          f'{finished} of them finished already and are not trained again')
+  left_out = before - {t.id for t in trials}
+  if left_out:
+    text += (f'; {len(left_out)} of the earlier grid stay in {TRIALS_DIR}/ but leave '
+             f'{TABLE_FILE} (add their values back to use them)')
+  return text
 
 
 def _parallel_worker(run: Callable[..., Any], args: tuple, worker: int,

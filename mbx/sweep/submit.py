@@ -92,6 +92,7 @@ def submit(sweep: grid_lib.SweepConfig, sweep_dir: str | pathlib.Path, *, cluste
     raise config_lib.ConfigError(f'--num-workers={num_workers}: must be at least 1')
   for trial in grid_lib.expand(sweep):  # every config error before anything is submitted
     config_lib.validate(trial.config)
+  runner.check_spec(sweep_dir, sweep)
   import submitit  # pylint: disable=import-outside-toplevel  (only this command needs it)
   sweep_dir = pathlib.Path(sweep_dir).absolute()
   executor = submitit.AutoExecutor(folder=sweep_dir / LOG_DIR / '%j', cluster=cluster)
