@@ -100,12 +100,15 @@ def _study(args, tmp_path):
      'did you mean study.seeds?'),
 ])
 def test_a_study_the_config_cannot_answer_stops_in_one_line_before_writing(
-    tmp_path, args, message):
+    tmp_path, args, message, capsys, monkeypatch):
+  from mbx import cli  # pylint: disable=import-outside-toplevel
+  monkeypatch.chdir(REPO)
   out = tmp_path / 'study'
-  result = _study([*args, '--out', str(out)], tmp_path)
-  assert result.returncode == 2, result.stderr
-  lines = result.stderr.strip().splitlines()
-  assert len(lines) == 1 and 'Traceback' not in result.stderr
+  with pytest.raises(SystemExit) as exit_info:
+    cli.main(['study', *args, '--out', str(out)])
+  assert exit_info.value.code == 2
+  lines = capsys.readouterr().err.strip().splitlines()
+  assert len(lines) == 1, lines
   assert lines[0].startswith('mbx study: error: ') and message in lines[0]
   assert not out.exists()
 
