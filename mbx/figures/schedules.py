@@ -109,24 +109,31 @@ def _styles(runs: Mapping[str, Sequence]) -> tuple[dict, dict]:
 
 
 def accuracy_vs_batch_size(table: pd.DataFrame, path: str | pathlib.Path, *,
-                           group: str = 'method', title: str = '') -> pathlib.Path:
-  """Final test accuracy (mean over seeds, min-max bars) against batch size, per `group`.
+                           group: str = 'method', title: str = '',
+                           column: str = 'test_accuracy', scale: float = 100.0,
+                           ylabel: str = 'final test accuracy (%)') -> pathlib.Path:
+  """Final test accuracy (mean over seeds, min-max band) against batch size, per `group`.
 
-  `table` has one row per run with columns batch_size, test_accuracy (0..1) and `group`;
-  diverged runs have test_accuracy NaN and are drawn as crosses at the bottom.
+  `table` has one row per run with columns batch_size, `column` (an accuracy in 0..1, drawn
+  × `scale`; or any final metric) and `group`; diverged runs have `column` NaN and are drawn as
+  crosses at the bottom.
   """
   path = pathlib.Path(path)
   fig, ax = plt.subplots(figsize=(7, 4.5))
-  floor = np.nanmin(table['test_accuracy']) * 100 - 3 if table['test_accuracy'].notna().any() else 0
+  values = table[column] * scale
+  floor = 0.0  # where diverged runs are drawn: a little below the lowest value
+  if values.notna().any():
+    span = np.nanmax(values) - np.nanmin(values)
+    floor = np.nanmin(values) - 0.03 * (span if span > 0 else 1.0)
   markers = ['o', 's', '^', 'v', 'D', 'P', 'X', '*']
   for i, (name, rows) in enumerate(table.groupby(group, sort=False)):
-    stats = rows.groupby('batch_size')['test_accuracy'].agg(['mean', 'min', 'max']) * 100
+    stats = rows.groupby('batch_size')[column].agg(['mean', 'min', 'max']) * scale
     # Markers and dashes tell apart lines that coincide (e.g. runs that all stopped learning).
     line, = ax.plot(stats.index, stats['mean'], marker=markers[i % len(markers)], label=name,
                     linestyle='-' if i % 2 == 0 else '--', alpha=0.85)
     ax.fill_between(stats.index, stats['min'], stats['max'], color=line.get_color(), alpha=0.15,
                     lw=0)
-    failed = rows[rows['test_accuracy'].isna()]['batch_size'].unique()
+    failed = rows[rows[column].isna()]['batch_size'].unique()
     if len(failed):
       ax.scatter(failed, np.full(len(failed), floor), marker='x', color=line.get_color())
   ax.set_xscale('log', base=2)
@@ -134,7 +141,7 @@ def accuracy_vs_batch_size(table: pd.DataFrame, path: str | pathlib.Path, *,
   ax.set_xticks(sizes, [str(b) for b in sizes])
   ax.minorticks_off()
   ax.set_xlabel('batch size')
-  ax.set_ylabel('final test accuracy (%)')
+  ax.set_ylabel(ylabel)
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
   ax.set_title(title)
