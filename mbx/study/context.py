@@ -235,7 +235,7 @@ def write(ctx: StudyContext, title: str, wall_time: float) -> dict[str, Any]:
   lines = [f'# {title}', '',
            f'Command: `{ctx.command}`', '',
            f'Wall time: {wall_time / 60:.1f} min for this invocation ({phases}; '
-           f'{ctx.trained} runs trained, {ctx.reused} reused from earlier invocations)'
+           f'{ctx.trained} runs trained, {ctx.reused} found finished and reused)'
            + (f', {trained_wall / 60:.1f} min over all {len(invocations)} invocations that '
               'built this directory' if len(invocations) > 1 else '')
            + f', on {machine_text(info)}. Config: `{ctx.config.name}`'
