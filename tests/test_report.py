@@ -2,6 +2,7 @@
 Chromium, installed by .ci/run), and a run's report."""
 from __future__ import annotations
 
+import json
 import math
 import shutil
 import subprocess
@@ -87,9 +88,25 @@ def test_a_run_report_holds_its_outcome_and_curves(tmp_path, session_data_dir):
   assert '## Run: tiny' in text and 'status: done (budget reached) at step 20' in text
   assert '![training curves](r_files/run_curves.png)' in text
   assert 'data:image/png;base64,' in html_path.read_text()
+  # The test metrics, and an analysis's headline numbers rather than its metadata.
+  (run_dir / 'analysis').mkdir()
+  (run_dir / 'analysis' / 'sharpness_step20.json').write_text(json.dumps({
+      'parameters': 1234, 'train': {'loss': 0.5, 'accuracy': 0.8}, 'test': {'accuracy': 0.7},
+      'generalization_gap': {'accuracy': 0.1}, 'run': {'workdir': str(run_dir)},
+      'sharpness': {'results': [{'space': 'full', 'epsilon': 1e-3, 'sharpness': 4.25}]},
+      'hessian': {'top_eigenvalues': {'eigenvalues': [12.5, 3.0]},
+                  'trace': {'trace': 99.0, 'stderr': 1.0}}}))
+  _, markdown = report.write_report([run_dir], tmp_path / 'r2.html', quiet=True)
+  text = markdown.read_text()
+  final = pd.read_csv(tmp_path / 'r2_files' / 'run_final.csv')
+  assert 'test_accuracy' in final.columns
+  numbers = pd.read_csv(tmp_path / 'r2_files' / 'run_sharpness_step20.csv').iloc[0]
+  assert numbers['sharpness_full_0.001'] == 4.25 and numbers['lambda_max'] == 12.5
+  assert numbers['trace'] == 99.0 and numbers['test_accuracy'] == 0.7
+  assert numbers['generalization_gap_accuracy'] == 0.1 and '### sharpness step20' in text
 
 
 def test_report_refuses_a_directory_it_cannot_read_before_writing(tmp_path):
-  with pytest.raises(mbx.ConfigError, match='neither a sweep or study directory'):
+  with pytest.raises(mbx.ConfigError, match='neither a study'):
     report.write_report([tmp_path], tmp_path / 'r.html', quiet=True)
   assert not (tmp_path / 'r.html').exists()
