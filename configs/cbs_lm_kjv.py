@@ -2,7 +2,7 @@
 
     mbx sweep --config configs/cbs_lm_kjv.py                 # -> sweeps/cbs_lm_kjv/
     mbx analyze cbs sweeps/cbs_lm_kjv                        # tables + figures
-    python experiments/critical_batch_size_lm.py             # both, local CBS, and the README
+    python experiments/critical_batch_size_lm.py             # the whole study (mbx study cbs)
 
 Shallue et al. 2019-style study on a language model: 7 batch sizes B = 4 ... 256 windows of
 32 characters (128 to 8,192 tokens per step) x 4 learning rates x 2 seeds = 56 trials of

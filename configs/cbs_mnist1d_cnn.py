@@ -2,7 +2,7 @@
 
     mbx sweep --config configs/cbs_mnist1d_cnn.py            # -> sweeps/cbs_mnist1d_cnn/
     mbx analyze cbs sweeps/cbs_mnist1d_cnn                   # tables + figures
-    python experiments/critical_batch_size.py                # both, 2 workers, and the README
+    python experiments/critical_batch_size.py                # the whole study (mbx study cbs)
 
 Shallue et al. 2019-style study (arXiv 1811.03600): 13 batch sizes (powers of two
 to 2048, then 4000 = the whole training set) x 6 learning rates x 2 seeds x 2
