@@ -12,9 +12,14 @@ docs/adaptive_batch.md), on two workloads:
 - the KJV character Transformer, AdamW, to validation loss 1.75 nats
   (configs/adaptive_lm_kjv.py); its LR grid moves as B^0.25, as the LM CBS study's did.
 
-    python experiments/adaptive_batch.py --workloads mnist1d  # ~12 min on a 2-core CPU
-    python experiments/adaptive_batch.py                      # both: ~45 min
-    python experiments/adaptive_batch.py --quick              # 2 seeds, no frontier: ~4 min
+Its frontier.png is McCandlish et al.'s steps-examples Pareto plot of the fixed batches (as
+mbx.figures.critical_batch.pareto draws it) with each policy placed on it.
+
+    python experiments/adaptive_batch.py --workloads mnist1d  # 54 runs, 18 min
+    python experiments/adaptive_batch.py                      # + KJV: 42 runs of ~1 min
+    python experiments/adaptive_batch.py --quick --workloads mnist1d  # 19 runs, 6 min
+
+Times on a 2-core CPU shared with other jobs (load average ~15).
 
 Outputs: results/adaptive_batch/ (MNIST-1D) and results/adaptive_batch_lm/ (KJV): README.md,
 summary.json, fixed_batches, policies, paired, tuning and runs (.csv and .md), decisions.png,

@@ -55,7 +55,7 @@ class Options:
                                                # else 1.05
 
 
-QUICK = dict(seeds=(0, 1), learning_rate_factors=(1.0, 2.0), fixed_grid_seeds=False)
+QUICK = dict(seeds=(0, 1), learning_rate_factors=(1.0,), fixed_grid_seeds=False)
 
 
 @dataclasses.dataclass(frozen=True)
