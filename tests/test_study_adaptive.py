@@ -120,8 +120,9 @@ def test_summary_and_paired_ratios_match_hand_computed_values():
   lines = adaptive.findings(rows + never_moved, adaptive.summarize(rows + never_moved),
                             adaptive.paired_rows(rows + never_moved, reference), reference,
                             base, grid)
-  assert any(line.startswith(f'Fewest steps to the target (mean over seeds, every seed reached):'
-                             f' {reference}, 110 ± 10') for line in lines)
+  assert any(line.startswith(f'Fewest steps to the target of {base}, {reference} and the '
+                             f'policies (mean over seeds, every seed reached): {reference}, '
+                             '110 ± 10') for line in lines)
   assert 'goodput missed the target in 1 of 3 seeds within the budget.' in lines
   assert any(line.startswith('noise_scale never left B0 = 32 in any of 3 seeds; its steps and '
                              'examples to the target equal') for line in lines)

@@ -361,9 +361,9 @@ def findings(rows, summary, paired, reference: str, base: str, grid: Plan) -> li
     winner = min(complete, key=lambda e: e[f'{column}_mean'])
     least = 'Least' if column.startswith('wall') else 'Fewest'
     value = pm(winner[f'{column}_mean'], winner[f'{column}_std'])
-    lines.append(f'{least} {axis.split(" (")[0]} to the target (mean over seeds, every seed '
-                 f'reached): {winner["policy"]}, {value}{" s" if column.startswith("wall") else ""}'
-                 f' (mean ± std, n = {winner["n"]}).')
+    lines.append(f'{least} {axis.split(" (")[0]} to the target of {base}, {reference} and the '
+                 f'policies (mean over seeds, every seed reached): {winner["policy"]}, {value}'
+                 f'{" s" if column.startswith("wall") else ""} (mean ± std, n = {winner["n"]}).')
   for e in summary:
     if e['reached'] < e['n']:
       lines.append(f'{e["policy"]} missed the target in {e["n"] - e["reached"]} of {e["n"]} '
