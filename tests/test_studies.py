@@ -51,10 +51,3 @@ def test_the_study_grids_are_valid_configs():
   assert len(trials) == 12 * 10 * 2
   for trial in trials[:5] + trials[-5:]:
     mbx.config.validate(trial.config)
-  adaptive = _script('adaptive_batch')
-  for workload in adaptive.WORKLOADS.values():
-    configs = adaptive.configs(workload, seed=0)
-    assert {c.train.batch_policy for c in configs.values()} == {
-        'none', 'warmup', 'adascale', 'noise_scale', 'goodput'}
-    for config in configs.values():
-      mbx.config.validate(config)
