@@ -460,8 +460,9 @@ def run(ctx) -> None:
           f'{fmt(r.get("b_crit_leave_out_min"))}–{fmt(r.get("b_crit_leave_out_max"))} with any '
           f'batch size left out, lack-of-fit p = {fmt(r.get("lack_of_fit_p"), 2)}; S_min = '
           f'{fmt(r["s_min"])}; Zhang 20% CBS {fmt(r.get("zhang_cbs"))}; run-averaged B_simple '
-          + _b_simple_text(r) + '; local CBS '
-          f'{local_text.get(r["optimizer"], "not measured")}.')
+          + _b_simple_text(r)
+          + (f'; local CBS {local_text.get(r["optimizer"], "not measured")}.'
+             if r['target'] == sweep.target_value else '.'))
     else:
       ctx.findings.append(f'{r["optimizer"]}, target {r["target"]:g}: no fit (fewer than 3 '
                           'batch sizes reached the target).')
