@@ -249,18 +249,19 @@ def branch_steps(reached: int, fractions) -> tuple[int, list[int]]:
 def _source_run(ctx, trial_dir, reached: int, optimizer: str):
   """The best trial again, checkpointed at the branch points (None: branch the trial itself,
   which ends at the target)."""
-  import mbx  # pylint: disable=import-outside-toplevel
+  from mbx.training.loop import train  # pylint: disable=import-outside-toplevel
+  from mbx.training.records import load_run  # pylint: disable=import-outside-toplevel
   if tuple(ctx.options.local_cbs_fractions) == (1.0,):
     return trial_dir, [reached]
   unit, steps = branch_steps(reached, ctx.options.local_cbs_fractions)
-  config = mbx.load_run(trial_dir).config
-  train = dataclasses.replace(
+  config = load_run(trial_dir).config
+  schedule = dataclasses.replace(
       config.train, duration=f'{steps[-1]} steps', stop_at_target=False,
       checkpoint_every=f'{unit} steps', keep_checkpoints=steps[-1] // unit + 2,
       eval_growth=None, eval_every=f'{unit} steps', log_every=f'{max(1, unit // 4)} steps')
   source = ctx.runs / 'local_cbs' / optimizer / 'source'
-  mbx.train(dataclasses.replace(config, train=train, name=f'{config.name}-source'), source,
-            quiet=True)
+  train(dataclasses.replace(config, train=schedule, name=f'{config.name}-source'), source,
+        quiet=True)
   return source, steps
 
 
@@ -272,10 +273,10 @@ def _window(options: Options, source_b: int, steps: list[int]) -> str:
 
 def _along_training(local, source, metric: str):
   """One row per branch point: the source's metric and B_simple there, the local CBS."""
-  import mbx  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
   import pandas as pd  # pylint: disable=import-outside-toplevel
-  run = mbx.load_run(source)
+  from mbx.training.records import load_run  # pylint: disable=import-outside-toplevel
+  run = load_run(source)
   evals, train = run.eval_metrics.set_index('step'), run.train_metrics
   rows = []
   for step, group in local.groupby('branch_step'):
