@@ -472,10 +472,11 @@ def _protocol(config, options, num_train, sizes, lrs, labels, num_epochs, select
           ' (study.batch_sizes).' if options.batch_sizes else
           f' (study.min_batch_size × {options.batch_size_factor}^k below the training set, '
           'then the whole set).'),
-      f'Learning rates: {len(lrs)} points evenly spaced in log from {lrs[0]:.3g} to '
-      f'{lrs[-1]:.3g} ' + ('(study.learning_rates)' if options.learning_rates else
-                           f'(the config\'s LR {config.optim.learning_rate:g} × '
-                           f'study.learning_rate_span {tuple(options.learning_rate_span)})')
+      ('Learning rates: ' + ', '.join(f'{lr:.3g}' for lr in lrs) + ' (study.learning_rates)'
+       if options.learning_rates else
+       f'Learning rates: {len(lrs)} points evenly spaced in log from {lrs[0]:.3g} to '
+       f'{lrs[-1]:.3g} (the config\'s LR {config.optim.learning_rate:g} × '
+       f'study.learning_rate_span {tuple(options.learning_rate_span)})')
       + ', the same raw LRs at every B (no LR scaling rule); seeds '
       + ', '.join(map(str, options.seeds)) + ', each setting initialisation and data order.',
       f'Variants: {variant_text}' + (
