@@ -3,7 +3,8 @@
 Smith et al. 2018 (arXiv 1711.00489) Figs. 1-2: schedules, and test accuracy against epochs
 and against parameter updates, one curve per schedule (mean over seeds, band = min..max).
 Goyal et al. 2017 (arXiv 1706.02677) Fig. 1 style: final test accuracy against batch size,
-one line per scaling rule or optimizer.
+one line per scaling rule or optimizer. Masters & Luschi 2018 (arXiv 1804.07612): the range of
+learning rates that give good results at each batch size, as η and as the base LR η/B.
 """
 from __future__ import annotations
 
@@ -145,6 +146,44 @@ def accuracy_vs_batch_size(table: pd.DataFrame, path: str | pathlib.Path, *,
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
   ax.set_title(title)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return path
+
+
+def learning_rate_ranges(rows: Sequence[Mapping], path: str | pathlib.Path, *,
+                         series: str | None = None, title: str = '') -> pathlib.Path:
+  """The good learning rates per batch size (band from good_lr_min to good_lr_max) and the
+  chosen one (best_learning_rate, dots), as η (left) and as the base LR η/B (right), one
+  colour per value of row[series]. Rows: batch_size, good_lr_min, good_lr_max,
+  best_learning_rate."""
+  path = pathlib.Path(path)
+  fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+  groups: dict[str, list[Mapping]] = {}
+  for row in rows:
+    groups.setdefault(str(row[series]) if series else '', []).append(row)
+  for i, (name, group) in enumerate(groups.items()):
+    group = sorted(group, key=lambda r: r['batch_size'])
+    b = np.asarray([r['batch_size'] for r in group], float)
+    low, high, best = (np.asarray([r[k] for r in group], float)
+                       for k in ('good_lr_min', 'good_lr_max', 'best_learning_rate'))
+    color = f'C{i}'
+    for ax, divisor in ((axes[0], 1.0), (axes[1], b)):
+      ax.fill_between(b, low / divisor, high / divisor, color=color, alpha=0.25, lw=0,
+                      label=f'{name}: good range'.lstrip(': '))
+      # Markers and dashes tell apart series whose chosen LRs coincide.
+      ax.plot(b, best / divisor, marker='os^vD'[i % 5], linestyle='-' if i % 2 == 0 else '--',
+              ms=4, lw=1, color=color, label=f'{name}: chosen'.lstrip(': '))
+  for ax, label in ((axes[0], 'learning rate η'), (axes[1], 'base learning rate η / B')):
+    ax.set_xscale('log', base=2)
+    ax.set_yscale('log')
+    ax.set_xlabel('batch size B')
+    ax.set_ylabel(label)
+    ax.grid(alpha=0.3)
+  axes[0].legend(fontsize=8)
+  if title:
+    fig.suptitle(title, fontsize=10)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)

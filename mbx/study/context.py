@@ -76,10 +76,15 @@ class StudyContext:
     self.runs = pathlib.Path(self.runs) if self.runs is not None else self.out
 
   # ------------------------------------------------------------------ training
-  def train(self, configs: Mapping[Any, config_lib.Config], phase: str) -> dict[Any, Any]:
+  def train(self, configs: Mapping[Any, config_lib.Config], phase: str, *,
+            pack_max_batch_size: int | None = None) -> dict[Any, Any]:
     """Trains every config not already finished in this study's directory (in `workers`
     processes, or as a job array with `submit`); returns {key: Run}. Trials that fail stop
-    the study with one line naming them (re-running retries them)."""
+    the study with one line naming them (re-running retries them).
+
+    `pack_max_batch_size`: configs with B at most this that differ only in the LR, momentum
+    or seed train as one vmapped program (mbx.training.loop.train_packed); None: one by one.
+    Workers are dealt whole packs, in the order of `configs`."""
     from mbx.sweep import grid, runner  # pylint: disable=import-outside-toplevel
     from mbx.training.records import load_run  # pylint: disable=import-outside-toplevel
     tic = time.perf_counter()
@@ -92,7 +97,7 @@ class StudyContext:
     self.log(f'{self.study}: {phase}: {len(unique)} runs, {len(unique) - len(todo)} '
              f'already finished, training {len(todo)}')
     if todo:
-      self._train(todo, phase)
+      self._train(todo, phase, pack_max_batch_size)
     failed = [t.id for t in todo if not runner.is_finished(self.runs, t)]
     self.trained += len(todo) - len(failed)
     if failed:
@@ -103,12 +108,14 @@ class StudyContext:
     self.phases[phase] = self.phases.get(phase, 0.0) + time.perf_counter() - tic
     return {key: load_run(runner.trial_dir(self.runs, t)) for key, t in trials.items()}
 
-  def _train(self, trials: list, phase: str) -> None:
+  def _train(self, trials: list, phase: str, pack_max_batch_size: int | None) -> None:
     from mbx.sweep import runner, submit  # pylint: disable=import-outside-toplevel
-    run = functools.partial(runner.run_trials, name=f'{self.study}/{phase}', table=False)
+    pack = dict(pack=pack_max_batch_size is not None, pack_max_batch_size=pack_max_batch_size)
+    run = functools.partial(runner.run_trials, name=f'{self.study}/{phase}', table=False,
+                            **pack)
     if self.submit:
       submit.submit_trials(trials, self.runs, cluster=self.submit, num_workers=self.workers,
-                           name=f'{self.study}-{phase}', wait=True)
+                           name=f'{self.study}-{phase}', wait=True, **pack)
     elif self.workers > 1:
       runner.in_processes(run, (trials, str(self.runs)), min(self.workers, len(trials)))
     else:

@@ -103,9 +103,11 @@ def submit(sweep: grid_lib.SweepConfig, sweep_dir: str | pathlib.Path, *, cluste
 
 
 def _trials_task(trials: list[grid_lib.Trial], sweep_dir: str, worker: int,
-                 num_workers: int, name: str) -> dict[str, int]:
+                 num_workers: int, name: str, pack: bool = False,
+                 pack_max_batch_size: int | None = None) -> dict[str, int]:
   progress = runner.run_trials(trials, sweep_dir, worker=worker, num_workers=num_workers,
-                               name=name, compilation_cache=True, table=False)
+                               name=name, compilation_cache=True, table=False, pack=pack,
+                               pack_max_batch_size=pack_max_batch_size)
   if progress.failed:
     raise RuntimeError(f'worker {worker}: trials failed: {", ".join(progress.failed)}')
   return {'trained': len(progress.trained), 'skipped': len(progress.skipped)}
@@ -113,9 +115,11 @@ def _trials_task(trials: list[grid_lib.Trial], sweep_dir: str, worker: int,
 
 def submit_trials(trials: list[grid_lib.Trial], sweep_dir: str | pathlib.Path, *, cluster: str,
                   num_workers: int, name: str, options: SubmitOptions | None = None,
-                  wait: bool = True) -> list[str]:
-  """A study phase's `trials` as a job array of `num_workers` shards; with `wait`, returns
-  one line per failed job once all have ended (the trials' status.json say the rest)."""
+                  wait: bool = True, pack: bool = False,
+                  pack_max_batch_size: int | None = None) -> list[str]:
+  """A study phase's `trials` as a job array of `num_workers` shards (packed as
+  `runner.run_trials` packs them); with `wait`, returns one line per failed job once all have
+  ended (the trials' status.json say the rest)."""
   if cluster not in CLUSTERS:
     raise config_lib.ConfigError(f'--submit={cluster!r}: allowed: {", ".join(CLUSTERS)}')
   import submitit  # pylint: disable=import-outside-toplevel
@@ -125,7 +129,7 @@ def submit_trials(trials: list[grid_lib.Trial], sweep_dir: str | pathlib.Path, *
   executor.update_parameters(**options.executor_parameters(f'mbx-{name}'))
   n = max(1, min(num_workers, len(trials)))
   jobs = executor.map_array(_trials_task, [trials] * n, [str(sweep_dir)] * n, list(range(n)),
-                            [n] * n, [name] * n)
+                            [n] * n, [name] * n, [pack] * n, [pack_max_batch_size] * n)
   return _failures(jobs) if wait else []
 
 
