@@ -320,25 +320,6 @@ def in_processes(run: Callable[..., Any], args: tuple, num_workers: int) -> None
     raise SystemExit(f'workers {failed} failed; re-run to resume')
 
 
-def run_parallel(sweep: grid_lib.SweepConfig, sweep_dir: str | pathlib.Path,
-                 num_workers: int) -> None:
-  """`mbx sweep --worker i --num-workers n` for every i, as processes of this machine."""
-  in_processes(run_sweep, (sweep, str(sweep_dir)), num_workers)
-
-
-def study_parser(description: str):
-  """The command line every critical-batch-size study script shares."""
-  import argparse  # pylint: disable=import-outside-toplevel
-  parser = argparse.ArgumentParser(description=description)
-  parser.add_argument('--quick', action='store_true', help='reduced grid, for checking')
-  parser.add_argument('--workers', type=int, default=2, help='parallel processes')
-  parser.add_argument('--sweep-dir', default=None)
-  parser.add_argument('--out', default=None)
-  parser.add_argument('--bootstrap', type=int, default=2000)
-  parser.add_argument('--no-local-cbs', action='store_true')
-  return parser
-
-
 def _train_unit(trials: list[grid_lib.Trial], sweep_dir: pathlib.Path, pack: bool,
                 progress: SweepProgress) -> None:
   dirs = [trial_dir(sweep_dir, t) for t in trials]
