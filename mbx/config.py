@@ -371,6 +371,7 @@ def load_config(path: str | pathlib.Path, overrides: Sequence[str] = ()) -> Conf
     except json.JSONDecodeError as error:
       raise ConfigError(f'--config {path}:{error.lineno}: not valid JSON ({error.msg})') from None
     return apply_overrides(from_dict(values), overrides)
+  registry.remember_user_file(path, f'--config {path}')  # its exceptions are told in one line
   try:
     module = registry.module_from_file(path)
   except SyntaxError as error:

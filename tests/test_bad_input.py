@@ -1,7 +1,9 @@
 """Bad input that used to get a traceback or nothing: one line, nothing written, within seconds."""
 from __future__ import annotations
 
+import inspect
 import json
+import os
 import subprocess
 import sys
 import time
@@ -9,8 +11,10 @@ import time
 import pytest
 
 import mbx
+from mbx import registry
 from mbx.config import ConfigError
 
+import user_datasets  # pylint: disable=wrong-import-order
 from helpers import REPO, assert_one_line_error, mbx_train, tiny_config
 
 
@@ -50,6 +54,54 @@ def test_a_catalog_dataset_that_is_not_prepared_is_one_line_with_the_prepare_com
                       'model.name=mlp')
   assert_one_line_error(result, "'mnist' is not prepared", 'tfds build mnist')
   assert not (tmp_path / 'run').exists()
+
+
+def _line_of(function, statement: str) -> str:
+  """'tests/user_datasets.py:<n>': the line of `function` that holds `statement`."""
+  lines, first = inspect.getsourcelines(function)
+  return f'tests/user_datasets.py:{first + next(i for i, l in enumerate(lines) if statement in l)}'
+
+
+@pytest.mark.parametrize('function,error,message,statement', [
+    ('missing_file', 'FileNotFoundError', "[Errno 2] No such file or directory: 'my_data.npz'",
+     'np.load('),
+    ('missing_key', 'KeyError', "'y'", 'arrays["y"]'),
+    ('bad_reshape', 'ValueError', 'cannot reshape array of size 40', '.reshape('),
+])
+def test_an_exception_in_the_users_dataset_function_is_one_line_naming_the_field_and_line(
+    tmp_path, function, error, message, statement):
+  result = mbx_train('--config', 'configs/mnist1d_cnn.py', '--workdir', str(tmp_path / 'run'),
+                     f'data.name=tests/user_datasets.py:{function}')
+  assert_one_line_error(result, f'data.name=tests/user_datasets.py:{function}: {error} at '
+                        f'{_line_of(getattr(user_datasets, function), statement)}: {message}')
+  assert not (tmp_path / 'run').exists()
+
+
+def test_mbx_debug_prints_the_traceback_of_an_exception_in_the_users_code(tmp_path):
+  result = subprocess.run(
+      [sys.executable, '-m', 'mbx.cli', 'train', '--config', 'configs/mnist1d_cnn.py',
+       '--workdir', str(tmp_path / 'run'), 'data.name=tests/user_datasets.py:missing_key'],
+      cwd=REPO, env=dict(os.environ, MBX_DEBUG='1'), capture_output=True, text=True,
+      timeout=120)
+  line = _line_of(user_datasets.missing_key, 'arrays["y"]').rpartition(':')[2]
+  assert result.returncode != 0 and 'Traceback (most recent call last)' in result.stderr
+  assert f'user_datasets.py", line {line}, in missing_key' in result.stderr, result.stderr
+  assert not (tmp_path / 'run').exists()
+
+
+def test_an_exception_names_the_field_of_the_function_that_raised_it():
+  path = REPO / 'tests' / 'user_datasets.py'  # one file behind two fields
+  preprocess = registry.resolve(f'{path}:scale_inputs', {}, 'data.preprocess', 'function')
+  registry.resolve(f'{path}:make_regression', {}, 'data.name', 'function')
+  with pytest.raises(KeyError) as info:
+    preprocess({'targets': [0]})
+  line = _line_of(user_datasets.scale_inputs, 'batch["inputs"]').rpartition(':')[2]
+  assert registry.user_code_error(info.value).startswith(
+      f"data.preprocess={path}:scale_inputs: KeyError at "), registry.user_code_error(info.value)
+  assert registry.user_code_error(info.value).endswith(f"user_datasets.py:{line}: 'inputs'")
+  with pytest.raises(KeyError) as info:
+    {}['inputs']  # pylint: disable=pointless-statement  (raised here, in no user code)
+  assert registry.user_code_error(info.value) is None
 
 
 def test_load_run_checks_the_recorded_config_like_a_new_one(tmp_path):

@@ -71,3 +71,19 @@ def scale_inputs(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   """A data.preprocess function: inputs x 2, and per-example weights of 1."""
   return {**batch, "inputs": batch["inputs"] * 2,
           "weights": np.ones(len(batch["targets"]), np.float32)}
+
+
+# data.name functions with the mistakes of a first hour: each fails inside the user's code.
+def missing_file() -> data.ArrayDataset:
+  arrays = np.load("my_data.npz")  # FileNotFoundError, raised inside numpy
+  return data.ArrayDataset({"train": (arrays["x"], arrays["y"])})
+
+
+def missing_key() -> data.ArrayDataset:
+  arrays = {"x": np.zeros((8, 4), np.float32), "labels": np.zeros(8, np.int32)}
+  return data.ArrayDataset({"train": (arrays["x"], arrays["y"])})  # KeyError: 'y'
+
+
+def bad_reshape() -> data.ArrayDataset:
+  x = np.zeros((8, 5), np.float32).reshape(8, 4, -1, 3)  # ValueError, raised inside numpy
+  return data.ArrayDataset({"train": (x, np.zeros(8, np.int32))})

@@ -201,8 +201,10 @@ def setup(workload: Workload) -> Setup:
       train_rows = workload.dataset.arrays(d.train_split)
     else:
       source = workload.dataset.source(d.train_split)
-  except (ValueError, FileNotFoundError) as error:
-    raise config_error(error) from None
+  except config_lib.ConfigError:
+    raise
+  except Exception as error:  # pylint: disable=broad-except  (re-raised unless bad input)
+    raise config_error(error) or error
   # train.micro_batch_size='auto' is resolved from the compiled step's memory analysis;
   # config.json keeps 'auto' so that resuming sees the same config.
   plan_config = resolve_auto_micro_batch(workload, mesh.devices.size,

@@ -108,10 +108,25 @@ class Workload:
             for key, (shape, dtype) in self.info.element_spec.items()}
 
 
-def config_error(error: Exception) -> config_lib.ConfigError:
-  """One line: a multi-line message (e.g. the prepare command of a dataset) is joined."""
+def config_error(error: Exception) -> config_lib.ConfigError | None:
+  """`error` told as bad input in one line, or None when it is not (a bug: re-raise it as is).
+
+  An exception raised inside the user's code names the field that pointed there and the line
+  (registry.user_code_error), and stays the cause (the CLI prints its traceback when MBX_DEBUG=1);
+  a ValueError or FileNotFoundError of mbx's checks has its lines joined (e.g. the prepare
+  command of a dataset).
+  """
+  line = registry.user_code_error(error)
+  if line is not None:
+    converted = config_lib.ConfigError(line)
+    converted.__cause__ = error
+    return converted
+  if not isinstance(error, (ValueError, FileNotFoundError)):
+    return None
   text = ' '.join(line.strip() for line in str(error).splitlines() if line.strip())
-  return config_lib.ConfigError(text or repr(error))
+  converted = config_lib.ConfigError(text or repr(error))
+  converted.__suppress_context__ = True
+  return converted
 
 
 def _resolve_model(config: config_lib.Config, info, module):
@@ -203,6 +218,6 @@ def resolve(config: config_lib.Config, *, data=None, model: nn.Module | None = N
     _check_target(resolved, task)
   except config_lib.ConfigError:
     raise
-  except (ValueError, FileNotFoundError) as error:  # DatasetNotPreparedError is one
-    raise config_error(error) from None
+  except Exception as error:  # pylint: disable=broad-except  (re-raised unless bad input)
+    raise config_error(error) or error
   return workload
