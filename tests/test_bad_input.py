@@ -11,6 +11,7 @@ import time
 import pytest
 
 import mbx
+from mbx import cli
 from mbx import registry
 from mbx.config import ConfigError
 
@@ -102,6 +103,23 @@ def test_an_exception_names_the_field_of_the_function_that_raised_it():
   with pytest.raises(KeyError) as info:
     {}['inputs']  # pylint: disable=pointless-statement  (raised here, in no user code)
   assert registry.user_code_error(info.value) is None
+
+
+@pytest.mark.parametrize('function,fragments', [
+    ('float_labels', ('targets are float32,', 'y.astype(int)', 'task.name=regression')),
+    ('one_hot_labels', ('float32 of shape (3,)', 'one-hot', 'y.argmax(-1)',
+                        'task.name=regression')),
+])
+def test_float_or_one_hot_labels_for_classification_are_said_before_the_model(
+    tmp_path, capsys, function, fragments):
+  with pytest.raises(SystemExit) as exit_info:  # cnn1d needs num_classes, which floats lack
+    cli.main(['train', '--config', str(REPO / 'configs' / 'mnist1d_cnn.py'),
+              '--workdir', str(tmp_path / 'run'), f'data.name=user_datasets:{function}'])
+  error = capsys.readouterr().err.strip()
+  assert exit_info.value.code == 2 and len(error.splitlines()) == 1, error
+  assert error.startswith('mbx train: error: task.name=classification:'), error
+  assert 'num_classes' not in error and all(f in error for f in fragments), error
+  assert not (tmp_path / 'run').exists()
 
 
 def test_load_run_checks_the_recorded_config_like_a_new_one(tmp_path):

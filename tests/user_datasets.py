@@ -87,3 +87,17 @@ def missing_key() -> data.ArrayDataset:
 def bad_reshape() -> data.ArrayDataset:
   x = np.zeros((8, 5), np.float32).reshape(8, 4, -1, 3)  # ValueError, raised inside numpy
   return data.ArrayDataset({"train": (x, np.zeros(8, np.int32))})
+
+
+def float_labels() -> data.ArrayDataset:
+  """Class indices stored as floats (as np.loadtxt reads them)."""
+  rng = np.random.default_rng(0)
+  x, y = rng.normal(size=(80, 8)), rng.integers(0, 3, 80).astype(np.float64)
+  return data.ArrayDataset({"train": (x[:64], y[:64]), "test": (x[64:], y[64:])})
+
+
+def one_hot_labels() -> data.ArrayDataset:
+  """One-hot rows (as keras.utils.to_categorical gives them), float."""
+  rng = np.random.default_rng(0)
+  x, y = rng.normal(size=(80, 8)), np.eye(3)[rng.integers(0, 3, 80)]
+  return data.ArrayDataset({"train": (x[:64], y[:64]), "test": (x[64:], y[64:])})

@@ -204,6 +204,8 @@ def resolve(config: config_lib.Config, *, data=None, model: nn.Module | None = N
     if config.data.test_split not in (None, 'none'):
       dataset.check_split(config.data.test_split, 'data.test_split')
     task = resolve_task(config.task.name, config.task.options)
+    if hasattr(task, 'check_targets'):  # before a model is fitted to targets it cannot score
+      task.check_targets(info)
     model_config, module = _resolve_model(config, info, model)
     probes = ((NoiseScaleProbe(config.train.noise_scale_ema),) if config.train.noise_scale
               else ()) + tuple(resolve_probe(path) for path in config.train.probes)
