@@ -49,12 +49,15 @@ def test_init_from_a_missing_run_is_checked_before_anything_is_written(tmp_path)
   assert not (tmp_path / 'run').exists()
 
 
-def test_a_catalog_dataset_that_is_not_prepared_is_one_line_with_the_prepare_command(tmp_path):
+def test_a_catalog_dataset_that_is_not_prepared_is_said_before_the_model_that_cannot_take_it(
+    tmp_path):
+  # cnn1d cannot take MNIST's 28x28x1 images either: the data come first, since the model is
+  # chosen for the data (download=False: nothing is fetched).
   result = mbx_train('--config', 'configs/mnist1d_cnn.py', '--workdir', str(tmp_path / 'run'),
-                      'data.name=mnist', f'data.data_dir={tmp_path / "empty"}',
-                      'model.name=mlp')
+                      'data.name=mnist', f'data.data_dir={tmp_path / "empty"}')
   assert_one_line_error(result, "'mnist' is not prepared", 'tfds build mnist')
-  assert not (tmp_path / 'run').exists()
+  assert 'cnn1d' not in result.stderr
+  assert not (tmp_path / 'run').exists() and not (tmp_path / 'empty').exists()
 
 
 def _line_of(function, statement: str) -> str:

@@ -857,7 +857,7 @@ def train_packed(configs: Sequence[config_lib.Config], workdirs: Sequence[str | 
   distributed.initialize()  # before anything asks JAX for its processes or devices
   trackers = check_trackers(trackers)
   workdirs = [pathlib.Path(w) for w in workdirs]
-  workloads = [_recorded_split(resolve(c, data=data, model=model), w)
+  workloads = [_recorded_split(resolve(c, data=data, model=model, needs_data=True), w)
                for c, w in zip(configs, workdirs)]
   configs = [w.config for w in workloads]
   if len({pack_key(c) for c in configs}) > 1:

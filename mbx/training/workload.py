@@ -182,12 +182,16 @@ def _check_target(config: config_lib.Config, task: Task) -> None:
                      'train.eval_on_train=true')
 
 
-def resolve(config: config_lib.Config, *, data=None, model: nn.Module | None = None) -> Workload:
+def resolve(config: config_lib.Config, *, data=None, model: nn.Module | None = None,
+            needs_data: bool = False) -> Workload:
   """The workload of `config`; ConfigError (one line, naming the field) on any mismatch.
 
   data: an mbx.data.ArrayDataset (or Dataset) instead of `data.name`; the run then records
   data.name='in-memory:<name>', which a later process cannot load again.
   model: a flax.linen.Module instance instead of `model.name`; recorded by its import path.
+  needs_data: the data will be read (training), so data that are not there and may not be
+  fetched (a catalog dataset not prepared) are said first, before the model is checked against
+  their metadata; False (a dry run, reading a run's model) needs metadata only.
   """
   config_lib.validate(config)
   if data is None and config.data.name.startswith(IN_MEMORY_PREFIX):
@@ -203,6 +207,8 @@ def resolve(config: config_lib.Config, *, data=None, model: nn.Module | None = N
       dataset.check_split(config.data.eval_split, 'data.eval_split')
     if config.data.test_split not in (None, 'none'):
       dataset.check_split(config.data.test_split, 'data.test_split')
+    if needs_data and hasattr(dataset, 'check_available'):
+      dataset.check_available()
     task = resolve_task(config.task.name, config.task.options)
     if hasattr(task, 'check_targets'):  # before a model is fitted to targets it cannot score
       task.check_targets(info)
