@@ -12,6 +12,7 @@ import pytest
 
 import mbx
 from mbx import cli
+from mbx import config as config_lib
 from mbx import registry
 from mbx.config import ConfigError
 
@@ -123,6 +124,61 @@ def test_float_or_one_hot_labels_for_classification_are_said_before_the_model(
   assert error.startswith('mbx train: error: task.name=classification:'), error
   assert 'num_classes' not in error and all(f in error for f in fragments), error
   assert not (tmp_path / 'run').exists()
+
+
+def _replace(values: dict, path: str, value) -> dict:
+  section, _, key = path.partition('.')
+  if key:
+    values[section][key] = value
+  else:
+    values[section] = value
+  return values
+
+
+@pytest.mark.parametrize('change,fragment', [
+    (lambda v: _replace(v, 'model.options', {'__class__': 'os.system'}),
+     'model.options.__class__ is not an option'),
+    (lambda v: _replace(v, 'model.options', {'num_classes': '10'}),
+     "model.options.num_classes='10'"),
+    (lambda v: _replace(v, 'name', {'module': 'os'}), "name={'module': 'os'}: expected a string"),
+    (lambda v: None, 'config=None: expected a mapping of sections'),
+    (lambda v: _replace(v, 'train.batch_size', '64'), "train.batch_size='64': expected an integer"),
+    (lambda v: _replace(v, 'optim', ['adam']), "optim=['adam']: expected a mapping of fields"),
+], ids=['unknown-option', 'num-classes-string', 'name-dict', 'null', 'string-for-int',
+        'list-section'])
+def test_a_recorded_config_json_of_the_wrong_shape_is_one_line_naming_the_field(
+    tmp_path, capsys, change, fragment):
+  run = tmp_path / 'recorded'
+  run.mkdir()
+  (run / 'config.json').write_text(json.dumps(change(config_lib.to_dict(tiny_config()))))
+  with pytest.raises(ConfigError) as info:
+    mbx.load_run(run)
+  assert f'{run / "config.json"}: ' in str(info.value) and fragment in str(info.value)
+  assert len(str(info.value).splitlines()) == 1
+  train_from = ['--config', str(run / 'config.json'), '--workdir', str(tmp_path / 'new')]
+  resume_into = ['--config', str(REPO / 'configs' / 'mnist1d_cnn.py'), '--workdir', str(run)]
+  for args, expected in ((train_from, fragment), (resume_into, str(run))):
+    with pytest.raises(SystemExit) as exit_info:
+      cli.main(['train', *args])
+    error = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and len(error.splitlines()) == 1, error
+    assert expected in error, error
+  assert not (tmp_path / 'new').exists() and sorted(os.listdir(run)) == ['config.json']
+
+
+def test_loading_a_run_imports_nothing_its_config_names(tmp_path):
+  marker = tmp_path / 'imported'
+  (tmp_path / 'model_file.py').write_text(f'import pathlib\npathlib.Path({str(marker)!r}).touch()\n')
+  config = tiny_config(model=dict(name=f'{tmp_path / "model_file.py"}:Net',
+                                  options={'__class__': 'os.system'}))
+  run = tmp_path / 'recorded'
+  run.mkdir()
+  (run / 'config.json').write_text(json.dumps(config_lib.to_dict(config)))
+  loaded = mbx.load_run(run)
+  assert not marker.exists()
+  with pytest.raises(ConfigError, match='model_file.py:Net'):
+    loaded.build_model()  # building the model is what imports it
+  assert marker.exists()
 
 
 def test_load_run_checks_the_recorded_config_like_a_new_one(tmp_path):
