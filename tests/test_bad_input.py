@@ -29,10 +29,8 @@ def prepared_mnist1d():
 def test_a_config_file_with_a_syntax_error_names_file_and_line(tmp_path):
   path = tmp_path / 'broken.py'
   path.write_text('import mbx\n\ndef get_config(:\n  return mbx.Config()\n')
-  start = time.perf_counter()
   assert_one_line_error(mbx_train('--config', str(path), '--workdir', str(tmp_path / 'run')),
                          f'{path}:3', 'syntax error')
-  assert time.perf_counter() - start < 10
   assert not (tmp_path / 'run').exists()
 
 
