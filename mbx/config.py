@@ -310,14 +310,32 @@ def _section_from_dict(cls, values: Mapping[str, Any], prefix: str):
 
 
 def from_dict(values: Mapping[str, Any]) -> Config:
-  """Builds a Config from nested dicts (e.g. a saved config.json); strict."""
-  unknown = sorted(set(values) - set(SECTIONS) - {'name'})
+  """Builds a Config from nested dicts (e.g. a saved config.json); strict: every value has its
+  field's type, or ConfigError names the field."""
+  allowed = f'{", ".join(sorted(SECTIONS))}, name'
+  if not isinstance(values, Mapping):
+    raise ConfigError(f'config={values!r}: expected a mapping of sections ({allowed})')
+  unknown = sorted(str(k) for k in set(values) - set(SECTIONS) - {'name'})
   if unknown:
-    raise ConfigError(f'{unknown[0]}: unknown config section; allowed: '
-                      f'{", ".join(sorted(SECTIONS))}, name')
+    raise ConfigError(f'{unknown[0]}: unknown config section; allowed: {allowed}')
   sections = {k: _section_from_dict(cls, values.get(k, {}), k)
               for k, cls in SECTIONS.items()}
-  return Config(**sections, name=str(values.get('name', 'run')))
+  return Config(**sections, name=_coerce(values.get('name', 'run'), str, 'name'))
+
+
+def read_config_json(path: pathlib.Path) -> Config:
+  """A run's config.json; ConfigError naming the file and the field. Nothing in it is run (the
+  import paths it names are resolved only when the run is trained or its model built)."""
+  try:
+    values = json.loads(path.read_text())
+  except json.JSONDecodeError as error:
+    raise ConfigError(f'{path}:{error.lineno}: not valid JSON ({error.msg})') from None
+  except (OSError, UnicodeDecodeError) as error:
+    raise ConfigError(f'{path}: cannot be read ({error})') from None
+  try:
+    return from_dict(values)
+  except ConfigError as error:
+    raise ConfigError(f'{path}: {error}') from None
 
 
 def to_dict(config: Config) -> dict[str, Any]:
@@ -366,11 +384,8 @@ def load_config(path: str | pathlib.Path, overrides: Sequence[str] = ()) -> Conf
   if not path.is_file():
     raise ConfigError(f'--config {path}: no such file')
   if path.suffix == '.json':
-    try:
-      values = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-      raise ConfigError(f'--config {path}:{error.lineno}: not valid JSON ({error.msg})') from None
-    return apply_overrides(from_dict(values), overrides)
+    return apply_overrides(read_config_json(path), overrides)
+  registry.remember_user_file(path, f'--config {path}')  # its exceptions are told in one line
   try:
     module = registry.module_from_file(path)
   except SyntaxError as error:
@@ -549,6 +564,7 @@ def _validate_batch_policy(config: Config, duration: Duration) -> None:
 def validate(config: Config) -> None:
   """Checks every field; raises ConfigError naming the first bad one."""
   d, m, o, t = config.data, config.model, config.optim, config.train
+  _check(isinstance(config.name, str), 'name', config.name, 'expected a string')
   for section, name in (('data', d.name), ('model', m.name), ('task', config.task.name)):
     _check(isinstance(name, str) and bool(name.strip()), f'{section}.name', name,
            'expected a built-in name or an import path "package.module:Name"')

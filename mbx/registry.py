@@ -9,9 +9,16 @@ built-in table or an import path, as big_vision resolves model modules by name:
 `import_path(obj)` gives the path that resolves back to `obj` in a fresh process (the module's
 name when it is installed or under the working directory, else its file), so that a run's
 config.json rebuilds the same model wherever it is loaded.
+
+Every file an import path reaches is remembered with the field that named it, so that an
+exception raised inside the user's code, wherever mbx calls it (building the dataset, tracing
+the model, in the train step), is told in one line by `user_code_error`: the field, the
+exception, and the line of the user's file it came from.
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
 import hashlib
 import importlib
 import importlib.util
@@ -19,7 +26,8 @@ import os
 import pathlib
 import site
 import sys
-from collections.abc import Mapping
+import traceback
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 
@@ -77,16 +85,18 @@ def resolve(name: str, builtin: Mapping[str, Any], field: str, expected: str) ->
       module = _import_module(module_part)
   except ResolveError:
     raise
-  except Exception as error:  # the user's module failed to import: say which and why
+  except Exception as error:  # the user's module failed to import: say which, why and where
+    where = _innermost_user_frame(_frames(error.__traceback__))
+    at = f' at {_location(where)}' if where is not None else ''
     raise ResolveError(f'{field}={name!r}: cannot import {module_part!r} '
-                       f'({type(error).__name__}: {error})') from None
+                       f'({type(error).__name__}{at}: {_one_line(error)})') from None
   obj = module
   for part in attribute.split('.'):
     if not hasattr(obj, part):
       raise ResolveError(f'{field}={name!r}: {module_part!r} has no attribute {attribute!r}')
     obj = getattr(obj, part)
+  _remember_user_code(module, obj, f'{field}={name}')
   return obj
-
 
 
 def _importable_anywhere(module_name: str, file: str | None) -> bool:
@@ -120,3 +130,122 @@ def import_path(obj: Any) -> str:
                          'define it in a file')
     return f'{pathlib.Path(file).resolve()}:{qualname}'
   return f'{module_name}:{qualname}'
+
+
+# ------------------------------------------------------- exceptions in the user's code
+# file -> [(qualname of the object named, or None, 'field=value')], in the order resolved.
+_USER_CODE: dict[str, list[tuple[str | None, str]]] = {}
+_MBX_DIR = pathlib.Path(__file__).resolve().parent
+
+
+@dataclasses.dataclass(frozen=True)
+class _Frame:
+  path: str       # resolved, or '<string>' and the like
+  line: int
+  qualname: str
+
+
+def _frames(tb) -> list[_Frame]:
+  """The traceback's frames, outermost first."""
+  return [_Frame(_resolved(frame.f_code.co_filename), line, frame.f_code.co_qualname)
+          for frame, line in traceback.walk_tb(tb)]
+
+
+def _resolved(filename: str) -> str:
+  return filename if filename.startswith('<') else str(pathlib.Path(filename).resolve())
+
+
+@functools.cache
+def _library_roots() -> tuple[str, ...]:
+  roots = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix,
+           *site.getsitepackages(), site.getusersitepackages(), str(_MBX_DIR)}
+  return tuple(str(pathlib.Path(root).resolve()) + os.sep for root in roots if root)
+
+
+def _is_library(path: str) -> bool:
+  """mbx, the standard library, installed packages (jax, flax, numpy, ...), generated code."""
+  return path.startswith('<') or (path + os.sep).startswith(_library_roots())
+
+
+def _remember_user_code(module, obj: Any, label: str) -> None:
+  """Records the file of `module`, and the one defining `obj`, as code that `label` reached."""
+  target = obj if isinstance(obj, type) or hasattr(obj, '__code__') else type(obj)
+  defining = sys.modules.get(getattr(target, '__module__', None) or '')
+  for file in {getattr(module, '__file__', None), getattr(defining, '__file__', None)} - {None}:
+    path = _resolved(file)
+    if not _is_library(path):
+      entries = _USER_CODE.setdefault(path, [])
+      entry = (getattr(target, '__qualname__', None), label)
+      if entry not in entries:
+        entries.append(entry)
+
+
+def remember_user_file(path: str | pathlib.Path, label: str) -> None:
+  """Records a file of the user's code that mbx runs for `label` (e.g. a --config file)."""
+  entries = _USER_CODE.setdefault(_resolved(str(path)), [])
+  if (None, label) not in entries:
+    entries.append((None, label))
+
+
+def _innermost_user_frame(frames: list[_Frame]) -> _Frame | None:
+  """The innermost frame in a remembered file or outside every library."""
+  return next((f for f in reversed(frames) if f.path in _USER_CODE or not _is_library(f.path)),
+              None)
+
+
+def _label(frames: list[_Frame]) -> str | None:
+  """The field whose code the traceback passed through: the innermost frame running the very
+  object a field named (or one of its methods), else the innermost frame in a remembered file."""
+  inside = [(f, _USER_CODE[f.path]) for f in reversed(frames) if f.path in _USER_CODE]
+  for frame, entries in inside:
+    for named, label in entries:
+      if named is not None and (frame.qualname == named or
+                                frame.qualname.startswith(named + '.')):
+        return label
+  if not inside:
+    return None
+  _, entries = inside[0]
+  return entries[0][1]  # the first field that reached the innermost remembered file
+
+
+def _location(frame: _Frame) -> str:
+  """file:line, the file relative to the working directory when it is under it."""
+  path = pathlib.Path(frame.path)
+  try:
+    path = path.relative_to(pathlib.Path.cwd().resolve())
+  except ValueError:
+    pass
+  return f'{path}:{frame.line}'
+
+
+def _one_line(error: BaseException) -> str:
+  return ' '.join(line.strip() for line in str(error).splitlines() if line.strip())
+
+
+def _chain(error: BaseException | None) -> Iterator[BaseException]:
+  """`error`, then the exceptions it was raised from or while handling."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    yield error
+    error = error.__cause__ or error.__context__
+
+
+def user_code_error(error: BaseException) -> str | None:
+  """One line for an exception raised inside code an import path reached; None for any other.
+
+  "data.name=my_data.py:load: KeyError at my_data.py:12: 'y'": the field that pointed there,
+  the exception, and the innermost line of the user's own files. When mbx caught it and raised
+  its own error naming the field, that message gets the line: '... (at my_data.py:12)'.
+  """
+  for inner in _chain(error):
+    frames = _frames(inner.__traceback__)
+    label = _label(frames)
+    if label is None:
+      continue
+    where = _location(_innermost_user_frame(frames))
+    if inner is not error:
+      return f'{_one_line(error)} (at {where})'
+    message = _one_line(error)
+    return f'{label}: {type(error).__name__} at {where}' + (f': {message}' if message else '')
+  return None

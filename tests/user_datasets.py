@@ -71,3 +71,33 @@ def scale_inputs(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   """A data.preprocess function: inputs x 2, and per-example weights of 1."""
   return {**batch, "inputs": batch["inputs"] * 2,
           "weights": np.ones(len(batch["targets"]), np.float32)}
+
+
+# data.name functions with the mistakes of a first hour: each fails inside the user's code.
+def missing_file() -> data.ArrayDataset:
+  arrays = np.load("my_data.npz")  # FileNotFoundError, raised inside numpy
+  return data.ArrayDataset({"train": (arrays["x"], arrays["y"])})
+
+
+def missing_key() -> data.ArrayDataset:
+  arrays = {"x": np.zeros((8, 4), np.float32), "labels": np.zeros(8, np.int32)}
+  return data.ArrayDataset({"train": (arrays["x"], arrays["y"])})  # KeyError: 'y'
+
+
+def bad_reshape() -> data.ArrayDataset:
+  x = np.zeros((8, 5), np.float32).reshape(8, 4, -1, 3)  # ValueError, raised inside numpy
+  return data.ArrayDataset({"train": (x, np.zeros(8, np.int32))})
+
+
+def float_labels() -> data.ArrayDataset:
+  """Class indices stored as floats (as np.loadtxt reads them)."""
+  rng = np.random.default_rng(0)
+  x, y = rng.normal(size=(80, 8)), rng.integers(0, 3, 80).astype(np.float64)
+  return data.ArrayDataset({"train": (x[:64], y[:64]), "test": (x[64:], y[64:])})
+
+
+def one_hot_labels() -> data.ArrayDataset:
+  """One-hot rows (as keras.utils.to_categorical gives them), float."""
+  rng = np.random.default_rng(0)
+  x, y = rng.normal(size=(80, 8)), np.eye(3)[rng.integers(0, 3, 80)]
+  return data.ArrayDataset({"train": (x[:64], y[:64]), "test": (x[64:], y[64:])})

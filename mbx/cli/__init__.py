@@ -1,15 +1,22 @@
 """The `mbx` command line: `mbx train --config configs/mnist1d_cnn.py optim.learning_rate=0.01`.
 
 The top layer: each subcommand module here parses its arguments, calls the library and writes
-figures; nothing below imports this package.
+figures; nothing below imports this package. Bad input, and an exception raised inside the
+user's own code (a dataset function, a model, a task, a probe named by an import path), is told
+in one line, `mbx <command>: error: ...`, with exit status 2; MBX_DEBUG=1 prints the traceback
+instead.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
+from mbx import registry
 from mbx.config import ConfigError, load_config
+
+DEBUG_ENV = 'MBX_DEBUG'
 
 
 def _add_train(subparsers) -> None:
@@ -98,8 +105,13 @@ def main(argv=None) -> None:
     args.overrides = [*args.overrides, *extra]
   try:
     args.run(args)
-  except ConfigError as error:
-    print(f'mbx {args.command}: error: {error}', file=sys.stderr)
+  except Exception as error:  # pylint: disable=broad-except  (re-raised unless bad input)
+    line = str(error) if isinstance(error, ConfigError) else registry.user_code_error(error)
+    if line is None or os.environ.get(DEBUG_ENV, '') not in ('', '0'):
+      raise
+    if error.__cause__ is not None or not isinstance(error, ConfigError):
+      line += f' ({DEBUG_ENV}=1 shows the traceback)'
+    print(f'mbx {args.command}: error: {line}', file=sys.stderr)
     sys.exit(2)
   except KeyboardInterrupt:
     print(f'mbx {args.command}: interrupted; run directories record it (status '

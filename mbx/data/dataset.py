@@ -402,3 +402,7 @@ class PreprocessedDataset:
 
   def augment(self) -> Callable[[Any, Any], Any] | None:
     return self.base.augment()
+
+  def check_available(self) -> None:
+    if hasattr(self.base, "check_available"):
+      self.base.check_available()

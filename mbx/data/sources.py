@@ -90,17 +90,7 @@ def prepare(dataset_builder, name: str, *, download: bool, local: bool,
   """
   if is_prepared(dataset_builder):
     return dataset_builder
-  if not local and not download:
-    raise DatasetNotPreparedError(_not_prepared_message(name, dataset_builder))
-  if not local and name in catalog.DATASET_NAMES and not tensorflow_available():
-    raise DatasetNotPreparedError(
-        f"Dataset {name!r} is not prepared in {dataset_builder.data_dir_root}, "
-        "and preparing it needs TensorFlow, which is not installed: tfds "
-        "4.9.10's catalog builders read the raw files with tf.io.gfile and "
-        "encode images with tf.image (reading the prepared array_record data "
-        "back does not need it). Install it (`pip install tensorflow-cpu`) "
-        "and retry, or prepare on a machine that has it and copy the data "
-        "here:\n  " + _build_command(name, dataset_builder))
+  check_preparable(dataset_builder, name, download=download, local=local)
   with _preparation_lock(dataset_builder, name):
     if is_prepared(dataset_builder):  # another process prepared it while this one waited:
       # a builder made before the data existed knows neither its splits nor its format
@@ -119,6 +109,25 @@ def prepare(dataset_builder, name: str, *, download: bool, local: bool,
             manual_dir=os.fspath(manual_dir) if manual_dir else None),
     )
     return dataset_builder
+
+
+def check_preparable(dataset_builder, name: str, *, download: bool, local: bool) -> None:
+  """DatasetNotPreparedError, with how to prepare it, when `prepare` could not: the data are
+  not on disk and may not be fetched (not `local`, not `download`) or cannot be (no TensorFlow).
+  Reads and writes nothing."""
+  if is_prepared(dataset_builder):
+    return
+  if not local and not download:
+    raise DatasetNotPreparedError(_not_prepared_message(name, dataset_builder))
+  if not local and name in catalog.DATASET_NAMES and not tensorflow_available():
+    raise DatasetNotPreparedError(
+        f"Dataset {name!r} is not prepared in {dataset_builder.data_dir_root}, "
+        "and preparing it needs TensorFlow, which is not installed: tfds "
+        "4.9.10's catalog builders read the raw files with tf.io.gfile and "
+        "encode images with tf.image (reading the prepared array_record data "
+        "back does not need it). Install it (`pip install tensorflow-cpu`) "
+        "and retry, or prepare on a machine that has it and copy the data "
+        "here:\n  " + _build_command(name, dataset_builder))
 
 
 @contextlib.contextmanager

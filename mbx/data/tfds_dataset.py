@@ -115,13 +115,24 @@ class TfdsDataset:
         self._prepared = dataset_builder
     return self._prepared
 
+  @property
+  def _local(self) -> bool:
+    """Generated here, not downloaded: mnist1d and a user's builder class."""
+    return self._builder_cls is not None or self.name == "mnist1d"
+
   def _builder(self):
     """The builder with its data on disk, prepared only where allowed (`sources.prepare`)."""
     if self._prepared is None:
-      local = self._builder_cls is not None or self.name == "mnist1d"
       self._prepared = sources.prepare(self._new_builder(), self.name, download=self.download,
-                                       local=local, manual_dir=self._manual_dir)
+                                       local=self._local, manual_dir=self._manual_dir)
     return self._prepared
+
+  def check_available(self) -> None:
+    """DatasetNotPreparedError, with how to prepare it, if reading would raise it; reads and
+    writes nothing (a catalog dataset's info() needs no data, its reads do)."""
+    if self._builder_if_prepared() is None:
+      sources.check_preparable(self._new_builder(), self.name, download=self.download,
+                               local=self._local)
 
   def _split_records(self, split: str) -> Sequence[dict]:
     if split not in self._records:

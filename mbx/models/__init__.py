@@ -108,7 +108,10 @@ def validate_model(name: str, options: Mapping[str, object]) -> None:
     if key not in settable:
       raise ValueError(f'model.options.{key} is not an option of model {name!r}; '
                        f'allowed: {", ".join(settable) or "none"}')
-    if name in _MODELS and key != 'num_classes':
+    if name in _MODELS and key == 'num_classes':
+      if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f'model.options.num_classes={value!r} must be a positive int')
+    elif name in _MODELS:
       _check_value(key, value, fields[key], _MODEL_CHOICES.get((name, key)))
   missing = [k for k, v in fields.items()
              if v is inspect.Parameter.empty and k not in FILLED_FIELDS and k not in options]
@@ -146,7 +149,7 @@ def build_model(name: str, *, options: Mapping[str, object] = {}, num_classes: i
   """The module `name` with `options`; `num_classes` fills that field when the options lack it
   (a run's recorded options already hold it)."""
   if num_classes is not None and 'num_classes' in model_fields(name):
-    options = {'num_classes': num_classes, **options}
+    options = {'num_classes': int(num_classes), **options}
   validate_model(name, options)
   fields = model_fields(name)
   kwargs = dict(options)

@@ -22,6 +22,9 @@ class Task(Protocol):
   check(outputs, info): raises ValueError when the model's output (a jax.ShapeDtypeStruct for
     a batch of 2) cannot be scored against the data (an mbx.data.DatasetInfo: element_spec,
     num_classes), before anything compiles.
+  check_targets(info) (optional): raises ValueError when the data's targets cannot be scored by
+    the task at all (float targets for classification); called before the model is built, so
+    that the cause comes first.
   """
   metrics: Mapping[str, str]
 

@@ -38,15 +38,30 @@ class Classification:
     accuracy = sums['correct'] / sums['count']
     return {'loss': sums['loss'] / sums['count'], 'accuracy': accuracy, 'error': 1.0 - accuracy}
 
-  def check(self, outputs, info):
+  def check_targets(self, info):
+    """Integer class labels, one per example (or per token): float or one-hot targets are said
+    before a model is built for them (they would first show as a missing num_classes)."""
     target_shape, target_dtype = info.element_spec['targets']
-    if not jnp.issubdtype(jnp.dtype(target_dtype), jnp.integer):
-      raise ValueError(f'task.name=classification: the data\'s targets are {target_dtype}, '
-                       'expected integer labels (task.name=regression scores float targets)')
+    if jnp.issubdtype(jnp.dtype(target_dtype), jnp.integer):
+      return
+    if target_shape:
+      raise ValueError(f'task.name=classification: the data\'s targets are {target_dtype} of '
+                       f'shape {tuple(target_shape)} per example (one-hot?), expected integer '
+                       'class labels: convert one-hot rows with y.argmax(-1), or set '
+                       'task.name=regression to fit the floats')
+    raise ValueError(f'task.name=classification: the data\'s targets are {target_dtype}, '
+                     'expected integer class labels: convert labels stored as floats with '
+                     'y.astype(int), or set task.name=regression to fit the floats')
+
+  def check(self, outputs, info):
+    self.check_targets(info)
+    target_shape, _ = info.element_spec['targets']
     if tuple(outputs.shape[1:-1]) != tuple(target_shape):
+      one_hot = (' (one-hot? convert them with y.argmax(-1))'
+                 if len(target_shape) == 1 and outputs.ndim == 2 else '')
       raise ValueError(f'model output shape {tuple(outputs.shape[1:])} per example does not '
-                       f'match targets of shape {tuple(target_shape)}: classification expects '
-                       f'{tuple(target_shape) + ("num_classes",)}')
+                       f'match targets of shape {tuple(target_shape)}{one_hot}: classification '
+                       f'expects {tuple(target_shape) + ("num_classes",)}')
     if info.num_classes is not None and outputs.shape[-1] != info.num_classes:
       raise ValueError(f'model output size {outputs.shape[-1]} does not match the '
                        f'{info.num_classes} classes of the data (model.options.num_classes)')

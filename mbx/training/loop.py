@@ -201,8 +201,10 @@ def setup(workload: Workload) -> Setup:
       train_rows = workload.dataset.arrays(d.train_split)
     else:
       source = workload.dataset.source(d.train_split)
-  except (ValueError, FileNotFoundError) as error:
-    raise config_error(error) from None
+  except config_lib.ConfigError:
+    raise
+  except Exception as error:  # pylint: disable=broad-except  (re-raised unless bad input)
+    raise config_error(error) or error
   # train.micro_batch_size='auto' is resolved from the compiled step's memory analysis;
   # config.json keeps 'auto' so that resuming sees the same config.
   plan_config = resolve_auto_micro_batch(workload, mesh.devices.size,
@@ -855,7 +857,7 @@ def train_packed(configs: Sequence[config_lib.Config], workdirs: Sequence[str | 
   distributed.initialize()  # before anything asks JAX for its processes or devices
   trackers = check_trackers(trackers)
   workdirs = [pathlib.Path(w) for w in workdirs]
-  workloads = [_recorded_split(resolve(c, data=data, model=model), w)
+  workloads = [_recorded_split(resolve(c, data=data, model=model, needs_data=True), w)
                for c, w in zip(configs, workdirs)]
   configs = [w.config for w in workloads]
   if len({pack_key(c) for c in configs}) > 1:

@@ -22,6 +22,7 @@ import pandas as pd
 
 from mbx import config as config_lib
 from mbx import models as models_lib
+from mbx import registry
 from mbx.training.checkpoints import Checkpoints
 from mbx.training.tracking import make_writers
 from mbx.training.workload import resolve
@@ -92,16 +93,23 @@ class RunWriter:
     path = self.workdir / 'config.json'
     if not path.exists():
       return
-    resolved, existing = config_lib.to_dict(config), json.loads(path.read_text())
+    try:
+      existing = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+      existing = None
+    if not isinstance(existing, dict):
+      raise config_lib.ConfigError(f'{path}: not a run\'s config (a JSON object of sections); '
+                                   'choose another --workdir')
     try:  # fields added to mbx after the run was recorded take their defaults
       existing = json.loads(json.dumps(config_lib.to_dict(config_lib.from_dict(existing))))
     except config_lib.ConfigError:
       pass
-    resolved = json.loads(json.dumps(resolved))
+    resolved = json.loads(json.dumps(config_lib.to_dict(config)))
     if existing != resolved:
+      section_of = lambda name: s if isinstance(s := existing.get(name), dict) else {}
       changed = sorted(f'{section}.{key}' for section in resolved if isinstance(
           resolved[section], dict) for key in resolved[section]
-          if existing.get(section, {}).get(key) != resolved[section][key])
+          if section_of(section).get(key) != resolved[section][key])
       raise config_lib.ConfigError(
           f'{self.workdir} holds a run with a different config (differs in '
           f'{", ".join(changed) or "name"}); choose another --workdir')
@@ -236,15 +244,20 @@ class Run:
 
 
 def load_run(workdir: str | pathlib.Path) -> Run:
+  """The run in `workdir`. Its config.json gets the checks of a new config (and a zoo model's
+  options are checked against the model); ConfigError names the file and the field. Nothing
+  it names by import path is imported."""
   workdir = pathlib.Path(workdir)
   config_path = workdir / 'config.json'
   if not config_path.exists():
     raise FileNotFoundError(f'{workdir}: not a run directory (no config.json)')
+  config = config_lib.read_config_json(config_path)
   try:
-    config = config_lib.from_dict(json.loads(config_path.read_text()))
-  except json.JSONDecodeError as error:
-    raise config_lib.ConfigError(f'{config_path}: not valid JSON ({error.msg})') from None
-  config_lib.validate(config)  # the same checks as a new config
+    config_lib.validate(config)
+    if not registry.is_import_path(config.model.name):
+      models_lib.validate_model(config.model.name, config.model.options)
+  except ValueError as error:  # a ConfigError, or the model's own check
+    raise config_lib.ConfigError(f'{config_path}: {error}') from None
   status = read_status(workdir / 'status.json') or {}
   return Run(workdir=workdir, config=config, status=status,
              train_metrics=_frame(read_jsonl(workdir / 'train_metrics.jsonl')),

@@ -108,10 +108,25 @@ class Workload:
             for key, (shape, dtype) in self.info.element_spec.items()}
 
 
-def config_error(error: Exception) -> config_lib.ConfigError:
-  """One line: a multi-line message (e.g. the prepare command of a dataset) is joined."""
+def config_error(error: Exception) -> config_lib.ConfigError | None:
+  """`error` told as bad input in one line, or None when it is not (a bug: re-raise it as is).
+
+  An exception raised inside the user's code names the field that pointed there and the line
+  (registry.user_code_error), and stays the cause (the CLI prints its traceback when MBX_DEBUG=1);
+  a ValueError or FileNotFoundError of mbx's checks has its lines joined (e.g. the prepare
+  command of a dataset).
+  """
+  line = registry.user_code_error(error)
+  if line is not None:
+    converted = config_lib.ConfigError(line)
+    converted.__cause__ = error
+    return converted
+  if not isinstance(error, (ValueError, FileNotFoundError)):
+    return None
   text = ' '.join(line.strip() for line in str(error).splitlines() if line.strip())
-  return config_lib.ConfigError(text or repr(error))
+  converted = config_lib.ConfigError(text or repr(error))
+  converted.__suppress_context__ = True
+  return converted
 
 
 def _resolve_model(config: config_lib.Config, info, module):
@@ -167,12 +182,16 @@ def _check_target(config: config_lib.Config, task: Task) -> None:
                      'train.eval_on_train=true')
 
 
-def resolve(config: config_lib.Config, *, data=None, model: nn.Module | None = None) -> Workload:
+def resolve(config: config_lib.Config, *, data=None, model: nn.Module | None = None,
+            needs_data: bool = False) -> Workload:
   """The workload of `config`; ConfigError (one line, naming the field) on any mismatch.
 
   data: an mbx.data.ArrayDataset (or Dataset) instead of `data.name`; the run then records
   data.name='in-memory:<name>', which a later process cannot load again.
   model: a flax.linen.Module instance instead of `model.name`; recorded by its import path.
+  needs_data: the data will be read (training), so data that are not there and may not be
+  fetched (a catalog dataset not prepared) are said first, before the model is checked against
+  their metadata; False (a dry run, reading a run's model) needs metadata only.
   """
   config_lib.validate(config)
   if data is None and config.data.name.startswith(IN_MEMORY_PREFIX):
@@ -188,7 +207,11 @@ def resolve(config: config_lib.Config, *, data=None, model: nn.Module | None = N
       dataset.check_split(config.data.eval_split, 'data.eval_split')
     if config.data.test_split not in (None, 'none'):
       dataset.check_split(config.data.test_split, 'data.test_split')
+    if needs_data and hasattr(dataset, 'check_available'):
+      dataset.check_available()
     task = resolve_task(config.task.name, config.task.options)
+    if hasattr(task, 'check_targets'):  # before a model is fitted to targets it cannot score
+      task.check_targets(info)
     model_config, module = _resolve_model(config, info, model)
     probes = ((NoiseScaleProbe(config.train.noise_scale_ema),) if config.train.noise_scale
               else ()) + tuple(resolve_probe(path) for path in config.train.probes)
@@ -203,6 +226,6 @@ def resolve(config: config_lib.Config, *, data=None, model: nn.Module | None = N
     _check_target(resolved, task)
   except config_lib.ConfigError:
     raise
-  except (ValueError, FileNotFoundError) as error:  # DatasetNotPreparedError is one
-    raise config_error(error) from None
+  except Exception as error:  # pylint: disable=broad-except  (re-raised unless bad input)
+    raise config_error(error) or error
   return workload
