@@ -165,6 +165,52 @@ def test_target_stops_the_run_and_is_recorded(tmp_path):
   assert run.checkpoint_steps() == [steps_to_target]
 
 
+def test_a_run_that_stops_before_its_first_log_step_writes_a_last_row(tmp_path):
+  """Reaching the target at step 3 with log_every 100: one train row at step 3 with the
+  interval's usual columns (the noise scale's too); a stop at a log step adds no second row."""
+  columns = ('loss', 'accuracy', 'grad_norm', 'update_norm', 'param_norm', 'learning_rate',
+             'batch_size', 'examples_seen', 'epoch', 'sgd_noise_scale', 'grad_sq_estimate',
+             'b_simple', 'b_simple_run_average', 'examples_per_second', 'wall_time')
+  target = dict(duration='300 steps', eval_every='3 steps', checkpoint_every=None,
+                target_metric='eval_accuracy', target_value=0.15, stop_at_target=True,
+                noise_scale=True)
+  run = mbx.train(tiny_config(train=dict(log_every='100 steps', **target)), tmp_path / 'a',
+                  quiet=True)
+  assert run.status['step'] == 3 and 'target' in run.status['reason']
+  assert run.train_metrics['step'].tolist() == [3]
+  for column in columns:
+    assert np.isfinite(run.train_metrics[column].iloc[0]), column
+  assert run.train_metrics['examples_seen'].iloc[0] == 3 * 64
+  logged = mbx.train(tiny_config(train=dict(log_every='3 steps', **target)), tmp_path / 'b',
+                     quiet=True)
+  assert logged.train_metrics['step'].tolist() == [3]
+  assert logged.train_metrics['loss'].iloc[0] == run.train_metrics['loss'].iloc[0]
+
+
+def test_an_interrupted_run_writes_a_last_row_that_its_resume_replaces(tmp_path, monkeypatch):
+  from mbx.training import loop  # pylint: disable=import-outside-toplevel
+  config = tiny_config(train=dict(duration='10 steps', log_every='100 steps',
+                                  checkpoint_every='5 steps', eval_every='100 steps'))
+  chunks = []
+
+  def ctrl_c_after_step_7(self):
+    chunks.append(None)  # a chunk of one step each: 10 steps, one progress tick per step
+    if len(chunks) == 7:
+      raise KeyboardInterrupt
+  monkeypatch.setattr(loop._DeferredInterrupt, 'check', ctrl_c_after_step_7)  # pylint: disable=protected-access
+  with pytest.raises(KeyboardInterrupt):
+    mbx.train(config, tmp_path / 'run', quiet=True)
+  interrupted = mbx.load_run(tmp_path / 'run')
+  assert interrupted.status['status'] == 'interrupted' and interrupted.status['step'] == 7
+  assert interrupted.train_metrics['step'].tolist() == [7]
+  assert np.isfinite(interrupted.train_metrics['loss'].iloc[0])
+  monkeypatch.undo()
+  resumed = mbx.train(config, tmp_path / 'run', quiet=True)
+  whole = mbx.train(config, tmp_path / 'whole', quiet=True)
+  assert resumed.train_metrics['step'].tolist() == whole.train_metrics['step'].tolist() == [10]
+  assert resumed.train_metrics['loss'].iloc[0] == whole.train_metrics['loss'].iloc[0]
+
+
 def test_bf16_compute_keeps_float32_params(tmp_path):
   run = mbx.train(tiny_config(model=dict(dtype='bfloat16')), tmp_path, quiet=True)
   assert run.status['status'] == 'done'

@@ -362,6 +362,13 @@ class TrialRecorder:
                      f'training loss {mean_loss:.4g} > train.max_loss={t.max_loss}')
     return diverged
 
+  def final_log(self, step: int, sums: np.ndarray, probe_states, rates: dict) -> None:
+    """The train row of a trial that stops at `step`, a step that is not a log step: the
+    steps since the last log (none: nothing to write)."""
+    names = metric_names(self.setup.workload.task, self.setup.workload.probes)
+    if step > 0 and sums[names.index('steps')] > 0:
+      self.log(step, sums, probe_states, write=True, **rates)
+
   def evaluate(self, step: int, metrics: dict) -> bool:
     """Records the evaluator's row at `step`; True when the target is reached and the run
     should stop."""
@@ -390,14 +397,21 @@ class TrialRecorder:
     self.writer.set_status('running', step=step, examples_seen=position,
                            wall_time=self.meta['wall_time'])
 
-  def fail(self, step: int, error: BaseException) -> None:
+  def fail(self, step: int, error: BaseException, final_row=None) -> None:
     """Records status 'failed' (or 'interrupted', for Ctrl-C) with the reason and the step a
-    re-run resumes from."""
+    re-run resumes from. final_row: (sums, probe states, rates) of the steps since the last
+    log, written as the run's last train row when they lie after the last checkpoint (a
+    resume drops such rows and logs those steps again)."""
     try:
       self.checkpoints.wait()
     except Exception:  # pylint: disable=broad-except  (e.g. a full disk: record the failure)
       pass
     last_good = self.checkpoints.latest_step()
+    if final_row is not None and step > (last_good if last_good is not None else -1):
+      try:
+        self.final_log(step, *final_row)
+      except Exception:  # pylint: disable=broad-except  (the status below matters more)
+        pass
     if isinstance(error, KeyboardInterrupt):
       status, reason = 'interrupted', (f'interrupted at step {step} (Ctrl-C); the same command '
                                        f'resumes from step {last_good or 0}')
@@ -635,6 +649,16 @@ def _branch_losses(s: Setup, step: int, state: TrainState, config: config_lib.Co
   return losses
 
 
+def _sums_at(state: TrainState, step: int) -> np.ndarray | None:
+  """The metric sums of a state that stopped at `step`; None when an error left no such state
+  (e.g. its buffers were donated to a step that failed)."""
+  try:
+    counters, sums = jax.device_get((state.counters, state.metric_sums))
+  except Exception:  # pylint: disable=broad-except
+    return None
+  return sums if np.all(np.asarray(counters)[..., 0] == step) else None
+
+
 def _repack(num_active: int, num_trials: int, steps_left: int, step_seconds: float,
             compile_seconds: float) -> bool:
   """Whether the trials still training should leave a pack that is at least half finished.
@@ -704,6 +728,7 @@ def _run_trials(s: Setup, trials: list[TrialRecorder], state: TrainState, *,
   step, repack = start_step, False
   pack_compile = loop_seconds = 0.0  # this call's, for `_repack`
   interval_steps, interval_examples, time_since_log = 0, 0, 0.0
+  interval_start = time.perf_counter()
   interrupt = _DeferredInterrupt()
   try:
     if step == 0 and 0 in plan.eval_steps:
@@ -748,8 +773,12 @@ def _run_trials(s: Setup, trials: list[TrialRecorder], state: TrainState, *,
           time_since_log += interval_time
           loop_seconds += interval_time
           logged = step in plan.log_steps
-          sums = (jax.device_get(state.metric_sums)
-                  if logged or step in plan.checkpoint_steps else None)
+          # At an evaluation too: a trial that reaches its target there writes a last row.
+          host_sums = (jax.device_get(state.metric_sums) if logged or step in
+                       plan.checkpoint_steps or step in plan.eval_steps else None)
+          sums = host_sums if logged or step in plan.checkpoint_steps else None
+          rates = dict(examples_per_second=interval_examples / max(time_since_log, 1e-9),
+                       steps_per_second=interval_steps / max(time_since_log, 1e-9))
           rows = evaluate(state) if step in plan.eval_steps else None
           decision = None
           if policy is not None and step in plan.decision_steps and active:
@@ -766,9 +795,7 @@ def _run_trials(s: Setup, trials: list[TrialRecorder], state: TrainState, *,
             for k in active:
               if trials[k].log(
                   step, sums[k] if packed else sums,
-                  _slice(state.probes, k) if packed else state.probes,
-                  examples_per_second=interval_examples / max(time_since_log, 1e-9),
-                  steps_per_second=interval_steps / max(time_since_log, 1e-9), write=logged,
+                  _slice(state.probes, k) if packed else state.probes, **rates, write=logged,
                   extra=decision):
                 leaving.append(k)  # diverged
           if logged:  # before checkpointing: a resumed run starts the next interval from zero
@@ -783,6 +810,9 @@ def _run_trials(s: Setup, trials: list[TrialRecorder], state: TrainState, *,
               continue
             if rows is not None and trial.evaluate(step, rows[k]):
               leaving.append(k)  # reached its target
+              if not logged:
+                trial.final_log(step, host_sums[k] if packed else host_sums,
+                                _slice(state.probes, k) if packed else state.probes, rates)
               trial.checkpoint(step, trial_state(k))
             elif step in plan.checkpoint_steps:
               trial.checkpoint(step, trial_state(k))
@@ -804,8 +834,14 @@ def _run_trials(s: Setup, trials: list[TrialRecorder], state: TrainState, *,
       if repack:
         break
   except BaseException as error:
+    seconds = time_since_log + time.perf_counter() - interval_start
+    rates = dict(examples_per_second=interval_examples / max(seconds, 1e-9),
+                 steps_per_second=interval_steps / max(seconds, 1e-9))
+    sums = _sums_at(state, step)
     for k in active:
-      trials[k].fail(step, error)
+      final_row = None if sums is None else (
+          sums[k] if packed else sums, _slice(state.probes, k) if packed else state.probes, rates)
+      trials[k].fail(step, error, final_row)
     raise
   finally:
     interrupt.restore()
