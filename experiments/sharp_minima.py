@@ -133,7 +133,7 @@ class Analyses:
     bound.apply_defaults()
     settings = json.loads(json.dumps({k: v for k, v in bound.arguments.items()
                                       if k not in ('run', 'step')}))
-    step = run.checkpoint_steps()[-1]
+    step = run.checkpoint_steps[-1]
     fingerprint = analysis.checkpoint_sha256(run, step)
     summary = next((c for c in self.cached if c['run']['workdir'] == str(run.workdir)
                     and c['run']['step'] == step and c.get('settings') == settings
@@ -331,7 +331,7 @@ def sweep_runs(sweep_dir: pathlib.Path, like) -> dict[tuple[str, int], object]:
       continue  # not a run directory of this mbx version
     c = run.config
     if (run.status.get('status') != 'done' or c.model != like.model or c.train.init_from
-        or c.data.name != like.data.name or not run.checkpoint_steps()):
+        or c.data.name != like.data.name or not run.checkpoint_steps):
       continue
     key = (c.optim.name, c.train.batch_size)
     if key not in best or (run.status.get('eval_accuracy', 0)
