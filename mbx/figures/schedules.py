@@ -17,6 +17,8 @@ import matplotlib.pyplot as plt  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 import pandas as pd  # pylint: disable=wrong-import-position
 
+from mbx.figures.ticks import plain_ticks  # pylint: disable=wrong-import-position
+
 
 def _mean_band(ax, frames: Sequence[pd.DataFrame], x: str, y: str, label: str, color,
                scale: float = 1.0, linestyle: str = '-') -> None:
@@ -61,7 +63,7 @@ def schedule_comparison(runs: Mapping[str, Sequence], out_dir: str | pathlib.Pat
   fig.suptitle(f'{title}Schedules (Smith et al. 2018, Fig. 1)')
   fig.tight_layout()
   paths.append(out_dir / f'schedules{suffix}.png')
-  fig.savefig(paths[-1], dpi=120)
+  plain_ticks(fig).savefig(paths[-1], dpi=120)
   plt.close(fig)
 
   for x, xlabel, filename in [('epoch', 'epoch', f'accuracy_vs_epochs{suffix}.png'),
@@ -82,7 +84,7 @@ def schedule_comparison(runs: Mapping[str, Sequence], out_dir: str | pathlib.Pat
     ax.set_title(f'{title}mean of {seeds} seed{"s" * (seeds > 1)}, band = min..max')
     fig.tight_layout()
     paths.append(out_dir / filename)
-    fig.savefig(paths[-1], dpi=120)
+    plain_ticks(fig).savefig(paths[-1], dpi=120)
     plt.close(fig)
   return paths
 
@@ -118,6 +120,6 @@ def accuracy_vs_batch_size(table: pd.DataFrame, path: str | pathlib.Path, *,
   ax.legend(fontsize=8)
   ax.set_title(title)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  plain_ticks(fig).savefig(path, dpi=120)
   plt.close(fig)
   return path
