@@ -2,7 +2,8 @@
 
     <run>/config.json          fully resolved config
     <run>/status.json          running | done | diverged | failed, with reason and last step
-    <run>/train_metrics.jsonl  one row per log step (means over the interval)
+    <run>/train_metrics.jsonl  one row per log step (means over the interval), and one where
+                               the run stopped if that was not a log step
     <run>/eval_metrics.jsonl   one row per evaluation
     <run>/checkpoints/<step>/  Orbax checkpoints
     <run>/tensorboard/         TensorBoard event files derived from the JSONL (tracking.py)
