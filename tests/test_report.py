@@ -9,6 +9,7 @@ import sys
 
 import pandas as pd
 import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 
 import mbx
 from mbx.figures import report
@@ -97,7 +98,6 @@ def test_report_refuses_a_directory_it_cannot_read_before_writing(tmp_path):
 
 def _labels(fig, title: str):
   """(offset text, tick labels, y limits) of the panel titled `title`, as drawn."""
-  from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=import-outside-toplevel
   FigureCanvasAgg(fig).draw()
   ax = next(a for a in fig.axes if a.get_title() == title)
   return (ax.yaxis.get_offset_text().get_text(),

@@ -217,7 +217,8 @@ def test_an_interrupted_run_writes_a_last_row_that_its_resume_replaces(tmp_path,
     chunks.append(None)  # a chunk of one step each: 10 steps, one progress tick per step
     if len(chunks) == 7:
       raise KeyboardInterrupt
-  monkeypatch.setattr(loop._DeferredInterrupt, 'check', ctrl_c_after_step_7)  # pylint: disable=protected-access
+  # pylint: disable-next=protected-access
+  monkeypatch.setattr(loop._DeferredInterrupt, 'check', ctrl_c_after_step_7)
   with pytest.raises(KeyboardInterrupt):
     mbx.train(config, tmp_path / 'run', quiet=True)
   interrupted = mbx.load_run(tmp_path / 'run')

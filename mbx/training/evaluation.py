@@ -15,7 +15,7 @@ import numpy as np
 from mbx import config as config_lib
 from mbx.training import feed as feed_lib
 from mbx.training.step import make_eval_step, make_mesh, replicated
-from mbx.training.workload import Workload
+from mbx.training.workload import Workload, config_error
 
 
 @jax.jit
@@ -126,7 +126,7 @@ def evaluate_split(workload: Workload, params, model_state, split: str) -> dict[
     workload.dataset.check_split(split, 'split')
     num_train = int(workload.dataset.num_examples(config.data.train_split))
   except (ValueError, FileNotFoundError) as error:
-    raise config_lib.ConfigError(' '.join(str(error).split())) from None
+    raise config_error(error) from None
   on_device = feed_lib.keeps_data_on_device(config.data.placement, workload.info.element_spec,
                                             num_train)
   mesh = make_mesh()

@@ -27,7 +27,7 @@ from mbx import models as models_lib
 from mbx.training.checkpoints import Checkpoints
 from mbx.training.evaluation import evaluate_split
 from mbx.training.tracking import make_writers
-from mbx.training.workload import resolve
+from mbx.training.workload import config_error, resolve
 
 STATUSES = ('running', 'done', 'diverged', 'failed', 'interrupted')
 
@@ -236,13 +236,13 @@ class Run:
     try:
       workload.dataset.check_split(split, 'split')
     except ValueError as error:
-      raise config_lib.ConfigError(' '.join(str(error).split())) from None
+      raise config_error(error) from None
     return workload.dataset.arrays(split)
 
   def evaluate(self, split: str, step: int | None = None, *, data=None) -> dict[str, float]:
     """The task's metrics over every example of `split` (and 'examples', their number) at
-    checkpoint `step` (default: the latest), computed by the training loop's evaluation code,
-    so they equal the eval row the run recorded at that step. data: as for `dataset`."""
+    checkpoint `step` (default: the latest), computed by the training loop's evaluation code:
+    for the run's eval split, the eval row it recorded at that step. data: as for `dataset`."""
     workload = resolve(self.config, data=data)
     params, model_state, _ = self.restore(step)
     return evaluate_split(workload, params, model_state, split)
