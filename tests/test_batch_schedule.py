@@ -166,7 +166,7 @@ def test_killed_mid_schedule_resumes_to_identical_parameters(tmp_path):
   with pytest.raises(AssertionError, match=r'\(-9\)'):
     run_python(code)
   killed = mbx.load_run(workdir)
-  assert killed.status['status'] == 'running' and killed.checkpoint_steps()[-1] == 275
+  assert killed.status['status'] == 'running' and killed.checkpoint_steps[-1] == 275
   assert killed.train_metrics['step'].max() == 300  # rows past the checkpoint, to be redone
 
   config = mbx.load_config(REPO / 'configs/mnist1d_cnn.py', KILL_OVERRIDES)

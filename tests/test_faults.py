@@ -50,7 +50,7 @@ def reference(tmp_path_factory):
   root = tmp_path_factory.mktemp('faults')
   partial = mbx.train(dataclasses.replace(CONFIG, train=dataclasses.replace(
       CONFIG.train, duration='20 steps')), root / 'partial', quiet=True)
-  assert partial.checkpoint_steps() == [10, 20]
+  assert partial.checkpoint_steps == [10, 20]
   full = mbx.train(CONFIG, root / 'full', quiet=True)
   return root, full
 
@@ -89,7 +89,7 @@ def test_load_run_falls_back_and_a_named_corrupt_step_is_a_clear_error(reference
     mbx.load_run(workdir).params(step=20)
   params = mbx.load_run(workdir).params()  # the newest that restores: step 10
   assert 'checkpoint step 20' in capsys.readouterr().err
-  assert mbx.load_run(workdir).checkpoint_steps() == [10]
+  assert mbx.load_run(workdir).checkpoint_steps == [10]
   assert jax.tree.leaves(params)
 
 
@@ -115,7 +115,7 @@ def test_a_full_disk_during_a_save_fails_the_run_and_keeps_the_previous_checkpoi
   status = mbx.load_run(workdir).status
   assert status['status'] == 'failed' and status['last_good_step'] == 10, status
   assert 'No space left on device' in status['reason']
-  assert mbx.load_run(workdir).checkpoint_steps() == [10]
+  assert mbx.load_run(workdir).checkpoint_steps == [10]
   assert jax.tree.leaves(mbx.load_run(workdir).params())
 
   monkeypatch.setattr(atomicity.AtomicRenameTemporaryPath, 'finalize', finalize)

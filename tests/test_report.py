@@ -10,6 +10,7 @@ import sys
 
 import pandas as pd
 import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 
 import mbx
 from mbx.figures import report
@@ -110,3 +111,47 @@ def test_report_refuses_a_directory_it_cannot_read_before_writing(tmp_path):
   with pytest.raises(mbx.ConfigError, match='neither a study'):
     report.write_report([tmp_path], tmp_path / 'r.html', quiet=True)
   assert not (tmp_path / 'r.html').exists()
+
+
+def _labels(fig, title: str):
+  """(offset text, tick labels, y limits) of the panel titled `title`, as drawn."""
+  FigureCanvasAgg(fig).draw()
+  ax = next(a for a in fig.axes if a.get_title() == title)
+  return (ax.yaxis.get_offset_text().get_text(),
+          [t.get_text() for t in ax.get_yticklabels()], ax.get_ylim())
+
+
+def test_a_constant_series_is_drawn_as_constant_without_an_offset():
+  """A learning rate equal up to float rounding was labelled '1e-12 + 4.9999964e-3', its
+  ticks -0.2 ... 0.4; a series that changes keeps its own range."""
+  lr = 0.0049999964
+  metrics = pd.DataFrame({'step': [10, 20, 30, 40], 'loss': [2.3, 1.1, 0.72, 0.70],
+                          'learning_rate': [lr, lr + 1e-12, lr, lr + 5e-10],
+                          'batch_size': [64, 64, 64, 64]})
+  fig = report.curves_figure(metrics)
+  offset, ticks, (low, high) = _labels(fig, 'learning_rate')
+  assert offset == '' and low < 0.99 * lr and high > 1.01 * lr
+  assert all(len(t.replace('−', '-')) <= 6 for t in ticks), ticks  # 0.0048, 0.0050, ...
+  for title in ('batch_size', 'loss'):
+    assert _labels(fig, title)[0] == '', title
+  low, high = _labels(fig, 'loss')[2]
+  assert low < 0.7 and 2.3 < high < 2.5
+
+
+def test_the_sweep_header_states_each_batch_sizes_budget(tmp_path):
+  from test_critical_batch import synthetic_table  # pylint: disable=import-outside-toplevel
+  table = synthetic_table(batch_sizes=(1, 4, 16, 64))
+  budgets = {1: '8000 steps', 4: '4000 steps', 16: '2000 steps', 64: '2000 steps'}
+  table['budget'] = table['batch_size'].map(budgets)
+  sweep = tmp_path / 'sweep'
+  sweep.mkdir()
+  table.to_csv(sweep / 'trials.csv', index=False)
+  _, markdown = report.write_report([sweep], tmp_path / 'r.html', bootstrap=50, quiet=True,
+                                    target=('eval_accuracy', 0.8))
+  assert ('budget per trial: B=1: 8000 steps, B=4: 4000 steps, B=16: 2000 steps, '
+          'B=64: 2000 steps') in markdown.read_text()
+  table['budget'] = '8000 steps'
+  assert report.budget_line(table, {}) == 'budget per trial: 8000 steps'
+  spec = {'sweep': {'budget': '8000 steps', 'budgets': {'1': '100 epochs'}}}
+  assert report.budget_line(table.drop(columns='budget'), spec) == (
+      'budget per trial: B=1: 100 epochs, B=4: 8000 steps, B=16: 8000 steps, B=64: 8000 steps')

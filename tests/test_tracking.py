@@ -92,7 +92,7 @@ def test_merged_metrics_know_where_every_row_is_in_the_stream(tmp_path, session_
 def test_restoring_a_checkpoint_prints_no_orbax_notices(tmp_path, session_data_dir):
   mbx.train(tiny_config(), tmp_path / 'run', quiet=True)
   code = (f'import mbx; run = mbx.load_run({str(tmp_path / "run")!r}); run.restore(); '
-          'print(run.checkpoint_steps())')
+          'print(run.checkpoint_steps)')
   result = subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True,
                           text=True, timeout=120)
   assert result.returncode == 0, result.stderr

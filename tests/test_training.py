@@ -39,7 +39,7 @@ def test_run_directory_records(tmp_path):
   assert run.eval_metrics['eval_examples'].iloc[-1] == 1000
   assert run.eval_metrics['eval_accuracy'].iloc[-1] > run.eval_metrics['eval_accuracy'].iloc[0]
   assert set(run.metrics['step']) == {0, 5, 10, 15, 20}
-  assert run.checkpoint_steps() == [20]  # keep_checkpoints=1 keeps the final one
+  assert run.checkpoint_steps == [20]  # keep_checkpoints=1 keeps the final one
   loaded = mbx.load_run(tmp_path)
   params = loaded.params()
   model = loaded.build_model()
@@ -51,6 +51,26 @@ def test_run_directory_records(tmp_path):
     assert accuracy == pytest.approx(run.status[key], abs=1e-6), split
   assert run.status['test_examples'] == 1000
   assert not any(c.startswith('test_') for c in run.eval_metrics.columns)
+
+
+def test_a_runs_checkpoints_evaluate_to_the_metrics_it_recorded(tmp_path):
+  """Run.evaluate at two checkpoints equals the eval rows written there; Run.dataset is the
+  split it evaluated."""
+  run = mbx.train(tiny_config(), tmp_path, quiet=True)  # checkpoints at 10 and 20
+  assert run.checkpoint_steps == [10, 20]
+  recorded = run.eval_metrics.set_index('step')
+  for step in (10, 20):
+    metrics = run.evaluate('validation', step=step)
+    for name in ('loss', 'accuracy', 'error', 'examples'):
+      assert metrics[name] == pytest.approx(recorded.loc[step, f'eval_{name}'], rel=1e-6), name
+  assert run.evaluate('validation') == run.evaluate('validation', step=20)
+  assert run.evaluate('test')['accuracy'] == pytest.approx(run.status['test_accuracy'], rel=1e-6)
+  validation = run.dataset('validation')
+  np.testing.assert_array_equal(validation['targets'],
+                                data.load_arrays('mnist1d', 'validation')[1])
+  assert len(validation['inputs']) == recorded.loc[10, 'eval_examples']
+  with pytest.raises(mbx.ConfigError, match='valid'):
+    run.evaluate('valid')
 
 
 def test_the_test_split_is_chosen_or_turned_off_and_a_bad_one_is_refused(tmp_path):
@@ -140,7 +160,7 @@ def test_divergence_is_a_recorded_outcome(tmp_path):
   assert run.status['status'] == 'diverged'
   assert 'loss' in run.status['reason']
   assert run.status['step'] < 50
-  assert not run.checkpoint_steps() or all(s < run.status['step'] for s in run.checkpoint_steps())
+  assert not run.checkpoint_steps or all(s < run.status['step'] for s in run.checkpoint_steps)
   again = mbx.train(config, tmp_path, quiet=True)  # re-running does not retry it
   assert again.status == run.status
 
@@ -162,7 +182,54 @@ def test_target_stops_the_run_and_is_recorded(tmp_path):
   first = run.eval_metrics[run.eval_metrics['eval_accuracy'] >= 0.5]['step'].min()
   assert steps_to_target == first
   assert run.status['examples_to_target'] == steps_to_target * 64
-  assert run.checkpoint_steps() == [steps_to_target]
+  assert run.checkpoint_steps == [steps_to_target]
+
+
+def test_a_run_that_stops_before_its_first_log_step_writes_a_last_row(tmp_path):
+  """Reaching the target at step 3 with log_every 100: one train row at step 3 with the
+  interval's usual columns (the noise scale's too); a stop at a log step adds no second row."""
+  columns = ('loss', 'accuracy', 'grad_norm', 'update_norm', 'param_norm', 'learning_rate',
+             'batch_size', 'examples_seen', 'epoch', 'sgd_noise_scale', 'grad_sq_estimate',
+             'b_simple', 'b_simple_run_average', 'examples_per_second', 'wall_time')
+  target = dict(duration='300 steps', eval_every='3 steps', checkpoint_every=None,
+                target_metric='eval_accuracy', target_value=0.15, stop_at_target=True,
+                noise_scale=True)
+  run = mbx.train(tiny_config(train=dict(log_every='100 steps', **target)), tmp_path / 'a',
+                  quiet=True)
+  assert run.status['step'] == 3 and 'target' in run.status['reason']
+  assert run.train_metrics['step'].tolist() == [3]
+  for column in columns:
+    assert np.isfinite(run.train_metrics[column].iloc[0]), column
+  assert run.train_metrics['examples_seen'].iloc[0] == 3 * 64
+  logged = mbx.train(tiny_config(train=dict(log_every='3 steps', **target)), tmp_path / 'b',
+                     quiet=True)
+  assert logged.train_metrics['step'].tolist() == [3]
+  assert logged.train_metrics['loss'].iloc[0] == run.train_metrics['loss'].iloc[0]
+
+
+def test_an_interrupted_run_writes_a_last_row_that_its_resume_replaces(tmp_path, monkeypatch):
+  from mbx.training import loop  # pylint: disable=import-outside-toplevel
+  config = tiny_config(train=dict(duration='10 steps', log_every='100 steps',
+                                  checkpoint_every='5 steps', eval_every='100 steps'))
+  chunks = []
+
+  def ctrl_c_after_step_7(self):
+    chunks.append(None)  # a chunk of one step each: 10 steps, one progress tick per step
+    if len(chunks) == 7:
+      raise KeyboardInterrupt
+  # pylint: disable-next=protected-access
+  monkeypatch.setattr(loop._DeferredInterrupt, 'check', ctrl_c_after_step_7)
+  with pytest.raises(KeyboardInterrupt):
+    mbx.train(config, tmp_path / 'run', quiet=True)
+  interrupted = mbx.load_run(tmp_path / 'run')
+  assert interrupted.status['status'] == 'interrupted' and interrupted.status['step'] == 7
+  assert interrupted.train_metrics['step'].tolist() == [7]
+  assert np.isfinite(interrupted.train_metrics['loss'].iloc[0])
+  monkeypatch.undo()
+  resumed = mbx.train(config, tmp_path / 'run', quiet=True)
+  whole = mbx.train(config, tmp_path / 'whole', quiet=True)
+  assert resumed.train_metrics['step'].tolist() == whole.train_metrics['step'].tolist() == [10]
+  assert resumed.train_metrics['loss'].iloc[0] == whole.train_metrics['loss'].iloc[0]
 
 
 def test_bf16_compute_keeps_float32_params(tmp_path):

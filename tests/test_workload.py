@@ -65,6 +65,25 @@ def test_a_module_instance_from_python_is_recorded_so_a_fresh_process_rebuilds_i
   assert out.split()[:2] == ['TwoLayer', '12']
 
 
+@pytest.mark.parametrize('accumulated', [False, True])
+def test_regression_training_rows_report_the_rmse_of_their_loss(tmp_path, accumulated):
+  """rmse = sqrt(mean squared error) in every training row, as in the eval rows; also through
+  micro-batches and per-example weights (the step's other way of forming the loss)."""
+  config = _regression_config()
+  config = dataclasses.replace(config, train=dataclasses.replace(
+      config.train, duration='12 steps', log_every='1 steps',
+      micro_batch_size=8 if accumulated else None))
+  if accumulated:
+    config = dataclasses.replace(config, data=dataclasses.replace(
+        config.data, preprocess='user_datasets:scale_inputs'))
+  run = mbx.train(config, tmp_path, quiet=True)
+  rows = run.train_metrics
+  assert len(rows) == 12 and (rows['loss'] > 0).all()
+  np.testing.assert_allclose(rows['rmse'], np.sqrt(rows['loss']), rtol=1e-6)
+  evals = run.eval_metrics
+  np.testing.assert_allclose(evals['eval_rmse'], np.sqrt(evals['eval_loss']), rtol=1e-6)
+
+
 def test_regression_reaches_its_target_and_eval_loss_is_exact_over_the_split(tmp_path):
   config = _regression_config(target_metric='eval_loss', target_value=0.05, stop_at_target=True)
   run = mbx.train(config, tmp_path, quiet=True)

@@ -20,6 +20,8 @@ import matplotlib.ticker  # pylint: disable=wrong-import-position
 import matplotlib.pyplot as plt  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 
+from mbx.figures.ticks import plain_ticks  # pylint: disable=wrong-import-position
+
 
 def decisions(runs: Mapping[str, object], path: str | pathlib.Path) -> pathlib.Path:
   """Writes B, LR, B_simple and the AdaScale gain against examples seen, one line per run.
@@ -48,7 +50,7 @@ def decisions(runs: Mapping[str, object], path: str | pathlib.Path) -> pathlib.P
   fig.tight_layout()
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(path, dpi=120)
+  plain_ticks(fig).savefig(path, dpi=120)
   plt.close(fig)
   return path
 
@@ -56,7 +58,7 @@ def decisions(runs: Mapping[str, object], path: str | pathlib.Path) -> pathlib.P
 def _save(fig, path) -> pathlib.Path:
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(path, dpi=120)
+  plain_ticks(fig).savefig(path, dpi=120)
   plt.close(fig)
   return path
 

@@ -22,6 +22,7 @@ import numpy as np
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
+from mbx.figures.ticks import plain_ticks
 from mbx.sweep.critical_batch import CriticalBatchAnalysis
 
 COLORS = ('tab:blue', 'tab:orange', 'tab:green', 'tab:red', 'tab:purple', 'tab:brown')
@@ -93,7 +94,7 @@ def _draw_steps(ax, analysis, optimizer: str, color: str, *, regimes: bool, band
 
 
 def steps_vs_batch_size(analysis: CriticalBatchAnalysis, path: str | pathlib.Path) -> None:
-  steps_figure(analysis).savefig(path, dpi=130)
+  plain_ticks(steps_figure(analysis)).savefig(path, dpi=130)
 
 
 def steps_figure(analysis: CriticalBatchAnalysis) -> Figure:
@@ -142,11 +143,11 @@ def pareto(analysis: CriticalBatchAnalysis, path: str | pathlib.Path) -> None:
   ax.set_title('steps-examples Pareto frontier (labels: B)\n' + _title(analysis), fontsize=10)
   ax.grid(True, alpha=0.3)
   ax.legend(fontsize=7)
-  fig.savefig(path, dpi=130)
+  plain_ticks(fig).savefig(path, dpi=130)
 
 
 def best_learning_rate(analysis: CriticalBatchAnalysis, path: str | pathlib.Path) -> None:
-  learning_rate_figure(analysis).savefig(path, dpi=130)
+  plain_ticks(learning_rate_figure(analysis)).savefig(path, dpi=130)
 
 
 def heavy_ball_optimizers(analysis: CriticalBatchAnalysis) -> list[str]:
@@ -228,7 +229,7 @@ def lr_heatmap(analysis: CriticalBatchAnalysis, path: str | pathlib.Path) -> Non
     ax.legend(fontsize=7, loc='upper left')
   if image is not None and norm is not None:
     fig.colorbar(image, ax=list(axes), label='steps to target')
-  fig.savefig(path, dpi=130)
+  plain_ticks(fig).savefig(path, dpi=130)
 
 
 def local_cbs(per_factor, summary: dict, path: str | pathlib.Path) -> None:
@@ -255,7 +256,7 @@ def local_cbs(per_factor, summary: dict, path: str | pathlib.Path) -> None:
                f'{summary["batch_size"]}, LR scaling {summary["lr_scaling"]}', fontsize=9)
   ax.grid(True, alpha=0.3)
   ax.legend(fontsize=8)
-  fig.savefig(path, dpi=130)
+  plain_ticks(fig).savefig(path, dpi=130)
 
 
 def local_cbs_along_training(points, source_train, source_eval, path: str | pathlib.Path, *,
@@ -299,7 +300,7 @@ def local_cbs_along_training(points, source_train, source_eval, path: str | path
   right.set_title('the source run', fontsize=9)
   right.grid(True, alpha=0.3)
   right.legend(fontsize=7)
-  fig.savefig(path, dpi=130)
+  plain_ticks(fig).savefig(path, dpi=130)
 
 
 FIGURES = {'steps_vs_batch_size.png': steps_vs_batch_size, 'pareto.png': pareto,

@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from mbx import config as config_lib
 from mbx.figures import critical_batch as cbs_figures
+from mbx.figures.ticks import plain_ticks
 from mbx.sweep import critical_batch, grid, runner
 from mbx.training.records import load_run
 
@@ -142,10 +143,11 @@ def _what_was_run(doc: Document, path: pathlib.Path, table: pd.DataFrame, spec: 
            f'target: {table.attrs["target_metric"]} {table.attrs["target_value"]}',
            'batch sizes: ' + ', '.join(str(b) for b in sorted(table['batch_size'].unique())),
            'seeds: ' + ', '.join(str(s) for s in sorted(table['seed'].unique()))]
+  budget = budget_line(table, spec)
+  if budget:
+    lines.append(budget)
   if spec:
     sweep = spec['sweep']
-    lines.append(f'budget per trial: {sweep["budget"]}' + (
-        f' (per batch size: {sweep["budgets"]})' if sweep.get('budgets') else ''))
     for space in sweep['search']:
       lines.append(f'search ({space["optimizer"]}): {space["num_learning_rates"]} learning '
                    f'rates over {space["learning_rate"]} ({space["sampling"]}), range '
@@ -166,6 +168,27 @@ def _what_was_run(doc: Document, path: pathlib.Path, table: pd.DataFrame, spec: 
       lines.append(f'{label}: ' + ', '.join(str(v) for v in table[column].dropna().unique()))
   doc.heading('What was run', 3)
   doc.items(lines)
+
+
+def budget_line(table: pd.DataFrame, spec: dict) -> str | None:
+  """'budget per trial: ...' as the trials had it: one budget, or each batch size's
+  ('B=1: 8000 steps, B=4: 4000 steps, ...') when they differ. From the table's budget
+  column, else from the grid."""
+  budgets: dict[int, list[str]] = {}
+  if 'budget' in table:
+    for batch_size, group in table.dropna(subset=['budget']).groupby('batch_size'):
+      budgets[int(batch_size)] = list(dict.fromkeys(str(b) for b in group['budget']))
+  elif spec:
+    sweep = spec['sweep']
+    per_batch = {int(b): v for b, v in sweep.get('budgets', {}).items()}
+    budgets = {int(b): [per_batch.get(int(b), sweep['budget'])]
+               for b in sorted(table['batch_size'].unique())}
+  if not budgets:
+    return None
+  if len({tuple(v) for v in budgets.values()}) == 1:
+    return 'budget per trial: ' + ' / '.join(next(iter(budgets.values())))
+  return 'budget per trial: ' + ', '.join(f'B={b}: {" / ".join(v)}'
+                                          for b, v in sorted(budgets.items()))
 
 
 def _fit_lines(analysis: critical_batch.CriticalBatchAnalysis) -> list[str]:
@@ -222,8 +245,8 @@ def sweep_section(doc: Document, path: pathlib.Path, *, target=None, bootstrap: 
 
 
 # -------------------------------------------------------------------- runs
-def _curves(run, path: pathlib.Path) -> None:
-  metrics = run.metrics
+def curves_figure(metrics: pd.DataFrame) -> Figure:
+  """A run's curves (run.metrics) against step, one panel per metric it logged."""
   names = [c for c in ('loss', 'eval_loss', 'eval_accuracy', 'eval_bits_per_character',
                        'learning_rate', 'batch_size', 'b_simple') if c in metrics]
   fig = Figure(figsize=(4.2 * min(len(names), 3), 3.2 * -(-len(names) // 3)),
@@ -237,7 +260,7 @@ def _curves(run, path: pathlib.Path) -> None:
     ax.grid(True, alpha=0.3)
   for ax in axes[len(names):]:
     ax.set_visible(False)
-  fig.savefig(path, dpi=110)
+  return plain_ticks(fig)
 
 
 def run_section(doc: Document, path: pathlib.Path) -> None:
@@ -256,7 +279,8 @@ def run_section(doc: Document, path: pathlib.Path) -> None:
   if final:
     doc.table(pd.DataFrame([final]), f'{path.name}_final')
   if not run.metrics.empty:
-    doc.figure(lambda p: _curves(run, p), f'{path.name}_curves', 'training curves')
+    doc.figure(lambda p: curves_figure(run.metrics).savefig(p, dpi=110), f'{path.name}_curves',
+               'training curves')
   analysis_dir = path / 'analysis'
   for summary_file in sorted(analysis_dir.glob('*.json')) if analysis_dir.is_dir() else []:
     summary = json.loads(summary_file.read_text())

@@ -18,6 +18,8 @@ import matplotlib.pyplot as plt  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 import pandas as pd  # pylint: disable=wrong-import-position
 
+from mbx.figures.ticks import plain_ticks  # pylint: disable=wrong-import-position
+
 
 def _mean_band(ax, frames: Sequence[pd.DataFrame], x: str, y: str, label: str, color,
                scale: float = 1.0, linestyle: str = '-') -> None:
@@ -55,7 +57,7 @@ def schedules(runs: Mapping[str, Sequence], path: str | pathlib.Path,
   axes[0].legend()
   fig.suptitle(f'{title}Schedules (Smith et al. 2018, Fig. 1)')
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  plain_ticks(fig).savefig(path, dpi=120)
   plt.close(fig)
   return path
 
@@ -97,7 +99,7 @@ def metric_curves(runs: Mapping[str, Sequence], path: str | pathlib.Path, *,
   seeds = min(len(g) for g in runs.values())
   ax.set_title(f'{title}mean of {seeds} seed{"s" * (seeds > 1)}, band = min..max')
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  plain_ticks(fig).savefig(path, dpi=120)
   plt.close(fig)
   return path
 
@@ -147,7 +149,7 @@ def accuracy_vs_batch_size(table: pd.DataFrame, path: str | pathlib.Path, *,
   ax.legend(fontsize=8)
   ax.set_title(title)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  plain_ticks(fig).savefig(path, dpi=120)
   plt.close(fig)
   return path
 
@@ -185,6 +187,6 @@ def learning_rate_ranges(rows: Sequence[Mapping], path: str | pathlib.Path, *,
   if title:
     fig.suptitle(title, fontsize=10)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  plain_ticks(fig).savefig(path, dpi=120)
   plt.close(fig)
   return path

@@ -14,6 +14,8 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 
+from mbx.figures.ticks import plain_ticks  # pylint: disable=wrong-import-position
+
 COLORS = ('tab:blue', 'tab:red', 'tab:green', 'tab:purple', 'tab:orange', 'tab:brown')
 
 
@@ -21,7 +23,7 @@ def _save(fig, path) -> pathlib.Path:
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   fig.tight_layout()
-  fig.savefig(path, dpi=130, bbox_inches='tight')
+  plain_ticks(fig).savefig(path, dpi=130, bbox_inches='tight')
   plt.close(fig)
   return path
 

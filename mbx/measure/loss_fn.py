@@ -165,7 +165,7 @@ def from_run(run, step: int | None = None, *, split: str | None = None,
   eval batch size, which makes `evaluate` reproduce the run's recorded metrics exactly.
   `data`: the run's ArrayDataset, for runs whose data were given from Python."""
   workload = resolve(run.config, data=data)
-  if not run.checkpoint_steps():
+  if not run.checkpoint_steps:
     raise FileNotFoundError(f'{run.workdir}: no checkpoints to analyse')
   params, model_state, meta = run.restore(step)  # None: the newest that restores
   step = int(meta['step']) if step is None else step

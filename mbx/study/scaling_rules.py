@@ -397,7 +397,7 @@ def _parameter_norms(run) -> tuple[float, float]:
   """(largest L2 norm of a 1-D parameter: biases, norm scales; of a larger one: kernels)."""
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
-  if not run.checkpoint_steps():
+  if not run.checkpoint_steps:
     return math.nan, math.nan
   leaves = [np.asarray(p, np.float64) for p in jax.tree.leaves(run.params())]
   norm = lambda ps: max((float(np.linalg.norm(p)) for p in ps), default=math.nan)

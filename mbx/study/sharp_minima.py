@@ -146,7 +146,7 @@ class Analyses:
     bound.apply_defaults()
     settings_json = json.loads(json.dumps({k: v for k, v in bound.arguments.items()
                                            if k not in ('run', 'step')}))
-    step = run.checkpoint_steps()[-1]
+    step = run.checkpoint_steps[-1]
     key = f'{run.workdir.name}@{step}'
     fingerprint = analysis.checkpoint_sha256(run, step)
     summary = self.cached.get(key)

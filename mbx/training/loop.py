@@ -39,13 +39,14 @@ from mbx.training import noise_scale as noise_scale_lib
 from mbx.training.autobatch import (resolve_auto_micro_batch, resolve_fastest_micro_batch,
                                     zeros_like)
 from mbx.training.checkpoints import Checkpoints
+from mbx.training.evaluation import Evaluator, trial_slice
 from mbx.training.components import step_arguments, step_parts
 from mbx.training.plan import Plan, Segment, make_plan
 from mbx.training.lock import RunLock, default_workdir
 from mbx.training.records import Run, RunWriter, load_run
-from mbx.training.step import (StepParts, TrainState, init_train_state, make_eval_step,
-                               make_mesh, make_step, metric_names, replicated,
-                               trial_hyperparameters, zero_metric_sums)
+from mbx.training.step import (StepParts, TrainState, init_train_state, make_mesh, make_step,
+                               metric_names, replicated, trial_hyperparameters,
+                               zero_metric_sums)
 from mbx.training.tracking import DEFAULT_TRACKERS, check_trackers
 from mbx.training.workload import Workload, config_error, resolve
 
@@ -63,89 +64,6 @@ def _sgd_noise_scale(config: config_lib.Config, learning_rate: float, batch_size
 
 def data_seed(config: config_lib.Config) -> int:
   return config.train.seed if config.train.data_seed is None else config.train.data_seed
-
-
-class Evaluator:
-  """The task's metrics over every example of a split, once each, summed exactly."""
-
-  _eval_steps: dict = {}  # compiled once per model config, shared by a sweep's trials
-  _vmapped: dict = {}     # their vmapped versions, for packed trials
-  vmap_stacks: bool | None = None  # a stack in one vmapped pass; None: except on XLA:CPU
-
-  def __init__(self, workload: Workload, model, mesh, on_device: bool):
-    config = workload.config
-    key = (json.dumps(config_lib.to_dict(config)['model'], sort_keys=True),
-           config.task.name, json.dumps(config.task.options, sort_keys=True),
-           tuple(d.id for d in mesh.devices.flat), id(workload.module))
-    if key not in self._eval_steps:
-      self._eval_steps[key] = make_eval_step(model, workload.task)
-    self.eval_step = self._eval_steps[key]
-    self.task, self.mesh = workload.task, mesh
-    # Metrics only the data can derive, e.g. a text dataset's bits per character.
-    self.split_metrics = getattr(workload.dataset, 'split_metrics', None)
-    self.splits = {'eval': workload.eval_split}
-    if config.train.eval_on_train:
-      self.splits['train'] = workload.train_split
-    self.periodic = tuple(self.splits)  # evaluated along training; test only at the end
-    if workload.test_split is not None:
-      self.splits['test'] = workload.test_split
-    self.batch_size = config.train.eval_batch_size
-    self.cached, self.sources = {}, {}
-    for prefix, split in self.splits.items():
-      if on_device:
-        self.cached[prefix] = feed_lib.eval_batches(workload.dataset.arrays(split),
-                                                    self.batch_size, mesh)
-      else:
-        self.sources[prefix] = workload.dataset.source(split)
-
-  def __call__(self, params, model_state) -> dict[str, float]:
-    return self._rows(self.eval_step, params, model_state, self.periodic)[0]
-
-  def _stacked_rows(self, params, model_state, prefixes) -> list[dict[str, float]]:
-    """One row per trial of a stack. On an accelerator from one vmapped pass over the data;
-    on XLA:CPU trial by trial, which is faster there: the MNIST-1D CNN's 12 trials took 37 ms
-    one by one and 66 ms vmapped (its convolutions become grouped ones), 1000 examples each."""
-    vmapped = self.vmap_stacks if self.vmap_stacks is not None else (
-        jax.default_backend() != 'cpu')
-    if not vmapped:
-      return [self._rows(self.eval_step, *_slice((params, model_state), k), prefixes)[0]
-              for k in range(jax.tree.leaves(params)[0].shape[0])]
-    if self.eval_step not in self._vmapped:
-      self._vmapped[self.eval_step] = jax.jit(
-          jax.vmap(self.eval_step, in_axes=(0, 0, None, None)))
-    return self._rows(self._vmapped[self.eval_step], params, model_state, prefixes)
-
-  def stacked(self, params, model_state) -> list[dict[str, float]]:
-    """One row per trial of a stack."""
-    return self._stacked_rows(params, model_state, self.periodic)
-
-  def test(self, params, model_state, stacked: bool = False):
-    """test_<metric> of one trial's final state ({} without a test split); stacked: a row per
-    trial of a stack."""
-    if 'test' not in self.splits:
-      return [{}] * jax.tree.leaves(params)[0].shape[0] if stacked else {}
-    if stacked:
-      return self._stacked_rows(params, model_state, ('test',))
-    return self._rows(self.eval_step, params, model_state, ('test',))[0]
-
-  def _rows(self, eval_step, params, model_state, prefixes) -> list[dict[str, float]]:
-    rows = None
-    for prefix in prefixes:
-      batches = self.cached.get(prefix) or feed_lib.streamed_eval_batches(
-          self.sources[prefix], self.batch_size, self.mesh)
-      totals = None
-      for batch, mask in batches:
-        sums = eval_step(params, model_state, batch, mask)
-        totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-      totals = {k: np.atleast_1d(v) for k, v in jax.device_get(totals).items()}
-      rows = rows or [{} for _ in totals['examples']]
-      for k, row in enumerate(rows):
-        values = self.task.finalize({name: float(v[k]) for name, v in totals.items()})
-        if self.split_metrics is not None:
-          values.update(self.split_metrics(values, self.splits[prefix]))
-        row.update({f'{prefix}_{name}': float(v) for name, v in values.items()})
-        row[f'{prefix}_examples'] = int(totals['examples'][k])
-    return rows
 
 
 def _reached(config: config_lib.Config, task, row: dict[str, float]) -> bool:
@@ -233,7 +151,7 @@ def branch_source(config: config_lib.Config) -> tuple[Run, int]:
     source = load_run(source_dir)
   except FileNotFoundError as error:
     raise config_lib.ConfigError(f'train.init_from={init_from!r}: {error}') from None
-  steps = source.checkpoint_steps()
+  steps = source.checkpoint_steps
   step = steps[-1] if step is None and steps else step
   if step not in steps:
     raise config_lib.ConfigError(f'train.init_from={init_from!r}: no checkpoint at step {step}; '
@@ -364,6 +282,13 @@ class TrialRecorder:
                      f'training loss {mean_loss:.4g} > train.max_loss={t.max_loss}')
     return diverged
 
+  def final_log(self, step: int, sums: np.ndarray, probe_states, rates: dict) -> None:
+    """The train row of a trial that stops at `step`, a step that is not a log step: the
+    steps since the last log (none: nothing to write)."""
+    names = metric_names(self.setup.workload.task, self.setup.workload.probes)
+    if step > 0 and sums[names.index('steps')] > 0:
+      self.log(step, sums, probe_states, write=True, **rates)
+
   def evaluate(self, step: int, metrics: dict) -> bool:
     """Records the evaluator's row at `step`; True when the target is reached and the run
     should stop."""
@@ -392,14 +317,21 @@ class TrialRecorder:
     self.writer.set_status('running', step=step, examples_seen=position,
                            wall_time=self.meta['wall_time'])
 
-  def fail(self, step: int, error: BaseException) -> None:
+  def fail(self, step: int, error: BaseException, final_row=None) -> None:
     """Records status 'failed' (or 'interrupted', for Ctrl-C) with the reason and the step a
-    re-run resumes from."""
+    re-run resumes from. final_row: (sums, probe states, rates) of the steps since the last
+    log, written as the run's last train row when they lie after the last checkpoint (a
+    resume drops such rows and logs those steps again)."""
     try:
       self.checkpoints.wait()
     except Exception:  # pylint: disable=broad-except  (e.g. a full disk: record the failure)
       pass
     last_good = self.checkpoints.latest_step()
+    if final_row is not None and step > (last_good if last_good is not None else -1):
+      try:
+        self.final_log(step, *final_row)
+      except Exception:  # pylint: disable=broad-except  (the status below matters more)
+        pass
     if isinstance(error, KeyboardInterrupt):
       status, reason = 'interrupted', (f'interrupted at step {step} (Ctrl-C); the same command '
                                        f'resumes from step {last_good or 0}')
@@ -509,11 +441,6 @@ def _sync_every_step(config: config_lib.Config, mesh) -> bool:
 @jax.jit
 def _stack(trees):
   return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
-
-
-@jax.jit
-def _slice(tree, index):
-  return jax.tree.map(lambda leaf: leaf[index], tree)
 
 
 def _hot_loop(state, hyper, step: int, until: int, position: int, batch: int, feed,
@@ -637,6 +564,16 @@ def _branch_losses(s: Setup, step: int, state: TrainState, config: config_lib.Co
   return losses
 
 
+def _sums_at(state: TrainState, step: int) -> np.ndarray | None:
+  """The metric sums of a state that stopped at `step`; None when an error left no such state
+  (e.g. its buffers were donated to a step that failed)."""
+  try:
+    counters, sums = jax.device_get((state.counters, state.metric_sums))
+  except Exception:  # pylint: disable=broad-except
+    return None
+  return sums if np.all(np.asarray(counters)[..., 0] == step) else None
+
+
 def _repack(num_active: int, num_trials: int, steps_left: int, step_seconds: float,
             compile_seconds: float) -> bool:
   """Whether the trials still training should leave a pack that is at least half finished.
@@ -665,7 +602,7 @@ def _run_trials(s: Setup, trials: list[TrialRecorder], state: TrainState, *,
   plan = s.plan
   start_step, position = (int(v) for v in jax.device_get(
       state.counters[0] if packed else state.counters))
-  trial_state = (lambda k: _slice(state, k)) if packed else (lambda k: state)
+  trial_state = (lambda k: trial_slice(state, k)) if packed else (lambda k: state)
   seeds = [data_seed(trial.config) for trial in trials]
   host_feed = lambda first_step: feed_lib.HostFeed(
       s.source, s.workload.info.element_spec, s.plan, mesh, seed=seeds[0],
@@ -706,6 +643,7 @@ def _run_trials(s: Setup, trials: list[TrialRecorder], state: TrainState, *,
   step, repack = start_step, False
   pack_compile = loop_seconds = 0.0  # this call's, for `_repack`
   interval_steps, interval_examples, time_since_log = 0, 0, 0.0
+  interval_start = time.perf_counter()
   interrupt = _DeferredInterrupt()
   try:
     if step == 0 and 0 in plan.eval_steps:
@@ -750,8 +688,12 @@ def _run_trials(s: Setup, trials: list[TrialRecorder], state: TrainState, *,
           time_since_log += interval_time
           loop_seconds += interval_time
           logged = step in plan.log_steps
-          sums = (jax.device_get(state.metric_sums)
-                  if logged or step in plan.checkpoint_steps else None)
+          # At an evaluation too: a trial that reaches its target there writes a last row.
+          host_sums = (jax.device_get(state.metric_sums) if logged or step in
+                       plan.checkpoint_steps or step in plan.eval_steps else None)
+          sums = host_sums if logged or step in plan.checkpoint_steps else None
+          rates = dict(examples_per_second=interval_examples / max(time_since_log, 1e-9),
+                       steps_per_second=interval_steps / max(time_since_log, 1e-9))
           rows = evaluate(state) if step in plan.eval_steps else None
           decision = None
           if policy is not None and step in plan.decision_steps and active:
@@ -768,9 +710,7 @@ def _run_trials(s: Setup, trials: list[TrialRecorder], state: TrainState, *,
             for k in active:
               if trials[k].log(
                   step, sums[k] if packed else sums,
-                  _slice(state.probes, k) if packed else state.probes,
-                  examples_per_second=interval_examples / max(time_since_log, 1e-9),
-                  steps_per_second=interval_steps / max(time_since_log, 1e-9), write=logged,
+                  trial_slice(state.probes, k) if packed else state.probes, **rates, write=logged,
                   extra=decision):
                 leaving.append(k)  # diverged
           if logged:  # before checkpointing: a resumed run starts the next interval from zero
@@ -785,6 +725,9 @@ def _run_trials(s: Setup, trials: list[TrialRecorder], state: TrainState, *,
               continue
             if rows is not None and trial.evaluate(step, rows[k]):
               leaving.append(k)  # reached its target
+              if not logged:
+                trial.final_log(step, host_sums[k] if packed else host_sums,
+                                trial_slice(state.probes, k) if packed else state.probes, rates)
               trial.checkpoint(step, trial_state(k))
             elif step in plan.checkpoint_steps:
               trial.checkpoint(step, trial_state(k))
@@ -806,8 +749,15 @@ def _run_trials(s: Setup, trials: list[TrialRecorder], state: TrainState, *,
       if repack:
         break
   except BaseException as error:
+    seconds = time_since_log + time.perf_counter() - interval_start
+    rates = dict(examples_per_second=interval_examples / max(seconds, 1e-9),
+                 steps_per_second=interval_steps / max(seconds, 1e-9))
+    sums = _sums_at(state, step)
     for k in active:
-      trials[k].fail(step, error)
+      final_row = None if sums is None else (
+          sums[k] if packed else sums,
+          trial_slice(state.probes, k) if packed else state.probes, rates)
+      trials[k].fail(step, error, final_row)
     raise
   finally:
     interrupt.restore()
@@ -937,7 +887,7 @@ def _train_pending(s: Setup, configs, workdirs, quiet: bool, trackers: tuple[str
         break
       state, active, compile_time = left  # a smaller pack of the trials still training
       group = [group[k] for k in active]
-      state = _stack([_slice(state, k) for k in active]) if len(active) > 1 else _slice(
+      state = _stack([trial_slice(state, k) for k in active]) if len(active) > 1 else trial_slice(
           state, active[0])
 
 

@@ -2,7 +2,8 @@
 
     <run>/config.json          fully resolved config
     <run>/status.json          running | done | diverged | failed, with reason and last step
-    <run>/train_metrics.jsonl  one row per log step (means over the interval)
+    <run>/train_metrics.jsonl  one row per log step (means over the interval), and one where
+                               the run stopped if that was not a log step
     <run>/eval_metrics.jsonl   one row per evaluation
     <run>/checkpoints/<step>/  Orbax checkpoints
     <run>/tensorboard/         TensorBoard event files derived from the JSONL (tracking.py)
@@ -18,14 +19,16 @@ import warnings
 from typing import Any
 
 import jax.numpy as jnp
+import numpy as np
 import pandas as pd
 
 from mbx import config as config_lib
 from mbx import models as models_lib
 from mbx import registry
 from mbx.training.checkpoints import Checkpoints
+from mbx.training.evaluation import evaluate_split
 from mbx.training.tracking import make_writers
-from mbx.training.workload import resolve
+from mbx.training.workload import config_error, resolve
 
 STATUSES = ('running', 'done', 'diverged', 'failed', 'interrupted')
 
@@ -202,7 +205,10 @@ class Run:
         merged[column] = merged[column].fillna(merged.pop(f'{column}_train_log'))
     return merged.sort_values('step').reset_index(drop=True)
 
+  @property
   def checkpoint_steps(self) -> list[int]:
+    """The steps of the checkpoints on disk, ascending (read on each access: a running run
+    adds and drops them)."""
     return Checkpoints(self.workdir / 'checkpoints', read_only=True).steps()
 
   def restore(self, step: int | None = None):
@@ -229,6 +235,25 @@ class Run:
 
   def params(self, step: int | None = None):
     return self.restore(step)[0]
+
+  def dataset(self, split: str, *, data=None) -> dict[str, np.ndarray]:
+    """Every example of `split` as the run read it: its data config resolved again (the same
+    preprocessing), before augmentation; a dict of numpy arrays ('inputs', 'targets' and
+    'weights' if any). data: the dataset again, for a run whose data were given from Python."""
+    workload = resolve(self.config, data=data)
+    try:
+      workload.dataset.check_split(split, 'split')
+    except ValueError as error:
+      raise config_error(error) from None
+    return workload.dataset.arrays(split)
+
+  def evaluate(self, split: str, step: int | None = None, *, data=None) -> dict[str, float]:
+    """The task's metrics over every example of `split` (and 'examples', their number) at
+    checkpoint `step` (default: the latest), computed by the training loop's evaluation code:
+    for the run's eval split, the eval row it recorded at that step. data: as for `dataset`."""
+    workload = resolve(self.config, data=data)
+    params, model_state, _ = self.restore(step)
+    return evaluate_split(workload, params, model_state, split)
 
   def build_model(self, dtype=None):
     """The run's model, rebuilt from config.json alone, in model.dtype. Runs recorded before

@@ -352,9 +352,12 @@ def make_update(parts: StepParts, shape: StepShape, mesh: Mesh, *, packed: bool 
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params, learning_rate)
     params = optax.apply_updates(state.params, updates)
     grad_sq = sum_sq(grads, packed)
-    # The step reports the objective as 'loss' (its mean over groups), not the task's loss sum,
-    # which it does not accumulate: a placeholder keeps finalize's arithmetic whole.
-    reported = {**parts.task.finalize(stats['sums'] | {'loss': 0.0}), 'loss': stats['loss']}
+    # The micro-batches do not sum the task's loss: the objective (the weighted mean loss over
+    # the global batch) times the summed weight is that sum, so metrics derived from it (a
+    # regression's rmse) come out right; 'loss' is the objective itself.
+    sums = stats['sums']
+    reported = {**parts.task.finalize(sums | {'loss': stats['loss'] * sums['count']}),
+                'loss': stats['loss']}
     metrics = [reported[n] for n in train_metric_names(parts.task)]
     metrics += [jnp.sqrt(grad_sq), jnp.sqrt(sum_sq(updates, packed)),
                 jnp.sqrt(sum_sq(params, packed)), learning_rate, 1.0]
