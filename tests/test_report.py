@@ -54,7 +54,8 @@ def test_the_study_report_renders_in_chromium_with_every_figure_and_table(tmp_pa
                           capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   markdown = out.with_suffix('.md').read_text()
-  assert '## Sweep: critical_batch_size' in markdown and '![steps vs batch size]' in markdown
+  assert '## Study cbs: Critical batch size (cbs_mnist1d_cnn)' in markdown
+  assert '### Findings' in markdown and 'steps to target vs B' in markdown
   driver = _browser()
   try:
     driver.get(out.as_uri())
@@ -63,7 +64,7 @@ def test_the_study_report_renders_in_chromium_with_every_figure_and_table(tmp_pa
     images = driver.execute_script(
         'return [...document.images].map(i => [i.alt, i.complete, i.naturalWidth, '
         'i.naturalHeight]);')
-    assert len(images) == 4
+    assert len(images) == 6  # 4 CBS figures and a local-CBS figure per optimizer
     assert all(complete and width > 0 and height > 0 for _, complete, width, height in images)
     tables = driver.execute_script(
         'return [...document.querySelectorAll("table[data-csv]")].map(t => [t.dataset.csv, '
@@ -72,8 +73,7 @@ def test_the_study_report_renders_in_chromium_with_every_figure_and_table(tmp_pa
   finally:
     driver.quit()
   assert {name for name, _, _ in tables} == {
-      'critical_batch_size_per_batch_size.csv', 'critical_batch_size_cbs_summary.csv',
-      'critical_batch_size_fit_sensitivity.csv'}
+      'critical_batch_size_per_batch_size.csv', 'critical_batch_size_cbs_summary.csv'}
   for name, header, rows in tables:
     frame = pd.read_csv(out.with_name('report_files') / name)
     assert header == list(frame.columns) and len(rows) == len(frame)
