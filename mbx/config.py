@@ -34,6 +34,9 @@ BATCH_POLICIES = ('none', 'warmup', 'adascale', 'noise_scale', 'goodput')
 BATCH_POLICY_LR_RULES = ('auto', 'none', 'sqrt', 'linear', 'adascale')
 WARMUP_CRITERIA = ('noise_scale', 'branch')
 ADAM_FAMILY = ('adam', 'adamw', 'lamb')  # AdaScale's gain enters their LR as sqrt(r)
+# AutoBatch's budget without train.autobatch_budget: this fraction of the device allocator's
+# limit (the runtime's own overhead and fragmentation are not in XLA's memory analysis).
+DEFAULT_MEMORY_FRACTION = 0.9
 # Field names of earlier versions, read from old config.json files and overrides.
 RENAMED_FIELDS = {('train', 'noise_scale_every'): 'probe_every',
                   ('train', 'noise_scale_groups'): 'probe_groups'}

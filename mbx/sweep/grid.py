@@ -21,11 +21,9 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-from scipy.stats import qmc
 
 from mbx import config as config_lib
 from mbx import registry
-from mbx.training.workload import resolve
 
 SAMPLINGS = ('grid', 'quasirandom')
 # Optimizers whose `momentum` field is heavy-ball momentum (effective LR = lr / (1 - m));
@@ -123,6 +121,7 @@ def _unit_points(space: SearchSpace, seed: int) -> np.ndarray:
       return np.asarray(lrs)[:, None]
     ms = np.linspace(0, 1, space.num_momenta) if space.num_momenta > 1 else [0.5]
     return np.array([(a, b) for a in lrs for b in ms])
+  from scipy.stats import qmc  # pylint: disable=import-outside-toplevel  (slow to import)
   dims = 2 if searched_momentum else 1
   return qmc.Halton(d=dims, scramble=True, seed=seed).random(space.num_learning_rates)
 
@@ -184,6 +183,8 @@ def trial_config(sweep: SweepConfig, optimizer: str, batch_size: int, learning_r
 def resolved_batch_sizes(sweep: SweepConfig) -> tuple[int, ...]:
   if sweep.batch_sizes:
     return tuple(sweep.batch_sizes)
+  # The training stack (jax) loads only here: a sweep file is read and checked without it.
+  from mbx.training.workload import resolve  # pylint: disable=import-outside-toplevel
   workload = resolve(sweep.base)
   return default_batch_sizes(workload.dataset.num_examples(workload.train_split))
 

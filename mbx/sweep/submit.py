@@ -15,7 +15,6 @@ from typing import Any
 
 from mbx import config as config_lib
 from mbx.sweep import grid as grid_lib
-from mbx.sweep import runner
 
 CLUSTERS = ('slurm', 'local')
 LOG_DIR = 'submitit'
@@ -74,6 +73,7 @@ class SubmitOptions:
 
 def _array_task(sweep: grid_lib.SweepConfig, sweep_dir: str, worker: int,
                 num_workers: int) -> dict[str, int]:
+  from mbx.sweep import runner  # pylint: disable=import-outside-toplevel  (jax)
   progress = runner.run_sweep(sweep, sweep_dir, worker=worker, num_workers=num_workers,
                               compilation_cache=True)
   if progress.failed:
@@ -111,5 +111,6 @@ def wait(jobs, sweep_dir: str | pathlib.Path) -> list[str]:
       lines = [line for line in str(error).strip().splitlines() if line.strip()]
       failures.append(f'worker {worker} (job {job.job_id}): {lines[-1] if lines else error}'
                       f'; log: {job.paths.stderr}')
+  from mbx.sweep import runner  # pylint: disable=import-outside-toplevel  (jax)
   runner.write_table(pathlib.Path(sweep_dir))
   return failures
