@@ -15,7 +15,6 @@ import socket
 import subprocess
 import sys
 import textwrap
-import time
 
 import jax
 import numpy as np
@@ -384,15 +383,13 @@ def test_tfrecord_without_tensorflow_is_a_clear_error(catalog_dir, tmp_path):
 
 
 @pytest.mark.parametrize("name", CATALOG)
-def test_unprepared_dataset_fails_fast_with_instructions(name, tmp_path):
+def test_unprepared_dataset_fails_with_instructions_and_writes_nothing(name, tmp_path):
   data_dir = tmp_path / "empty"
   split = data.default_eval_split(name)
-  start = time.monotonic()
   with pytest.raises(data.DatasetNotPreparedError) as error:
     data.load_arrays(name, split, data_dir=data_dir)
   with pytest.raises(data.DatasetNotPreparedError):
     data.random_access_source(name, "train", data_dir=data_dir)
-  assert time.monotonic() - start < 5
   message = str(error.value)
   assert repr(name) in message
   assert str(data_dir) in message
@@ -406,10 +403,8 @@ def test_unprepared_dataset_fails_fast_with_instructions(name, tmp_path):
 def test_download_without_tensorflow_fails_before_any_download(tmp_path):
   if TF_INSTALLED:
     pytest.skip("TensorFlow is installed; download=True would really prepare")
-  start = time.monotonic()
   with pytest.raises(data.DatasetNotPreparedError, match="tensorflow-cpu"):
     data.load_arrays("cifar10", "train", data_dir=tmp_path, download=True)
-  assert time.monotonic() - start < 5
   assert list(tmp_path.iterdir()) == []
 
 
@@ -740,12 +735,10 @@ def test_unprepared_catalog_dataset_through_resolve(tmp_path):
   dataset = resolve_dataset(DataConfig(name="mnist", data_dir=str(data_dir)))
   assert dataset.info().splits == {"train": 60000, "test": 10000}  # canonical, no I/O
   assert dataset.num_examples("train[:90%]") == 54000
-  start = time.monotonic()
   with pytest.raises(data.DatasetNotPreparedError, match="tfds build mnist"):
     dataset.arrays("train")
   with pytest.raises(data.DatasetNotPreparedError):
     dataset.source("test")
-  assert time.monotonic() - start < 5
   assert not data_dir.exists()
 
 
