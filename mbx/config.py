@@ -306,18 +306,31 @@ def _section_from_dict(cls, values: Mapping[str, Any], prefix: str):
   types_by_name = _field_types(cls)
   unknown = sorted(set(values) - set(types_by_name))
   if unknown:
-    raise ConfigError(f'{prefix}.{unknown[0]}: unknown field; allowed: '
-                      f'{", ".join(sorted(types_by_name))}')
+    raise _unknown_field(prefix, unknown[0])
   return cls(**{k: _coerce(v, types_by_name[k], f'{prefix}.{k}')
                 for k, v in values.items()})
+
+
+def _unknown_field(section: str, field: str) -> ConfigError:
+  """Suggests the section's closest fields and a field of that name in another section
+  (train.learning_rate: optim.learning_rate)."""
+  fields = sorted(_field_types(SECTIONS[section]))
+  close = [f'{section}.{f}' for f in registry.close_names(field, fields)] + [
+      f'{other}.{field}' for other, cls in SECTIONS.items() if field in _field_types(cls)]
+  hint = registry.did_you_mean(close) if close else f'allowed: {", ".join(fields)}'
+  return ConfigError(f'unknown field {section}.{field}; {hint}')
+
+
+def _unknown_section(section: str, where: str) -> ConfigError:
+  return ConfigError(f'unknown config section {section}{where}; '
+                     f'{registry.suggest(section, [*SECTIONS, "name"])}')
 
 
 def from_dict(values: Mapping[str, Any]) -> Config:
   """Builds a Config from nested dicts (e.g. a saved config.json); strict."""
   unknown = sorted(set(values) - set(SECTIONS) - {'name'})
   if unknown:
-    raise ConfigError(f'{unknown[0]}: unknown config section; allowed: '
-                      f'{", ".join(sorted(SECTIONS))}, name')
+    raise _unknown_section(unknown[0], '')
   sections = {k: _section_from_dict(cls, values.get(k, {}), k)
               for k, cls in SECTIONS.items()}
   return Config(**sections, name=str(values.get('name', 'run')))
@@ -339,18 +352,18 @@ def apply_overrides(config: Config, overrides: Sequence[str]) -> Config:
       values['name'] = text
       continue
     if path[0] not in SECTIONS:
-      raise ConfigError(f'{key}: unknown config section; allowed: '
-                        f'{", ".join(sorted(SECTIONS))}, name')
-    if len(path) == 3 and tuple(path[:2]) in MAPPING_FIELDS:
-      values[path[0]][path[1]][path[2]] = _parse_literal(text)
-      continue
-    if len(path) != 2:
-      raise ConfigError(f'{key}: expected section.field (or data|model|task.options.key)')
-    section, field = path
-    field = RENAMED_FIELDS.get((section, field), field)
+      raise _unknown_section(path[0], f' in {key}' if len(path) > 1 else '')
+    shape_error = ConfigError(f'{key}: expected section.field (or data|model|task.options.key)')
+    if len(path) not in (2, 3):
+      raise shape_error
+    section, field = path[0], RENAMED_FIELDS.get(tuple(path[:2]), path[1])
     if field not in _field_types(SECTIONS[section]):
-      raise ConfigError(f'{key}: unknown field; allowed: '
-                        f'{", ".join(sorted(_field_types(SECTIONS[section])))}')
+      raise _unknown_field(section, path[1])
+    if len(path) == 3:
+      if (section, field) not in MAPPING_FIELDS:
+        raise shape_error
+      values[section][field][path[2]] = _parse_literal(text)
+      continue
     hint = _field_types(SECTIONS[section])[field]
     parsed = _parse_literal(text)
     if hint in (str, str | None) and parsed is not None:
@@ -460,7 +473,7 @@ def _check(condition: bool, field: str, value: Any, allowed: str) -> None:
 
 
 def _check_choice(value: Any, choices: Sequence[str], field: str) -> None:
-  _check(value in choices, field, value, f'allowed: {", ".join(choices)}')
+  _check(value in choices, field, value, registry.suggest(value, choices))
 
 
 def _check_positive_int(value: Any, field: str) -> None:

@@ -9,9 +9,13 @@ built-in table or an import path, as big_vision resolves model modules by name:
 `import_path(obj)` gives the path that resolves back to `obj` in a fresh process (the module's
 name when it is installed or under the working directory, else its file), so that a run's
 config.json rebuilds the same model wherever it is loaded.
+
+`suggest(name, choices)` is the hint every unknown-name error ends with: the closest valid
+names, or the allowed ones when none is close.
 """
 from __future__ import annotations
 
+import difflib
 import hashlib
 import importlib
 import importlib.util
@@ -19,12 +23,36 @@ import os
 import pathlib
 import site
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 
 class ResolveError(ValueError):
   """A name that is neither built in nor an import path that resolves."""
+
+
+def close_names(name: str, choices: Iterable[str]) -> list[str]:
+  """Up to three of `choices` closest to `name` by difflib's similarity, each about as close
+  as the closest; [] when none is close."""
+  close = difflib.get_close_matches(str(name), list(choices), n=3)
+  ratios = [difflib.SequenceMatcher(None, str(name), c).ratio() for c in close]
+  return [c for c, ratio in zip(close, ratios) if ratio >= ratios[0] - 0.1]
+
+
+def did_you_mean(names: Iterable[str]) -> str:
+  """'did you mean a?', 'did you mean a or b?', 'did you mean a, b or c?'."""
+  *others, last = names
+  return f'did you mean {", ".join(others) + " or " if others else ""}{last}?'
+
+
+def suggest(name: str, choices: Iterable[str], prefix: str = '') -> str:
+  """'did you mean train.batch_size?' for the choices closest to `name`, else 'allowed: a, b,
+  c'; `prefix` is put before each choice."""
+  choices = list(choices)
+  close = close_names(name, choices)
+  if close:
+    return did_you_mean(prefix + c for c in close)
+  return f'allowed: {", ".join(choices) or "none"}'
 
 
 def is_import_path(name: str) -> bool:
@@ -63,7 +91,7 @@ def resolve(name: str, builtin: Mapping[str, Any], field: str, expected: str) ->
   if name in builtin:
     return builtin[name]
   if not is_import_path(name):
-    raise ResolveError(f'{field}={name!r}: not a built-in name (allowed: {", ".join(builtin)}) '
+    raise ResolveError(f'{field}={name!r}: not a built-in name ({suggest(name, builtin)}) '
                        f'and not an import path "package.module:{expected}" or '
                        f'"path/to/file.py:{expected}"')
   module_part, _, attribute = name.rpartition(':')

@@ -1,4 +1,5 @@
-"""Every invalid field is refused early, naming the field, the value and what is allowed."""
+"""Every invalid field is refused early, naming the field, the value and the closest valid
+names (or, when none is close, what is allowed)."""
 from __future__ import annotations
 
 import json
@@ -16,19 +17,28 @@ BASE = tiny_config()
 
 
 @pytest.mark.parametrize('override, fragments', [
-    ('train.batchsize=3', ['train.batchsize', 'unknown field', 'batch_size']),
-    ('trian.batch_size=3', ['trian.batch_size', 'unknown config section', 'train']),
+    ('train.batchsize=3', ['unknown field train.batchsize; did you mean train.batch_size?']),
+    ('train.lr=3', ['unknown field train.lr; allowed: accumulation, ', 'batch_size']),
+    ('train.learning_rate=3', ['train.learning_rate', 'did you mean optim.learning_rate?']),
+    ('trian.batch_size=3', ['unknown config section trian in trian.batch_size',
+                            'did you mean train?']),
     ('train.batch_size=0', ['train.batch_size=0', 'positive integer']),
     ('train.batch_size=-4', ['train.batch_size=-4', 'positive integer']),
     ('train.batch_size=2.5', ['train.batch_size=2.5', 'integer']),
     ('train.micro_batch_size=48', ['train.micro_batch_size=48', 'divide', '64']),
-    ('data.name=imagenet', ['data.name', 'imagenet', 'mnist1d', 'cifar10']),
-    ('model.name=resnet9', ['model.name', 'resnet9', 'cnn1d']),
-    ('model.options.chanels=3', ['model.options', 'chanels', 'channels']),
+    ('data.name=imagenet', ["data.name='imagenet'", 'did you mean imagenet2012?']),
+    ('data.name=nosuchset', ["data.name='nosuchset'", 'allowed: mnist1d, ', 'cifar10']),
+    ('model.name=resnet9', ["model.name='resnet9'", 'did you mean', 'resnet18', 'resnet50']),
+    ('model.name=nosuchnet', ["model.name='nosuchnet'", 'allowed: mlp, cnn1d, ']),
+    ('model.option.channels=3', ['unknown field model.option; did you mean model.options?']),
+    ('model.options.chanels=3', ['model.options.chanels', 'did you mean model.options.channels?']),
+    ('task.name=clasification', ["task.name='clasification'", 'did you mean classification?']),
     ('model.options.channels=wide', ['model.options.channels', 'wide']),
     ('model.dtype=float16', ['model.dtype', 'float16', 'bfloat16']),
     ('optim.name=adagrad', ['optim.name', 'adagrad', 'lars', 'lamb']),
+    ('optim.name=adamm', ["optim.name='adamm': did you mean adam or adamw?"]),
     ('optim.schedule=exponential', ['optim.schedule', 'exponential', 'cosine']),
+    ('optim.schedule=cosin', ["optim.schedule='cosin': did you mean cosine?"]),
     ('optim.learning_rate=-0.1', ['optim.learning_rate=-0.1', 'positive']),
     ('optim.learning_rate=0', ['optim.learning_rate=0', 'positive']),
     ('optim.lr_scaling=cubic', ['optim.lr_scaling', 'linear', 'sqrt']),

@@ -486,8 +486,10 @@ def test_validate_dataset_unknown_name():
   with pytest.raises(ValueError) as error:
     data.validate_dataset("cifar-10")
   message = str(error.value)
-  assert "data.name" in message and "'cifar-10'" in message
-  assert all(n in message for n in data.DATASET_NAMES)
+  assert "data.name='cifar-10'" in message and "did you mean cifar10 or cifar100?" in message
+  with pytest.raises(ValueError) as error:
+    data.validate_dataset("nosuchset")
+  assert all(n in str(error.value) for n in data.DATASET_NAMES)
   with pytest.raises(ValueError, match="data.name"):
     data.augment_fn("svhn")
   with pytest.raises(ValueError, match="data.name"):

@@ -37,11 +37,14 @@ def test_help_imports_no_training_stack(command):
 
 
 @pytest.mark.parametrize('args, fragment', [
-    (('train', '--config', 'configs/mnist1d_cnn.py', 'train.batchsize=3'), 'train.batchsize'),
-    (('train', '--config', 'configs/mnist1d_cnn.py', 'optim.name=adamm'), 'optim.name'),
+    (('train', '--config', 'configs/mnist1d_cnn.py', 'train.batchsize=3'),
+     'unknown field train.batchsize; did you mean train.batch_size?'),
+    (('train', '--config', 'configs/mnist1d_cnn.py', 'optim.name=adamm'), 'did you mean adam'),
     (('train', '--config', 'configs/mnist1d_cnn.py', 'train.duration=10 parsecs'), 'parsecs'),
-    (('autobatch', '--config', 'configs/mnist1d_cnn.py', 'trian.batch_size=3'), 'trian'),
-    (('sweep', '--config', 'configs/cbs_mnist1d_cnn.py', 'sweep.seedz=0,1'), 'sweep.seedz'),
+    (('autobatch', '--config', 'configs/mnist1d_cnn.py', 'trian.batch_size=3'),
+     'did you mean train?'),
+    (('sweep', '--config', 'configs/cbs_mnist1d_cnn.py', 'sweep.seedz=0,1'),
+     'did you mean sweep.seeds?'),
 ])
 def test_a_config_error_imports_no_training_stack(args, fragment):
   result = mbx_cli(*args)

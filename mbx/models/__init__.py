@@ -107,7 +107,7 @@ def validate_model(name: str, options: Mapping[str, object]) -> None:
   for key, value in options.items():
     if key not in settable:
       raise ValueError(f'model.options.{key} is not an option of model {name!r}; '
-                       f'allowed: {", ".join(settable) or "none"}')
+                       f'{registry.suggest(key, settable, prefix="model.options.")}')
     if name in _MODELS and key != 'num_classes':
       _check_value(key, value, fields[key], _MODEL_CHOICES.get((name, key)))
   missing = [k for k, v in fields.items()

@@ -217,7 +217,7 @@ def _check(condition: bool, field: str, value: Any, allowed: str) -> None:
 
 
 def _check_choice(value: Any, choices: tuple[str, ...], field: str) -> None:
-  _check(value in choices, field, value, f'allowed: {", ".join(choices)}')
+  _check(value in choices, field, value, registry.suggest(value, choices))
 
 
 COARSEST_LR_STEP = 4.0  # adjacent learning rates further apart cannot place an optimum
@@ -312,20 +312,30 @@ def spec_hash(sweep: SweepConfig) -> str:
   return hashlib.sha1(json.dumps(values, sort_keys=True).encode()).hexdigest()[:10]
 
 
+NOT_OVERRIDDEN = ('base', 'search', 'budgets', 'submit')  # structured: the sweep file sets them
+
+
 def apply_overrides(sweep: SweepConfig, overrides: list[str]) -> SweepConfig:
   """'sweep.seeds=0,1' sets a sweep field; 'train.log_every=...' (any section) the base."""
   base_overrides, values = [], to_dict(sweep)
   for item in overrides:
     key, sep, text = item.partition('=')
-    if not key.startswith('sweep.'):
+    section = key.partition('.')[0]
+    if section not in ('sweep', *config_lib.SECTIONS, 'name'):
+      raise config_lib.ConfigError(f'unknown section {section} in {key}; '
+                                   f'{registry.suggest(section, ("sweep", *config_lib.SECTIONS))}')
+    if section != 'sweep':
       base_overrides.append(item)
       continue
     field = key[len('sweep.'):]
-    allowed = {f.name for f in dataclasses.fields(SweepConfig)} - {'base', 'search', 'budgets',
-                                                                   'submit'}
-    if not sep or field not in allowed:
-      raise config_lib.ConfigError(f'{key}: unknown sweep field; allowed: '
-                                   f'{", ".join(sorted(allowed))}')
+    if field in NOT_OVERRIDDEN:
+      raise config_lib.ConfigError(f'{key}: set in the sweep file, not by an override')
+    allowed = sorted({f.name for f in dataclasses.fields(SweepConfig)} - set(NOT_OVERRIDDEN))
+    if field not in allowed:
+      raise config_lib.ConfigError(f'unknown sweep field {key}; '
+                                   f'{registry.suggest(field, allowed, prefix="sweep.")}')
+    if not sep:
+      raise config_lib.ConfigError(f'override {item!r}: expected sweep.field=value')
     value = text if field in ('budget', 'name', 'target_metric') else _literal(text)
     if field in ('batch_sizes', 'seeds') and not isinstance(value, (tuple, list)):
       value = (value,)
@@ -356,20 +366,20 @@ def sweep_from_mapping(values: Mapping[str, Any], where: str) -> SweepConfig:
   sections (partial: defaults fill the rest), `search` a list of SearchSpace fields."""
   if not isinstance(values, Mapping):
     raise config_lib.ConfigError(f'{where}: expected a mapping of sweep fields at the top')
-  allowed = {f.name for f in dataclasses.fields(SweepConfig)}
-  unknown = sorted(set(values) - allowed)
+  allowed = sorted(f.name for f in dataclasses.fields(SweepConfig))
+  unknown = sorted(set(values) - set(allowed))
   if unknown:
-    raise config_lib.ConfigError(f'{where}: unknown sweep field {unknown[0]!r}; allowed: '
-                                 f'{", ".join(sorted(allowed))}')
+    raise config_lib.ConfigError(f'{where}: unknown sweep field {unknown[0]!r}; '
+                                 f'{registry.suggest(unknown[0], allowed)}')
   if not values.get('search'):
     raise config_lib.ConfigError(f'{where}: `search` must list at least one optimizer\'s '
                                  'search (optimizer, learning_rate: [low, high], ...)')
-  space_fields = {f.name for f in dataclasses.fields(SearchSpace)}
+  space_fields = sorted(f.name for f in dataclasses.fields(SearchSpace))
   for i, space in enumerate(values['search']):
-    extra = sorted(set(space) - space_fields) if isinstance(space, Mapping) else ['?']
+    extra = sorted(set(space) - set(space_fields)) if isinstance(space, Mapping) else ['?']
     if extra:
       raise config_lib.ConfigError(f'{where}: search[{i}]: unknown field {extra[0]!r}; '
-                                   f'allowed: {", ".join(sorted(space_fields))}')
+                                   f'{registry.suggest(extra[0], space_fields)}')
   values = dict(values)
   values['base'] = config_lib.to_dict(config_lib.from_dict(values.get('base', {})))
   return from_dict(values)

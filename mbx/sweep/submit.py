@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from mbx import config as config_lib
+from mbx import registry
 from mbx.sweep import grid as grid_lib
 
 CLUSTERS = ('slurm', 'local')
@@ -33,11 +34,11 @@ class SubmitOptions:
 
   @classmethod
   def from_mapping(cls, values: Mapping[str, Any], where: str) -> 'SubmitOptions':
-    fields = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - fields)
+    fields = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(values) - set(fields))
     if unknown:
-      raise config_lib.ConfigError(f'{where}: unknown field(s) {", ".join(unknown)}; allowed: '
-                                   f'{", ".join(sorted(fields))}')
+      raise config_lib.ConfigError(f'{where}: unknown field {unknown[0]}; '
+                                   f'{registry.suggest(unknown[0], fields)}')
     options = cls(**values)
     options.timeout_minutes()  # checks the format
     return options
@@ -87,7 +88,7 @@ def submit(sweep: grid_lib.SweepConfig, sweep_dir: str | pathlib.Path, *, cluste
            num_workers: int, options: SubmitOptions) -> list:
   """Submits the job array; returns the submitit jobs (one per worker shard)."""
   if cluster not in CLUSTERS:
-    raise config_lib.ConfigError(f'--submit={cluster!r}: allowed: {", ".join(CLUSTERS)}')
+    raise config_lib.ConfigError(f'--submit={cluster!r}: {registry.suggest(cluster, CLUSTERS)}')
   if num_workers < 1:
     raise config_lib.ConfigError(f'--num-workers={num_workers}: must be at least 1')
   for trial in grid_lib.expand(sweep):  # every config error before anything is submitted
