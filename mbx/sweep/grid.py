@@ -34,41 +34,74 @@ ADAM_FAMILY = ('adam', 'adamw', 'lamb')
 
 @dataclasses.dataclass(frozen=True)
 class SearchSpace:
-  """The per-batch-size metaparameter search of one optimizer."""
+  """The per-batch-size metaparameter search of one optimizer (an entry of `sweep.search`)."""
   optimizer: str
-  learning_rate: tuple[float, float]     # log range at reference_batch_size
-  num_learning_rates: int = 6            # per batch size (grid: per momentum value too)
-  sampling: str = 'grid'                 # 'grid': log-spaced, ends included; 'quasirandom'
-  lr_scaling_power: float = 0.0          # the range moves as B^power (1 linear, 0.5 sqrt)
+  """The optimizer searched (optim.name of its trials)."""
+  learning_rate: tuple[float, float]
+  """(low, high): the learning-rate range at reference_batch_size, searched on a log scale."""
+  num_learning_rates: int = 6
+  """Learning rates per batch size (grid sampling: per momentum value too)."""
+  sampling: str = 'grid'
+  """'grid': log-spaced, both ends included; 'quasirandom': a scrambled Halton sequence,
+  log-uniform."""
+  lr_scaling_power: float = 0.0
+  """The range moves with the batch size as B^power (1: linear, 0.5: square root, 0: fixed)."""
   reference_batch_size: int = 1
-  max_scaled_batch_size: int | None = None  # the range stops moving above this B
-  one_minus_momentum: tuple[float, float] | None = None  # searched, log scale; None: fixed
-  num_momenta: int = 1                   # grid sampling only
-  momentum: float | None = None          # fixed value; None: the base config's
+  """The batch size at which learning_rate is the range."""
+  max_scaled_batch_size: int | None = None
+  """The range stops moving above this batch size; None: it always moves."""
+  one_minus_momentum: tuple[float, float] | None = None
+  """(low, high): 1 - momentum (Adam: 1 - b1) searched on a log scale; None: momentum fixed."""
+  num_momenta: int = 1
+  """Momentum values per batch size (grid sampling only)."""
+  momentum: float | None = None
+  """The fixed momentum (Adam: b1); None: the base config's."""
+
+
+# SearchSpace's fields with a closed set of values (checked by `validate`).
+SEARCH_CHOICES = {'optimizer': config_lib.OPTIMIZERS, 'sampling': SAMPLINGS}
 
 
 @dataclasses.dataclass(frozen=True)
 class SweepConfig:
   """A batch-size study: trials are batch sizes x search points x seeds, per optimizer."""
   base: config_lib.Config
+  """The config every trial starts from; a trial sets its optimizer, learning rate, momentum,
+  batch size, seed, budget and target."""
   search: tuple[SearchSpace, ...]
-  batch_sizes: tuple[int, ...] = ()      # (): powers of two below the training set, and it
-  seeds: tuple[int, ...] = (0,)          # train.seed (initialisation and data order)
-  budget: str = '8000 steps'             # per trial: steps, epochs or examples
-  budgets: Mapping[int, str] = dataclasses.field(default_factory=dict)  # per batch size
+  """One search per optimizer (fields below, as sweep.search[i].<field>)."""
+  batch_sizes: tuple[int, ...] = ()
+  """The batch sizes; (): powers of two below the training-set size, then the full batch."""
+  seeds: tuple[int, ...] = (0,)
+  """train.seed of each trial (initialisation and data order)."""
+  budget: str = '8000 steps'
+  """Each trial's train.duration: steps, epochs or examples."""
+  budgets: Mapping[int, str] = dataclasses.field(default_factory=dict)
+  """Per batch size, a budget instead of `budget`."""
   target_metric: str = 'eval_accuracy'
+  """The metric whose first crossing of target_value gives steps-to-target."""
   target_value: float = 0.9
-  stop_at_target: bool = True            # False: run on to the budget
-  eval_growth: float | None = 1.05       # geometric evaluations (steps_to_target module)
-  noise_scale: bool = False              # log B_simple where the batch allows (B >= 2, even)
-  pack: bool = False                     # route trials sharing a pack_key through train_packed
-  # Packing pays on XLA:CPU at small batch only (results/bench_packed.md); None: every B.
+  """The value target_metric has to reach."""
+  stop_at_target: bool = True
+  """End a trial once it reaches the target; False: run on to the budget."""
+  eval_growth: float | None = 1.05
+  """Trials also evaluate at steps ceil(g^i), bounding the steps-to-target error at g - 1."""
+  noise_scale: bool = False
+  """Log B_simple in the trials whose batch splits into train.probe_groups (default 2) equal
+  groups."""
+  pack: bool = False
+  """Train trials that share a pack key (differ only in LR, momentum or seed) as one vmapped
+  program."""
   pack_max_batch_size: int | None = 64
-  search_seed: int = 0                   # the quasi-random sequence
+  """Pack only batch sizes up to this (packing pays on XLA:CPU at small batch only,
+  results/bench_packed.md); None: every batch size."""
+  search_seed: int = 0
+  """Seed of the quasi-random sequence."""
   name: str = 'sweep'
-  # `mbx sweep --submit slurm` job options (mbx.sweep.submit.SubmitOptions): partition, time,
-  # gpus_per_task, cpus_per_task, mem_gb, array_parallelism, slurm_options
+  """The sweep's name (its default directory is sweeps/<name>); 'sweep': the config file's
+  name."""
   submit: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  """Job options of `mbx sweep --submit slurm` (fields below, as sweep.submit.<field>)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -245,13 +278,13 @@ def validate(sweep: SweepConfig) -> None:
   _check(len(sweep.search) > 0, 'sweep.search', sweep.search, 'needs at least one SearchSpace')
   for i, space in enumerate(sweep.search):
     field = f'sweep.search[{i}]'
-    _check_choice(space.optimizer, config_lib.OPTIMIZERS, f'{field}.optimizer')
+    _check_choice(space.optimizer, SEARCH_CHOICES['optimizer'], f'{field}.optimizer')
     low, high = space.learning_rate
     _check(0 < low <= high, f'{field}.learning_rate', space.learning_rate,
            'must be (low, high) with 0 < low <= high')
     _check(space.num_learning_rates >= 1, f'{field}.num_learning_rates',
            space.num_learning_rates, 'must be >= 1')
-    _check_choice(space.sampling, SAMPLINGS, f'{field}.sampling')
+    _check_choice(space.sampling, SEARCH_CHOICES['sampling'], f'{field}.sampling')
     _check(space.reference_batch_size >= 1, f'{field}.reference_batch_size',
            space.reference_batch_size, 'must be >= 1')
     if space.one_minus_momentum is not None:

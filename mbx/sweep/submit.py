@@ -24,13 +24,20 @@ LOG_DIR = 'submitit'
 @dataclasses.dataclass(frozen=True)
 class SubmitOptions:
   """What the job array asks for; from the sweep config's `submit` mapping, then the CLI."""
-  partition: str | None = None           # SLURM partition
-  time: str = '4:00:00'                  # per array task, [D-]HH:MM:SS or minutes
+  partition: str | None = None
+  """The SLURM partition; None: the cluster's default."""
+  time: str = '4:00:00'
+  """Time limit per array task: minutes, or [D-]HH:MM:SS."""
   gpus_per_task: int = 0
+  """GPUs per array task."""
   cpus_per_task: int | None = None
+  """CPUs per array task; None: the cluster's default."""
   mem_gb: float | None = None
-  array_parallelism: int | None = None   # at most this many tasks at once
-  slurm_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # e.g. account
+  """Memory per array task in GB; None: the cluster's default."""
+  array_parallelism: int | None = None
+  """At most this many array tasks at once; None: no limit."""
+  slurm_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  """Further sbatch options, e.g. {'account': 'my_lab'}."""
 
   @classmethod
   def from_mapping(cls, values: Mapping[str, Any], where: str) -> 'SubmitOptions':
