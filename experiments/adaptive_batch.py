@@ -1,4 +1,4 @@
-"""Does adapting the batch size during training beat the best fixed batch? (issue 13)
+"""Does adapting the batch size during training beat the best fixed batch?
 
 Compares, on the same target and the same budget, a fixed small batch B0, the best fixed
 batch B* (the power of two nearest the critical batch size measured by the CBS study, at its

@@ -1,4 +1,4 @@
-"""What is the critical batch size of the MNIST-1D CNN, and does the noise scale predict it? (issue 3)
+"""What is the critical batch size of the MNIST-1D CNN, and does the noise scale predict it?
 
 Reproduces, on a 2-core CPU, Shallue et al. 2019 (arXiv 1811.03600) Fig. 1-style
 steps-to-result vs batch size, with its three regimes (perfect scaling,

@@ -1,4 +1,4 @@
-"""Where is the critical batch size of a small character-level language model? (issue 12)
+"""Where is the critical batch size of a small character-level language model?
 
 The sweep is configs/cbs_lm_kjv.py: a 2-layer Transformer on the King James Bible
 (windows of 32 characters), AdamW at a constant LR, trained at each batch size B (in

@@ -1,4 +1,4 @@
-"""Can we increase the batch size instead of decaying the learning rate? (issue 5)
+"""Can we increase the batch size instead of decaying the learning rate?
 
 Smith, Kindermans, Ying & Le 2018 (arXiv 1711.00489), Figs. 1-2, at MNIST-1D scale: the
 CNN of configs/mnist1d_cnn_momentum.py: momentum SGD (m = 0.9, LR 0.1, batch 100), under

@@ -1,5 +1,5 @@
 """How far do LR scaling rules, warmup and layer-wise optimizers carry a fixed-epoch budget
-towards full batch? (issue 5)
+towards full batch?
 
 Goyal et al. 2017 (arXiv 1706.02677) Fig. 1 / Table 2 style, at MNIST-1D scale: the CNN of
 configs/mnist1d_cnn_momentum.py, 60 epochs for every batch size B = 125 ... 4000 (full

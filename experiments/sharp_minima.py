@@ -1,4 +1,4 @@
-"""Do large batches find sharper minima that generalise worse, on MNIST-1D? (issues 4, 14)
+"""Do large batches find sharper minima that generalise worse, on MNIST-1D?
 
 Keskar et al. 2017 (arXiv 1609.04836): networks trained with a large batch (10% of the training
 set) reach the training accuracy of small-batch (256) training but test worse, and sit in

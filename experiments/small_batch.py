@@ -1,4 +1,4 @@
-"""Are the best results at small batch sizes, with and without BatchNorm? (issue 14, §5)
+"""Are the best results at small batch sizes, with and without BatchNorm?
 
 Masters & Luschi 2018 ("Revisiting Small Batch Training for Deep Neural Networks", arXiv
 1804.07612) tune the learning rate per batch size and find the best test performance at
