@@ -88,13 +88,13 @@ def _default(field: dataclasses.Field) -> str:
   return 'required'
 
 
+def _prose(text: str) -> str:
+  """Markdown prose: `runs/<name>` must not read as an HTML tag."""
+  return text.replace('&', '&amp;').replace('<', '&lt;').replace('>', '&gt;')
+
+
 def _cell(text: str) -> str:
   return text.replace('|', '\\|')
-
-
-def _text(text: str) -> str:
-  """Prose in a table cell: `runs/<name>` must not read as an HTML tag."""
-  return _cell(text.replace('&', '&amp;').replace('<', '&lt;').replace('>', '&gt;'))
 
 
 def section_markdown(section: Section) -> str:
@@ -102,8 +102,8 @@ def section_markdown(section: Section) -> str:
   names = section.names() if section.names else {}
   title = section.title or section.key
   intro = inspect.cleandoc(section.cls.__doc__ or '')
-  lines = [f'## {title}', '', _text(intro).replace('\\|', '|'), '', '| field | type | default | allowed | meaning |',
-           '|---|---|---|---|---|']
+  lines = [f'## {title}', '', _prose(intro), '',
+           '| field | type | default | allowed | meaning |', '|---|---|---|---|---|']
   prefix = f'{section.key}.' if section.key else ''
   for field in dataclasses.fields(section.cls):
     if field.name in section.skip:
@@ -117,7 +117,7 @@ def section_markdown(section: Section) -> str:
       allowed = ', '.join(f'`{c}`' for c in names[field.name]) + ', or an import path'
     kind = str(field.type).replace('config_lib.', '')
     lines.append(f'| `{prefix}{field.name}` | `{_cell(kind)}` | {_cell(_default(field))} | '
-                 f'{allowed} | {_text(docs[field.name])} |')
+                 f'{allowed} | {_cell(_prose(docs[field.name]))} |')
   return '\n'.join(lines) + '\n'
 
 
@@ -139,7 +139,7 @@ Value formats:
 - a duration is `"<number> <unit>"` with unit `steps`, `epochs`, `examples` or `tokens` (target
   positions), e.g. `"8000 steps"`, `"20 epochs"`, `"1e6 examples"`;
 - `none` (or `null`) on the command line is `None`; a list is comma-separated (`30,60`) or a
-  Python literal (`[30, 60]`); a mapping is a Python or JSON literal;
+  Python literal (`[30, 60]`); a mapping is a Python dict literal (`{{"seq_len": 64}}`);
 - a name field (`data.name`, `model.name`, `task.name`, `train.probes`) takes a built-in name or
   an import path `package.module:Name` or `path/to/file.py:Name`.
 
@@ -150,8 +150,8 @@ def markdown(sections: Sequence[Section] = REFERENCE) -> str:
   """The reference of `sections`, in order."""
   contents = '\n'.join(f'- [{s.title or s.key}](#{_slug(s.title or s.key)})' for s in sections)
   not_overridden = ', '.join(f'`{f}`' for f in grid.NOT_OVERRIDDEN)
-  return HEADER.format(not_overridden=not_overridden) + 'Sections:\n\n' + contents + '\n\n' + '\n'.join(
-      section_markdown(s) for s in sections)
+  return (HEADER.format(not_overridden=not_overridden) + f'Sections:\n\n{contents}\n\n' +
+          '\n'.join(section_markdown(s) for s in sections))
 
 
 def _slug(heading: str) -> str:

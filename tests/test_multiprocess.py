@@ -187,7 +187,8 @@ def test_launch_stops_the_other_processes_when_one_fails(tmp_path):
           '  while not ready.exists(): time.sleep(0.01)\n'
           '  sys.exit(3)\n'
           'ready.touch()\n'
-          'print("stopped by", signal.Signals(signal.sigwait({signal.SIGTERM})).name, flush=True)\n')
+          'signal_number = signal.sigwait({signal.SIGTERM})\n'
+          'print("stopped by", signal.Signals(signal_number).name, flush=True)\n')
   result = subprocess.run([sys.executable, '-m', 'mbx.cli', 'launch', '-n', '2', '--',
                            sys.executable, '-c', code], cwd=REPO, env=_env(),
                           capture_output=True, text=True, timeout=120)
