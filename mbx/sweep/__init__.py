@@ -6,8 +6,8 @@
     analysis = mbx.sweep.analyze(table)                           # .per_batch_size, .summary
     per_k, summary = mbx.sweep.local_cbs('runs/a', step=400)      # Merrill et al. 2025
 
-The grid (`SweepConfig`, `load_sweep`, `expand`) imports no JAX, so sweep config files load
-and are checked at once; the runner and the analysis load the training stack when first used.
+The grid (`SweepConfig`, `load_sweep`) imports no JAX, so sweep config files load and are
+checked at once; the runner and the analysis load the training stack when first used.
 """
 import importlib
 
