@@ -45,6 +45,7 @@ def test_help_imports_no_training_stack(command):
      'did you mean train?'),
     (('sweep', '--config', 'configs/cbs_mnist1d_cnn.py', 'sweep.seedz=0,1'),
      'did you mean sweep.seeds?'),
+    (('report', 'sweeps/x', '--target', 'eval_accuracy'), 'expected METRIC=VALUE'),
 ])
 def test_a_config_error_imports_no_training_stack(args, fragment):
   result = mbx_cli(*args)

@@ -38,9 +38,10 @@ def _target(text: str | None) -> tuple[str, float] | None:
 
 
 def _run(args) -> None:
+  target = _target(args.target)
   from mbx.figures import report  # pylint: disable=import-outside-toplevel  (loads matplotlib)
   command = 'mbx ' + ' '.join(sys.argv[1:]) if sys.argv[1:2] == ['report'] else 'mbx report'
-  html_path, markdown = report.write_report(args.paths, args.out, target=_target(args.target),
+  html_path, markdown = report.write_report(args.paths, args.out, target=target,
                                             command=command, bootstrap=args.bootstrap,
                                             quiet=args.quiet)
   print(f'written: {html_path} and {markdown} (figures and CSVs in '
