@@ -712,9 +712,12 @@ def test_preprocess_import_path(tiny_dir):
 
 
 def test_resolve_errors_name_the_field(tmp_path):
-  message = _one_line_value_error(
+  _one_line_value_error(
       lambda: resolve_dataset(DataConfig(name="cifar-10")), "data.name='cifar-10'",
-      "not a tfds builder", "package.module:Builder", "package.module:function")
+      "did you mean cifar10 or cifar100?", "not a tfds builder", "package.module:Builder",
+      "package.module:function")
+  message = _one_line_value_error(lambda: resolve_dataset(DataConfig(name="nosuchset")),
+                                  "data.name='nosuchset'")
   assert all(name in message for name in data.DATASET_NAMES)
   _one_line_value_error(lambda: resolve_dataset(DataConfig(name="mnist", options={"a": 1})),
                         "data.options=")
