@@ -95,7 +95,7 @@ def test_sweep_config_round_trips_and_takes_overrides(session_data_dir):
   assert changed.seeds == (0,) and changed.budget == '10 steps'
   assert changed.base.train.log_every == '7 steps'
   assert grid.spec_hash(dataclasses.replace(sweep, pack=True)) == grid.spec_hash(sweep)
-  with pytest.raises(mbx.ConfigError, match='unknown sweep field sweep.nope; allowed: batch_sizes'):
+  with pytest.raises(mbx.ConfigError, match='unknown sweep field sweep.nope; allowed: batch_'):
     grid.apply_overrides(sweep, ['sweep.nope=1'])
   for override, hint in (('sweep.seedz=0', 'did you mean sweep.seeds?'),
                          ('swep.seeds=0', 'did you mean sweep?'),
