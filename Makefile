@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-fast bench api-docs clean
+.PHONY: demo test test-fast bench api-docs config-docs clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,11 @@ bench: $(VENV)/.installed
 # The Python API reference, from the docstrings, into docs/api/ (open docs/api/index.html).
 api-docs: $(VENV)/.installed
 	$(BIN)/python -m mbx.api_docs docs/api
+
+# docs/config_reference.md, from the config dataclasses' field docstrings (committed; a test
+# checks it is current).
+config-docs: $(VENV)/.installed
+	$(BIN)/python -m mbx.config_docs docs/config_reference.md
 
 clean:
 	rm -rf $(VENV) runs sweeps .pytest_cache

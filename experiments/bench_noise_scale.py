@@ -1,4 +1,4 @@
-"""What does logging the gradient noise scale cost per training step? (issue 3, must-show 4)
+"""What does logging the gradient noise scale cost per training step?
 
 B_simple (McCandlish et al. 2018, arXiv 1812.06162, App. A.1) needs the squared
 norm of >= 2 small-batch gradients besides the full one. With several devices or

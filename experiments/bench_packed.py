@@ -1,5 +1,5 @@
 """How much faster is a packed sweep than the same sweep trained one trial after the other?
-(issue 17: whole-sweep wall time, packed vs one-by-one, at B in {1, 4, 16})
+(whole-sweep wall time, packed vs one-by-one, at B in {1, 4, 16})
 
 The sweep is the critical-batch-size study's own (configs/cbs_mnist1d_cnn.py: the MNIST-1D
 CNN, momentum SGD, 6 learning rates x 2 seeds = 12 trials per batch size, geometric

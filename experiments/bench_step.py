@@ -1,4 +1,4 @@
-"""Is the mbx training loop as fast as a bare `jax.jit` loop? (core issue, must-show 4)
+"""Is the mbx training loop as fast as a bare `jax.jit` loop?
 
 Question: how much does mbx's loop (on-device batch gathering from the
 (seed, epoch) example order, in-step metrics, interval logging, progress bar)

@@ -1,5 +1,5 @@
 """How fast is mbx against a bare `jax.jit` loop and PyTorch, and what does the noise scale cost?
-(issue 6; must-show 2: mbx >= 1.5x PyTorch eager examples/s on CPU, or say where not)
+(the aim: mbx at >= 1.5x PyTorch eager's examples/s on CPU, or a statement of where it is not)
 
     pip install -e '.[bench]'     # PyTorch 2.13, CPU wheel: benchmark-only, never a runtime dep
     python experiments/benchmarks.py --out results/benchmarks.md    # ~25 min on a quiet 2-core CPU (est.)

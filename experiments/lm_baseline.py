@@ -1,4 +1,4 @@
-"""How good is the small KJV character model? configs/lm_kjv_small.py over 3 seeds (issue 12).
+"""How good is the small KJV character model? configs/lm_kjv_small.py over 3 seeds.
 
 Trains `mbx train --config configs/lm_kjv_small.py train.seed=<seed>` for each seed (the seed
 sets initialisation and data order) and reports the validation bits per character at the

@@ -34,6 +34,9 @@ BATCH_POLICIES = ('none', 'warmup', 'adascale', 'noise_scale', 'goodput')
 BATCH_POLICY_LR_RULES = ('auto', 'none', 'sqrt', 'linear', 'adascale')
 WARMUP_CRITERIA = ('noise_scale', 'branch')
 ADAM_FAMILY = ('adam', 'adamw', 'lamb')  # AdaScale's gain enters their LR as sqrt(r)
+# AutoBatch's budget without train.autobatch_budget: this fraction of the device allocator's
+# limit (the runtime's own overhead and fragmentation are not in XLA's memory analysis).
+DEFAULT_MEMORY_FRACTION = 0.9
 # Field names of earlier versions, read from old config.json files and overrides.
 RENAMED_FIELDS = {('train', 'noise_scale_every'): 'probe_every',
                   ('train', 'noise_scale_groups'): 'probe_groups'}
@@ -45,133 +48,224 @@ class ConfigError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-  # A catalog name (mnist1d, mnist, ...), any tfds builder name, or an import path
-  # 'pkg.mod:Name' of a tfds.core.DatasetBuilder subclass or of a function returning
-  # mbx.data.ArrayDataset (called with `options`).
+  """The `data` section: the dataset, its splits and how batches reach the devices."""
   name: str = 'mnist1d'
+  """A catalog or text dataset, any tfds builder name, or an import path 'pkg.mod:Name' of a
+  tfds.core.DatasetBuilder subclass or of a function returning mbx.data.ArrayDataset."""
   options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-  preprocess: str | None = None        # import path of fn(batch dict) -> batch dict, on the host
-  data_dir: str | None = None          # None: $MBX_DATA_DIR or ~/tensorflow_datasets
-  download: bool = False               # allow tfds to download (needs internet)
+  """Keyword arguments of the dataset (of the function an import path names)."""
+  preprocess: str | None = None
+  """Import path of fn(batch dict) -> batch dict, applied on the host."""
+  data_dir: str | None = None
+  """Where tfds data live; None: $MBX_DATA_DIR, else ~/tensorflow_datasets."""
+  download: bool = False
+  """Let tfds download and prepare the dataset (needs internet)."""
   train_split: str = 'train'
-  eval_split: str | None = None        # None: the dataset's validation split, else test
-  # Evaluated once, when the run ends (summary test_<metric>); None: 'test' when it is not
-  # the eval split; 'none': never. Targets, sweeps and LR choice read the eval split only.
+  """The split trained on (tfds slicing allowed, e.g. 'train[:90%]')."""
+  eval_split: str | None = None
+  """The split evaluated during training; None: the dataset's validation split, else test.
+  Targets, sweeps and LR choice read this split only."""
   test_split: str | None = None
-  placement: str = 'auto'              # 'device': whole split in device memory
-  augment: bool = True                 # the dataset's standard augmentation, if any
-  prefetch: int = 2                    # batches prepared ahead (host placement)
+  """Evaluated once, when the run ends (summary test_<metric>); None: 'test' when it is not
+  the eval split; 'none': never."""
+  placement: str = 'auto'
+  """'device': the whole split in device memory, batches sliced there; 'host': a prefetching
+  reader; 'auto': device when the split is small."""
+  augment: bool = True
+  """Apply the dataset's standard augmentation, if it has one."""
+  prefetch: int = 2
+  """Batches prepared ahead by the host reader."""
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-  # A zoo name (mbx.models) or an import path 'pkg.mod:Name' of a flax.linen.Module class
-  # or of a factory returning one; `options` are its keyword arguments.
+  """The `model` section: which network, with which options."""
   name: str = 'cnn1d'
+  """A zoo name (mbx.models) or an import path 'pkg.mod:Name' of a flax.linen.Module class or
+  of a factory returning one."""
   options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-  dtype: str = 'float32'               # compute dtype; parameters stay float32
+  """The model's keyword arguments, checked against its fields (model.options.<key>=value)."""
+  dtype: str = 'float32'
+  """Compute dtype; parameters stay float32."""
 
 
 @dataclasses.dataclass(frozen=True)
 class TaskConfig:
-  # The loss and metrics (mbx.tasks): classification, regression, or an import path.
+  """The `task` section: the loss and metrics (mbx.tasks)."""
   name: str = 'classification'
+  """A built-in task or an import path 'pkg.mod:TaskClass'."""
   options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  """The task's keyword arguments."""
 
 
 @dataclasses.dataclass(frozen=True)
 class OptimConfig:
+  """The `optim` section: the optimizer and its learning-rate schedule."""
   name: str = 'adam'
-  learning_rate: float = 1e-3          # peak LR at base_batch_size
-  lr_scaling: str = 'none'             # LR x (B / base_batch_size) or its sqrt
-  base_batch_size: int | None = None   # None: the initial train.batch_size
-  momentum: float = 0.9                # momentum / nesterov / lars
+  """The optimizer."""
+  learning_rate: float = 1e-3
+  """Peak learning rate, at base_batch_size."""
+  lr_scaling: str = 'none'
+  """Scale the LR by B / base_batch_size ('linear') or its square root ('sqrt')."""
+  base_batch_size: int | None = None
+  """The batch size at which learning_rate holds; None: the initial train.batch_size."""
+  momentum: float = 0.9
+  """Momentum of momentum, nesterov and lars."""
   b1: float = 0.9
+  """Adam's (adamw's, lamb's) first-moment decay."""
   b2: float = 0.999
+  """Adam's (adamw's, lamb's) second-moment decay."""
   eps: float = 1e-8
-  weight_decay: float = 0.0            # never applied to biases or norm params
-  trust_coefficient: float = 0.001     # lars
+  """Adam's (adamw's, lamb's, lars's) epsilon."""
+  weight_decay: float = 0.0
+  """Weight decay; never applied to biases or norm parameters."""
+  trust_coefficient: float = 0.001
+  """LARS's trust coefficient."""
   clip_grad_norm: float | None = None
+  """Clip the gradient to this global norm; None: no clipping."""
   schedule: str = 'constant'
-  milestones: tuple[float, ...] = ()   # 'step' schedule, in milestone_unit
+  """The LR schedule after warmup."""
+  milestones: tuple[float, ...] = ()
+  """The 'step' schedule's decay points, in milestone_unit."""
   milestone_unit: str = 'epochs'
-  decay_factor: float = 0.1            # 'step': LR multiplied at each milestone
-  end_lr_factor: float = 0.0           # cosine/linear/polynomial final LR / peak
-  power: float = 2.0                   # polynomial decay power
-  warmup: str = '0 steps'              # gradual linear warmup (Goyal et al. 2017)
-  warmup_start_factor: float = 0.0     # LR at step 0 / peak (Goyal: 1/k)
+  """The unit of milestones."""
+  decay_factor: float = 0.1
+  """'step' schedule: the LR is multiplied by this at each milestone."""
+  end_lr_factor: float = 0.0
+  """cosine, linear and polynomial schedules: the final LR / the peak LR."""
+  power: float = 2.0
+  """The polynomial schedule's decay power."""
+  warmup: str = '0 steps'
+  """Gradual linear warmup to the peak LR (Goyal et al. 2017), a duration."""
+  warmup_start_factor: float = 0.0
+  """The LR at step 0 / the peak LR (Goyal et al.: 1/k)."""
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-  batch_size: int = 128                # global batch, over all hosts and devices
-  # global micro-batch; 'auto': the largest that fits; 'fastest': the quickest split by timing,
-  # recorded in config.json as 'fastest=<micro-batch>' (see fastest_micro_batch_size)
+  """The `train` section: batch size, budget, evaluation, checkpoints, measurements."""
+  batch_size: int = 128
+  """Global batch, over all hosts and devices."""
   micro_batch_size: int | str | None = None
-  autobatch_budget: int | str | None = None  # for 'auto': per device, e.g. '2GiB'; None: 0.9 x
-                                             # the device's memory (no default on CPU)
-  max_device_batch_size: int | None = None  # accumulate when exceeded
-  accumulation: str = 'auto'           # how micro-batches are looped in the jit
+  """Global micro-batch (gradients accumulated over batch_size / micro_batch_size of them);
+  'auto': the largest that fits (AutoBatch); 'fastest': the quickest split by timing, recorded
+  in config.json as 'fastest=<micro-batch>'; None: no accumulation unless
+  max_device_batch_size asks for it."""
+  autobatch_budget: int | str | None = None
+  """For micro_batch_size='auto': memory per device, e.g. '2GiB'; None: 0.9 of the device
+  allocator's limit (required on CPU)."""
+  max_device_batch_size: int | None = None
+  """Accumulate gradients when the per-device batch exceeds this."""
+  accumulation: str = 'auto'
+  """How micro-batches are looped inside the jitted step: unrolled or with lax.scan; auto
+  picks by backend and size."""
   duration: str = '8000 steps'
-  seed: int = 0                        # parameter initialisation
-  data_seed: int | None = None         # data order and augmentation; None: seed
+  """The training budget, e.g. '8000 steps' or '20 epochs'."""
+  seed: int = 0
+  """Parameter initialisation (and the data order when data_seed is None)."""
+  data_seed: int | None = None
+  """Data order and augmentation; None: seed."""
   log_every: str = '100 steps'
+  """How often a training-metrics row is written, a duration."""
   eval_every: str = '1 epochs'
-  eval_growth: float | None = None     # also evaluate at steps ceil(g^i)
-  eval_on_train: bool = False          # also evaluate on the whole train split
+  """How often the eval split is evaluated, a duration."""
+  eval_growth: float | None = None
+  """Also evaluate at steps ceil(g^i), which bounds the steps-to-target error at g - 1."""
+  eval_on_train: bool = False
+  """Also evaluate on the whole train split (train_<metric> targets need it)."""
   eval_batch_size: int = 1000
+  """Examples per evaluation batch."""
   checkpoint_every: str | None = '1000 steps'
+  """How often a checkpoint is saved, a duration; None: only at the end."""
   keep_checkpoints: int = 2
-  max_loss: float | None = None        # divergence bound on the training loss
-  noise_scale: bool = False            # log B_simple (McCandlish et al. 2018)
-  probe_groups: int | None = None  # small batches per step; None: devices x micro-batches (min 2)
+  """Checkpoints kept (the newest)."""
+  max_loss: float | None = None
+  """A training loss above this ends the run as diverged (as NaN/Inf always does)."""
+  noise_scale: bool = False
+  """Log the gradient noise scale B_simple (McCandlish et al. 2018)."""
+  probe_groups: int | None = None
+  """Small batches each measured step is split into; None: devices x micro-batches (at
+  least 2)."""
   noise_scale_ema: float = 0.99
-  probes: tuple[str, ...] = ()         # import paths of extra in-step probes (mbx.training.probes)
-  probe_every: int | None = None  # measure on every n-th step; None: 1 if the step
-                                        # already has >= 2 gradient groups, else 10
+  """Decay of the noise scale's moving averages."""
+  probes: tuple[str, ...] = ()
+  """Import paths of extra in-step probes (mbx.training.probes)."""
+  probe_every: int | None = None
+  """Measure on every n-th step; None: 1 when the step already has >= 2 gradient groups,
+  else 10."""
   target_metric: str | None = None
+  """eval_<metric> or train_<metric> whose first crossing of target_value is recorded."""
   target_value: float | None = None
+  """The value target_metric has to reach."""
   stop_at_target: bool = False
-  batch_size_milestones: tuple[float, ...] = ()  # Smith et al. 2018: B x factor at each
-  batch_size_milestone_unit: str = 'epochs'      # or 'examples'; not steps (see validate)
+  """End the run once the target is reached."""
+  batch_size_milestones: tuple[float, ...] = ()
+  """Smith et al. 2018: B is multiplied by batch_size_factor at each of these points."""
+  batch_size_milestone_unit: str = 'epochs'
+  """The unit of batch_size_milestones and batch_policy_milestones (not steps: a step count
+  means different data once B changes)."""
   batch_size_factor: int = 1
-  max_batch_size: int | None = None    # past it, milestones decay the LR instead; a policy's B_max
-  # Adapting B during training (mbx.training.batch_policy, docs/adaptive_batch.md): B moves on
-  # the ladder min_batch_size x batch_policy_factor^k <= max_batch_size.
-  batch_policy: str = 'none'           # none, warmup, adascale, noise_scale, goodput
-  batch_policy_every: str | None = None  # decisions at these points; None: every log step
-  min_batch_size: int | None = None    # B_min of the ladder; None: train.batch_size
-  batch_policy_factor: int = 2         # the ladder's ratio (an integer >= 2)
-  batch_policy_lr: str = 'auto'        # LR on a change: none, sqrt, linear, adascale; auto:
-                                       # adascale for adascale/goodput, else sqrt (Adam) or linear
-  batch_policy_multiple: float = 1.0   # noise_scale: B = multiple x B_simple; warmup: grow while
-                                       # the next rung <= multiple x B_simple
-  batch_policy_milestones: tuple[float, ...] = ()  # warmup at fixed points instead, in
-                                                   # train.batch_size_milestone_unit
-  goodput_min_gain: float = 0.05       # goodput: switch only for this predicted gain or more
-  # warmup without milestones grows when: 'noise_scale' (the next rung <= multiple x B_simple)
-  # or 'branch' (Merrill et al.'s local-CBS test: trained for batch_policy_branch from here,
-  # the next rung's eval loss is at most (1 + batch_policy_tolerance) x the current one's)
+  """The factor B is multiplied by at each batch-size milestone."""
+  max_batch_size: int | None = None
+  """Past it, batch-size milestones decay the LR instead; a batch policy's B_max."""
+  batch_policy: str = 'none'
+  """Adapt B during training (docs/adaptive_batch.md), on the ladder min_batch_size x
+  batch_policy_factor^k <= max_batch_size."""
+  batch_policy_every: str | None = None
+  """When the policy decides, a duration; None: at every log step."""
+  min_batch_size: int | None = None
+  """B_min, the ladder's first rung; None: batch_size."""
+  batch_policy_factor: int = 2
+  """The ladder's ratio (an integer >= 2)."""
+  batch_policy_lr: str = 'auto'
+  """The LR on a change of B; auto: adascale for adascale and goodput, else sqrt for the Adam
+  family and linear for SGD and its kin."""
+  batch_policy_multiple: float = 1.0
+  """noise_scale: B = multiple x B_simple; warmup: grow while the next rung <= multiple x
+  B_simple."""
+  batch_policy_milestones: tuple[float, ...] = ()
+  """warmup at these fixed points instead, in batch_size_milestone_unit."""
+  goodput_min_gain: float = 0.05
+  """goodput: switch only for this predicted gain or more."""
   batch_policy_criterion: str = 'noise_scale'
+  """When warmup without milestones grows: 'noise_scale' (the next rung <= multiple x
+  B_simple) or 'branch' (Merrill et al.'s local-CBS test on a short branch)."""
   batch_policy_branch: str = '1000 examples'
+  """The branch criterion's training length, a duration (not steps)."""
   batch_policy_tolerance: float = 0.0
-  sync_every_step: bool | None = None  # None: on multi-device CPU (rendezvous deadlock)
-  init_from: str | None = None         # 'RUN_DIR' or 'RUN_DIR@STEP': branch from a checkpoint
+  """The branch criterion: the next rung's eval loss may be at most (1 + tolerance) x the
+  current one's."""
+  sync_every_step: bool | None = None
+  """Wait for each step before dispatching the next; None: on multi-device CPU (the
+  all-reduce rendezvous deadlock, docs/performance.md)."""
+  init_from: str | None = None
+  """'RUN_DIR' or 'RUN_DIR@STEP' (default: its latest): start from that run's checkpoint, its
+  parameters and model state, and its optimizer state when the optimizer is the same."""
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
+  """A whole experiment: five sections and a name."""
   data: DataConfig = dataclasses.field(default_factory=DataConfig)
   model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
   task: TaskConfig = dataclasses.field(default_factory=TaskConfig)
   optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
   train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
   name: str = 'run'
+  """The run's name (its default directory is runs/<name>); 'run': the config file's name."""
 
 
 SECTIONS = {'data': DataConfig, 'model': ModelConfig, 'task': TaskConfig,
             'optim': OptimConfig, 'train': TrainConfig}
 MAPPING_FIELDS = (('data', 'options'), ('model', 'options'), ('task', 'options'))
+# The fields with a closed set of values: `validate` checks them, docs/config_reference.md
+# lists them.
+CHOICES = {'data.placement': PLACEMENTS, 'model.dtype': DTYPES, 'optim.name': OPTIMIZERS,
+           'optim.lr_scaling': LR_SCALING_RULES, 'optim.schedule': SCHEDULES,
+           'optim.milestone_unit': DURATION_UNITS, 'train.accumulation': ACCUMULATION_MODES,
+           'train.batch_size_milestone_unit': ('epochs', 'examples', 'tokens'),
+           'train.batch_policy': BATCH_POLICIES, 'train.batch_policy_lr': BATCH_POLICY_LR_RULES,
+           'train.batch_policy_criterion': WARMUP_CRITERIA}
 
 
 # ----------------------------------------------------------------- durations
@@ -303,10 +397,24 @@ def _section_from_dict(cls, values: Mapping[str, Any], prefix: str):
   types_by_name = _field_types(cls)
   unknown = sorted(set(values) - set(types_by_name))
   if unknown:
-    raise ConfigError(f'{prefix}.{unknown[0]}: unknown field; allowed: '
-                      f'{", ".join(sorted(types_by_name))}')
+    raise _unknown_field(prefix, unknown[0])
   return cls(**{k: _coerce(v, types_by_name[k], f'{prefix}.{k}')
                 for k, v in values.items()})
+
+
+def _unknown_field(section: str, field: str) -> ConfigError:
+  """Suggests the section's closest fields and a field of that name in another section
+  (train.learning_rate: optim.learning_rate)."""
+  fields = sorted(_field_types(SECTIONS[section]))
+  close = [f'{section}.{f}' for f in registry.close_names(field, fields)] + [
+      f'{other}.{field}' for other, cls in SECTIONS.items() if field in _field_types(cls)]
+  hint = registry.did_you_mean(close) if close else f'allowed: {", ".join(fields)}'
+  return ConfigError(f'unknown field {section}.{field}; {hint}')
+
+
+def _unknown_section(section: str, where: str) -> ConfigError:
+  return ConfigError(f'unknown config section {section}{where}; '
+                     f'{registry.suggest(section, [*SECTIONS, "name"])}')
 
 
 def from_dict(values: Mapping[str, Any]) -> Config:
@@ -317,7 +425,7 @@ def from_dict(values: Mapping[str, Any]) -> Config:
     raise ConfigError(f'config={values!r}: expected a mapping of sections ({allowed})')
   unknown = sorted(str(k) for k in set(values) - set(SECTIONS) - {'name'})
   if unknown:
-    raise ConfigError(f'{unknown[0]}: unknown config section; allowed: {allowed}')
+    raise _unknown_section(unknown[0], '')
   sections = {k: _section_from_dict(cls, values.get(k, {}), k)
               for k, cls in SECTIONS.items()}
   return Config(**sections, name=_coerce(values.get('name', 'run'), str, 'name'))
@@ -354,18 +462,18 @@ def apply_overrides(config: Config, overrides: Sequence[str]) -> Config:
       values['name'] = text
       continue
     if path[0] not in SECTIONS:
-      raise ConfigError(f'{key}: unknown config section; allowed: '
-                        f'{", ".join(sorted(SECTIONS))}, name')
-    if len(path) == 3 and tuple(path[:2]) in MAPPING_FIELDS:
-      values[path[0]][path[1]][path[2]] = parse_value(text)
-      continue
-    if len(path) != 2:
-      raise ConfigError(f'{key}: expected section.field (or data|model|task.options.key)')
-    section, field = path
-    field = RENAMED_FIELDS.get((section, field), field)
+      raise _unknown_section(path[0], f' in {key}' if len(path) > 1 else '')
+    shape_error = ConfigError(f'{key}: expected section.field (or data|model|task.options.key)')
+    if len(path) not in (2, 3):
+      raise shape_error
+    section, field = path[0], RENAMED_FIELDS.get(tuple(path[:2]), path[1])
     if field not in _field_types(SECTIONS[section]):
-      raise ConfigError(f'{key}: unknown field; allowed: '
-                        f'{", ".join(sorted(_field_types(SECTIONS[section])))}')
+      raise _unknown_field(section, path[1])
+    if len(path) == 3:
+      if (section, field) not in MAPPING_FIELDS:
+        raise shape_error
+      values[section][field][path[2]] = parse_value(text)
+      continue
     hint = _field_types(SECTIONS[section])[field]
     parsed = parse_value(text)
     if hint in (str, str | None) and parsed is not None:
@@ -471,8 +579,8 @@ def _check(condition: bool, field: str, value: Any, allowed: str) -> None:
     raise ConfigError(f'{field}={value!r}: {allowed}')
 
 
-def _check_choice(value: Any, choices: Sequence[str], field: str) -> None:
-  _check(value in choices, field, value, f'allowed: {", ".join(choices)}')
+def _check_choice(value: Any, field: str) -> None:
+  _check(value in CHOICES[field], field, value, registry.suggest(value, CHOICES[field]))
 
 
 def _check_positive_int(value: Any, field: str) -> None:
@@ -501,8 +609,8 @@ def batch_policy_lr_rule(config: Config) -> str:
 
 def _validate_batch_policy(config: Config, duration: Duration) -> None:
   t, o = config.train, config.optim
-  _check_choice(t.batch_policy, BATCH_POLICIES, 'train.batch_policy')
-  _check_choice(t.batch_policy_lr, BATCH_POLICY_LR_RULES, 'train.batch_policy_lr')
+  _check_choice(t.batch_policy, 'train.batch_policy')
+  _check_choice(t.batch_policy_lr, 'train.batch_policy_lr')
   if t.batch_policy == 'none':
     return
   policy = f'train.batch_policy={t.batch_policy}'
@@ -535,7 +643,7 @@ def _validate_batch_policy(config: Config, duration: Duration) -> None:
   _check(t.batch_policy == 'warmup' or not t.batch_policy_milestones,
          'train.batch_policy_milestones', t.batch_policy_milestones,
          'only used by train.batch_policy=warmup')
-  _check_choice(t.batch_policy_criterion, WARMUP_CRITERIA, 'train.batch_policy_criterion')
+  _check_choice(t.batch_policy_criterion, 'train.batch_policy_criterion')
   branch = parse_duration(t.batch_policy_branch, 'train.batch_policy_branch')
   _check(branch.amount > 0 and branch.unit != 'steps', 'train.batch_policy_branch',
          t.batch_policy_branch, 'must be positive, in epochs, examples or tokens')
@@ -577,14 +685,14 @@ def validate(config: Config) -> None:
     value = getattr(d, field)
     _check(value is None or (isinstance(value, str) and bool(value.strip())), f'data.{field}',
            value, "expected a split name" + (" or 'none'" if field == 'test_split' else ''))
-  _check_choice(d.placement, PLACEMENTS, 'data.placement')
+  _check_choice(d.placement, 'data.placement')
   _check(d.prefetch >= 1, 'data.prefetch', d.prefetch, 'must be >= 1')
-  _check_choice(m.dtype, DTYPES, 'model.dtype')
+  _check_choice(m.dtype, 'model.dtype')
 
-  _check_choice(o.name, OPTIMIZERS, 'optim.name')
+  _check_choice(o.name, 'optim.name')
   _check(o.learning_rate > 0 and math.isfinite(o.learning_rate),
          'optim.learning_rate', o.learning_rate, 'must be a positive number')
-  _check_choice(o.lr_scaling, LR_SCALING_RULES, 'optim.lr_scaling')
+  _check_choice(o.lr_scaling, 'optim.lr_scaling')
   if o.base_batch_size is not None:
     _check_positive_int(o.base_batch_size, 'optim.base_batch_size')
   _check(0 <= o.momentum < 1, 'optim.momentum', o.momentum, 'must be in [0, 1)')
@@ -596,8 +704,8 @@ def validate(config: Config) -> None:
          'must be > 0')
   if o.clip_grad_norm is not None:
     _check(o.clip_grad_norm > 0, 'optim.clip_grad_norm', o.clip_grad_norm, 'must be > 0')
-  _check_choice(o.schedule, SCHEDULES, 'optim.schedule')
-  _check_choice(o.milestone_unit, DURATION_UNITS, 'optim.milestone_unit')
+  _check_choice(o.schedule, 'optim.schedule')
+  _check_choice(o.milestone_unit, 'optim.milestone_unit')
   _check(all(x > 0 for x in o.milestones), 'optim.milestones', o.milestones,
          'must be positive')
   _check(list(o.milestones) == sorted(set(o.milestones)), 'optim.milestones',
@@ -631,7 +739,7 @@ def validate(config: Config) -> None:
   _check(t.micro_batch_size is None or t.max_device_batch_size is None,
          'train.max_device_batch_size', t.max_device_batch_size,
          'set either train.micro_batch_size or train.max_device_batch_size, not both')
-  _check_choice(t.accumulation, ACCUMULATION_MODES, 'train.accumulation')
+  _check_choice(t.accumulation, 'train.accumulation')
   duration = parse_duration(t.duration, 'train.duration')
   _check(duration.amount > 0, 'train.duration', t.duration, 'must be positive')
   # Seeds enter the compiled step as float32 inputs (trial_hyperparameters).
@@ -677,7 +785,7 @@ def validate(config: Config) -> None:
   # Not steps: Smith et al. compare schedules at equal epochs, and once B changes a
   # step count means different amounts of data in different runs. A change after s
   # steps of batch B is s*B examples.
-  _check(t.batch_size_milestone_unit in ('epochs', 'examples', 'tokens'),
+  _check(t.batch_size_milestone_unit in CHOICES['train.batch_size_milestone_unit'],
          'train.batch_size_milestone_unit', t.batch_size_milestone_unit,
          'allowed: epochs, examples, tokens (a change after s steps of batch B is s*B '
          'examples)')

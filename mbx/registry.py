@@ -14,10 +14,14 @@ Every file an import path reaches is remembered with the field that named it, so
 exception raised inside the user's code, wherever mbx calls it (building the dataset, tracing
 the model, in the train step), is told in one line by `user_code_error`: the field, the
 exception, and the line of the user's file it came from.
+
+`suggest(name, choices)` is the hint every unknown-name error ends with: the closest valid
+names, or the allowed ones when none is close.
 """
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
 import hashlib
 import importlib
@@ -27,12 +31,36 @@ import pathlib
 import site
 import sys
 import traceback
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 
 class ResolveError(ValueError):
   """A name that is neither built in nor an import path that resolves."""
+
+
+def close_names(name: str, choices: Iterable[str]) -> list[str]:
+  """Up to three of `choices` closest to `name` by difflib's similarity, each about as close
+  as the closest; [] when none is close."""
+  close = difflib.get_close_matches(str(name), list(choices), n=3)
+  ratios = [difflib.SequenceMatcher(None, str(name), c).ratio() for c in close]
+  return [c for c, ratio in zip(close, ratios) if ratio >= ratios[0] - 0.1]
+
+
+def did_you_mean(names: Iterable[str]) -> str:
+  """'did you mean a?', 'did you mean a or b?', 'did you mean a, b or c?'."""
+  *others, last = names
+  return f'did you mean {", ".join(others) + " or " if others else ""}{last}?'
+
+
+def suggest(name: str, choices: Iterable[str], prefix: str = '') -> str:
+  """'did you mean train.batch_size?' for the choices closest to `name`, else 'allowed: a, b,
+  c'; `prefix` is put before each choice."""
+  choices = list(choices)
+  close = close_names(name, choices)
+  if close:
+    return did_you_mean(prefix + c for c in close)
+  return f'allowed: {", ".join(choices) or "none"}'
 
 
 def is_import_path(name: str) -> bool:
@@ -71,7 +99,7 @@ def resolve(name: str, builtin: Mapping[str, Any], field: str, expected: str) ->
   if name in builtin:
     return builtin[name]
   if not is_import_path(name):
-    raise ResolveError(f'{field}={name!r}: not a built-in name (allowed: {", ".join(builtin)}) '
+    raise ResolveError(f'{field}={name!r}: not a built-in name ({suggest(name, builtin)}) '
                        f'and not an import path "package.module:{expected}" or '
                        f'"path/to/file.py:{expected}"')
   module_part, _, attribute = name.rpartition(':')

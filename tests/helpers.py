@@ -78,6 +78,45 @@ def mbx_train(*args: str, cwd=REPO, timeout: float = 120) -> subprocess.Complete
                         capture_output=True, text=True, timeout=timeout)
 
 
+# The libraries a command loads only once it starts real work.
+TRAINING_STACK = ('jax', 'flax', 'optax', 'orbax', 'tensorflow_datasets')
+_PROBE_MARK = 'mbx-test-probe: '
+# `python -m mbx.cli` that, as it exits, prints which TRAINING_STACK modules it imported and,
+# when asked to count (JAX then loads first), how many XLA programs it compiled.
+_PROBED_CLI = f"""
+import atexit, json, runpy, sys
+compiles = None
+if sys.argv.pop(1) == 'count':
+  import jax
+  compiles = []
+  jax.monitoring.register_event_duration_secs_listener(
+      lambda event, *_, **__: compiles.append(event)
+      if event == '/jax/core/compile/backend_compile_duration' else None)
+atexit.register(lambda: print({_PROBE_MARK!r} + json.dumps(dict(
+    imported=[m for m in {TRAINING_STACK!r} if m in sys.modules],
+    compiles=None if compiles is None else len(compiles)))))
+sys.argv[0] = 'mbx'
+runpy.run_module('mbx.cli', run_name='__main__', alter_sys=True)
+"""
+
+
+def mbx_cli(*args: str, count_compiles: bool = False, cwd=REPO,
+            timeout: float = 120) -> subprocess.CompletedProcess:
+  """`python -m mbx.cli ARGS` in a fresh process; the result also holds `imported` (the
+  TRAINING_STACK modules the command loaded) and, with count_compiles, `compiles` (XLA
+  programs it compiled)."""
+  env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get('PYTHONPATH', ''))
+  result = subprocess.run(
+      [sys.executable, '-c', _PROBED_CLI, 'count' if count_compiles else 'no', *args], cwd=cwd,
+      env=env, capture_output=True, text=True, timeout=timeout)
+  lines = result.stdout.splitlines()
+  assert lines and lines[-1].startswith(_PROBE_MARK), result.stderr[-2000:]
+  report = json.loads(lines[-1][len(_PROBE_MARK):])
+  result.stdout = ''.join(line + '\n' for line in lines[:-1])
+  result.imported, result.compiles = report['imported'], report['compiles']
+  return result
+
+
 def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
   """Exit status 2 and a single stderr line, no traceback, containing every fragment."""
   assert result.returncode == 2, result.stderr[-2000:]

@@ -1,4 +1,4 @@
-"""Bad input that used to get a traceback or nothing: one line, nothing written, within seconds."""
+"""Bad input that used to get a traceback or nothing: one line, nothing written, nothing trained."""
 from __future__ import annotations
 
 import inspect
@@ -18,7 +18,7 @@ from mbx.config import ConfigError
 from mbx.sweep import SearchSpace, SweepConfig, expand, runner
 
 import user_datasets  # pylint: disable=wrong-import-order
-from helpers import REPO, assert_one_line_error, mbx_train, tiny_config
+from helpers import REPO, assert_one_line_error, mbx_cli, mbx_train, tiny_config
 
 
 @pytest.fixture(autouse=True, scope='module')
@@ -30,8 +30,9 @@ def prepared_mnist1d():
 def test_a_config_file_with_a_syntax_error_names_file_and_line(tmp_path):
   path = tmp_path / 'broken.py'
   path.write_text('import mbx\n\ndef get_config(:\n  return mbx.Config()\n')
-  assert_one_line_error(mbx_train('--config', str(path), '--workdir', str(tmp_path / 'run')),
-                         f'{path}:3', 'syntax error')
+  result = mbx_cli('train', '--config', str(path), '--workdir', str(tmp_path / 'run'))
+  assert_one_line_error(result, f'{path}:3', 'syntax error')
+  assert result.imported == []  # refused before the training stack loaded
   assert not (tmp_path / 'run').exists()
 
 

@@ -1,10 +1,8 @@
-"""Every invalid field is refused early, naming the field, the value and what is allowed."""
+"""Every invalid field is refused early, naming the field, the value and the closest valid
+names (or, when none is close, what is allowed)."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import time
 
 import pytest
 
@@ -13,25 +11,34 @@ from mbx.config import ConfigError, apply_overrides, from_dict, parse_duration, 
 from mbx.training.plan import make_plan
 from mbx.training.workload import resolve
 
-from helpers import REPO, mbx_train, tiny_config
+from helpers import assert_one_line_error, mbx_cli, mbx_train, tiny_config
 
 BASE = tiny_config()
 
 
 @pytest.mark.parametrize('override, fragments', [
-    ('train.batchsize=3', ['train.batchsize', 'unknown field', 'batch_size']),
-    ('trian.batch_size=3', ['trian.batch_size', 'unknown config section', 'train']),
+    ('train.batchsize=3', ['unknown field train.batchsize; did you mean train.batch_size?']),
+    ('train.lr=3', ['unknown field train.lr; allowed: accumulation, ', 'batch_size']),
+    ('train.learning_rate=3', ['train.learning_rate', 'did you mean optim.learning_rate?']),
+    ('trian.batch_size=3', ['unknown config section trian in trian.batch_size',
+                            'did you mean train?']),
     ('train.batch_size=0', ['train.batch_size=0', 'positive integer']),
     ('train.batch_size=-4', ['train.batch_size=-4', 'positive integer']),
     ('train.batch_size=2.5', ['train.batch_size=2.5', 'integer']),
     ('train.micro_batch_size=48', ['train.micro_batch_size=48', 'divide', '64']),
-    ('data.name=imagenet', ['data.name', 'imagenet', 'mnist1d', 'cifar10']),
-    ('model.name=resnet9', ['model.name', 'resnet9', 'cnn1d']),
-    ('model.options.chanels=3', ['model.options', 'chanels', 'channels']),
+    ('data.name=imagenet', ["data.name='imagenet'", 'did you mean imagenet2012?']),
+    ('data.name=nosuchset', ["data.name='nosuchset'", 'allowed: mnist1d, ', 'cifar10']),
+    ('model.name=resnet9', ["model.name='resnet9'", 'did you mean', 'resnet18', 'resnet50']),
+    ('model.name=nosuchnet', ["model.name='nosuchnet'", 'allowed: mlp, cnn1d, ']),
+    ('model.option.channels=3', ['unknown field model.option; did you mean model.options?']),
+    ('model.options.chanels=3', ['model.options.chanels', 'did you mean model.options.channels?']),
+    ('task.name=clasification', ["task.name='clasification'", 'did you mean classification?']),
     ('model.options.channels=wide', ['model.options.channels', 'wide']),
     ('model.dtype=float16', ['model.dtype', 'float16', 'bfloat16']),
     ('optim.name=adagrad', ['optim.name', 'adagrad', 'lars', 'lamb']),
+    ('optim.name=adamm', ["optim.name='adamm': did you mean adam or adamw?"]),
     ('optim.schedule=exponential', ['optim.schedule', 'exponential', 'cosine']),
+    ('optim.schedule=cosin', ["optim.schedule='cosin': did you mean cosine?"]),
     ('optim.learning_rate=-0.1', ['optim.learning_rate=-0.1', 'positive']),
     ('optim.learning_rate=0', ['optim.learning_rate=0', 'positive']),
     ('optim.lr_scaling=cubic', ['optim.lr_scaling', 'linear', 'sqrt']),
@@ -106,19 +113,15 @@ def test_parse_duration():
 
 
 def test_cli_rejects_bad_field_before_compiling_and_keeps_the_run(tmp_path):
-  """The CLI exits 2 within seconds, and an existing run directory is untouched."""
+  """The CLI exits 2 before the training stack loads, and an existing run directory is
+  untouched."""
   workdir = tmp_path / 'run'
   workdir.mkdir()
   (workdir / 'config.json').write_text('{"sentinel": 1}')
-  start = time.perf_counter()
-  result = subprocess.run(
-      [sys.executable, '-m', 'mbx.cli', 'train', '--config', 'configs/mnist1d_cnn.py',
-       '--workdir', str(workdir), 'optim.name=adagrad'],
-      capture_output=True, text=True, cwd=REPO, timeout=120)
-  assert result.returncode == 2
-  assert 'optim.name' in result.stderr and 'adagrad' in result.stderr
-  assert 'Traceback' not in result.stderr
-  assert time.perf_counter() - start < 30
+  result = mbx_cli('train', '--config', 'configs/mnist1d_cnn.py', '--workdir', str(workdir),
+                   'optim.name=adagrad')
+  assert_one_line_error(result, 'optim.name', 'adagrad')
+  assert result.imported == []
   assert (workdir / 'config.json').read_text() == '{"sentinel": 1}'
   assert sorted(p.name for p in workdir.iterdir()) == ['config.json']
 

@@ -15,7 +15,6 @@ import socket
 import subprocess
 import sys
 import textwrap
-import time
 
 import jax
 import numpy as np
@@ -384,15 +383,13 @@ def test_tfrecord_without_tensorflow_is_a_clear_error(catalog_dir, tmp_path):
 
 
 @pytest.mark.parametrize("name", CATALOG)
-def test_unprepared_dataset_fails_fast_with_instructions(name, tmp_path):
+def test_unprepared_dataset_fails_with_instructions_and_writes_nothing(name, tmp_path):
   data_dir = tmp_path / "empty"
   split = data.default_eval_split(name)
-  start = time.monotonic()
   with pytest.raises(data.DatasetNotPreparedError) as error:
     data.load_arrays(name, split, data_dir=data_dir)
   with pytest.raises(data.DatasetNotPreparedError):
     data.random_access_source(name, "train", data_dir=data_dir)
-  assert time.monotonic() - start < 5
   message = str(error.value)
   assert repr(name) in message
   assert str(data_dir) in message
@@ -406,10 +403,8 @@ def test_unprepared_dataset_fails_fast_with_instructions(name, tmp_path):
 def test_download_without_tensorflow_fails_before_any_download(tmp_path):
   if TF_INSTALLED:
     pytest.skip("TensorFlow is installed; download=True would really prepare")
-  start = time.monotonic()
   with pytest.raises(data.DatasetNotPreparedError, match="tensorflow-cpu"):
     data.load_arrays("cifar10", "train", data_dir=tmp_path, download=True)
-  assert time.monotonic() - start < 5
   assert list(tmp_path.iterdir()) == []
 
 
@@ -491,8 +486,10 @@ def test_validate_dataset_unknown_name():
   with pytest.raises(ValueError) as error:
     data.validate_dataset("cifar-10")
   message = str(error.value)
-  assert "data.name" in message and "'cifar-10'" in message
-  assert all(n in message for n in data.DATASET_NAMES)
+  assert "data.name='cifar-10'" in message and "did you mean cifar10 or cifar100?" in message
+  with pytest.raises(ValueError) as error:
+    data.validate_dataset("nosuchset")
+  assert all(n in str(error.value) for n in data.DATASET_NAMES)
   with pytest.raises(ValueError, match="data.name"):
     data.augment_fn("svhn")
   with pytest.raises(ValueError, match="data.name"):
@@ -715,9 +712,12 @@ def test_preprocess_import_path(tiny_dir):
 
 
 def test_resolve_errors_name_the_field(tmp_path):
-  message = _one_line_value_error(
+  _one_line_value_error(
       lambda: resolve_dataset(DataConfig(name="cifar-10")), "data.name='cifar-10'",
-      "not a tfds builder", "package.module:Builder", "package.module:function")
+      "did you mean cifar10 or cifar100?", "not a tfds builder", "package.module:Builder",
+      "package.module:function")
+  message = _one_line_value_error(lambda: resolve_dataset(DataConfig(name="nosuchset")),
+                                  "data.name='nosuchset'")
   assert all(name in message for name in data.DATASET_NAMES)
   _one_line_value_error(lambda: resolve_dataset(DataConfig(name="mnist", options={"a": 1})),
                         "data.options=")
@@ -740,12 +740,10 @@ def test_unprepared_catalog_dataset_through_resolve(tmp_path):
   dataset = resolve_dataset(DataConfig(name="mnist", data_dir=str(data_dir)))
   assert dataset.info().splits == {"train": 60000, "test": 10000}  # canonical, no I/O
   assert dataset.num_examples("train[:90%]") == 54000
-  start = time.monotonic()
   with pytest.raises(data.DatasetNotPreparedError, match="tfds build mnist"):
     dataset.arrays("train")
   with pytest.raises(data.DatasetNotPreparedError):
     dataset.source("test")
-  assert time.monotonic() - start < 5
   assert not data_dir.exists()
 
 

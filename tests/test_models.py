@@ -234,8 +234,13 @@ def test_model_options_and_has_batch_norm():
 
 
 @pytest.mark.parametrize('name, options, match', [
-    ('resnet', {}, r"model\.name='resnet': not a built-in name \(allowed: mlp, cnn1d, .*vit, transformer\)"),
+    ('resnet', {}, r"model\.name='resnet': not a built-in name \(did you mean resnet50 or "
+                   r"resnet18\?\)"),
+    ('nosuchnet', {}, r"model\.name='nosuchnet': not a built-in name \(allowed: mlp, cnn1d, "
+                      r".*vit, transformer\)"),
     ('mlp', {'width': 3}, r'model\.options\.width is not an option .*; allowed: .*hidden'),
+    ('mlp', {'hiden': (8,)}, r"model\.options\.hiden is not an option of model 'mlp'; did you "
+                             r"mean model\.options\.hidden\?"),
     ('mlp', {'hidden': 100}, r'model\.options\.hidden=100 must be a tuple of positive ints'),
     ('mlp', {'hidden': (100, 0)}, r'model\.options\.hidden=\(100, 0\) must be'),
     ('cnn1d', {'channels': 25.0}, r'model\.options\.channels=25\.0 must be a positive int'),

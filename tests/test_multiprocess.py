@@ -176,17 +176,24 @@ def test_each_process_reads_only_the_rows_of_its_own_devices():
     assert report['eval_totals'] == [float(rows[:10].sum()), 10.0]
 
 
-def test_launch_stops_the_other_processes_when_one_fails():
-  code = ('import os, sys, time\n'
+def test_launch_stops_the_other_processes_when_one_fails(tmp_path):
+  # Rank 0 waits for a signal and would wait forever; rank 1 fails once rank 0 is waiting.
+  code = ('import os, pathlib, signal, sys, time\n'
           'rank = int(os.environ["MBX_PROCESS_ID"])\n'
+          f'ready = pathlib.Path({str(tmp_path / "ready")!r})\n'
+          'signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})\n'
           'print("hello from", rank, os.environ["MBX_NUM_PROCESSES"], flush=True)\n'
-          'sys.exit(3) if rank == 1 else time.sleep(120)\n')
-  start = time.monotonic()
+          'if rank == 1:\n'
+          '  while not ready.exists(): time.sleep(0.01)\n'
+          '  sys.exit(3)\n'
+          'ready.touch()\n'
+          'signal_number = signal.sigwait({signal.SIGTERM})\n'
+          'print("stopped by", signal.Signals(signal_number).name, flush=True)\n')
   result = subprocess.run([sys.executable, '-m', 'mbx.cli', 'launch', '-n', '2', '--',
                            sys.executable, '-c', code], cwd=REPO, env=_env(),
-                          capture_output=True, text=True, timeout=60)
-  assert time.monotonic() - start < 30
+                          capture_output=True, text=True, timeout=120)
   assert result.returncode == 3
   assert '[0] hello from 0 2' in result.stdout and '[1] hello from 1 2' in result.stdout
+  assert '[0] stopped by SIGTERM' in result.stdout
   assert result.stderr.strip().splitlines() == [
       'mbx launch: a process exited with code 3; the others were stopped']

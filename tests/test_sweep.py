@@ -6,6 +6,7 @@ import json
 import math
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -95,8 +96,14 @@ def test_sweep_config_round_trips_and_takes_overrides(session_data_dir):
   assert changed.seeds == (0,) and changed.budget == '10 steps'
   assert changed.base.train.log_every == '7 steps'
   assert grid.spec_hash(dataclasses.replace(sweep, pack=True)) == grid.spec_hash(sweep)
-  with pytest.raises(mbx.ConfigError, match='sweep.nope'):
+  with pytest.raises(mbx.ConfigError, match='unknown sweep field sweep.nope; allowed: batch_'):
     grid.apply_overrides(sweep, ['sweep.nope=1'])
+  for override, hint in (('sweep.seedz=0', 'did you mean sweep.seeds?'),
+                         ('swep.seeds=0', 'did you mean sweep?'),
+                         ('sweep.target=0.5', 'did you mean sweep.target_value'),
+                         ('sweep.search=[]', 'set in the sweep file')):
+    with pytest.raises(mbx.ConfigError, match=re.escape(hint)):
+      grid.apply_overrides(sweep, [override])
   with pytest.raises(mbx.ConfigError, match='learning_rate'):
     expand(_sweep(search=(SearchSpace('adam', (1e-2, 1e-3)),)))
 
@@ -571,7 +578,8 @@ def test_mbx_sweep_refuses_a_changed_base_field_in_one_line(tmp_path):
 
 @pytest.mark.parametrize('text, message', [
     ('search: []\n', '`search` must list at least one'),
-    ('serch: []\n', "unknown sweep field 'serch'; allowed: base, batch_sizes"),
+    ('serch: []\n', "unknown sweep field 'serch'; did you mean search?"),
+    ('lr: []\n', "unknown sweep field 'lr'; allowed: base, batch_sizes"),
     ('search:\n  - {optimizer: adam, learning_rate: [1e-3, 1e-2], lrs: 2}\n',
      "search\\[0\\]: unknown field 'lrs'"),
     ('search: [\n', 'not valid YAML'),

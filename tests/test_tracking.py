@@ -141,7 +141,8 @@ def test_wandb_offline_and_mlflow_file_store_receive_every_row(tmp_path, session
 
 
 def test_an_unknown_or_missing_tracker_fails_before_anything_is_written(tmp_path):
-  for trackers, message in ((('tensorbord',), "unknown 'tensorbord'; allowed: tensorboard"),):
+  for trackers, message in ((('tensorbord',), "unknown 'tensorbord'; did you mean tensorboard?"),
+                            (('neptune',), "unknown 'neptune'; allowed: tensorboard, wandb")):
     try:
       mbx.train(tiny_config(), tmp_path / 'run', quiet=True, trackers=trackers)
     except mbx.ConfigError as error:

@@ -196,6 +196,8 @@ def _program(hlo_text: str) -> str:
      'data.train_split'),
     (['train.target_metric=eval_f1', 'train.target_value=0.5'],
      'allowed: eval_loss, eval_accuracy, eval_error'),
+    (['train.target_metric=eval_acuracy', 'train.target_value=0.5'],
+     'did you mean eval_accuracy?'),
     (['task.name=user_models:Missing'], "task.name='user_models:Missing'"),
     (['train.probes=user_models:TwoLayer'], 'not a probe'),
 ])

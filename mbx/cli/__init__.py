@@ -14,7 +14,7 @@ import os
 import sys
 
 from mbx import registry
-from mbx.config import ConfigError, load_config
+from mbx.config import ConfigError, load_config, validate
 
 DEBUG_ENV = 'MBX_DEBUG'
 
@@ -35,6 +35,7 @@ def _add_train(subparsers) -> None:
 
 def _train(args) -> None:
   config = load_config(args.config, args.overrides)
+  validate(config)  # every field's value, before the training stack loads
   from mbx.training import lock  # pylint: disable=import-outside-toplevel  (no JAX)
   workdir = args.workdir or lock.default_workdir(config)
   if (holder := lock.holder_of(workdir)) is not None:  # before the training stack loads
@@ -79,7 +80,8 @@ def config_flags_as_overrides(argv: list[str]) -> list[str]:
   return out + overrides
 
 
-def main(argv=None) -> None:
+def build_parser() -> argparse.ArgumentParser:
+  """Every command's parser; imports no JAX (the commands load it when they start work)."""
   parser = argparse.ArgumentParser(prog='mbx', description=__doc__.splitlines()[0])
   subparsers = parser.add_subparsers(dest='command', required=True)
   _add_train(subparsers)
@@ -89,6 +91,11 @@ def main(argv=None) -> None:
   analyze_subparsers = analyze.add_subparsers(dest='analysis', required=True)
   for name in ANALYZE_MODULES:
     importlib.import_module(name).add_analyze_parsers(analyze_subparsers)
+  return parser
+
+
+def main(argv=None) -> None:
+  parser = build_parser()
   argv = list(sys.argv[1:] if argv is None else argv)
   try:
     argv = config_flags_as_overrides(argv)

@@ -5,7 +5,8 @@
     mbx analyze landscape runs/sb --dims 2       # -> runs/sb/analysis/landscape2d_step3000.*
 
 Each writes a JSON summary (numbers with the data, evaluation mode and estimator settings that
-produced them) and its figures; `--out DIR` puts them elsewhere.
+produced them) and its figures; `--out DIR` puts them elsewhere. The analyses load JAX when
+they start, not when the parsers are built.
 """
 from __future__ import annotations
 
@@ -15,9 +16,6 @@ import pathlib
 import numpy as np
 
 from mbx.cli import directories
-from mbx.figures import sharpness as figures
-from mbx.measure import analysis, hessian
-from mbx.training.records import load_run
 
 
 def _common(parser) -> None:
@@ -87,6 +85,10 @@ def _write_json(path: pathlib.Path, value) -> None:
 
 def _sharpness(args) -> None:
   directories.require(args.run_dir, 'run', 'mbx analyze sharpness')
+  # pylint: disable=import-outside-toplevel  (jax, matplotlib)
+  from mbx.figures import sharpness as figures
+  from mbx.measure import analysis, hessian
+  from mbx.training.records import load_run
   run = load_run(args.run_dir)
   summary = analysis.sharpness_analysis(
       run, args.step, epsilons=args.epsilons, subspace_dim=args.subspace_dim,
@@ -125,6 +127,10 @@ def _sharpness_line(summary: dict) -> str:
 def _interpolate(args) -> None:
   directories.require(args.run_a, 'run', 'mbx analyze interpolate')
   directories.require(args.run_b, 'run', 'mbx analyze interpolate')
+  # pylint: disable=import-outside-toplevel  (jax, matplotlib)
+  from mbx.figures import sharpness as figures
+  from mbx.measure import analysis
+  from mbx.training.records import load_run
   run_a, run_b = load_run(args.run_a), load_run(args.run_b)
   start, stop, num = args.alphas
   summary = analysis.interpolation_analysis(
@@ -144,6 +150,10 @@ def _interpolate(args) -> None:
 
 def _landscape(args) -> None:
   directories.require(args.run_dir, 'run', 'mbx analyze landscape')
+  # pylint: disable=import-outside-toplevel  (jax, matplotlib)
+  from mbx.figures import sharpness as figures
+  from mbx.measure import analysis
+  from mbx.training.records import load_run
   run = load_run(args.run_dir)
   summary = analysis.landscape_analysis(run, args.step, dims=args.dims, span=args.span,
                                         points=args.points, subset=args.subset,

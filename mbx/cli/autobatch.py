@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from mbx import config as config_lib
-from mbx.training import autobatch as autobatch_lib
 
 
 def add_parser(subparsers) -> None:
@@ -14,7 +13,7 @@ def add_parser(subparsers) -> None:
                       help='bytes per device, e.g. 2GiB; required on CPU (default: '
                       'train.autobatch_budget, else --memory-fraction of the device memory)')
   parser.add_argument('--memory-fraction', type=float,
-                      default=autobatch_lib.DEFAULT_MEMORY_FRACTION,
+                      default=config_lib.DEFAULT_MEMORY_FRACTION,
                       help='of the allocator limit, on GPU/TPU (default %(default)s)')
   parser.add_argument('--verify-oom', action='store_true',
                       help='GPU/TPU only, untested: also find the real out-of-memory boundary by '
@@ -25,8 +24,10 @@ def add_parser(subparsers) -> None:
 
 def _run(args) -> None:
   config = config_lib.load_config(args.config, args.overrides)
-  budget = (config_lib.parse_bytes(args.budget, '--budget') if args.budget is not None
-            else autobatch_lib.config_budget(config))
+  config_lib.validate(config)
+  budget = None if args.budget is None else config_lib.parse_bytes(args.budget, '--budget')
+  from mbx.training import autobatch as autobatch_lib  # pylint: disable=import-outside-toplevel
+  budget = budget or autobatch_lib.config_budget(config)
   print(autobatch_lib.autobatch(config, budget, args.memory_fraction).describe())
   if args.verify_oom:
     result = autobatch_lib.verify_oom(config)

@@ -43,9 +43,10 @@ def _run(args) -> None:
     if not pathlib.Path(path).is_dir():
       raise config_lib.ConfigError(f'{path}: no such directory; mbx report takes sweep, '
                                    'study results (trials.csv) or run directories')
+  target = _target(args.target)
   from mbx.figures import report  # pylint: disable=import-outside-toplevel  (loads matplotlib)
   command = 'mbx ' + ' '.join(sys.argv[1:]) if sys.argv[1:2] == ['report'] else 'mbx report'
-  html_path, markdown = report.write_report(args.paths, args.out, target=_target(args.target),
+  html_path, markdown = report.write_report(args.paths, args.out, target=target,
                                             command=command, bootstrap=args.bootstrap,
                                             quiet=args.quiet)
   print(f'written: {html_path} and {markdown} (figures and CSVs in '

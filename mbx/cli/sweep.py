@@ -3,6 +3,9 @@
     mbx sweep --config configs/cbs_mnist1d_cnn.py [--sweep-dir DIR] [--worker i --num-workers n]
     mbx analyze cbs sweeps/cbs_mnist1d_cnn            # tables + figures in <sweep>/analysis
     mbx analyze local-cbs RUN_DIR --step 400 --factors 1,2,4,8,16
+
+The parsers and the sweep file's checks import no JAX; the runner and the analysis load it
+(and pandas, matplotlib) inside the commands, so `--help` and config errors answer at once.
 """
 from __future__ import annotations
 
@@ -12,12 +15,9 @@ import math
 import pathlib
 import sys
 
-import pandas as pd
-
 from mbx import config as config_lib
 from mbx.cli import directories
-from mbx.figures import critical_batch as figures
-from mbx.sweep import critical_batch, grid, runner
+from mbx.sweep import grid
 from mbx.sweep import submit as submit_lib
 
 
@@ -59,6 +59,7 @@ def add_parser(subparsers) -> None:
 
 def _sweep(args) -> None:
   sweep = grid.load_sweep(args.config, args.overrides)
+  from mbx.sweep import runner  # pylint: disable=import-outside-toplevel  (jax)
   sweep_dir = pathlib.Path(args.sweep_dir or pathlib.Path('sweeps') / sweep.name)
   if args.list:
     pack = sweep.pack if args.pack is None else args.pack
@@ -101,6 +102,7 @@ def _submit(args, sweep, sweep_dir: pathlib.Path) -> None:
           f'and mbx analyze cbs {sweep_dir}')
     return
   failures = submit_lib.wait(jobs, sweep_dir)
+  from mbx.sweep import runner  # pylint: disable=import-outside-toplevel  (jax)
   table = runner.load_table(sweep_dir, refresh=False)
   print(f'{sweep_dir}: {len(table)} trials, ' + ', '.join(
       f'{k} {v}' for k, v in runner.outcome_counts(table).items()))
@@ -152,6 +154,11 @@ def add_analyze_parsers(subparsers) -> None:
 
 def _analyze_cbs(args) -> None:
   directories.require(args.sweep_dir, 'sweep', 'mbx analyze cbs')
+  # pylint: disable=import-outside-toplevel  (jax, pandas, matplotlib)
+  import pandas as pd
+
+  from mbx.figures import critical_batch as figures
+  from mbx.sweep import critical_batch
   analysis = critical_batch.analyze_sweep(args.sweep_dir, num_samples=args.bootstrap,
                                           confidence=args.confidence,
                                           bootstrap=args.bootstrap_method,
@@ -207,6 +214,9 @@ def _summary_line(row, confidence: float) -> str:
 
 def _analyze_local_cbs(args) -> None:
   directories.require(args.run_dir, 'run', 'mbx analyze local-cbs')
+  # pylint: disable=import-outside-toplevel  (jax, matplotlib)
+  from mbx.figures import critical_batch as figures
+  from mbx.sweep import critical_batch
   factors = [int(k) for k in args.factors.split(',') if k.strip()]
   seeds = [int(s) for s in args.seeds.split(',') if s.strip()]
   per_factor, summary = critical_batch.local_cbs(

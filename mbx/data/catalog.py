@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Mapping
 
+from mbx import registry
 from mbx.data import splits
 
 DATASET_NAMES: tuple[str, ...] = (
@@ -95,7 +96,6 @@ def validate_dataset(
   """
   if name not in _SPECS:
     raise ValueError(
-        f"data.name={name!r} is not a known dataset; allowed values: "
-        f"{', '.join(DATASET_NAMES)}.")
+        f"data.name={name!r} is not a known dataset; {registry.suggest(name, DATASET_NAMES)}")
   if split is not None:
     splits.check_split(name, split, _SPECS[name].num_examples, field)

@@ -101,9 +101,9 @@ def _build(name: str, options: dict[str, Any], data_dir: str | None,
   if _is_tfds_builder_name(name):
     return TfdsDataset(name, data_dir=data_dir, download=download, options=options)
   raise ValueError(
-      f"data.name={name!r}: not a catalog dataset ({', '.join(catalog.DATASET_NAMES)}), "
-      f"not a text dataset ({', '.join(text.TEXT_DATASETS)}), not a tfds builder, and not an "
-      "import path 'package.module:Builder' or 'package.module:function'")
+      f"data.name={name!r}: not a catalog or text dataset "
+      f"({registry.suggest(name, (*catalog.DATASET_NAMES, *text.TEXT_DATASETS))}), not a tfds "
+      "builder, and not an import path 'package.module:Builder' or 'package.module:function'")
 
 
 def _check_options(name: str, obj: Any, options: dict[str, Any]) -> None:

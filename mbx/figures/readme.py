@@ -6,7 +6,7 @@ import math
 import pathlib
 import re
 
-PLACEHOLDER = '<!-- The lead adds the interpretation of this run here; re-runs keep it. -->'
+PLACEHOLDER = '<!-- Write the interpretation of this run here; re-runs keep it. -->'
 _SECTION = re.compile(r'## Interpretation\n(.*?)\n## ', re.S)
 
 

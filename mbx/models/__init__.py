@@ -107,7 +107,7 @@ def validate_model(name: str, options: Mapping[str, object]) -> None:
   for key, value in options.items():
     if key not in settable:
       raise ValueError(f'model.options.{key} is not an option of model {name!r}; '
-                       f'allowed: {", ".join(settable) or "none"}')
+                       f'{registry.suggest(key, settable, prefix="model.options.")}')
     if name in _MODELS and key == 'num_classes':
       if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f'model.options.num_classes={value!r} must be a positive int')

@@ -5,12 +5,22 @@
     table = mbx.sweep.load_table('sweeps/cbs')                    # one row per trial
     analysis = mbx.sweep.analyze(table)                           # .per_batch_size, .summary
     per_k, summary = mbx.sweep.local_cbs('runs/a', step=400)      # Merrill et al. 2025
-"""
-from mbx.sweep.critical_batch import (analyze, analyze_sweep, fit_pareto, local_cbs,
-                                      steps_to_result, zhang_cbs)
-from mbx.sweep.grid import SearchSpace, SweepConfig, Trial, expand, load_sweep
-from mbx.sweep.runner import load_table, run_sweep, trial_table
 
-__all__ = ['SearchSpace', 'SweepConfig', 'Trial', 'analyze', 'analyze_sweep', 'expand',
-           'fit_pareto', 'load_sweep', 'load_table', 'local_cbs', 'run_sweep', 'steps_to_result',
-           'trial_table', 'zhang_cbs']
+The grid (`SweepConfig`, `load_sweep`) imports no JAX, so sweep config files load and are
+checked at once; the runner and the analysis load the training stack when first used.
+"""
+import importlib
+
+_LAZY = {**dict.fromkeys(('SearchSpace', 'SweepConfig', 'Trial', 'expand', 'load_sweep'),
+                         'mbx.sweep.grid'),
+         **dict.fromkeys(('load_table', 'run_sweep', 'trial_table'), 'mbx.sweep.runner'),
+         **dict.fromkeys(('analyze', 'analyze_sweep', 'fit_pareto', 'local_cbs',
+                          'steps_to_result', 'zhang_cbs'), 'mbx.sweep.critical_batch')}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name):
+  if name in _LAZY:
+    return getattr(importlib.import_module(_LAZY[name]), name)
+  raise AttributeError(f'module mbx.sweep has no attribute {name!r}')

@@ -21,12 +21,9 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-from scipy.stats import qmc
 
 from mbx import config as config_lib
 from mbx import registry
-from mbx.tasks import resolve_task
-from mbx.training.workload import resolve
 
 SAMPLINGS = ('grid', 'quasirandom')
 # Optimizers whose `momentum` field is heavy-ball momentum (effective LR = lr / (1 - m));
@@ -37,41 +34,74 @@ ADAM_FAMILY = ('adam', 'adamw', 'lamb')
 
 @dataclasses.dataclass(frozen=True)
 class SearchSpace:
-  """The per-batch-size metaparameter search of one optimizer."""
+  """The per-batch-size metaparameter search of one optimizer (an entry of `sweep.search`)."""
   optimizer: str
-  learning_rate: tuple[float, float]     # log range at reference_batch_size
-  num_learning_rates: int = 6            # per batch size (grid: per momentum value too)
-  sampling: str = 'grid'                 # 'grid': log-spaced, ends included; 'quasirandom'
-  lr_scaling_power: float = 0.0          # the range moves as B^power (1 linear, 0.5 sqrt)
+  """The optimizer searched (optim.name of its trials)."""
+  learning_rate: tuple[float, float]
+  """(low, high): the learning-rate range at reference_batch_size, searched on a log scale."""
+  num_learning_rates: int = 6
+  """Learning rates per batch size (grid sampling: per momentum value too)."""
+  sampling: str = 'grid'
+  """'grid': log-spaced, both ends included; 'quasirandom': a scrambled Halton sequence,
+  log-uniform."""
+  lr_scaling_power: float = 0.0
+  """The range moves with the batch size as B^power (1: linear, 0.5: square root, 0: fixed)."""
   reference_batch_size: int = 1
-  max_scaled_batch_size: int | None = None  # the range stops moving above this B
-  one_minus_momentum: tuple[float, float] | None = None  # searched, log scale; None: fixed
-  num_momenta: int = 1                   # grid sampling only
-  momentum: float | None = None          # fixed value; None: the base config's
+  """The batch size at which learning_rate is the range."""
+  max_scaled_batch_size: int | None = None
+  """The range stops moving above this batch size; None: it always moves."""
+  one_minus_momentum: tuple[float, float] | None = None
+  """(low, high): 1 - momentum (Adam: 1 - b1) searched on a log scale; None: momentum fixed."""
+  num_momenta: int = 1
+  """Momentum values per batch size (grid sampling only)."""
+  momentum: float | None = None
+  """The fixed momentum (Adam: b1); None: the base config's."""
+
+
+# SearchSpace's fields with a closed set of values (checked by `validate`).
+SEARCH_CHOICES = {'optimizer': config_lib.OPTIMIZERS, 'sampling': SAMPLINGS}
 
 
 @dataclasses.dataclass(frozen=True)
 class SweepConfig:
   """A batch-size study: trials are batch sizes x search points x seeds, per optimizer."""
   base: config_lib.Config
+  """The config every trial starts from; a trial sets its optimizer, learning rate, momentum,
+  batch size, seed, budget and target."""
   search: tuple[SearchSpace, ...]
-  batch_sizes: tuple[int, ...] = ()      # (): powers of two below the training set, and it
-  seeds: tuple[int, ...] = (0,)          # train.seed (initialisation and data order)
-  budget: str = '8000 steps'             # per trial: steps, epochs or examples
-  budgets: Mapping[int, str] = dataclasses.field(default_factory=dict)  # per batch size
+  """One search per optimizer (fields below, as sweep.search[i].<field>)."""
+  batch_sizes: tuple[int, ...] = ()
+  """The batch sizes; (): powers of two below the training-set size, then the full batch."""
+  seeds: tuple[int, ...] = (0,)
+  """train.seed of each trial (initialisation and data order)."""
+  budget: str = '8000 steps'
+  """Each trial's train.duration: steps, epochs or examples."""
+  budgets: Mapping[int, str] = dataclasses.field(default_factory=dict)
+  """Per batch size, a budget instead of `budget`."""
   target_metric: str = 'eval_accuracy'
+  """The metric whose first crossing of target_value gives steps-to-target."""
   target_value: float = 0.9
-  stop_at_target: bool = True            # False: run on to the budget
-  eval_growth: float | None = 1.05       # geometric evaluations (steps_to_target module)
-  noise_scale: bool = False              # log B_simple where the batch allows (B >= 2, even)
-  pack: bool = False                     # route trials sharing a pack_key through train_packed
-  # Packing pays on XLA:CPU at small batch only (results/bench_packed.md); None: every B.
+  """The value target_metric has to reach."""
+  stop_at_target: bool = True
+  """End a trial once it reaches the target; False: run on to the budget."""
+  eval_growth: float | None = 1.05
+  """Trials also evaluate at steps ceil(g^i), bounding the steps-to-target error at g - 1."""
+  noise_scale: bool = False
+  """Log B_simple in the trials whose batch splits into train.probe_groups (default 2) equal
+  groups."""
+  pack: bool = False
+  """Train trials that share a pack key (differ only in LR, momentum or seed) as one vmapped
+  program."""
   pack_max_batch_size: int | None = 64
-  search_seed: int = 0                   # the quasi-random sequence
+  """Pack only batch sizes up to this (packing pays on XLA:CPU at small batch only,
+  results/bench_packed.md); None: every batch size."""
+  search_seed: int = 0
+  """Seed of the quasi-random sequence."""
   name: str = 'sweep'
-  # `mbx sweep --submit slurm` job options (mbx.sweep.submit.SubmitOptions): partition, time,
-  # gpus_per_task, cpus_per_task, mem_gb, array_parallelism, slurm_options
+  """The sweep's name (its default directory is sweeps/<name>); 'sweep': the config file's
+  name."""
   submit: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  """Job options of `mbx sweep --submit slurm` (fields below, as sweep.submit.<field>)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,6 +163,7 @@ def _unit_points(space: SearchSpace, seed: int) -> np.ndarray:
       return np.asarray(lrs)[:, None]
     ms = np.linspace(0, 1, space.num_momenta) if space.num_momenta > 1 else [0.5]
     return np.array([(a, b) for a in lrs for b in ms])
+  from scipy.stats import qmc  # pylint: disable=import-outside-toplevel  (slow to import)
   dims = 2 if searched_momentum else 1
   return qmc.Halton(d=dims, scramble=True, seed=seed).random(space.num_learning_rates)
 
@@ -194,6 +225,8 @@ def trial_config(sweep: SweepConfig, optimizer: str, batch_size: int, learning_r
 def resolved_batch_sizes(sweep: SweepConfig) -> tuple[int, ...]:
   if sweep.batch_sizes:
     return tuple(sweep.batch_sizes)
+  # The training stack (jax) loads only here: a sweep file is read and checked without it.
+  from mbx.training.workload import resolve  # pylint: disable=import-outside-toplevel
   workload = resolve(sweep.base)
   return default_batch_sizes(workload.dataset.num_examples(workload.train_split))
 
@@ -226,7 +259,7 @@ def _check(condition: bool, field: str, value: Any, allowed: str) -> None:
 
 
 def _check_choice(value: Any, choices: tuple[str, ...], field: str) -> None:
-  _check(value in choices, field, value, f'allowed: {", ".join(choices)}')
+  _check(value in choices, field, value, registry.suggest(value, choices))
 
 
 COARSEST_LR_STEP = 4.0  # adjacent learning rates further apart cannot place an optimum
@@ -250,6 +283,7 @@ def coarse_grid_warnings(sweep: SweepConfig) -> list[str]:
 def _check_target(sweep: SweepConfig) -> None:
   """The target is a metric the task declares, on a split the trials evaluate: eval_<metric>
   (the evaluation split) always, train_<metric> (the train split) with train.eval_on_train."""
+  from mbx.tasks import resolve_task  # pylint: disable=import-outside-toplevel  (jax)
   try:
     task = resolve_task(sweep.base.task.name, sweep.base.task.options)
   except ValueError as error:
@@ -273,13 +307,13 @@ def validate(sweep: SweepConfig) -> None:
   _check(len(sweep.search) > 0, 'sweep.search', sweep.search, 'needs at least one SearchSpace')
   for i, space in enumerate(sweep.search):
     field = f'sweep.search[{i}]'
-    _check_choice(space.optimizer, config_lib.OPTIMIZERS, f'{field}.optimizer')
+    _check_choice(space.optimizer, SEARCH_CHOICES['optimizer'], f'{field}.optimizer')
     low, high = space.learning_rate
     _check(0 < low <= high, f'{field}.learning_rate', space.learning_rate,
            'must be (low, high) with 0 < low <= high')
     _check(space.num_learning_rates >= 1, f'{field}.num_learning_rates',
            space.num_learning_rates, 'must be >= 1')
-    _check_choice(space.sampling, SAMPLINGS, f'{field}.sampling')
+    _check_choice(space.sampling, SEARCH_CHOICES['sampling'], f'{field}.sampling')
     _check(space.reference_batch_size >= 1, f'{field}.reference_batch_size',
            space.reference_batch_size, 'must be >= 1')
     if space.one_minus_momentum is not None:
@@ -415,6 +449,7 @@ def _first_difference(a: Any, b: Any, path: str) -> tuple[str, Any, Any] | None:
         return change
     return None
   return None if a == b else (path, a, b)
+NOT_OVERRIDDEN = ('base', 'search', 'budgets', 'submit')  # structured: the sweep file sets them
 
 
 def apply_overrides(sweep: SweepConfig, overrides: list[str]) -> SweepConfig:
@@ -422,15 +457,22 @@ def apply_overrides(sweep: SweepConfig, overrides: list[str]) -> SweepConfig:
   base_overrides, values = [], to_dict(sweep)
   for item in overrides:
     key, sep, text = item.partition('=')
-    if not key.startswith('sweep.'):
+    section = key.partition('.')[0]
+    if section not in ('sweep', *config_lib.SECTIONS, 'name'):
+      raise config_lib.ConfigError(f'unknown section {section} in {key}; '
+                                   f'{registry.suggest(section, ("sweep", *config_lib.SECTIONS))}')
+    if section != 'sweep':
       base_overrides.append(item)
       continue
     field = key[len('sweep.'):]
-    allowed = {f.name for f in dataclasses.fields(SweepConfig)} - {'base', 'search', 'budgets',
-                                                                   'submit'}
-    if not sep or field not in allowed:
-      raise config_lib.ConfigError(f'{key}: unknown sweep field; allowed: '
-                                   f'{", ".join(sorted(allowed))}')
+    if field in NOT_OVERRIDDEN:
+      raise config_lib.ConfigError(f'{key}: set in the sweep file, not by an override')
+    allowed = sorted({f.name for f in dataclasses.fields(SweepConfig)} - set(NOT_OVERRIDDEN))
+    if field not in allowed:
+      raise config_lib.ConfigError(f'unknown sweep field {key}; '
+                                   f'{registry.suggest(field, allowed, prefix="sweep.")}')
+    if not sep:
+      raise config_lib.ConfigError(f'override {item!r}: expected sweep.field=value')
     value = text if field in ('budget', 'name', 'target_metric') else _literal(text)
     if field in ('batch_sizes', 'seeds') and not isinstance(value, (tuple, list)):
       value = (value,)
@@ -461,20 +503,20 @@ def sweep_from_mapping(values: Mapping[str, Any], where: str) -> SweepConfig:
   sections (partial: defaults fill the rest), `search` a list of SearchSpace fields."""
   if not isinstance(values, Mapping):
     raise config_lib.ConfigError(f'{where}: expected a mapping of sweep fields at the top')
-  allowed = {f.name for f in dataclasses.fields(SweepConfig)}
-  unknown = sorted(set(values) - allowed)
+  allowed = sorted(f.name for f in dataclasses.fields(SweepConfig))
+  unknown = sorted(set(values) - set(allowed))
   if unknown:
-    raise config_lib.ConfigError(f'{where}: unknown sweep field {unknown[0]!r}; allowed: '
-                                 f'{", ".join(sorted(allowed))}')
+    raise config_lib.ConfigError(f'{where}: unknown sweep field {unknown[0]!r}; '
+                                 f'{registry.suggest(unknown[0], allowed)}')
   if not values.get('search'):
     raise config_lib.ConfigError(f'{where}: `search` must list at least one optimizer\'s '
                                  'search (optimizer, learning_rate: [low, high], ...)')
-  space_fields = {f.name for f in dataclasses.fields(SearchSpace)}
+  space_fields = sorted(f.name for f in dataclasses.fields(SearchSpace))
   for i, space in enumerate(values['search']):
-    extra = sorted(set(space) - space_fields) if isinstance(space, Mapping) else ['?']
+    extra = sorted(set(space) - set(space_fields)) if isinstance(space, Mapping) else ['?']
     if extra:
       raise config_lib.ConfigError(f'{where}: search[{i}]: unknown field {extra[0]!r}; '
-                                   f'allowed: {", ".join(sorted(space_fields))}')
+                                   f'{registry.suggest(extra[0], space_fields)}')
   values = dict(values)
   values['base'] = config_lib.to_dict(config_lib.from_dict(values.get('base', {})))
   return from_dict(values)

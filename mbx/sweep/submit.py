@@ -14,8 +14,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from mbx import config as config_lib
+from mbx import registry
 from mbx.sweep import grid as grid_lib
-from mbx.sweep import runner
 
 CLUSTERS = ('slurm', 'local')
 LOG_DIR = 'submitit'
@@ -24,21 +24,28 @@ LOG_DIR = 'submitit'
 @dataclasses.dataclass(frozen=True)
 class SubmitOptions:
   """What the job array asks for; from the sweep config's `submit` mapping, then the CLI."""
-  partition: str | None = None           # SLURM partition
-  time: str = '4:00:00'                  # per array task, [D-]HH:MM:SS or minutes
+  partition: str | None = None
+  """The SLURM partition; None: the cluster's default."""
+  time: str = '4:00:00'
+  """Time limit per array task: minutes, or [D-]HH:MM:SS."""
   gpus_per_task: int = 0
+  """GPUs per array task."""
   cpus_per_task: int | None = None
+  """CPUs per array task; None: the cluster's default."""
   mem_gb: float | None = None
-  array_parallelism: int | None = None   # at most this many tasks at once
-  slurm_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # e.g. account
+  """Memory per array task in GB; None: the cluster's default."""
+  array_parallelism: int | None = None
+  """At most this many array tasks at once; None: no limit."""
+  slurm_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  """Further sbatch options, e.g. {'account': 'my_lab'}."""
 
   @classmethod
   def from_mapping(cls, values: Mapping[str, Any], where: str) -> 'SubmitOptions':
-    fields = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - fields)
+    fields = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(values) - set(fields))
     if unknown:
-      raise config_lib.ConfigError(f'{where}: unknown field(s) {", ".join(unknown)}; allowed: '
-                                   f'{", ".join(sorted(fields))}')
+      raise config_lib.ConfigError(f'{where}: unknown field {unknown[0]}; '
+                                   f'{registry.suggest(unknown[0], fields)}')
     options = cls(**values)
     options.timeout_minutes()  # checks the format
     return options
@@ -74,6 +81,7 @@ class SubmitOptions:
 
 def _array_task(sweep: grid_lib.SweepConfig, sweep_dir: str, worker: int,
                 num_workers: int) -> dict[str, int]:
+  from mbx.sweep import runner  # pylint: disable=import-outside-toplevel  (jax)
   progress = runner.run_sweep(sweep, sweep_dir, worker=worker, num_workers=num_workers,
                               compilation_cache=True)
   if progress.failed:
@@ -87,11 +95,12 @@ def submit(sweep: grid_lib.SweepConfig, sweep_dir: str | pathlib.Path, *, cluste
            num_workers: int, options: SubmitOptions) -> list:
   """Submits the job array; returns the submitit jobs (one per worker shard)."""
   if cluster not in CLUSTERS:
-    raise config_lib.ConfigError(f'--submit={cluster!r}: allowed: {", ".join(CLUSTERS)}')
+    raise config_lib.ConfigError(f'--submit={cluster!r}: {registry.suggest(cluster, CLUSTERS)}')
   if num_workers < 1:
     raise config_lib.ConfigError(f'--num-workers={num_workers}: must be at least 1')
   for trial in grid_lib.expand(sweep):  # every config error before anything is submitted
     config_lib.validate(trial.config)
+  from mbx.sweep import runner  # pylint: disable=import-outside-toplevel  (jax)
   runner.check_spec(sweep_dir, sweep)
   import submitit  # pylint: disable=import-outside-toplevel  (only this command needs it)
   sweep_dir = pathlib.Path(sweep_dir).absolute()
@@ -105,6 +114,7 @@ def submit(sweep: grid_lib.SweepConfig, sweep_dir: str | pathlib.Path, *, cluste
 def _trials_task(trials: list[grid_lib.Trial], sweep_dir: str, worker: int,
                  num_workers: int, name: str, pack: bool = False,
                  pack_max_batch_size: int | None = None) -> dict[str, int]:
+  from mbx.sweep import runner  # pylint: disable=import-outside-toplevel  (jax)
   progress = runner.run_trials(trials, sweep_dir, worker=worker, num_workers=num_workers,
                                name=name, compilation_cache=True, table=False, pack=pack,
                                pack_max_batch_size=pack_max_batch_size)
@@ -148,5 +158,6 @@ def _failures(jobs) -> list[str]:
 def wait(jobs, sweep_dir: str | pathlib.Path) -> list[str]:
   """Waits for every job; rewrites trials.csv; returns one line per failed job."""
   failures = _failures(jobs)
+  from mbx.sweep import runner  # pylint: disable=import-outside-toplevel  (jax)
   runner.write_table(pathlib.Path(sweep_dir))
   return failures

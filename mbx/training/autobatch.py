@@ -42,8 +42,6 @@ from mbx.training.step import (batch_sharded, init_train_state, make_eval_step, 
                                make_step, replicated)
 from mbx.training.workload import Workload, resolve
 
-DEFAULT_MEMORY_FRACTION = 0.9
-
 
 def format_bytes(count: float) -> str:
   for unit in ('B', 'KiB', 'MiB', 'GiB'):
@@ -387,7 +385,7 @@ class AutoBatchPlan:
 
 
 def autobatch(config: config_lib.Config | Workload, budget_bytes: int | None = None,
-              memory_fraction: float = DEFAULT_MEMORY_FRACTION, *, mesh=None,
+              memory_fraction: float = config_lib.DEFAULT_MEMORY_FRACTION, *, mesh=None,
               facts: DataFacts | None = None) -> AutoBatchPlan:
   """The largest per-device batch whose compiled step fits the budget, and the largest
   micro-batch (a divisor of the per-device global batch) whose accumulation plan fits.
@@ -513,7 +511,7 @@ def time_micro_batches(workload: Workload, num_devices: int, *, num_train_exampl
   splits = [k for k in (2 ** j for j in range(16)) if k <= per_device and per_device % k == 0
             and (per_device // k) % granule == 0][:max_candidates]
   try:
-    budget, _ = memory_budget(config_budget(config), DEFAULT_MEMORY_FRACTION,
+    budget, _ = memory_budget(config_budget(config), config_lib.DEFAULT_MEMORY_FRACTION,
                               list(compiler.mesh.devices.flat))
   except config_lib.ConfigError:
     budget = None  # CPU without a budget: every split is timed

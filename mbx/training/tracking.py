@@ -35,6 +35,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 from mbx import config as config_lib
+from mbx import registry
 
 TRACKERS = ('tensorboard', 'wandb', 'mlflow')
 DEFAULT_TRACKERS = ('tensorboard',)
@@ -54,7 +55,8 @@ def check_trackers(names: Iterable[str]) -> tuple[str, ...]:
   names = tuple(names)
   for name in names:
     if name not in TRACKERS:
-      raise config_lib.ConfigError(f'trackers: unknown {name!r}; allowed: {", ".join(TRACKERS)}')
+      raise config_lib.ConfigError(f'trackers: unknown {name!r}; '
+                                   f'{registry.suggest(name, TRACKERS)}')
     module, package = _PACKAGES[name]
     if importlib.util.find_spec(module) is None:
       raise config_lib.ConfigError(f'trackers: {name} needs {package}, which is not installed: '

@@ -175,8 +175,11 @@ def _check_target(config: config_lib.Config, task: Task) -> None:
   prefix, _, metric = t.target_metric.partition('_')
   allowed = [f'{p}_{m}' for p in ('eval', 'train') for m in task.metrics]
   if metric not in task.metrics:
+    close = registry.close_names(metric, task.metrics)  # eval_f1 is not close to eval_loss
+    hint = (registry.did_you_mean(f'{prefix}_{m}' for m in close) if close
+            else f'allowed: {", ".join(allowed)}')
     raise ValueError(f'train.target_metric={t.target_metric!r}: not a metric of task '
-                     f'{config.task.name!r}; allowed: {", ".join(allowed)}')
+                     f'{config.task.name!r}; {hint}')
   if prefix == 'train' and not t.eval_on_train:
     raise ValueError(f'train.target_metric={t.target_metric!r}: train_* targets need '
                      'train.eval_on_train=true')
