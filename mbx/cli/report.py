@@ -39,11 +39,11 @@ def _target(text: str | None) -> tuple[str, float] | None:
 
 
 def _run(args) -> None:
+  target = _target(args.target)
   for path in args.paths:
     if not pathlib.Path(path).is_dir():
-      raise config_lib.ConfigError(f'{path}: no such directory; mbx report takes sweep, '
-                                   'study results (trials.csv) or run directories')
-  target = _target(args.target)
+      raise config_lib.ConfigError(f'{path}: no such directory; mbx report takes study, sweep '
+                                   'or run directories')
   from mbx.figures import report  # pylint: disable=import-outside-toplevel  (loads matplotlib)
   command = 'mbx ' + ' '.join(sys.argv[1:]) if sys.argv[1:2] == ['report'] else 'mbx report'
   html_path, markdown = report.write_report(args.paths, args.out, target=target,
