@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import importlib
 import inspect
 import pathlib
 import sys
@@ -16,6 +17,7 @@ import textwrap
 from collections.abc import Callable, Mapping, Sequence
 
 from mbx import config as config_lib
+from mbx.study import STUDIES
 from mbx.sweep import grid, submit
 
 OUT = 'docs/config_reference.md'
@@ -66,17 +68,35 @@ REFERENCE: tuple[Section, ...] = (
     Section('sweep', grid.SweepConfig),
     Section('sweep.search[i]', grid.SearchSpace, grid.SEARCH_CHOICES),
     Section('sweep.submit', submit.SubmitOptions),
+    *(Section('study', importlib.import_module(module).Options,
+              title=f'study options: mbx study {name}') for name, module in STUDIES.items()),
 )
 
 
 def field_docs(cls: type) -> dict[str, str]:
-  """Each field's attribute docstring (the string literal under it), on one line."""
-  body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
+  """Each field's attribute docstring (the string literal under it), else the comment that
+  ends its line and the comment-only lines right under it (the studies' Options), on one
+  line."""
+  source = textwrap.dedent(inspect.getsource(cls))
+  lines = source.splitlines()
+  body = ast.parse(source).body[0].body
   docs = {}
-  for node, after in zip(body, body[1:]):
-    if (isinstance(node, ast.AnnAssign) and isinstance(after, ast.Expr) and
-        isinstance(after.value, ast.Constant) and isinstance(after.value.value, str)):
+  for node, after in zip(body, [*body[1:], None]):
+    if not isinstance(node, ast.AnnAssign):
+      continue
+    if (isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)
+        and isinstance(after.value.value, str)):
       docs[node.target.id] = ' '.join(after.value.value.split())
+      continue
+    line = lines[node.end_lineno - 1]
+    if '  # ' not in line:
+      continue
+    comment = [line.split('  # ', 1)[1]]
+    for following in lines[node.end_lineno:]:
+      if not following.strip().startswith('#'):
+        break
+      comment.append(following.strip().lstrip('#'))
+    docs[node.target.id] = ' '.join(' '.join(comment).split())
   return docs
 
 
@@ -102,6 +122,9 @@ def section_markdown(section: Section) -> str:
   names = section.names() if section.names else {}
   title = section.title or section.key
   intro = inspect.cleandoc(section.cls.__doc__ or '')
+  if intro.startswith(f'{section.cls.__name__}('):  # dataclass's generated signature: the
+    module_doc = sys.modules[section.cls.__module__].__doc__ or ''  # module's opening instead
+    intro = inspect.cleandoc(module_doc).split('\n\n')[0]
   lines = [f'## {title}', '', _prose(intro), '',
            '| field | type | default | allowed | meaning |', '|---|---|---|---|---|']
   prefix = f'{section.key}.' if section.key else ''

@@ -34,7 +34,7 @@ DEFAULT_EVAL_GROWTH = 1.05
 
 @dataclasses.dataclass(frozen=True)
 class Options:
-  policies: tuple[str, ...] = POLICIES
+  policies: tuple[str, ...] = POLICIES  # the train.batch_policy values compared
   base_batch_size: int | None = None           # B0; None: the config's train.batch_size
   max_batch_size: int | None = None            # B_max; None: the config's train.max_batch_size,
                                                # else the largest rung <= 64 B0 and the
@@ -44,7 +44,7 @@ class Options:
   lr_scaling_power: float | None = None        # LR(B) = LR (B / B_lr)^power; None: 0.5 for
                                                # adam/adamw/lamb, else 1
   tuning_seed: int = 100                       # tunes the LR per B; no reported run uses it
-  seeds: tuple[int, ...] = (0, 1, 2)
+  seeds: tuple[int, ...] = (0, 1, 2)  # train.seed of each reported run (initialisation and data order)
   fixed_grid_seeds: bool = True                # every fixed rung at every seed (the frontier);
                                                # False: only B0 and B*
   target_metric: str | None = None             # None: the config's train.target_metric

@@ -24,36 +24,35 @@ TITLE = 'Critical batch size ({name})'
 
 @dataclasses.dataclass(frozen=True)
 class Options:
-  grid: Any = None                       # a SweepConfig used as given; None: derive_sweep
-  # --- the rules derive_sweep applies to a training config
-  batch_sizes: tuple[int, ...] = ()      # (): 1, 2, 4, ... up to the training set, and it
-  learning_rate_range: float = 8.0       # searched: optim.learning_rate ÷/× this, at the
-  num_learning_rates: int = 6            # config's batch size, log-spaced
-  lr_scaling_power: float | None = None  # the range moves as B^p; None: 1 for SGD-type,
+  grid: Any = None  # a SweepConfig used as given (a sweep file); None: derived by the rules below
+  batch_sizes: tuple[int, ...] = ()  # (): 1, 2, 4, ... up to the training set, and the set
+  learning_rate_range: float = 8.0  # the LR search spans optim.learning_rate ÷/× this at
+                                    # train.batch_size
+  num_learning_rates: int = 6  # log-spaced points of the LR search per batch size
+  lr_scaling_power: float | None = None  # the search range moves as B^p; None: 1 for SGD-type,
                                          # 0.5 for Adam-type optimizers
-  seeds: tuple[int, ...] = (0, 1)
-  target_metric: str | None = None       # None: train.target_metric of the config
-  target_value: float | None = None      # None: train.target_value of the config
-  budget_scale: float = 2.0              # budget(B) = max(scale × the config's examples / B,
-  min_budget_steps: int = 200            #                 min_budget_steps) steps
-  eval_growth: float = 1.05              # evaluations at ceil(g^i): steps-to-target within g
-  noise_scale: bool = True               # log B_simple in every trial where B allows
-  # --- analyses
-  second_target: float | None = None     # another target from the same evaluations
-  bootstrap: int = 2000
-  confidence: float = 0.9
-  local_cbs: bool = True
+  seeds: tuple[int, ...] = (0, 1)  # train.seed of each trial (initialisation and data order)
+  target_metric: str | None = None  # None: train.target_metric of the config
+  target_value: float | None = None  # None: train.target_value of the config
+  budget_scale: float = 2.0  # budget(B) = max(budget_scale × the config's train.duration in
+                             # examples / B, min_budget_steps) steps
+  min_budget_steps: int = 200  # the smallest budget of any batch size, in steps
+  eval_growth: float = 1.05  # evaluations at ceil(g^i): steps-to-target at most g× too high
+  noise_scale: bool = True  # log B_simple in every trial whose batch allows it
+  second_target: float | None = None  # another, easier target read from the same evaluations
+  bootstrap: int = 2000  # bootstrap samples of the fit's interval
+  confidence: float = 0.9  # level of the fit's intervals
+  local_cbs: bool = True  # measure Merrill et al.'s local CBS by branching
   local_cbs_batch_size: int | None = None  # branch the best trial at this B; None: 16 if in
                                            # the grid, else the smallest B above 1
   local_cbs_fractions: tuple[float, ...] = (1.0,)  # branch points, × its steps to target
-  local_cbs_window: str = '2 epochs'    # data per branch; 'first quarter': what the source
-                                         # saw in the first quarter of its training
+  local_cbs_window: str = '2 epochs'  # data per branch; 'first quarter': what the source saw
+                                      # in the first quarter of its training
   local_cbs_max_factor: int | None = None  # branches at k·B, k = 1, 2, 4, … up to this
                                            # (None: up to the training set)
-  local_cbs_tolerance: float = 0.02
-  local_cbs_metric: str = 'eval_loss'
-  local_cbs_seeds: tuple[int, ...] = (0, 1)
-
+  local_cbs_tolerance: float = 0.02  # a branch keeps up when its metric is within this of k = 1
+  local_cbs_metric: str = 'eval_loss'  # what the branches are compared on
+  local_cbs_seeds: tuple[int, ...] = (0, 1)  # data seeds per branch
 
 QUICK = dict(num_learning_rates=3, learning_rate_range=2.0, seeds=(0,), local_cbs_seeds=(0,),
              bootstrap=200)

@@ -44,7 +44,7 @@ class Options:
                                               # train.max_batch_size, else the training set
   hybrid_increases: int = 1                   # hybrid: B x k this many times, then LR / k;
                                               # 0: no hybrid
-  seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
+  seeds: tuple[int, ...] = (0, 1, 2, 3, 4)  # train.seed of each reported run (initialisation and data order)
   metric: str | None = None                   # compared; None: accuracy if the task has it,
                                               # else loss
   evaluations: int = 100                      # per run, evenly spaced in epochs (the curves)

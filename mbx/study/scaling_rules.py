@@ -51,7 +51,7 @@ class Options:
                                                # its base-LR grid at B0, instead of the factors
   learning_rate_factors: tuple[float, ...] = (0.1, 0.3, 1.0, 3.0, 10.0)  # × the config's LR
                                                # (its optimizer family), else × REFERENCE_LRS
-  seeds: tuple[int, ...] = (0,)
+  seeds: tuple[int, ...] = (0,)  # train.seed of each reported run (initialisation and data order)
   tuning_seed: int | None = None               # None: seeds[0] (its B0 runs are then reused)
   metric: str | None = None                    # None: accuracy if the task reports it, else loss
   tolerance: float = 0.01                      # in the metric's units: 0.01 = 1 accuracy point

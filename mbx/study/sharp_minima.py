@@ -25,32 +25,31 @@ TITLE = 'Sharp minima: small, large and full batch at equal training loss ({name
 
 @dataclasses.dataclass(frozen=True)
 class Options:
-  small_batch: int = 256                       # Keskar's SB
-  large_batch: int | None = None               # None: 10% of the training set (Keskar's LB)
-  full_batch: bool = True                      # also FB = the whole training set
-  learning_rate_factors: tuple[float, ...] = (0.1, 0.3, 1.0, 3.0, 10.0)  # × optim.learning_rate
-  learning_rates: tuple[float, ...] = ()       # explicit grid instead of the factors
-  tuning_seed: int = 100                       # tunes the LR; no reported run uses it
-  seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
-  stop_metric: str = 'train_loss'              # every run stops when this reaches stop_value
-  stop_value: float = 0.01
-  check_examples: int = 2048                   # the stop is checked about this often
-  max_epochs: float = 300
-  select_metric: str | None = None             # tuning picks the best eval_<metric>; None:
-                                               # eval_accuracy if the task has it, else eval_loss
-  grid: tuple[int, ...] = ()                   # more batch sizes (seed seeds[0]) for the
-                                               # sharpness-vs-B table
-  epsilons: tuple[float, ...] = (1e-3, 5e-4)
-  subspace_dim: int = 100
-  maxiter: int = 10                            # L-BFGS-B iterations per start
-  top_k: int = 5
-  lanczos_steps: int = 40
-  trace_samples: int = 100
-  grid_trace_samples: int = 50
-  density_runs: int = 3                        # SLQ, first seed only
-  density_steps: int = 80
-  unit_column_subspace: bool = True            # also φ with a unit-column subspace
-
+  small_batch: int = 256  # SB (Keskar et al.'s small batch)
+  large_batch: int | None = None  # LB; None: 10% of the training set (Keskar's)
+  full_batch: bool = True  # also FB = the whole training set
+  learning_rate_factors: tuple[float, ...] = (0.1, 0.3, 1.0, 3.0, 10.0)  # LR grid: these ×
+                                                                          # optim.learning_rate
+  learning_rates: tuple[float, ...] = ()  # an explicit LR grid instead of the factors
+  tuning_seed: int = 100  # the seed the LR is tuned with; no reported run uses it
+  seeds: tuple[int, ...] = (0, 1, 2, 3, 4)  # paired seeds (initialisation and data order)
+  stop_metric: str = 'train_loss'  # every run stops when this reaches stop_value
+  stop_value: float = 0.01  # the common stopping point (on the whole training split)
+  check_examples: int = 2048  # the stop is checked about every this many examples
+  max_epochs: float = 300  # cap on each run
+  select_metric: str | None = None  # tuning keeps the best eval_<metric>; None: eval_accuracy
+                                    # if the task has it, else eval_loss
+  grid: tuple[int, ...] = ()  # more batch sizes (seed seeds[0]) for sharpness vs B
+  epsilons: tuple[float, ...] = (1e-3, 5e-4)  # ε of the ε-sharpness box
+  subspace_dim: int = 100  # p of the random n × p subspace
+  maxiter: int = 10  # L-BFGS-B iterations per start
+  top_k: int = 5  # top Hessian eigenvalues by Lanczos
+  lanczos_steps: int = 40  # Lanczos iterations for the top eigenvalues
+  trace_samples: int = 100  # Hutchinson probes for tr(H) of the SB/LB/FB runs
+  grid_trace_samples: int = 50  # Hutchinson probes for the grid's runs
+  density_runs: int = 3  # SLQ runs for the eigenvalue density (first seed only)
+  density_steps: int = 80  # Lanczos steps per SLQ run
+  unit_column_subspace: bool = True  # also φ in a subspace with unit-norm columns
 
 QUICK = dict(seeds=(0, 1), learning_rate_factors=(0.3, 1.0, 3.0), lanczos_steps=20,
              trace_samples=20, grid_trace_samples=20, density_runs=1, density_steps=40)

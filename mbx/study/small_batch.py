@@ -31,14 +31,14 @@ class Options:
   batch_sizes: tuple[int, ...] = ()            # (): min_batch_size × factor^k below the
                                                # training set, then the whole set
   min_batch_size: int = 2                      # Masters & Luschi's smallest
-  batch_size_factor: int = 2
-  learning_rates: tuple[float, ...] = ()       # (): num_learning_rates log-spaced points over
-                                               # the config's LR × learning_rate_span
-  learning_rate_span: tuple[float, ...] = (0.01, 30.0)
-  num_learning_rates: int = 10
+  batch_size_factor: int = 2  # batch sizes grow by this factor
+  learning_rates: tuple[float, ...] = ()  # explicit grid; (): num_learning_rates log-spaced
+                                          # points over the config's LR × learning_rate_span
+  learning_rate_span: tuple[float, ...] = (0.01, 30.0)  # (low, high) × the config's LR
+  num_learning_rates: int = 10  # points of the LR grid, the same at every B
   epochs: float | None = None                  # None: the config's train.duration, in epochs
                                                # at its own batch size
-  seeds: tuple[int, ...] = (0, 1)
+  seeds: tuple[int, ...] = (0, 1)  # train.seed of each reported run (initialisation and data order)
   variants: Mapping[str, Sequence[str]] | None = None  # {label: config overrides}; None: no BN
                                                # and BN if the model's norm option takes 'none'
                                                # and 'batch', else the config alone
