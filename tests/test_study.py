@@ -77,7 +77,7 @@ def test_options_take_overrides_quick_and_suggest_the_closest_field():
   assert mbx.study.options_of('sharp-minima', ['study.seeds=3']).seeds == (3,)
   with pytest.raises(mbx.ConfigError, match='did you mean study.seeds'):
     mbx.study.options_of('sharp-minima', ['study.seed=1'])
-  with pytest.raises(mbx.ConfigError, match="did you mean 'sharp-minima'"):
+  with pytest.raises(mbx.ConfigError, match='did you mean sharp-minima'):
     mbx.study.options_of('sharp_minima')
 
 

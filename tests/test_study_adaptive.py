@@ -142,7 +142,7 @@ def test_an_unknown_policy_stops_the_cli_in_one_line_before_anything_is_written(
   assert result.returncode == 2
   lines = result.stderr.strip().splitlines()
   assert len(lines) == 1 and 'Traceback' not in result.stderr
-  assert 'study.policies' in lines[0] and "did you mean 'noise_scale'?" in lines[0]
+  assert 'study.policies' in lines[0] and 'did you mean noise_scale?' in lines[0]
   assert not out.exists()
 
 

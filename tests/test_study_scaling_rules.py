@@ -126,7 +126,7 @@ def test_methods_parse_with_fractions_and_labels():
     (dict(base_batch=8000), {}, 'study.base_batch=8000: B0 outside 1 … 4000'),
     ({}, dict(batch_size=5000), 'train.batch_size=5000: B0 outside 1 … 4000'),
     (dict(learning_rates={'adamm': 0.1}), {},
-     "study.learning_rates: 'adamm' is not an optimizer of study.methods; did you mean 'adam'?"),
+     "study.learning_rates: 'adamm' is not an optimizer of study.methods; did you mean adam?"),
     (dict(epochs=3, warmup_epochs=5), {}, 'study.warmup_epochs=5: not below the budget of 3'),
     (dict(methods=('adam-none-warmup',)), {}, "'adam-none-warmup': warmup starts at the base"),
     (dict(metric='bleu'), {}, "study.metric='bleu': the task reports"),

@@ -12,7 +12,6 @@ what is unfinished), then analyses, then tables, figures and findings (mbx/study
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import importlib
 import pathlib
 import sys
@@ -22,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from mbx import config as config_lib
+from mbx import registry
 
 STUDIES = {
     'cbs': 'mbx.study.cbs',
@@ -40,7 +40,6 @@ def study_module(name: str) -> types.ModuleType:
   """A built-in study, or your own: a Python file (`my_study.py`) or module (`pkg.mod`) that
   defines TITLE, Options, QUICK, check and run as the built-in ones do."""
   if name.endswith('.py') or ('.' in name and name not in STUDIES):
-    from mbx import registry  # pylint: disable=import-outside-toplevel
     try:
       module = (registry.module_from_file(name) if name.endswith('.py')
                 else importlib.import_module(name))
@@ -52,10 +51,8 @@ def study_module(name: str) -> types.ModuleType:
                                    f'{", ".join(PROTOCOL)}; it lacks {", ".join(missing)}')
     return module
   if name not in STUDIES:
-    close = difflib.get_close_matches(name, STUDIES, n=1)
-    raise config_lib.ConfigError(
-        f'study {name!r}: unknown' + (f'; did you mean {close[0]!r}?' if close else '')
-        + f' (allowed: {", ".join(STUDIES)})')
+    raise config_lib.ConfigError(f'study {name!r}: unknown; {registry.suggest(name, STUDIES)}'
+                                 ' (or the path of your own study file)')
   return importlib.import_module(STUDIES[name])
 
 
@@ -75,11 +72,8 @@ def options_of(name: str, overrides: Sequence[str] = (), quick: bool = False,
     chosen[key] = config_lib.parse_value(value)
   for key in chosen:
     if key not in fields:
-      close = difflib.get_close_matches(key, fields, n=1)
-      raise config_lib.ConfigError(
-          f'study.{key}: not an option of the {name} study'
-          + (f'; did you mean study.{close[0]}?' if close else '')
-          + f' (allowed: {", ".join(fields)})')
+      raise config_lib.ConfigError(f'study.{key}: not an option of the {name} study; '
+                                   f'{registry.suggest(key, fields, prefix="study.")}')
   defaults = module.Options()
   for key, value in chosen.items():
     if isinstance(value, list) or (isinstance(getattr(defaults, key), tuple)

@@ -16,12 +16,13 @@ the paired t-test and the exact Wilcoxon signed-rank test.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from mbx import config as config_lib
+from mbx import registry
+from mbx.study import context
 
 TITLE = ('Adaptive batch size: warmup, AdaScale, noise scale and goodput against fixed batches '
          '({name})')
@@ -74,14 +75,6 @@ class Plan:
 
 
 # ------------------------------------------------------------------ checks
-def _task_metrics(config: config_lib.Config) -> dict[str, str]:
-  from mbx.tasks import resolve_task  # pylint: disable=import-outside-toplevel
-  try:
-    return dict(resolve_task(config.task.name, config.task.options).metrics)
-  except ValueError as error:
-    raise config_lib.ConfigError(str(error)) from None
-
-
 def _target(config: config_lib.Config, options: Options) -> tuple[str, float]:
   metric = options.target_metric or config.train.target_metric
   value = options.target_value if options.target_value is not None else config.train.target_value
@@ -90,7 +83,7 @@ def _target(config: config_lib.Config, options: Options) -> tuple[str, float]:
         f'study.target_metric={metric!r}, study.target_value={value!r}: the study needs a '
         'target; set train.target_metric and train.target_value in the config or give both, '
         'e.g. study.target_metric=eval_accuracy study.target_value=0.85')
-  metrics = _task_metrics(config)
+  metrics = context.task_metrics(config)
   prefix, _, name = metric.partition('_')
   if prefix != 'eval' or name not in metrics:
     field = 'study.target_metric' if options.target_metric else 'train.target_metric'
@@ -105,11 +98,8 @@ def _check_policies(policies: Sequence[str]) -> None:
     raise config_lib.ConfigError(f'study.policies=(): give at least one of {", ".join(POLICIES)}')
   for policy in policies:
     if policy not in POLICIES:
-      close = difflib.get_close_matches(str(policy), POLICIES, n=1)
-      raise config_lib.ConfigError(
-          f'study.policies: {policy!r} is not a batch policy'
-          + (f'; did you mean {close[0]!r}?' if close else '')
-          + f' (allowed: {", ".join(POLICIES)})')
+      raise config_lib.ConfigError(f'study.policies: {policy!r} is not a batch policy; '
+                                   f'{registry.suggest(str(policy), POLICIES)}')
   if len(set(policies)) != len(policies):
     raise config_lib.ConfigError(f'study.policies={tuple(policies)}: a policy is listed twice')
 
@@ -141,12 +131,7 @@ def plan(config: config_lib.Config, options: Options, num_train: int) -> Plan:
   if options.best_batch_size is not None and options.best_batch_size not in ladder:
     raise config_lib.ConfigError(f'study.best_batch_size={options.best_batch_size}: not on the '
                                  f'ladder {list(ladder)}')
-  if not options.seeds:
-    raise config_lib.ConfigError('study.seeds=(): at least one seed')
-  if options.tuning_seed in options.seeds:
-    raise config_lib.ConfigError(f'study.tuning_seed={options.tuning_seed}: also in study.seeds='
-                                 f'{options.seeds}; the LR must be tuned on a seed no reported '
-                                 'run uses')
+  context.check_seeds(options.seeds, options.tuning_seed)
   if not options.learning_rate_factors or min(options.learning_rate_factors) <= 0:
     raise config_lib.ConfigError(f'study.learning_rate_factors={options.learning_rate_factors}: '
                                  'give at least one positive factor')

@@ -190,6 +190,16 @@ def check_metric(value: str, field: str, config: config_lib.Config,
   return name
 
 
+def check_seeds(seeds, tuning_seed: int | None = None) -> None:
+  """At least one reported seed, and a tuning seed that none of them is."""
+  if not seeds:
+    raise config_lib.ConfigError('study.seeds=(): at least one seed')
+  if tuning_seed is not None and tuning_seed in seeds:
+    raise config_lib.ConfigError(f'study.tuning_seed={tuning_seed}: also in study.seeds='
+                                 f'{tuple(seeds)}; the LR must be tuned on a seed no reported '
+                                 'run uses')
+
+
 # ------------------------------------------------------------------ writing
 def _cell(value: Any) -> str:
   if isinstance(value, float):

@@ -21,6 +21,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from mbx import config as config_lib
+from mbx import registry
+from mbx.study import context
 
 TITLE = 'LR scaling rules, warmup, LARS and LAMB at a fixed epoch budget ({name})'
 
@@ -143,11 +145,8 @@ def base_lr_grids(config: config_lib.Config, options: Options, optimizers: Seque
   explicit = dict(options.learning_rates or {})
   for key, values in explicit.items():
     if key not in optimizers:
-      close = difflib.get_close_matches(str(key), optimizers, n=1)
-      raise config_lib.ConfigError(
-          f'study.learning_rates: {key!r} is not an optimizer of study.methods'
-          + (f'; did you mean {close[0]!r}?' if close else '')
-          + f' (allowed: {", ".join(optimizers)})')
+      raise config_lib.ConfigError(f'study.learning_rates: {key!r} is not an optimizer of '
+                                   f'study.methods; {registry.suggest(str(key), optimizers)}')
     values = tuple(values) if isinstance(values, (list, tuple)) else (values,)
     if not values or not all(isinstance(v, (int, float)) and v > 0 for v in values):
       raise config_lib.ConfigError(f'study.learning_rates[{key!r}]={values!r}: expected '
@@ -198,14 +197,6 @@ def _budget_epochs(config: config_lib.Config, num_train: int, tokens_per_example
   return float(f'{examples / num_train:.4g}')
 
 
-def _task_metrics(config: config_lib.Config) -> dict[str, str]:
-  from mbx.tasks import resolve_task  # pylint: disable=import-outside-toplevel
-  try:
-    return dict(resolve_task(config.task.name, config.task.options).metrics)
-  except ValueError as error:
-    raise config_lib.ConfigError(str(error)) from None
-
-
 def _check_options(options: Options) -> tuple[Method, ...]:
   """What can be checked without the data."""
   methods = parse_methods(options.methods)
@@ -239,7 +230,7 @@ def make_plan(config: config_lib.Config, options: Options, num_train: int, eval_
               test_split: str | None, tokens_per_example: int = 1) -> Plan:
   """The batch sizes, budget, LR grids and metrics of the study; one-line errors."""
   methods = _check_options(options)
-  metrics = _task_metrics(config)
+  metrics = context.task_metrics(config)
   metric = options.metric or ('accuracy' if 'accuracy' in metrics else 'loss')
   if metric not in metrics:
     raise config_lib.ConfigError(f'study.metric={metric!r}: the task reports '

@@ -59,12 +59,7 @@ def check(config: config_lib.Config, options: Options) -> None:
   context.check_metric(options.stop_metric, 'study.stop_metric', config, ('train',))
   if options.select_metric is not None:
     context.check_metric(options.select_metric, 'study.select_metric', config, ('eval',))
-  if not options.seeds:
-    raise config_lib.ConfigError('study.seeds=(): at least one seed')
-  if options.tuning_seed in options.seeds:
-    raise config_lib.ConfigError(f'study.tuning_seed={options.tuning_seed}: also in study.seeds'
-                                 f'={options.seeds}; the LR must be tuned on a seed no '
-                                 'reported run uses')
+  context.check_seeds(options.seeds, options.tuning_seed)
   if not (options.learning_rates or options.learning_rate_factors):
     raise config_lib.ConfigError('study.learning_rates and study.learning_rate_factors: '
                                  'give at least one learning rate')

@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from mbx import config as config_lib
+from mbx.study import context
 
 TITLE = 'Small-batch training: the best batch size and the good-LR range per B ({name})'
 
@@ -56,16 +57,8 @@ QUICK = dict(batch_size_factor=16, num_learning_rates=5, learning_rate_span=(0.1
 
 
 # ------------------------------------------------------------------ the grid
-def _task_metrics(config: config_lib.Config) -> dict[str, str]:
-  from mbx.tasks import resolve_task  # pylint: disable=import-outside-toplevel
-  try:
-    return dict(resolve_task(config.task.name, config.task.options).metrics)
-  except ValueError as error:
-    raise config_lib.ConfigError(str(error)) from None
-
-
 def select_metric(config: config_lib.Config, options: Options) -> str:
-  metrics = _task_metrics(config)
+  metrics = context.task_metrics(config)
   if options.select_metric is None:
     return 'eval_accuracy' if 'accuracy' in metrics else 'eval_loss'
   prefix, _, name = options.select_metric.partition('_')
@@ -419,7 +412,7 @@ def run(ctx) -> None:
   num_train = workload.dataset.num_examples(workload.train_split)
   select = select_metric(config, options)
   name = select.partition('_')[2]
-  maximize = _task_metrics(config)[name] == 'max'
+  maximize = context.task_metrics(config)[name] == 'max'
   held_out = 'test' if workload.test_split is not None else 'validation'
   form = _Format(percent='accuracy' in name)
   scale = 100.0 if form.percent else 1.0
