@@ -104,7 +104,7 @@ def run(name: str, config: config_lib.Config, out: str | pathlib.Path, *,
   ctx = context.StudyContext(
       study=name, config=config, options=options, out=pathlib.Path(out), quick=quick,
       workers=workers, submit=submit, runs=runs,
-      command=command or ' '.join([pathlib.Path(sys.argv[0]).name, *sys.argv[1:]]))
+      command=command or _command())
   if log is not None:
     ctx.log = log
   start = time.perf_counter()
@@ -112,6 +112,18 @@ def run(name: str, config: config_lib.Config, out: str | pathlib.Path, *,
   ctx.runs.mkdir(parents=True, exist_ok=True)
   module.run(ctx)
   return context.write(ctx, module.TITLE.format(name=config.name), time.perf_counter() - start)
+
+
+def _command() -> str:
+  """How this process was started: `python experiments/x.py --quick`, or `mbx ...`."""
+  program = pathlib.Path(sys.argv[0])
+  if program.suffix == '.py':
+    try:
+      program = program.resolve().relative_to(pathlib.Path.cwd())
+    except ValueError:
+      pass
+    return ' '.join(['python', str(program), *sys.argv[1:]])
+  return ' '.join([program.name, *sys.argv[1:]])
 
 
 def describe_options(name: str) -> list[str]:

@@ -212,7 +212,8 @@ def _fit_markdown(rows, confidence: float, local: dict) -> list[str]:
            f'{fmt(r["s_min"])} | {fmt(r["e_min"])} | {fmt(r.get("b_crit_leave_out_min"))} – '
            f'{fmt(r.get("b_crit_leave_out_max"))} | {fmt(r.get("lack_of_fit_f"))} '
            f'({fmt(r.get("lack_of_fit_p"), 2)}) | ' if fit else '— | — | — | — | — | ')
-        + f'{fmt(r.get("zhang_cbs"))} | {local.get(r["optimizer"], "—")} | '
+        + f'{fmt(r.get("zhang_cbs"))} | '
+        f'{local.get(r["optimizer"], "—") if r["target"] == rows[0]["target"] else "—"} | '
         f'{fmt(r.get("b_simple_median"))} [{fmt(r.get("b_simple_min"))}, '
         f'{fmt(r.get("b_simple_max"))}] | {fmt(r.get("lr_exponent"), 2)} '
         f'[{fmt(r.get("lr_exponent_lo"), 2)}, {fmt(r.get("lr_exponent_hi"), 2)}] | '
@@ -408,8 +409,12 @@ def run(ctx) -> None:
                                       confidence=options.confidence)
     figures.save_all(analysis, ctx.out)
   local, local_text = ([], {})
+  sections, shown = len(ctx.sections), len(ctx.shown)
   if options.local_cbs:
     local, local_text = _local_cbs(ctx, sweep, analysis, num_train)
+  # The local CBS's figures and tables go after the fit's in the README and report.
+  local_sections, local_shown = ctx.sections[sections:], ctx.shown[shown:]
+  del ctx.sections[sections:], ctx.shown[shown:]
   fit_rows = _fit_rows(analysis, sweep.target_value)
   second = None
   if options.second_target is not None:
@@ -448,6 +453,8 @@ def run(ctx) -> None:
                         ('lr_heatmap', 'steps to target over LR × B')):
     if (ctx.out / f'{name}.png').exists():
       ctx.figure(name, caption)
+  ctx.sections += local_sections
+  ctx.shown += local_shown
   ctx.section('Warnings from the analysis', [f'- {w}' for w in analysis.warnings] or ['- none'])
 
   ctx.results.update(trials=len(table), outcomes=counts, spec_hash=grid.spec_hash(sweep),

@@ -40,12 +40,16 @@ def machine() -> dict[str, Any]:
   import jax  # pylint: disable=import-outside-toplevel
   return {'cpus': os.cpu_count(), 'arch': platform.machine(), 'python': platform.python_version(),
           'jax': jax.__version__, 'backend': jax.default_backend(),
-          'devices': jax.device_count(), 'device_kind': jax.devices()[0].device_kind}
+          'devices': jax.device_count(), 'device_kind': jax.devices()[0].device_kind,
+          'load_average_1min': os.getloadavg()[0]}
 
 
 def machine_text(info: Mapping[str, Any]) -> str:
   return (f'{info["devices"]} {info["backend"]} device(s) ({info["device_kind"]}), '
-          f'{info["cpus"]} CPU cores ({info["arch"]}), jax {info["jax"]}')
+          f'{info["cpus"]} CPU cores ({info["arch"]}), jax {info["jax"]}'
+          + (f'; load average {info["load_average_1min"]:.1f} when it ended (other work on the '
+             'machine stretches wall times)' if info.get('load_average_1min', 0) > 1.5 * (
+                 info['cpus'] or 1) else ''))
 
 
 @dataclasses.dataclass
