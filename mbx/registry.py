@@ -204,8 +204,9 @@ def _remember_user_code(module, obj: Any, label: str) -> None:
     if not _is_library(path):
       entries = _USER_CODE.setdefault(path, [])
       entry = (getattr(target, '__qualname__', None), label)
-      if entry not in entries:
-        entries.append(entry)
+      if entry in entries:  # the latest naming of the same code is the one told
+        entries.remove(entry)
+      entries.append(entry)
 
 
 def remember_user_file(path: str | pathlib.Path, label: str) -> None:
@@ -226,7 +227,7 @@ def _label(frames: list[_Frame]) -> str | None:
   object a field named (or one of its methods), else the innermost frame in a remembered file."""
   inside = [(f, _USER_CODE[f.path]) for f in reversed(frames) if f.path in _USER_CODE]
   for frame, entries in inside:
-    for named, label in entries:
+    for named, label in reversed(entries):
       if named is not None and (frame.qualname == named or
                                 frame.qualname.startswith(named + '.')):
         return label

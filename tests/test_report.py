@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pandas as pd
 import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -34,6 +35,8 @@ def _browser():
 
 
 def _same_cell(shown: str, value) -> bool:
+  if isinstance(value, (bool, np.bool_)):
+    return shown == str(value)
   if pd.isna(value):
     return shown == ''
   try:
