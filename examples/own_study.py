@@ -76,9 +76,12 @@ def main() -> None:
   args = parser.parse_args()
   out = pathlib.Path(args.out)
   quick = ['--quick'] if args.quick else []
+  # --quick also tunes over one LR, 3x the config's (the full study tries 5 around it).
+  smoke = ['study.learning_rate_factors=3.0'] if args.quick else []
   mbx_command('study', 'sharp-minima', '--config', str(THIS_FILE), '--out',
-              str(out / 'sharp_minima'), *quick, 'study.small_batch=32', 'study.stop_value=0.05',
-              'study.max_epochs=100', 'study.subspace_dim=10', 'study.density_runs=0')
+              str(out / 'sharp_minima'), *quick, *smoke, 'study.small_batch=32',
+              'study.stop_value=0.05', 'study.max_epochs=100', 'study.subspace_dim=10',
+              'study.density_runs=0')
   mbx_command('study', 'cbs', '--config', str(THIS_FILE), '--out', str(out / 'cbs'), *quick,
               'study.local_cbs_window=400 examples')
   mbx_command('report', str(out / 'sharp_minima'), str(out / 'cbs'), '-o',

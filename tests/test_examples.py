@@ -33,7 +33,7 @@ def test_own_study_example_runs_both_studies_and_the_report_in_fresh_processes(t
   sharp = tmp_path / 'sharp_minima'
   summary = json.loads((sharp / 'summary.json').read_text())
   assert summary['config']['model']['name'].endswith('examples/own_study.py:SineMLP')
-  assert summary['invocations'][-1]['trained_runs'] == 3 * 3 + 3 * 2  # tuning + 2 seeds
+  assert summary['invocations'][-1]['trained_runs'] == 3 + 3 * 2  # tuning at 1 LR, 2 seeds
   paired = pd.read_csv(sharp / 'paired.csv')
   # One row per (comparison, measure) with n, the mean difference or ratio, its CI and p.
   assert not paired.duplicated(['comparison', 'measure']).any()
