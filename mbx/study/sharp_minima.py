@@ -127,7 +127,8 @@ def row_of(run, summary: dict, **labels) -> dict[str, Any]:
 
 class Analyses:
   """`analysis.sharpness_analysis`, reusing an earlier analysis (analyses.json) of the same run,
-  checkpoint, parameters and settings: a re-run redoes only what changed."""
+  checkpoint, parameters and settings: a re-run redoes only what changed. Keyed by run,
+  checkpoint step and settings, so one run analysed at two settings keeps both."""
 
   def __init__(self, path):
     self.path = path
@@ -138,14 +139,13 @@ class Analyses:
     from mbx.measure import analysis  # pylint: disable=import-outside-toplevel
     bound = inspect.signature(analysis.sharpness_analysis).bind(run, **settings)
     bound.apply_defaults()
-    settings_json = json.loads(json.dumps({k: v for k, v in bound.arguments.items()
-                                           if k not in ('run', 'step')}))
+    recorded = json.loads(json.dumps({k: v for k, v in bound.arguments.items()
+                                      if k not in ('run', 'step', 'data', 'quiet')}))
     step = run.checkpoint_steps[-1]
-    key = f'{run.workdir.name}@{step}'
+    key = f'{run.workdir.name}@{step} {json.dumps(recorded, sort_keys=True)}'
     fingerprint = analysis.checkpoint_sha256(run, step)
     summary = self.cached.get(key)
-    if (summary is None or summary.get('settings') != settings_json
-        or summary['run'].get('parameters_sha256') != fingerprint):
+    if summary is None or summary['run'].get('parameters_sha256') != fingerprint:
       summary = analysis.sharpness_analysis(run, **settings)
       self.computed += 1
     else:
