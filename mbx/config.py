@@ -450,6 +450,18 @@ def to_dict(config: Config) -> dict[str, Any]:
   return json.loads(json.dumps(dataclasses.asdict(config)))
 
 
+def first_difference(a: Any, b: Any, path: str = '') -> tuple[str, Any, Any] | None:
+  """The first (dotted path, a, b) where two JSON-like values (e.g. to_dict of two configs)
+  differ, or None."""
+  if isinstance(a, dict) and isinstance(b, dict):
+    for key in [*a, *(k for k in b if k not in a)]:
+      change = first_difference(a.get(key), b.get(key), f'{path}.{key}' if path else key)
+      if change:
+        return change
+    return None
+  return None if a == b else (path, a, b)
+
+
 def apply_overrides(config: Config, overrides: Sequence[str]) -> Config:
   """Applies 'section.field=value' strings (model.options.key=value too)."""
   values = to_dict(config)

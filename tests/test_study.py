@@ -154,6 +154,12 @@ def test_growing_a_study_trains_only_the_new_runs(tmp_path):
   paired = json.loads((tmp_path / 'summary.json').read_text())['tables']['paired']
   assert {row['n'] for row in paired} == {2}  # the analysis uses both seeds
   assert (tmp_path / 'README.md').read_text().count('## Interpretation') == 1
+  # A changed config would put other runs beside these: refused, naming the field.
+  changed = mbx.apply_overrides(config, ['model.options.hidden=(8,)'])
+  with pytest.raises(mbx.ConfigError, match=r'holds the sharp-minima study of a different '
+                     r'config \(model.options.hidden: \[16\] -> \[8\]\)'):
+    mbx.study.run('sharp-minima', changed, tmp_path,
+                  options=mbx.study.options_of('sharp-minima', seeds=(0, 1), **options))
 
 
 OWN_STUDY = '''

@@ -100,6 +100,7 @@ def run(name: str, config: config_lib.Config, out: str | pathlib.Path, *,
   options = options_of(name, quick=quick) if options is None else options
   config_lib.validate(config)
   module.check(config, options)
+  _check_same_config(pathlib.Path(out), name, config)
   from mbx.study import context  # pylint: disable=import-outside-toplevel
   ctx = context.StudyContext(
       study=name, config=config, options=options, out=pathlib.Path(out), quick=quick,
@@ -112,6 +113,25 @@ def run(name: str, config: config_lib.Config, out: str | pathlib.Path, *,
   ctx.runs.mkdir(parents=True, exist_ok=True)
   module.run(ctx)
   return context.write(ctx, module.TITLE.format(name=config.name), time.perf_counter() - start)
+
+
+def _check_same_config(out: pathlib.Path, name: str, config: config_lib.Config) -> None:
+  """A study directory grows (more seeds, learning rates, batch sizes) but holds one config:
+  a changed model, data, task or training field is refused, naming the field."""
+  import json  # pylint: disable=import-outside-toplevel
+  path = out / 'summary.json'
+  if not path.is_file():
+    return
+  previous = json.loads(path.read_text())
+  before, now = previous.get('config'), config_lib.to_dict(config)
+  if previous.get('study') != name:
+    raise config_lib.ConfigError(f'{out} holds the {previous.get("study")!r} study; use another '
+                                 f'--out for the {name!r} study')
+  change = config_lib.first_difference(before, now)
+  if change is not None:
+    field, old, new = change
+    raise config_lib.ConfigError(f'{out} holds the {name} study of a different config ({field}: '
+                                 f'{old!r} -> {new!r}); use another --out, or revert it')
 
 
 def _command() -> str:

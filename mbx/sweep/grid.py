@@ -409,8 +409,8 @@ def trial_changing_field(old: SweepConfig, new: SweepConfig) -> tuple[str, Any, 
   # size, seed, budget, target) are the same placeholder in both.
   placeholder = dict(optimizer='sgd', batch_size=1, learning_rate=1.0, momentum=None, seed=0,
                      budget='1 steps')
-  change = _first_difference(config_lib.to_dict(trial_config(old, **placeholder)),
-                             config_lib.to_dict(trial_config(new, **placeholder)), '')
+  change = config_lib.first_difference(config_lib.to_dict(trial_config(old, **placeholder)),
+                                       config_lib.to_dict(trial_config(new, **placeholder)))
   if change:
     return change
   earlier = dict(_keyed(old.search))
@@ -440,15 +440,6 @@ def _keyed(spaces) -> list[tuple[tuple[str, int], SearchSpace]]:
   return keyed
 
 
-def _first_difference(a: Any, b: Any, path: str) -> tuple[str, Any, Any] | None:
-  """The first (dotted path, a, b) where two JSON-like values differ."""
-  if isinstance(a, dict) and isinstance(b, dict):
-    for key in [*a, *(k for k in b if k not in a)]:
-      change = _first_difference(a.get(key), b.get(key), f'{path}.{key}' if path else key)
-      if change:
-        return change
-    return None
-  return None if a == b else (path, a, b)
 NOT_OVERRIDDEN = ('base', 'search', 'budgets', 'submit')  # structured: the sweep file sets them
 
 
