@@ -123,7 +123,13 @@ def _check_same_config(out: pathlib.Path, name: str, config: config_lib.Config) 
   if not path.is_file():
     return
   previous = json.loads(path.read_text())
-  before, now = previous.get('config'), config_lib.to_dict(config)
+  # Compared without fields at their defaults (config.identity), so a field mbx adds later
+  # does not make a study directory refuse its own config.
+  try:
+    before = config_lib.identity(config_lib.from_dict(previous.get('config')))
+  except (config_lib.ConfigError, TypeError):
+    before = previous.get('config')
+  now = config_lib.identity(config)
   if previous.get('study') != name:
     raise config_lib.ConfigError(f'{out} holds the {previous.get("study")!r} study; use another '
                                  f'--out for the {name!r} study')
