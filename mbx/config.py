@@ -23,17 +23,13 @@ from typing import Any
 from mbx import registry
 
 DURATION_UNITS = ('steps', 'epochs', 'examples', 'tokens')  # tokens: target positions
-OPTIMIZERS = ('sgd', 'momentum', 'nesterov', 'adam', 'adamw', 'lars', 'lamb')
 SCHEDULES = ('constant', 'step', 'cosine', 'linear', 'polynomial')
-LR_SCALING_RULES = ('none', 'linear', 'sqrt')
 ACCUMULATION_MODES = ('auto', 'unrolled', 'scan')
 PLACEMENTS = ('auto', 'device', 'host')
 DTYPES = ('float32', 'bfloat16')
 TARGET_PREFIXES = ('eval_', 'train_')
 BATCH_POLICIES = ('none', 'warmup', 'adascale', 'noise_scale', 'goodput')
-BATCH_POLICY_LR_RULES = ('auto', 'none', 'sqrt', 'linear', 'adascale')
 WARMUP_CRITERIA = ('noise_scale', 'branch')
-ADAM_FAMILY = ('adam', 'adamw', 'lamb')  # AdaScale's gain enters their LR as sqrt(r)
 # AutoBatch's budget without train.autobatch_budget: this fraction of the device allocator's
 # limit (the runtime's own overhead and fragmentation are not in XLA's memory analysis).
 DEFAULT_MEMORY_FRACTION = 0.9
@@ -102,11 +98,17 @@ class TaskConfig:
 class OptimConfig:
   """The `optim` section: the optimizer and its learning-rate schedule."""
   name: str = 'adam'
-  """The optimizer."""
+  """A built-in optimizer (sgd, momentum, nesterov, adam, adamw, lars, lamb, lion, muon) or an
+  import path 'package.module:factory' of (learning_rate, **options) -> optax transform
+  (docs/optimizers.md)."""
+  options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  """The optimizer's keyword arguments (an import path's all; a built-in's beyond the fields
+  below)."""
   learning_rate: float = 1e-3
   """Peak learning rate, at base_batch_size."""
   lr_scaling: str = 'none'
-  """Scale the LR by B / base_batch_size ('linear') or its square root ('sqrt')."""
+  """The batch rule from base_batch_size to train.batch_size: none, linear, sqrt, adam_sde,
+  beta2_half_life, adamw_timescale, or several joined by '+' (docs/batch_rules.md)."""
   base_batch_size: int | None = None
   """The batch size at which learning_rate holds; None: the initial train.batch_size."""
   momentum: float = 0.9
@@ -206,6 +208,9 @@ class TrainConfig:
   means different data once B changes)."""
   batch_size_factor: int = 1
   """The factor B is multiplied by at each batch-size milestone."""
+  batch_size_rule: str = 'none'
+  """The batch rule applied at each batch-size milestone (none: Smith et al.'s constant LR;
+  docs/batch_rules.md)."""
   max_batch_size: int | None = None
   """Past it, batch-size milestones decay the LR instead; a batch policy's B_max."""
   batch_policy: str = 'none'
@@ -218,8 +223,9 @@ class TrainConfig:
   batch_policy_factor: int = 2
   """The ladder's ratio (an integer >= 2)."""
   batch_policy_lr: str = 'auto'
-  """The LR on a change of B; auto: adascale for adascale and goodput, else sqrt for the Adam
-  family and linear for SGD and its kin."""
+  """The hyperparameters on a change of B: adascale or a batch rule (docs/batch_rules.md);
+  auto: adascale for adascale and goodput, else the optimizer's declared rule (sqrt for
+  Adam-type, linear for SGD-type)."""
   batch_policy_multiple: float = 1.0
   """noise_scale: B = multiple x B_simple; warmup: grow while the next rung <= multiple x
   B_simple."""
@@ -257,14 +263,14 @@ class Config:
 
 SECTIONS = {'data': DataConfig, 'model': ModelConfig, 'task': TaskConfig,
             'optim': OptimConfig, 'train': TrainConfig}
-MAPPING_FIELDS = (('data', 'options'), ('model', 'options'), ('task', 'options'))
+MAPPING_FIELDS = (('data', 'options'), ('model', 'options'), ('task', 'options'),
+                  ('optim', 'options'))
 # The fields with a closed set of values: `validate` checks them, docs/config_reference.md
 # lists them.
-CHOICES = {'data.placement': PLACEMENTS, 'model.dtype': DTYPES, 'optim.name': OPTIMIZERS,
-           'optim.lr_scaling': LR_SCALING_RULES, 'optim.schedule': SCHEDULES,
+CHOICES = {'data.placement': PLACEMENTS, 'model.dtype': DTYPES, 'optim.schedule': SCHEDULES,
            'optim.milestone_unit': DURATION_UNITS, 'train.accumulation': ACCUMULATION_MODES,
            'train.batch_size_milestone_unit': ('epochs', 'examples', 'tokens'),
-           'train.batch_policy': BATCH_POLICIES, 'train.batch_policy_lr': BATCH_POLICY_LR_RULES,
+           'train.batch_policy': BATCH_POLICIES,
            'train.batch_policy_criterion': WARMUP_CRITERIA}
 
 
@@ -608,21 +614,22 @@ def batch_ladder(min_batch: int, max_batch: int, factor: int) -> tuple[int, ...]
   return tuple(ladder)
 
 
-def batch_policy_lr_rule(config: Config) -> str:
-  """train.batch_policy_lr with 'auto' resolved: AdaScale for adascale and goodput (as Pollux),
-  else sqrt for the Adam family and linear for SGD and its kin."""
+def uses_adascale(config: Config) -> bool:
+  """Whether a batch policy scales the LR by AdaScale's gain (train.batch_policy_lr=adascale,
+  or auto under the adascale and goodput policies, as Pollux)."""
   t = config.train
+  if t.batch_policy == 'none':
+    return False
   if t.batch_policy_lr != 'auto':
-    return t.batch_policy_lr
-  if t.batch_policy in ('adascale', 'goodput'):
-    return 'adascale'
-  return 'sqrt' if config.optim.name in ADAM_FAMILY else 'linear'
+    return t.batch_policy_lr == 'adascale'
+  return t.batch_policy in ('adascale', 'goodput')
 
 
 def _validate_batch_policy(config: Config, duration: Duration) -> None:
   t, o = config.train, config.optim
   _check_choice(t.batch_policy, 'train.batch_policy')
-  _check_choice(t.batch_policy_lr, 'train.batch_policy_lr')
+  _check(isinstance(t.batch_policy_lr, str), 'train.batch_policy_lr', t.batch_policy_lr,
+         'expected auto, adascale or a batch rule (docs/batch_rules.md)')
   if t.batch_policy == 'none':
     return
   policy = f'train.batch_policy={t.batch_policy}'
@@ -661,16 +668,16 @@ def _validate_batch_policy(config: Config, duration: Duration) -> None:
          t.batch_policy_branch, 'must be positive, in epochs, examples or tokens')
   _check(t.batch_policy_tolerance >= 0, 'train.batch_policy_tolerance',
          t.batch_policy_tolerance, 'must be >= 0')
-  rule = batch_policy_lr_rule(config)
+  adascale = uses_adascale(config)
   branches = (t.batch_policy == 'warmup' and not t.batch_policy_milestones
               and t.batch_policy_criterion == 'branch')
-  _check(not branches or rule != 'adascale', 'train.batch_policy_lr', t.batch_policy_lr,
-         'the branch criterion compares rungs at fixed LR rules: none, sqrt or linear')
-  reads_noise = rule == 'adascale' or (t.batch_policy != 'warmup' or not
+  _check(not branches or not adascale, 'train.batch_policy_lr', t.batch_policy_lr,
+         'the branch criterion compares rungs at a fixed batch rule, not adascale')
+  reads_noise = adascale or (t.batch_policy != 'warmup' or not
                                        t.batch_policy_milestones) and not branches
   _check(t.noise_scale or not reads_noise, 'train.noise_scale', t.noise_scale,
-         f'{policy} with LR rule {rule} reads the noise scale; set train.noise_scale=true')
-  _check(rule != 'adascale' or o.lr_scaling == 'none', 'optim.lr_scaling', o.lr_scaling,
+         f'{policy} with batch_policy_lr={t.batch_policy_lr} reads the noise scale; set train.noise_scale=true')
+  _check(not adascale or o.lr_scaling == 'none', 'optim.lr_scaling', o.lr_scaling,
          'must be none with the adascale LR rule (the gain scales the LR)')
   _check(duration.unit != 'steps', 'train.duration', t.duration,
          f'give it in epochs, examples or tokens with {policy} (B changes)')
@@ -701,10 +708,12 @@ def validate(config: Config) -> None:
   _check(d.prefetch >= 1, 'data.prefetch', d.prefetch, 'must be >= 1')
   _check_choice(m.dtype, 'model.dtype')
 
-  _check_choice(o.name, 'optim.name')
+  _check(isinstance(o.name, str) and bool(o.name.strip()), 'optim.name', o.name,
+         'expected a built-in optimizer or an import path "package.module:factory"')
   _check(o.learning_rate > 0 and math.isfinite(o.learning_rate),
          'optim.learning_rate', o.learning_rate, 'must be a positive number')
-  _check_choice(o.lr_scaling, 'optim.lr_scaling')
+  _check(isinstance(o.lr_scaling, str), 'optim.lr_scaling', o.lr_scaling,
+         'expected a batch rule (docs/batch_rules.md)')
   if o.base_batch_size is not None:
     _check_positive_int(o.base_batch_size, 'optim.base_batch_size')
   _check(0 <= o.momentum < 1, 'optim.momentum', o.momentum, 'must be in [0, 1)')
@@ -807,6 +816,10 @@ def validate(config: Config) -> None:
          'train.batch_size_milestones', t.batch_size_milestones,
          'must be strictly increasing')
   _check_positive_int(t.batch_size_factor, 'train.batch_size_factor')
+  _check(isinstance(t.batch_size_rule, str) and (t.batch_size_rule == 'none' or
+                                                 bool(t.batch_size_milestones)),
+         'train.batch_size_rule', t.batch_size_rule,
+         'a batch rule, used only with train.batch_size_milestones')
   if t.max_batch_size is not None:
     _check(isinstance(t.max_batch_size, int) and t.max_batch_size >= t.batch_size,
            'train.max_batch_size', t.max_batch_size,

@@ -6,21 +6,20 @@ schedules; only the warmup splice and the examples unit are ours.
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 
 import jax.numpy as jnp
 import optax
 
 from mbx.config import Duration, OptimConfig, parse_duration
+from mbx.optim import batch_rules
 
 
 def scaled_learning_rate(config: OptimConfig, batch_size: int) -> float:
-  """Peak LR for `batch_size`: linear (Goyal et al. 2017) or sqrt (Hoffer et al. 2017)."""
+  """Peak LR for `batch_size`: optim.lr_scaling's batch rule from base_batch_size."""
   base = config.base_batch_size or batch_size
-  ratio = batch_size / base
-  factor = {'none': 1.0, 'linear': ratio, 'sqrt': math.sqrt(ratio)}[config.lr_scaling]
-  return config.learning_rate * factor
+  return config.learning_rate * batch_rules.lr_factor(config.lr_scaling, batch_size / base,
+                                                      'optim.lr_scaling')
 
 
 def learning_rate_schedule(

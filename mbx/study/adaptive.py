@@ -22,6 +22,7 @@ from typing import Any
 
 from mbx import config as config_lib
 from mbx import registry
+from mbx.optim import batch_rules, declared
 from mbx.study import context
 
 TITLE = ('Adaptive batch size: warmup, AdaScale, noise scale and goodput against fixed batches '
@@ -145,7 +146,11 @@ def plan(config: config_lib.Config, options: Options, num_train: int) -> Plan:
     raise config_lib.ConfigError(f'study.eval_growth={growth}: must be > 1')
   power = options.lr_scaling_power
   if power is None:
-    power = 0.5 if config.optim.name in config_lib.ADAM_FAMILY else 1.0
+    rule = declared.of_name(config.optim.name).batch_rule
+    if rule is None:
+      raise config_lib.ConfigError(str(declared.undeclared(
+          config.optim.name, 'batch_rule', 'the adaptive study (or set study.lr_scaling_power)')))
+    power = batch_rules.lr_power(rule, 'batch_rule')
   return Plan(base_batch_size=b0, max_batch_size=ladder[-1], ladder=ladder,
               reference_batch_size=config.optim.base_batch_size or config.train.batch_size,
               lr_power=float(power), target_metric=metric, target_value=value, budget=budget,

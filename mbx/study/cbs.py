@@ -18,6 +18,7 @@ import math
 from typing import Any
 
 from mbx import config as config_lib
+from mbx.optim import batch_rules, declared
 
 TITLE = 'Critical batch size ({name})'
 
@@ -59,9 +60,14 @@ QUICK = dict(num_learning_rates=3, learning_rate_range=2.0, seeds=(0,), local_cb
 QUICK_BATCH_SIZES = 5  # --quick keeps this many batch sizes, spread over the grid
 
 
-def _adam_type(optimizer: str) -> bool:
-  from mbx.sweep import grid  # pylint: disable=import-outside-toplevel
-  return optimizer in grid.ADAM_FAMILY
+def _declared_lr_power(optimizer: str) -> float:
+  """The exponent of LR ∝ B^p the optimizer's declared batch rule implies (1 SGD-type, 0.5
+  Adam-type)."""
+  rule = declared.of_name(optimizer).batch_rule
+  if rule is None:
+    raise config_lib.ConfigError(str(declared.undeclared(
+        optimizer, 'batch_rule', 'the cbs study\'s LR range (or set study.lr_scaling_power)')))
+  return batch_rules.lr_power(rule, 'batch_rule')
 
 
 def derive_sweep(config: config_lib.Config, options: Options, num_train: int, quick: bool):
@@ -70,7 +76,7 @@ def derive_sweep(config: config_lib.Config, options: Options, num_train: int, qu
   b0, lr = config.train.batch_size, config.optim.learning_rate
   power = options.lr_scaling_power
   if power is None:
-    power = 0.5 if _adam_type(config.optim.name) else 1.0
+    power = _declared_lr_power(config.optim.name)
   search = grid.SearchSpace(
       config.optim.name, learning_rate=(lr / options.learning_rate_range,
                                         lr * options.learning_rate_range),

@@ -392,11 +392,11 @@ def value_at(runs, epoch: float, column: str) -> float:
 # ------------------------------------------------------------------ the study
 def run(ctx) -> None:
   from mbx.figures import schedules as figures  # pylint: disable=import-outside-toplevel
-  from mbx.training.loop import MOMENTUM_OF  # pylint: disable=import-outside-toplevel
+  from mbx.optim.optimizers import resolve_optimizer  # pylint: disable=import-outside-toplevel
   config, options = ctx.config, ctx.options
   _, facts = _workload_facts(config)
   plan = design(config, options, **facts)
-  momentum = MOMENTUM_OF.get(config.optim.name, lambda o: o.b1)(config.optim)
+  momentum = resolve_optimizer(config).momentum('the increase-batch study (g = εN/(B(1−m)))')
   seeds, b0, k = options.seeds, plan.batch_size, plan.factor
   sequence = lambda schedule: _sequence_text(
       phase_batches(b0, k, len(plan.fractions), plan.cap_of(schedule)), k)

@@ -22,6 +22,7 @@ from typing import Any
 
 from mbx import config as config_lib
 from mbx import registry
+from mbx.optim import declared
 from mbx.study import context
 
 TITLE = 'LR scaling rules, warmup, LARS and LAMB at a fixed epoch budget ({name})'
@@ -30,11 +31,8 @@ RULES = ('linear', 'sqrt', 'none')
 DEFAULT_METHODS = ('momentum-linear', 'momentum-linear-warmup', 'momentum-linear-warmup@0.25',
                    'momentum-sqrt-warmup', 'lars-linear-warmup', 'lamb-sqrt-warmup',
                    'adam-sqrt-warmup')
-# The base-LR grid of an optimizer whose family differs from the config's is centred here:
-# Goyal et al.'s 0.1 for SGD, Kingma & Ba's 1e-3 for Adam and LAMB, 1 for LARS (trust 0.001).
-REFERENCE_LRS = {'sgd': 0.1, 'adam': 1e-3, 'lars': 1.0}
-LABELS = {'sgd': 'plain SGD', 'momentum': 'SGD', 'nesterov': 'Nesterov', 'adam': 'Adam',
-          'adamw': 'AdamW', 'lars': 'LARS', 'lamb': 'LAMB'}
+# The base-LR grid of an optimizer whose reference LR differs from the config's optimizer's is
+# centred on its own (mbx.optim.declared: 0.1 for SGD, 1e-3 for Adam and LAMB, 1 for LARS).
 GOYAL_WARMUP_EPOCHS = 5.0
 
 
@@ -52,7 +50,7 @@ class Options:
   learning_rates: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # optimizer ->
                                                # its base-LR grid at B0, instead of the factors
   learning_rate_factors: tuple[float, ...] = (0.1, 0.3, 1.0, 3.0, 10.0)  # × the config's LR
-                                               # (its optimizer family), else × REFERENCE_LRS
+                                               # (same reference LR), else × its reference LR
   seeds: tuple[int, ...] = (0,)  # train.seed of each reported run (initialisation and data order)
   tuning_seed: int | None = None               # None: seeds[0] (its B0 runs are then reused)
   metric: str | None = None                    # None: accuracy if the task reports it, else loss
@@ -73,7 +71,7 @@ class Method:
 
   @property
   def label(self) -> str:
-    text = f'{LABELS[self.optimizer]}, {self.rule}' + (' + warmup' if self.warmup else '')
+    text = f'{label(self.optimizer)}, {self.rule}' + (' + warmup' if self.warmup else '')
     return text + (f', {self.fraction:g}× LR' if self.fraction != 1 else '')
 
 
@@ -100,15 +98,17 @@ class Plan:
 
 
 # ------------------------------------------------------------------ the grids
-def family(optimizer: str) -> str:
-  if optimizer in config_lib.ADAM_FAMILY:
-    return 'adam'
-  return 'lars' if optimizer == 'lars' else 'sgd'
+def label(optimizer: str) -> str:
+  return declared.of_name(optimizer).label or optimizer
+
+
+def reference_lr(optimizer: str) -> float | None:
+  return declared.of_name(optimizer).reference_lr
 
 
 def parse_methods(specs: Sequence[str]) -> tuple[Method, ...]:
   """'momentum-linear-warmup@0.25' -> Method; one-line errors with a did-you-mean."""
-  names = [f'{o}-{r}{w}' for o in config_lib.OPTIMIZERS for r in RULES
+  names = [f'{o}-{r}{w}' for o in declared.BUILTIN for r in RULES
            for w in ('', '-warmup')]
   methods = []
   for spec in (s.strip() for text in specs for s in str(text).split(',') if s.strip()):
@@ -119,7 +119,7 @@ def parse_methods(specs: Sequence[str]) -> tuple[Method, ...]:
       raise config_lib.ConfigError(
           f'study.methods: {spec!r} is not optimizer-rule[-warmup][@fraction]'
           + (f'; did you mean {close[0] + at + fraction_text!r}?' if close else '')
-          + f' (optimizers: {", ".join(config_lib.OPTIMIZERS)}; rules: {", ".join(RULES)})')
+          + f' (optimizers: {", ".join(declared.BUILTIN)}; rules: {", ".join(RULES)})')
     try:
       fraction = float(fraction_text) if at else 1.0
     except ValueError:
@@ -162,11 +162,14 @@ def base_lr_grids(config: config_lib.Config, options: Options, optimizers: Seque
     if optimizer in explicit:
       grids[optimizer], source[optimizer] = explicit[optimizer], 'given'
       continue
-    if family(optimizer) == family(config.optim.name):
+    if reference_lr(optimizer) == reference_lr(config.optim.name):
       center, source[optimizer] = own, f'the config\'s LR {own:.3g} (at B0)'
     else:
-      center = REFERENCE_LRS[family(optimizer)]
-      source[optimizer] = f'a reference {center:g} ({family(optimizer)} family)'
+      center = reference_lr(optimizer)
+      if center is None:
+        raise config_lib.ConfigError(f'study.methods: {optimizer} declares no reference_lr; '
+                                     f'give study.learning_rates[{optimizer!r}]')
+      source[optimizer] = f'its reference LR {center:g}'
     grids[optimizer] = tuple(float(f'{center * f:.4g}') for f in sorted(factors))
     source[optimizer] += ' × ' + ', '.join(f'{f:g}' for f in sorted(factors))
   return grids, source
@@ -542,7 +545,7 @@ def _ceiling_sentences(rows, plan: Plan, units: _Units, reference) -> list[str]:
       continue
     held = ceiling['largest_held']
     out.append(
-        f'{LABELS[optimizer]} (all its methods): '
+        f'{label(optimizer)} (all its methods): '
         + (f'the largest peak LR of a run within {units.tolerance_text} of its method\'s B0 '
            f'value was {held:.3g}; ' if math.isfinite(held) else
            'no run stayed within the tolerance of its method\'s B0 value; ')

@@ -26,7 +26,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from mbx import config as config_lib
-from mbx.sweep.grid import ADAM_FAMILY
+from mbx.optim import batch_rules, declared
 from mbx.sweep.runner import load_table, trial_table
 from mbx.training.loop import train
 from mbx.training.records import load_run
@@ -478,9 +478,11 @@ def analyze_sweep(sweep_dir: str | pathlib.Path, *, target_value: float | None =
 
 
 def _default_lr_scaling(optimizer: str) -> str:
-  """Linear for SGD-type updates (Goyal et al. 2017), sqrt for Adam-type (Malladi et al.
-  2022, Hoffer et al. 2017)."""
-  return 'sqrt' if optimizer in ADAM_FAMILY else 'linear'
+  """The batch rule the optimizer declares (linear for SGD-type updates, sqrt for Adam-type)."""
+  rule = declared.of_name(optimizer).batch_rule
+  if rule is None:
+    raise declared.undeclared(optimizer, 'batch_rule', 'local CBS without lr_scaling')
+  return rule
 
 
 def branch_configs(run_dir: str | pathlib.Path, step: int, factors: Sequence[int],
@@ -497,12 +499,14 @@ def branch_configs(run_dir: str | pathlib.Path, step: int, factors: Sequence[int
   if duration.unit == 'steps':
     window = f'{int(duration.amount) * batch} examples'
   rule = lr_scaling or _default_lr_scaling(source.optim.name)
-  scale = {'linear': lambda k: k, 'sqrt': math.sqrt, 'none': lambda k: 1.0}[rule]
+  hyperparameters = {'learning_rate': source.optim.learning_rate,
+                     **{f: getattr(source.optim, f) for f in declared.BUILTIN_FIELDS.get(
+                         source.optim.name, ())}, **source.optim.options}
   branches = []
   for factor in factors:
     for seed in seeds:
-      optim = dataclasses.replace(source.optim,
-                                  learning_rate=source.optim.learning_rate * scale(factor))
+      optim = declared.with_hyperparameters(source.optim, batch_rules.apply(
+          rule, hyperparameters, factor, 'lr_scaling'))
       train = dataclasses.replace(
           source.train, batch_size=batch * factor, duration=window, seed=source.train.seed,
           data_seed=seed, init_from=f'{pathlib.Path(run_dir).absolute()}@{step}',

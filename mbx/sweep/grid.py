@@ -24,12 +24,20 @@ import numpy as np
 
 from mbx import config as config_lib
 from mbx import registry
+from mbx.optim import declared
 
 SAMPLINGS = ('grid', 'quasirandom')
-# Optimizers whose `momentum` field is heavy-ball momentum (effective LR = lr / (1 - m));
-# for the Adam family the searched 'momentum' is b1 and the LR is not rescaled by it.
-HEAVY_BALL = ('momentum', 'nesterov', 'lars')
-ADAM_FAMILY = ('adam', 'adamw', 'lamb')
+
+
+def momentum_of(optim: config_lib.OptimConfig) -> float | None:
+  """The value of the optimizer's declared momentum option (b1 for Adam-type), None if none."""
+  setting = declared.momentum_setting(optim.name)
+  if setting is None:
+    return None
+  section, name = setting
+  if section == 'optim':
+    return getattr(optim, name)
+  return optim.options.get(name)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,7 +67,7 @@ class SearchSpace:
 
 
 # SearchSpace's fields with a closed set of values (checked by `validate`).
-SEARCH_CHOICES = {'optimizer': config_lib.OPTIMIZERS, 'sampling': SAMPLINGS}
+SEARCH_CHOICES = {'sampling': SAMPLINGS}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,9 +127,7 @@ class Trial:
   def of(cls, config: config_lib.Config) -> 'Trial':
     """The trial that trains `config` as it is (the studies build their grids this way)."""
     optim = config.optim
-    momentum = (optim.b1 if optim.name in ADAM_FAMILY else
-                None if optim.name == 'sgd' else optim.momentum)
-    return cls(optim.name, config.train.batch_size, optim.learning_rate, momentum,
+    return cls(optim.name, config.train.batch_size, optim.learning_rate, momentum_of(optim),
                config.train.seed, config.train.duration, config)
 
   @property
@@ -134,7 +140,7 @@ class Trial:
   @property
   def effective_learning_rate(self) -> float:
     """lr / (1 - momentum) for heavy-ball momentum (Shallue Sec. 3.2), else lr."""
-    if self.optimizer in HEAVY_BALL and self.momentum is not None:
+    if self.momentum is not None and declared.is_heavy_ball(self.optimizer):
       return self.learning_rate / (1 - self.momentum)
     return self.learning_rate
 
@@ -209,8 +215,13 @@ def trial_config(sweep: SweepConfig, optimizer: str, batch_size: int, learning_r
                  momentum: float | None, seed: int, budget: str) -> config_lib.Config:
   config = sweep.base
   optim = dict(name=optimizer, learning_rate=learning_rate)
-  if momentum is not None:
-    optim['b1' if optimizer in ADAM_FAMILY else 'momentum'] = momentum
+  setting = declared.momentum_setting(optimizer, 'sweep.search.optimizer')
+  if momentum is not None and setting is not None:
+    section, name = setting
+    if section == 'optim':
+      optim[name] = momentum
+    else:
+      optim['options'] = {**sweep.base.optim.options, name: momentum}
   config = _replace(config, 'optim', **optim)
   train = dict(batch_size=batch_size, seed=seed, duration=budget,
                target_metric=sweep.target_metric, target_value=sweep.target_value,
@@ -236,8 +247,7 @@ def expand(sweep: SweepConfig) -> list[Trial]:
   validate(sweep)
   trials = []
   for space in sweep.search:
-    base_momentum = (sweep.base.optim.b1 if space.optimizer in ADAM_FAMILY
-                     else sweep.base.optim.momentum)
+    base_momentum = momentum_of(dataclasses.replace(sweep.base.optim, name=space.optimizer))
     for batch_size in resolved_batch_sizes(sweep):
       budget = sweep.budgets.get(batch_size, sweep.budget)
       for lr, momentum in search_points(space, batch_size, base_momentum, sweep.search_seed):
@@ -307,7 +317,10 @@ def validate(sweep: SweepConfig) -> None:
   _check(len(sweep.search) > 0, 'sweep.search', sweep.search, 'needs at least one SearchSpace')
   for i, space in enumerate(sweep.search):
     field = f'sweep.search[{i}]'
-    _check_choice(space.optimizer, SEARCH_CHOICES['optimizer'], f'{field}.optimizer')
+    try:
+      declared.check_name(space.optimizer, f'{field}.optimizer')
+    except ValueError as error:
+      raise config_lib.ConfigError(str(error)) from None
     low, high = space.learning_rate
     _check(0 < low <= high, f'{field}.learning_rate', space.learning_rate,
            'must be (low, high) with 0 < low <= high')
@@ -320,8 +333,9 @@ def validate(sweep: SweepConfig) -> None:
       low, high = space.one_minus_momentum
       _check(0 < low <= high <= 1, f'{field}.one_minus_momentum', space.one_minus_momentum,
              'must be (low, high) with 0 < low <= high <= 1')
-      _check(space.optimizer != 'sgd', f'{field}.one_minus_momentum',
-             space.one_minus_momentum, 'plain sgd has no momentum; use momentum or nesterov')
+      _check(declared.momentum_setting(space.optimizer, f'{field}.optimizer') is not None,
+             f'{field}.one_minus_momentum', space.one_minus_momentum,
+             f'{space.optimizer} has no momentum (or declares none); use momentum or nesterov')
     _check(space.num_momenta >= 1, f'{field}.num_momenta', space.num_momenta, 'must be >= 1')
   _check(sweep.pack_max_batch_size is None or (isinstance(sweep.pack_max_batch_size, int)
                                                and sweep.pack_max_batch_size >= 1),

@@ -34,7 +34,6 @@ import jax.numpy as jnp
 
 from mbx import config as config_lib
 from mbx.data.example_order import window_length
-from mbx.optim import build_optimizer
 from mbx.training.components import abstract_state, step_arguments, step_parts
 from mbx.training.feed import eval_batch_size, example_bytes, keeps_data_on_device
 from mbx.training.plan import StepShape, make_plan
@@ -516,7 +515,7 @@ def time_micro_batches(workload: Workload, num_devices: int, *, num_train_exampl
   except config_lib.ConfigError:
     budget = None  # CPU without a budget: every split is timed
   parts, rows = compiler.parts, []
-  state = init_train_state(parts.model, build_optimizer(parts.optim), workload.sample_inputs(),
+  state = init_train_state(parts.model, parts.optimizer.transform(), workload.sample_inputs(),
                            seed=config.train.seed, mesh=compiler.mesh, task=parts.task,
                            probes=parts.probes)
   for k in splits:
@@ -577,7 +576,7 @@ def _probe(config_json: str, per_device_batch: int) -> None:
   try:
     step, args, beside = compiler.train_program(
         StepShape(per_device_batch * compiler.num_devices, 1, 'unrolled'))
-    state = init_train_state(parts.model, build_optimizer(parts.optim), workload.sample_inputs(),
+    state = init_train_state(parts.model, parts.optimizer.transform(), workload.sample_inputs(),
                              seed=workload.config.train.seed, mesh=compiler.mesh,
                              task=parts.task, probes=parts.probes)
     data = jax.tree.map(zeros_like, args[1:])

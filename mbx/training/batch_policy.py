@@ -25,7 +25,8 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from mbx.config import ADAM_FAMILY, Config, Duration, batch_policy_lr_rule
+from mbx.config import Config, Duration, uses_adascale
+from mbx.optim import batch_rules
 from mbx.training.plan import Plan, Segment, initial_segment
 
 
@@ -108,16 +109,24 @@ def goodput_choice(seconds_per_step: Mapping[int, float], b_simple: float, base_
   return current, 0.0
 
 
-def lr_factor(rule: str, ratio: float, gain: float, optimizer: str) -> float:
+def lr_factor(rule: str, ratio: float, gain: float, declared_rule: str | None) -> float:
   """The LR multiplier for a batch `ratio` times the initial one (gain: AdaScale's r).
 
-  AdaScale multiplies SGD's LR by r as published; for Adam-family optimizers by sqrt(r),
-  as adaptdl's AdamScale does (Adam's step is normalised, so a gain in the signal-to-noise
-  ratio of the gradient is worth its square root in step size).
+  AdaScale multiplies SGD's LR by r as published; for optimizers that declare the sqrt rule
+  (Adam-type) by sqrt(r), as adaptdl's AdamScale does: the gain is an effective batch ratio,
+  and it enters the LR as the optimizer's own batch rule says.
   """
   if rule == 'adascale':
-    return math.sqrt(gain) if optimizer in ADAM_FAMILY else gain
-  return {'none': 1.0, 'linear': ratio, 'sqrt': math.sqrt(ratio)}[rule]
+    return batch_rules.lr_factor(declared_rule, gain, 'the AdaScale gain')
+  return batch_rules.lr_factor(rule, ratio, 'train.batch_policy_lr')
+
+
+def policy_rule(config: Config, declared_rule: str | None) -> str:
+  """'adascale' or the batch rule of train.batch_policy_lr, 'auto' resolved."""
+  if uses_adascale(config):
+    return 'adascale'
+  t = config.train
+  return declared_rule if t.batch_policy_lr == 'auto' else t.batch_policy_lr
 
 
 class BatchPolicy:
@@ -130,12 +139,14 @@ class BatchPolicy:
   decides as an uninterrupted one does.
   """
 
-  def __init__(self, config: Config, replan: Callable[..., Plan], meta: Mapping[str, Any]):
-    self.config, self.replan = config, replan
-    self.rule = batch_policy_lr_rule(config)
+  def __init__(self, config: Config, replan: Callable[..., Plan], meta: Mapping[str, Any],
+               optimizer):
+    self.config, self.replan, self.optimizer = config, replan, optimizer
+    self.declared_rule = optimizer.declared.batch_rule  # resolve_optimizer checked it is there
+    self.rule = policy_rule(config, self.declared_rule)
     self.base_batch = config.optim.base_batch_size or config.train.batch_size
     recorded = meta.get('batch_policy', {})
-    self.segments = tuple(Segment(**s) for s in recorded.get('segments', ())) or (
+    self.segments = tuple(Segment.from_meta(s) for s in recorded.get('segments', ())) or (
         initial_segment(config),)
     self.seconds_per_step = {int(b): float(t)
                              for b, t in recorded.get('seconds_per_step', {}).items()}
@@ -149,8 +160,14 @@ class BatchPolicy:
 
   def lr_factor(self, batch: int, gain: float = 1.0) -> float:
     """The LR multiplier of a step of `batch` under the policy's LR rule (gain: AdaScale's)."""
-    return lr_factor(self.rule, batch / self.config.train.batch_size, gain,
-                     self.config.optim.name)
+    return lr_factor(self.rule, batch / self.config.train.batch_size, gain, self.declared_rule)
+
+  def hyperparameters(self, batch: int) -> tuple[tuple[str, float], ...]:
+    """The optimizer hyperparameters besides the LR that the batch rule sets at `batch`."""
+    if self.rule == 'adascale':
+      return ()
+    return tuple(sorted(self.optimizer.changed_by(
+        self.rule, batch / self.config.train.batch_size, 'train.batch_policy_lr').items()))
 
   def _target(self, plan: Plan, step: int, batch: int, b_simple: float,
               measure: Mapping[str, Callable]) -> tuple[int, dict]:
@@ -214,5 +231,6 @@ class BatchPolicy:
                                  current.lr_factor):
       return False, columns
     self.segments += (Segment(step, batch, progress=plan.progress_at(step),
-                              progress_per_step=rate, lr_factor=factor, gain=gain),)
+                              progress_per_step=rate, lr_factor=factor, gain=gain,
+                              hyperparameters=self.hyperparameters(batch)),)
     return True, columns

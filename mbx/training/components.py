@@ -9,8 +9,8 @@ import jax
 import jax.numpy as jnp
 
 from mbx.data.example_order import window_length
-from mbx.config import batch_policy_lr_rule
-from mbx.optim import build_optimizer, learning_rate_schedule
+from mbx.config import uses_adascale
+from mbx.optim import learning_rate_schedule
 from mbx.training.plan import Plan, StepShape
 from mbx.training.step import (HYPER_SIZE, StepParts, TrainState, batch_sharded, init_train_state,
                                replicated)
@@ -24,17 +24,16 @@ def step_parts(workload: Workload, plan: Plan, mesh) -> StepParts:
       config.optim, batch_size=plan.initial_batch_size,
       examples_per_epoch=plan.num_train_examples, total_examples=plan.schedule_examples,
       extra_decays=plan.lr_extra_decays, tokens_per_example=plan.tokens_per_example)
-  adascale = config.train.batch_policy != 'none' and batch_policy_lr_rule(config) == 'adascale'
-  return StepParts(model=workload.model(mesh), task=workload.task, optim=config.optim,
+  return StepParts(model=workload.model(mesh), task=workload.task, optimizer=workload.optimizer,
                    lr_schedule=lr_schedule, augment=workload.augment(), probes=workload.probes,
-                   schedule_progress=adascale)
+                   schedule_progress=uses_adascale(config))
 
 
 def abstract_state(workload: Workload, parts: StepParts, mesh) -> TrainState:
   """The train state's shapes, replicated over `mesh`; nothing is initialised."""
   t = workload.config.train
   state = jax.eval_shape(lambda: init_train_state(
-      parts.model, build_optimizer(parts.optim), workload.sample_inputs(), seed=t.seed,
+      parts.model, parts.optimizer.transform(), workload.sample_inputs(), seed=t.seed,
       mesh=mesh, task=parts.task, probes=parts.probes))
   return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated(mesh)),
                       state)

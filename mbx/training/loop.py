@@ -31,7 +31,8 @@ import numpy as np
 from tqdm import tqdm
 
 from mbx import config as config_lib
-from mbx.optim import build_optimizer, scaled_learning_rate
+from mbx.optim import scaled_learning_rate
+from mbx.optim.optimizers import place_hyperparameters
 from mbx.training import batch_policy as batch_policy_lib
 from mbx.training import distributed
 from mbx.training import feed as feed_lib
@@ -50,15 +51,12 @@ from mbx.training.step import (StepParts, TrainState, init_train_state, make_mes
 from mbx.training.tracking import DEFAULT_TRACKERS, check_trackers
 from mbx.training.workload import Workload, config_error, resolve
 
-MOMENTUM_OF = {'sgd': lambda o: 0.0, 'momentum': lambda o: o.momentum,
-               'nesterov': lambda o: o.momentum, 'lars': lambda o: o.momentum}
 PACKABLE_FIELDS = tuple(f for f in config_lib.TRIAL_FIELDS if f[1] is not None)
 
 
-def _sgd_noise_scale(config: config_lib.Config, learning_rate: float, batch_size: int,
+def _sgd_noise_scale(momentum: float, learning_rate: float, batch_size: int,
                      num_train_examples: int) -> float:
   """Smith & Le's g = lr * N / (B (1 - m)) (Smith et al. 2018, eq. 7)."""
-  momentum = MOMENTUM_OF.get(config.optim.name, lambda o: o.b1)(config.optim)
   return learning_rate * num_train_examples / (batch_size * (1 - momentum))
 
 
@@ -199,6 +197,12 @@ class TrialRecorder:
     self.last_loss = math.nan
     self.session_start = time.perf_counter()
     self.packed_with = 1  # the size of the pack it started in
+    self.momentum = None  # Smith's g needs it; an optimizer that declares none logs no g
+    try:
+      self.momentum = s.workload.optimizer.momentum('the sgd_noise_scale column')
+    except ValueError as error:
+      if distributed.is_writer():
+        print(f'{workdir}: {error}; its train rows have no sgd_noise_scale', file=sys.stderr)
 
   def pack_record(self) -> dict[str, int]:
     return {'packed_trials': self.packed_with} if self.packed_with > 1 else {}
@@ -261,8 +265,9 @@ class TrialRecorder:
       for name, total in sums.items():  # probe values are means over the steps that measured
         divisor = probe_count if name in probe_metrics else count
         row[name] = total / divisor if divisor else math.nan
-      row['sgd_noise_scale'] = _sgd_noise_scale(self.config, row['learning_rate'], batch,
-                                                self.setup.num_train)
+      if self.momentum is not None:
+        row['sgd_noise_scale'] = _sgd_noise_scale(self.momentum, row['learning_rate'], batch,
+                                                  self.setup.num_train)
       for probe in workload.probes:
         row.update(probe.summarize(probe_states[probe.name]))
       if 'grad_sq_estimate' in row:
@@ -424,9 +429,28 @@ def initial_state(s: Setup, seed: int) -> TrainState:
   """The freshly initialised state of a trial of `s.config` (compiled once per sweep)."""
   key = (config_lib.trial_key(s.config), tuple(d.id for d in s.mesh.devices.flat),
          id(s.workload.module))
-  return init_train_state(s.parts.model, build_optimizer(s.config.optim),
+  return init_train_state(s.parts.model, s.parts.optimizer.transform(),
                           s.workload.sample_inputs(), seed=seed, mesh=s.mesh,
                           task=s.parts.task, probes=s.parts.probes, cache_key=key)
+
+
+def with_rule_hyperparameters(s: Setup, state: TrainState, step: int, plan: Plan | None = None
+                              ) -> TrainState:
+  """`state` with the optimizer hyperparameters (besides the LR, which the schedule carries) that
+  a batch rule sets for the steps from `step` on: a policy's decision, or
+  train.batch_size_rule at a batch-size milestone. Idempotent, so a resumed run agrees."""
+  plan, t = plan or s.plan, s.config.train
+  segment = plan.segment_at(step)
+  if segment is not None:
+    values = dict(segment.hyperparameters)
+  elif t.batch_size_milestones and t.batch_size_rule != 'none':
+    ratio = plan.shape_at(step).batch_size / plan.initial_batch_size
+    values = s.workload.optimizer.changed_by(t.batch_size_rule, ratio, 'train.batch_size_rule')
+  else:
+    return state
+  if not values:
+    return state
+  return state.replace(opt_state=place_hyperparameters(state.opt_state, values))
 
 
 def _sync_every_step(config: config_lib.Config, mesh) -> bool:
@@ -549,7 +573,8 @@ def _branch_losses(s: Setup, step: int, state: TrainState, config: config_lib.Co
     branch_feed = None if s.on_device else feed_lib.HostFeed(
         s.source, s.workload.info.element_spec, plan, s.mesh, seed=data_seed(config),
         start_step=step, prefetch=config.data.prefetch)
-    position, scratch = int(plan.examples_after_step[step]), _copy_state(state)
+    position = int(plan.examples_after_step[step])
+    scratch = with_rule_hyperparameters(s, _copy_state(state), step, plan)
     try:
       for i in range(count):
         args = feed.step_args(position + i * batch, batch) if s.on_device else branch_feed.next()
@@ -597,7 +622,8 @@ def _run_trials(s: Setup, trials: list[TrialRecorder], state: TrainState, *,
   packed = len(trials) > 1
   policy = None
   if config.train.batch_policy != 'none':  # never packed (see _train_pending)
-    policy = batch_policy_lib.BatchPolicy(config, s.replan, trials[0].meta)
+    policy = batch_policy_lib.BatchPolicy(config, s.replan, trials[0].meta,
+                                          s.workload.optimizer)
     s.plan = policy.plan()  # with the decisions the checkpoint recorded
   plan = s.plan
   start_step, position = (int(v) for v in jax.device_get(
@@ -661,6 +687,7 @@ def _run_trials(s: Setup, trials: list[TrialRecorder], state: TrainState, *,
       tic = time.perf_counter()
       step_fns = compiled_steps(s, plan.shapes_of_phase(step), state,
                                 [trial.config for trial in trials], plan.segment_at(step))
+      state = with_rule_hyperparameters(s, state, step)
       if s.on_device:  # the first window's gather compiles too
         jax.block_until_ready(feed.step_args(position, batch))
       compile_time += time.perf_counter() - tic

@@ -11,8 +11,9 @@ import math
 
 import numpy as np
 
-from mbx.config import (Config, ConfigError, Duration, batch_ladder, batch_policy_lr_rule,
+from mbx.config import (Config, ConfigError, Duration, batch_ladder, uses_adascale,
                         fastest_micro_batch_size, parse_duration)
+from mbx.optim import batch_rules
 
 INT32_LIMIT = 2**31 - 1
 
@@ -36,13 +37,21 @@ class Segment:
 
   progress is the LR schedule's position (in examples) before first_step and
   progress_per_step what each step adds: the batch itself, or AdaScale's gain x the base
-  batch. lr_factor multiplies the schedule's LR; gain is AdaScale's r (1 otherwise)."""
+  batch. lr_factor multiplies the schedule's LR; gain is AdaScale's r (1 otherwise);
+  hyperparameters: what the batch rule sets besides the LR (e.g. (('b2', 0.998),))."""
   first_step: int
   batch_size: int
   progress: float = 0.0
   progress_per_step: float | None = None  # None: batch_size (progress = examples seen)
   lr_factor: float = 1.0
   gain: float = 1.0
+  hyperparameters: tuple[tuple[str, float], ...] = ()
+
+  @classmethod
+  def from_meta(cls, recorded: dict) -> 'Segment':
+    """A segment as a checkpoint's metadata (JSON) records it."""
+    pairs = tuple((str(k), float(v)) for k, v in recorded.get('hyperparameters', ()))
+    return cls(**{**recorded, 'hyperparameters': pairs})
 
   @property
   def rate(self) -> float:
@@ -120,9 +129,12 @@ class Plan:
 
 
 def _batch_phases(config: Config, num_train_examples: int, tokens_per_example: int):
-  """[(start_examples, batch_size)] and the LR decays of the hybrid schedule."""
+  """[(start_examples, batch_size)] and the LR factors from then on: the hybrid schedule's
+  decays, and train.batch_size_rule's LR factor at each batch change."""
   t = config.train
   batch, phases, decays = t.batch_size, [(0, t.batch_size)], []
+  lr_factor = batch_rules.lr_factor(t.batch_size_rule, t.batch_size_factor,
+                                    'train.batch_size_rule')
   for milestone in t.batch_size_milestones:
     at = Duration(milestone, t.batch_size_milestone_unit).to_examples(
         batch, num_train_examples, tokens_per_example)
@@ -131,6 +143,8 @@ def _batch_phases(config: Config, num_train_examples: int, tokens_per_example: i
     else:
       batch *= t.batch_size_factor
       phases.append((at, batch))
+      if lr_factor != 1:
+        decays.append((at, lr_factor))
   return phases, decays
 
 
@@ -251,7 +265,7 @@ def initial_segment(config: Config) -> Segment:
   """A policy's first decision: the configured batch at the configured LR; under AdaScale the
   gain is 1 until measured, so the schedule advances by one base batch a step."""
   t = config.train
-  if batch_policy_lr_rule(config) == 'adascale':
+  if uses_adascale(config):
     return Segment(0, t.batch_size, progress_per_step=float(config.optim.base_batch_size
                                                             or t.batch_size))
   return Segment(0, t.batch_size)

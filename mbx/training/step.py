@@ -26,9 +26,8 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from mbx.config import OptimConfig
 from mbx.data.example_order import device_major_arrangement
-from mbx.optim import build_optimizer
+from mbx.optim.optimizers import Optimizer, set_hyperparameters
 from mbx.tasks import Task, weighted_sum
 from mbx.training.plan import StepShape
 from mbx.training.probes import GroupGradients
@@ -305,10 +304,10 @@ def trial_hyperparameters(learning_rate_scale: float, momentum: float, data_seed
 
 @dataclasses.dataclass(frozen=True)
 class StepParts:
-  """What the step closes over: model, task, probes, the optimizer's config and LR schedule."""
+  """What the step closes over: model, task, probes, the optimizer and the LR schedule."""
   model: Any
   task: Task
-  optim: OptimConfig
+  optimizer: Optimizer
   lr_schedule: Callable          # examples seen -> LR at the reference peak
   augment: Callable | None = None
   probes: tuple = ()
@@ -331,8 +330,10 @@ def make_update(parts: StepParts, shape: StepShape, mesh: Mesh, *, packed: bool 
   positions = np.array([names.index(n) for n in step_metric_names(parts.task, parts.probes,
                                                                    measuring)])
 
+  optimizer = parts.optimizer.transform()
+  trial_momentum = 'momentum' in parts.optimizer.injected
+
   def update(state: TrainState, hyper, batch: Mapping[str, jax.Array]):
-    optimizer = build_optimizer(dataclasses.replace(parts.optim, momentum=hyper[1]))
     data_key = jax.random.key(hyper[2].astype(jnp.int32))
     augment_key, dropout_key = jax.random.fold_in(data_key, 1), jax.random.fold_in(data_key, 2)
     batch = dict(batch)
@@ -349,7 +350,10 @@ def make_update(parts: StepParts, shape: StepShape, mesh: Mesh, *, packed: bool 
       steps = (state.step - hyper[5].astype(jnp.int32)).astype(jnp.float32)
       progress = hyper[3] + hyper[4] * steps
     learning_rate = hyper[0] * parts.lr_schedule(progress)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params, learning_rate)
+    # The LR (and the trial's momentum) enter through optax's injected hyperparameters.
+    opt_state = set_hyperparameters(state.opt_state, learning_rate=learning_rate,
+                                    **({'momentum': hyper[1]} if trial_momentum else {}))
+    updates, opt_state = optimizer.update(grads, opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     grad_sq = sum_sq(grads, packed)
     # The micro-batches do not sum the task's loss: the objective (the weighted mean loss over

@@ -23,6 +23,7 @@ from mbx import config as config_lib
 from mbx import data as data_lib
 from mbx import models as models_lib
 from mbx import registry
+from mbx.optim.optimizers import Optimizer, resolve_optimizer
 from mbx.tasks import Task, resolve_task
 from mbx.training.noise_scale import NoiseScaleProbe
 from mbx.training.probes import check_probes, resolve_probe
@@ -38,6 +39,7 @@ class Workload:
   info: data_lib.DatasetInfo
   task: Task
   probes: tuple                 # in-step probes (the noise scale first, when on)
+  optimizer: Optimizer          # the factory, its options and what it declares
   module: nn.Module | None = None  # a module instance given from Python, else built by name
 
   def model(self, mesh=None, *, float32: bool = False) -> nn.Module:
@@ -219,12 +221,14 @@ def resolve(config: config_lib.Config, *, data=None, model: nn.Module | None = N
     probes = ((NoiseScaleProbe(config.train.noise_scale_ema),) if config.train.noise_scale
               else ()) + tuple(resolve_probe(path) for path in config.train.probes)
     check_probes(probes)
+    optimizer = resolve_optimizer(config)
     data_config = config.data
     if data is not None:
       data_config = dataclasses.replace(data_config, name=IN_MEMORY_PREFIX + dataset.name)
-    resolved = dataclasses.replace(config, data=data_config, model=model_config)
+    resolved = dataclasses.replace(config, data=data_config, model=model_config,
+                                   optim=dataclasses.replace(config.optim, name=optimizer.name))
     workload = Workload(config=resolved, dataset=dataset, info=info, task=task,
-                        probes=probes, module=module)
+                        probes=probes, optimizer=optimizer, module=module)
     _check_outputs(workload)
     _check_target(resolved, task)
   except config_lib.ConfigError:
