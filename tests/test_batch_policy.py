@@ -91,11 +91,13 @@ def test_goodput_switches_only_for_a_large_enough_gain():
 
 
 def test_lr_factors():
-  assert bp.lr_factor('sqrt', 4.0, 1.0, 'adam') == 2.0
-  assert bp.lr_factor('linear', 4.0, 1.0, 'sgd') == 4.0
-  assert bp.lr_factor('none', 4.0, 1.0, 'sgd') == 1.0
-  assert bp.lr_factor('adascale', 4.0, 3.0, 'momentum') == 3.0
-  assert bp.lr_factor('adascale', 4.0, 3.0, 'adam') == pytest.approx(math.sqrt(3.0))
+  """The last argument is the optimizer's declared batch rule (momentum: linear, adam: sqrt)."""
+  assert bp.lr_factor('sqrt', 4.0, 1.0, 'sqrt') == 2.0
+  assert bp.lr_factor('linear', 4.0, 1.0, 'linear') == 4.0
+  assert bp.lr_factor('none', 4.0, 1.0, 'linear') == 1.0
+  assert bp.lr_factor('adam_sde', 4.0, 1.0, 'sqrt') == 2.0
+  assert bp.lr_factor('adascale', 4.0, 3.0, 'linear') == 3.0
+  assert bp.lr_factor('adascale', 4.0, 3.0, 'sqrt') == pytest.approx(math.sqrt(3.0))
 
 
 # ------------------------------------------------------------------ bad input

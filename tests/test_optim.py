@@ -12,11 +12,17 @@ import pytest
 import mbx
 from mbx import models
 from mbx.optim import build_optimizer, decay_mask, learning_rate_schedule, scaled_learning_rate
+from mbx.optim.optimizers import FACTORIES, set_hyperparameters
 
 
 def _params(name, options, shape):
   model = models.build_model(name, num_classes=10, options=options)
   return model.init(jax.random.key(0), jnp.zeros(shape), train=False)['params']
+
+
+def _update(optimizer, grads, state, params, learning_rate):
+  """One update at this step's LR, as the train step gives it (the injected hyperparameter)."""
+  return optimizer.update(grads, set_hyperparameters(state, learning_rate=learning_rate), params)
 
 
 def _paths(tree, mask):
@@ -45,7 +51,7 @@ def test_weight_decay_skips_biases():
   zero_grads = jax.tree.map(jnp.zeros_like, params)
   for name in ('sgd', 'momentum', 'adamw', 'lars', 'lamb'):
     optimizer = build_optimizer(mbx.OptimConfig(name=name, learning_rate=0.1, weight_decay=0.5))
-    updates, _ = optimizer.update(zero_grads, optimizer.init(params), params, 0.1)
+    updates, _ = _update(optimizer, zero_grads, optimizer.init(params), params, 0.1)
     assert np.all(np.asarray(updates['Dense_0']['kernel']) < 0), name
     for leaf in (updates['Dense_0']['bias'], updates['BatchNorm_0']['scale'],
                  updates['BatchNorm_0']['bias']):
@@ -59,7 +65,7 @@ def test_lars_trust_ratio_applies_to_kernels_only():
   eta, lr = 0.001, 0.1
   optimizer = build_optimizer(mbx.OptimConfig(name='lars', learning_rate=lr, momentum=0.0,
                                               trust_coefficient=eta, eps=0.0))
-  updates, _ = optimizer.update(grads, optimizer.init(params), params, lr)
+  updates, _ = _update(optimizer, grads, optimizer.init(params), params, lr)
   trust = eta * float(jnp.linalg.norm(params['kernel'])) / float(jnp.linalg.norm(grads['kernel']))
   np.testing.assert_allclose(updates['kernel'], -lr * trust * 0.5, rtol=1e-6)
   np.testing.assert_allclose(updates['bias'], -lr * 0.5, rtol=1e-6)
@@ -70,7 +76,7 @@ def test_lamb_trust_ratio_applies_to_kernels_only():
   params = {'kernel': jnp.full((3, 4), 2.0), 'bias': jnp.full((4,), 2.0)}
   grads = {'kernel': jnp.full((3, 4), 0.5), 'bias': jnp.full((4,), 0.5)}
   optimizer = build_optimizer(mbx.OptimConfig(name='lamb', learning_rate=0.1, eps=0.0))
-  updates, _ = optimizer.update(grads, optimizer.init(params), params, 0.1)
+  updates, _ = _update(optimizer, grads, optimizer.init(params), params, 0.1)
   adam = 1.0  # first Adam step: m_hat / sqrt(v_hat) = sign(g)
   kernel_trust = float(jnp.linalg.norm(params['kernel'])) / (adam * np.sqrt(12))
   np.testing.assert_allclose(updates['kernel'], -0.1 * kernel_trust * adam, rtol=1e-5)
@@ -80,7 +86,7 @@ def test_lamb_trust_ratio_applies_to_kernels_only():
 def test_learning_rate_is_given_per_step():
   params = {'w': jnp.ones(3)}
   optimizer = build_optimizer(mbx.OptimConfig(name='sgd', learning_rate=1.0, clip_grad_norm=1.0))
-  updates, _ = optimizer.update({'w': jnp.full(3, 10.0)}, optimizer.init(params), params, 0.25)
+  updates, _ = _update(optimizer, {'w': jnp.full(3, 10.0)}, optimizer.init(params), params, 0.25)
   # clipped to norm 1 then scaled by 0.25
   np.testing.assert_allclose(np.linalg.norm(updates['w']), 0.25, rtol=1e-6)
 
@@ -91,16 +97,20 @@ def test_updates_equal_optax_with_a_changing_learning_rate(name):
   config = mbx.OptimConfig(name=name, learning_rate=1.0, weight_decay=0.01, momentum=0.9)
   learning_rates = [0.1, 0.05, 0.2, 0.01]
   schedule = lambda count: jnp.asarray(learning_rates)[count]
+  fields = {'momentum': 0.9, 'b1': 0.9, 'b2': 0.999, 'eps': 1e-8, 'weight_decay': 0.01,
+            'trust_coefficient': 0.001}
+  factory = FACTORIES[name]
+  takes = factory.__code__.co_varnames[:factory.__code__.co_argcount]
   reference = optax.inject_hyperparams(
-      lambda learning_rate: __import__('mbx.optim.optimizers', fromlist=['x'])._optax_transform(
-          config, learning_rate))(learning_rate=schedule)
+      lambda learning_rate: factory(learning_rate, **{k: v for k, v in fields.items()
+                                                      if k in takes}))(learning_rate=schedule)
   optimizer = build_optimizer(config)
   params = {'kernel': jnp.linspace(-1, 1, 6).reshape(2, 3), 'bias': jnp.ones(3)}
   ours, theirs = params, params
   state, reference_state = optimizer.init(params), reference.init(params)
   for step, lr in enumerate(learning_rates):
     grads = jax.tree.map(lambda p: jnp.sin(p * (step + 1)), ours)
-    updates, state = optimizer.update(grads, state, ours, lr)
+    updates, state = _update(optimizer, grads, state, ours, lr)
     ours = optax.apply_updates(ours, updates)
     grads = jax.tree.map(lambda p: jnp.sin(p * (step + 1)), theirs)
     updates, reference_state = reference.update(grads, reference_state, theirs)

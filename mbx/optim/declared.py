@@ -161,9 +161,9 @@ def is_heavy_ball(name: str, field: str = 'optim.name') -> bool:
 
 def check_name(name: str, field: str) -> None:
   if not isinstance(name, str) or not (name in BUILTIN or registry.is_import_path(name)):
-    raise ValueError(f'{field}={name!r}: not a built-in optimizer '
-                     f'({registry.suggest(str(name), BUILTIN)}) and not an import path '
-                     '"package.module:factory" or "path/to/file.py:factory"')
+    raise ValueError(f'{field}={name!r}: {registry.suggest(str(name), BUILTIN)} (neither a '
+                     'built-in optimizer nor an import path "package.module:factory" or '
+                     '"path/to/file.py:factory")')
 
 
 def with_hyperparameters(optim: OptimConfig, values: dict[str, float]) -> OptimConfig:
