@@ -4,6 +4,7 @@
     run = mbx.train(config, data=mbx.ArrayDataset({...}), model=MyModule())  # your own
     run = mbx.load_run('runs/mnist1d_cnn')   # config, metrics DataFrame, checkpoints
     summary = mbx.study.run('sharp-minima', config, 'studies/sharp')  # a whole study
+    @mbx.optim.declare(momentum='b1', batch_rule='sqrt')  # beside your own optax factory
 
 The facade: `import mbx` loads only the configs; the training stack (jax) loads when one of
 `train`, `load_run`, `Run` or `ArrayDataset` is first used.
@@ -22,8 +23,8 @@ __all__ = ['Config', 'ConfigError', 'DataConfig', 'ModelConfig', 'OptimConfig', 
 
 
 def __getattr__(name):
-  if name == 'study':  # mbx.study.run(...): the studies (no JAX until one runs)
-    return importlib.import_module('mbx.study')
+  if name in ('study', 'optim'):  # mbx.study.run(...), @mbx.optim.declare: no JAX until used
+    return importlib.import_module(f'mbx.{name}')
   if name in _LAZY:
     return getattr(importlib.import_module(_LAZY[name]), name)
   raise AttributeError(f'module mbx has no attribute {name!r}')

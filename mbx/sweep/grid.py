@@ -189,7 +189,7 @@ def search_points(space: SearchSpace, batch_size: int, base_momentum: float,
   points = []
   for u in _unit_points(space, seed):
     lr = float(f'{_log_interpolate(lr_range, u[0]):.6g}')  # ids and tables stay readable
-    if space.optimizer == 'sgd':
+    if declared.momentum_setting(space.optimizer) is None:  # plain SGD: no momentum
       momentum = None
     elif space.one_minus_momentum is not None:
       momentum = float(f'{1 - _log_interpolate(space.one_minus_momentum, u[1]):.6g}')
