@@ -18,7 +18,8 @@ from mbx.training.workload import Workload
 
 
 def step_parts(workload: Workload, plan: Plan, mesh) -> StepParts:
-  """Model, task, probes, optimizer config, LR schedule and augmentation for `plan`."""
+  """Model, task, probes, optimizer config, LR schedule, augmentation and update rule for
+  `plan`."""
   config = workload.config
   lr_schedule = learning_rate_schedule(
       config.optim, batch_size=plan.initial_batch_size,
@@ -27,7 +28,7 @@ def step_parts(workload: Workload, plan: Plan, mesh) -> StepParts:
   adascale = config.train.batch_policy != 'none' and batch_policy_lr_rule(config) == 'adascale'
   return StepParts(model=workload.model(mesh), task=workload.task, optim=config.optim,
                    lr_schedule=lr_schedule, augment=workload.augment(), probes=workload.probes,
-                   schedule_progress=adascale)
+                   schedule_progress=adascale, update_rule=workload.update_rule)
 
 
 def abstract_state(workload: Workload, parts: StepParts, mesh) -> TrainState:
