@@ -183,6 +183,11 @@ class ASAM:
 
 class NotARule:
   name = 'nothing'
+
+
+class NeedsRadius(ASAM):
+  def __init__(self, radius):
+    super().__init__(rho=radius)
 '''
 
 
@@ -219,6 +224,8 @@ def _resolve_error(**optim) -> str:
     (dict(update_rule='my_rules:NotARule'), ("optim.update_rule='my_rules:NotARule'",
                                              'not an update rule', 'group_gradient')),
     (dict(update_rule='my_rules:Missing'), ('optim.update_rule', 'no attribute')),
+    (dict(update_rule='my_rules:NeedsRadius'), ('optim.update_rule_options.radius',
+                                                'required by update rule')),
     (dict(update_rule='sam', update_rule_options={'rh': 0.05}),
      ('optim.update_rule_options.rh', "update rule 'sam'", 'allowed: rho')),
     (dict(update_rule='sam', update_rule_options={'rho': 0.0}),

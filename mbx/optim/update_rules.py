@@ -77,7 +77,8 @@ class SAM:
   size). Both evaluations use the group's one dropout key (the same sub-network).
   """
   rho: float = 0.05
-  """The radius of the ascent step, in parameter space (Foret et al.: 0.05 for most tasks)."""
+  """The radius of the ascent, a Euclidean length in parameter space (Foret et al. tune it over
+  0.01 ... 0.5; 0.05 is the usual default)."""
   name: ClassVar[str] = 'sam'
   gradient_evaluations: ClassVar[int] = 2
   packable: ClassVar[bool] = True
@@ -105,18 +106,26 @@ PLAIN = Plain()
 ATTRIBUTES = ('name', 'gradient_evaluations', 'packable', 'accumulates', 'group_gradient')
 
 
-def _option_names(target) -> list[str] | None:
-  """The keyword arguments `target` takes (None: any, it has **kwargs)."""
-  if dataclasses.is_dataclass(target) and isinstance(target, type):
-    return [f.name for f in dataclasses.fields(target) if f.init]
+def _check_options(name: str, target, options: Mapping[str, Any]) -> None:
+  """Every option a keyword argument of `target`, every argument without a default given."""
   try:
-    parameters = inspect.signature(target).parameters.values()
-  except (TypeError, ValueError):
-    return None
-  if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
-    return None
-  return [p.name for p in parameters
-          if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
+    parameters = list(inspect.signature(target).parameters.values())
+  except (TypeError, ValueError):  # no signature to check against: calling it will tell
+    return
+  named = [p for p in parameters if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                               inspect.Parameter.KEYWORD_ONLY)]
+  allowed = [p.name for p in named]
+  if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+    for key in options:
+      if key not in allowed:
+        close = registry.close_names(key, allowed)
+        hint = f'{registry.did_you_mean(close)} ' if close else ''
+        raise ValueError(f'{OPTIONS_FIELD}.{key}: not an option of update rule {name!r}; '
+                         f'{hint}(allowed: {", ".join(allowed) or "none"})')
+  for p in named:
+    if p.default is inspect.Parameter.empty and p.name not in options:
+      raise ValueError(f'{OPTIONS_FIELD}.{p.name}: required by update rule {name!r} (no '
+                       'default)')
 
 
 def resolve_update_rule(name: str, options: Mapping[str, Any] | None = None) -> UpdateRule:
@@ -131,13 +140,7 @@ def resolve_update_rule(name: str, options: Mapping[str, Any] | None = None) -> 
                        'no options')
     rule = target
   elif callable(target):
-    allowed = _option_names(target)
-    for key in options:
-      if allowed is not None and key not in allowed:
-        close = registry.close_names(key, allowed)
-        hint = f'{registry.did_you_mean(close)} ' if close else ''
-        raise ValueError(f'{OPTIONS_FIELD}.{key}: not an option of update rule {name!r}; '
-                         f'{hint}(allowed: {", ".join(allowed) or "none"})')
+    _check_options(name, target, options)
     rule = target(**options)
   else:
     rule = target

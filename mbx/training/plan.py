@@ -184,19 +184,23 @@ def _probe_micro_batches(config: Config, batch_size: int, num_devices: int,
 
 def _refuse_micro_batches(config: Config, batch_size: int, num_devices: int, accumulation: int,
                           micro: int) -> None:
+  """ConfigError naming optim.update_rule and the field that asks for micro-batches."""
   t = config.train
   if accumulation > 1:
     field = ('train.max_device_batch_size' if t.micro_batch_size is None else
              'train.micro_batch_size')
-    value = getattr(t, field.partition('.')[2])
-    why = (f'{field}={value} splits the global batch {batch_size} into {accumulation} '
-           f'micro-batches per device ({num_devices} devices)')
+    why = (f'{field}={getattr(t, field.partition(".")[2])} splits the global batch '
+           f'{batch_size} into {accumulation} micro-batches per device ({num_devices} devices)')
+    fix = f'unset {field}'
   else:
-    field = 'train.probe_groups' if t.probe_groups else 'train.noise_scale'
+    field = ('train.probe_groups' if t.probe_groups else
+             'train.noise_scale' if t.noise_scale else 'train.probes')
     why = (f'the probes ({field}) split the global batch {batch_size} into {micro} '
            f'micro-batches per device on measuring steps')
+    fix = (f'unset {field}' if t.probe_groups else
+           'measure without it, or on at least 2 devices (one group each)')
   raise ConfigError(f'optim.update_rule={config.optim.update_rule!r}: cannot run per '
-                    f'micro-batch (accumulates=False), but {why}; unset {field}')
+                    f'micro-batch (accumulates=False), but {why}; {fix}')
 
 
 def step_shape(config: Config, batch_size: int, num_devices: int,
