@@ -141,6 +141,13 @@ class OptimConfig:
   """Gradual linear warmup to the peak LR (Goyal et al. 2017), a duration."""
   warmup_start_factor: float = 0.0
   """The LR at step 0 / the peak LR (Goyal et al.: 1/k)."""
+  update_rule: str = 'plain'
+  """How each gradient group's gradient is computed (mbx.optim.update_rules): 'plain', 'sam'
+  (Foret et al.'s sharpness-aware minimization, two gradient evaluations a step), or an import
+  path 'pkg.mod:Rule' of an update-rule class, factory or instance."""
+  update_rule_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  """The update rule's keyword arguments, e.g. {"rho": 0.05} for sam
+  (optim.update_rule_options.rho=0.05)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -264,7 +271,7 @@ class Config:
 SECTIONS = {'data': DataConfig, 'model': ModelConfig, 'task': TaskConfig,
             'optim': OptimConfig, 'train': TrainConfig}
 MAPPING_FIELDS = (('data', 'options'), ('model', 'options'), ('task', 'options'),
-                  ('optim', 'options'))
+                  ('optim', 'options'), ('optim', 'update_rule_options'))
 # The fields with a closed set of values: `validate` checks them, docs/config_reference.md
 # lists them.
 CHOICES = {'data.placement': PLACEMENTS, 'model.dtype': DTYPES, 'optim.schedule': SCHEDULES,
@@ -481,7 +488,8 @@ def apply_overrides(config: Config, overrides: Sequence[str]) -> Config:
       continue
     if path[0] not in SECTIONS:
       raise _unknown_section(path[0], f' in {key}' if len(path) > 1 else '')
-    shape_error = ConfigError(f'{key}: expected section.field (or data|model|task.options.key)')
+    shape_error = ConfigError(f'{key}: expected section.field (or data|model|task.options.key, '
+                              'optim.update_rule_options.key)')
     if len(path) not in (2, 3):
       raise shape_error
     section, field = path[0], RENAMED_FIELDS.get(tuple(path[:2]), path[1])
@@ -710,6 +718,8 @@ def validate(config: Config) -> None:
 
   _check(isinstance(o.name, str) and bool(o.name.strip()), 'optim.name', o.name,
          'expected a built-in optimizer or an import path "package.module:factory"')
+  _check(isinstance(o.update_rule, str) and bool(o.update_rule.strip()), 'optim.update_rule',
+         o.update_rule, "expected 'plain', 'sam' or an import path \"package.module:Rule\"")
   _check(o.learning_rate > 0 and math.isfinite(o.learning_rate),
          'optim.learning_rate', o.learning_rate, 'must be a positive number')
   _check(isinstance(o.lr_scaling, str), 'optim.lr_scaling', o.lr_scaling,

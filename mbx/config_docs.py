@@ -57,10 +57,17 @@ def _model_names() -> Mapping[str, Sequence[str]]:
 def _task_names() -> Mapping[str, Sequence[str]]:
   from mbx.tasks import TASKS
   return {'name': tuple(TASKS)}
+
+
+def _optim_names() -> Mapping[str, Sequence[str]]:
+  from mbx.optim.declared import BUILTIN
+  from mbx.optim.update_rules import UPDATE_RULES
+  return {'name': BUILTIN, 'update_rule': tuple(UPDATE_RULES)}
 # pylint: enable=import-outside-toplevel
 
 
-NAMES = {'data': _data_names, 'model': _model_names, 'task': _task_names}
+NAMES = {'data': _data_names, 'model': _model_names, 'task': _task_names,
+         'optim': _optim_names}
 REFERENCE: tuple[Section, ...] = (
     Section('', config_lib.Config, skip=tuple(config_lib.SECTIONS), title='Top level'),
     *(Section(key, cls, _config_choices(key), NAMES.get(key))
@@ -163,8 +170,8 @@ Value formats:
   positions), e.g. `"8000 steps"`, `"20 epochs"`, `"1e6 examples"`;
 - `none` (or `null`) on the command line is `None`; a list is comma-separated (`30,60`) or a
   Python literal (`[30, 60]`); a mapping is a Python dict literal (`{{"seq_len": 64}}`);
-- a name field (`data.name`, `model.name`, `task.name`, `train.probes`) takes a built-in name or
-  an import path `package.module:Name` or `path/to/file.py:Name`.
+- a name field (`data.name`, `model.name`, `task.name`, `train.probes`, `optim.update_rule`)
+  takes a built-in name or an import path `package.module:Name` or `path/to/file.py:Name`.
 
 """
 

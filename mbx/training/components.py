@@ -18,7 +18,8 @@ from mbx.training.workload import Workload
 
 
 def step_parts(workload: Workload, plan: Plan, mesh) -> StepParts:
-  """Model, task, probes, optimizer config, LR schedule and augmentation for `plan`."""
+  """Model, task, probes, optimizer config, LR schedule, augmentation and update rule for
+  `plan`."""
   config = workload.config
   lr_schedule = learning_rate_schedule(
       config.optim, batch_size=plan.initial_batch_size,
@@ -26,7 +27,7 @@ def step_parts(workload: Workload, plan: Plan, mesh) -> StepParts:
       extra_decays=plan.lr_extra_decays, tokens_per_example=plan.tokens_per_example)
   return StepParts(model=workload.model(mesh), task=workload.task, optimizer=workload.optimizer,
                    lr_schedule=lr_schedule, augment=workload.augment(), probes=workload.probes,
-                   schedule_progress=uses_adascale(config))
+                   schedule_progress=uses_adascale(config), update_rule=workload.update_rule)
 
 
 def abstract_state(workload: Workload, parts: StepParts, mesh) -> TrainState:

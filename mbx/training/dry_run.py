@@ -66,7 +66,8 @@ def compile_one_step(config: config_lib.Config, *, batch_size: int | None = None
   examples_per_epoch = examples_per_epoch or workload.info.splits[
       config.data.train_split.split('[')[0].split('+')[0]]
   mesh = make_mesh()
-  options = dict(probe_groups=workload.probe_groups, batch_granule=workload.batch_granule)
+  options = dict(probe_groups=workload.probe_groups, batch_granule=workload.batch_granule,
+                 accumulates=workload.update_rule.accumulates)
   shape = step_shape(config, batch_size, mesh.devices.size, jax.default_backend(), **options)
   plan = make_plan(config, mesh.devices.size, examples_per_epoch, jax.default_backend(),
                    **workload.plan_options)

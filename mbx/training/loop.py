@@ -828,8 +828,8 @@ def train_packed(configs: Sequence[config_lib.Config], workdirs: Sequence[str | 
 
   The configs must share `pack_key` (differ only in PACKABLE_FIELDS). Finished trials
   are skipped and interrupted ones resume, as with `train`. Packing needs the training
-  split on device; otherwise, and when the trials resume from different steps or branch
-  from other runs, the trials train one after the other.
+  split on device; otherwise, and when the trials resume from different steps, branch from
+  other runs or have an update rule with packable=False, the trials train one after the other.
   """
   distributed.initialize()  # before anything asks JAX for its processes or devices
   trackers = check_trackers(trackers)
@@ -895,9 +895,11 @@ def _train_pending(s: Setup, configs, workdirs, quiet: bool, trackers: tuple[str
   trials = [TrialRecorder(c, w, s, trackers=trackers) for c, w in zip(configs, workdirs)]
   states = [trial.resume(initial_state(s, trial.config.train.seed)) for trial in trials]
   counters = {tuple(int(v) for v in jax.device_get(state.counters)) for state in states}
-  # A batch policy decides from each trial's own statistics: its trials run one by one.
+  # A batch policy decides from each trial's own statistics: its trials run one by one, as do
+  # those of an update rule that cannot run vmapped (packable=False).
   if len(trials) > 1 and (not s.on_device or len(counters) > 1 or
                           s.config.train.batch_policy != 'none' or
+                          not s.parts.update_rule.packable or
                           any(trial.config.train.init_from for trial in trials)):
     groups = [([trial], state) for trial, state in zip(trials, states)]  # one by one
   else:

@@ -196,20 +196,44 @@ def _probe_micro_batches(config: Config, batch_size: int, num_devices: int,
   return groups // num_devices
 
 
+def _refuse_micro_batches(config: Config, batch_size: int, num_devices: int, accumulation: int,
+                          micro: int) -> None:
+  """ConfigError naming optim.update_rule and the field that asks for micro-batches."""
+  t = config.train
+  if accumulation > 1:
+    field = ('train.max_device_batch_size' if t.micro_batch_size is None else
+             'train.micro_batch_size')
+    why = (f'{field}={getattr(t, field.partition(".")[2])} splits the global batch '
+           f'{batch_size} into {accumulation} micro-batches per device ({num_devices} devices)')
+    fix = f'unset {field}'
+  else:
+    field = ('train.probe_groups' if t.probe_groups else
+             'train.noise_scale' if t.noise_scale else 'train.probes')
+    why = (f'the probes ({field}) split the global batch {batch_size} into {micro} '
+           f'micro-batches per device on measuring steps')
+    fix = (f'unset {field}' if t.probe_groups else
+           'measure without it, or on at least 2 devices (one group each)')
+  raise ConfigError(f'optim.update_rule={config.optim.update_rule!r}: cannot run per '
+                    f'micro-batch (accumulates=False), but {why}; {fix}')
+
+
 def step_shape(config: Config, batch_size: int, num_devices: int,
                backend: str = 'cpu', measure_noise: bool = True, *, probe_groups: int = 0,
-               batch_granule: int = 1) -> StepShape:
+               batch_granule: int = 1, accumulates: bool = True) -> StepShape:
   """How a step of global batch `batch_size` runs: gradient accumulation switches on
   when the per-device batch exceeds train.max_device_batch_size (or is fixed by
   train.micro_batch_size); with probes (probe_groups = the most groups one needs, 0: no
   probes) and measure_noise, the batch is split into at least that many groups. Per-device
   micro-batches must be multiples of `batch_granule` (ghost BatchNorm's virtual batch).
+  accumulates=False (an update rule that cannot run per micro-batch): one micro-batch only.
   Raises ConfigError if the batch cannot be split."""
   accumulation = _micro_batches(config, batch_size, num_devices, batch_granule)
   micro = accumulation
   measures = probe_groups > 0 and measure_noise
   if measures:
     micro = _probe_micro_batches(config, batch_size, num_devices, accumulation, probe_groups)
+  if micro > 1 and not accumulates:
+    _refuse_micro_batches(config, batch_size, num_devices, accumulation, micro)
   ghost = batch_granule
   if (batch_size // num_devices // micro) % ghost:
     raise ConfigError(f'model.options.ghost_batch_size={ghost}: does not divide the '
@@ -283,14 +307,17 @@ def _segment_steps(segments: tuple[Segment, ...], budget: float) -> list[tuple[i
 
 def make_plan(config: Config, num_devices: int, num_train_examples: int,
               backend: str = 'cpu', *, probe_groups: int = 0, batch_granule: int = 1,
-              tokens_per_example: int = 1, segments: tuple[Segment, ...] = ()) -> Plan:
+              tokens_per_example: int = 1, segments: tuple[Segment, ...] = (),
+              accumulates: bool = True) -> Plan:
   """Resolves batch phases, micro-batching and event steps; raises ConfigError.
 
   probe_groups: the most gradient groups an in-step probe needs (0: no probes);
   batch_granule: per-device micro-batches are multiples of it (see step_shape);
   tokens_per_example: what a 'tokens' duration is divided by (seq_len for windows of text);
-  segments: under train.batch_policy, the decisions taken so far (none: the initial batch)."""
-  shape_options = dict(probe_groups=probe_groups, batch_granule=batch_granule)
+  segments: under train.batch_policy, the decisions taken so far (none: the initial batch);
+  accumulates: False for an update rule that cannot run per micro-batch (see step_shape)."""
+  shape_options = dict(probe_groups=probe_groups, batch_granule=batch_granule,
+                       accumulates=accumulates)
   t = config.train
   adaptive = t.batch_policy != 'none'
   phases, lr_extra_decays = _batch_phases(config, num_train_examples, tokens_per_example)

@@ -6,7 +6,8 @@ see mbx.tasks) is sharded over a 1-D mesh axis 'data'; parameters and optimizer 
 replicated. Inside `shard_map` each device loops over its slices of the micro-batches,
 accumulating gradients locally, and a single psum at the end forms the mean gradient. The
 per-device, per-micro-batch gradients of that loop are what in-step probes (probes.py, e.g. the
-gradient noise scale) measure, for free.
+gradient noise scale) measure, for free, and each is computed by the configured update rule
+(mbx.optim.update_rules: the plain gradient, or SAM's gradient at an ascent point).
 
 `hyper` holds the inputs in which trials of one sweep differ (peak-LR scale, momentum, data
 seed), so one compiled program serves them all.
@@ -28,6 +29,7 @@ from jax.sharding import PartitionSpec as P
 
 from mbx.data.example_order import device_major_arrangement
 from mbx.optim.optimizers import Optimizer, set_hyperparameters
+from mbx.optim.update_rules import PLAIN
 from mbx.tasks import Task, weighted_sum
 from mbx.training.plan import StepShape
 from mbx.training.probes import GroupGradients
@@ -188,7 +190,7 @@ def _as_varying(value):
 
 
 def _sharded_gradients(model, task: Task, probes: Sequence, shape: StepShape, mesh: Mesh,
-                       per_leaf_norms: bool = False):
+                       per_leaf_norms: bool = False, update_rule=PLAIN):
   """Mean gradient over the global batch, computed per device then psum'ed once.
 
   A micro-batch's loss is its mean per-example loss; with weights (padding, per-token
@@ -197,6 +199,8 @@ def _sharded_gradients(model, task: Task, probes: Sequence, shape: StepShape, me
   On one device the same code runs without shard_map: XLA:CPU then fuses across
   what would be the shard_map boundary (~40 us less per step at batch size 1).
   Models must then be built with batch_norm_axis_name=None.
+  Each group's gradient is `update_rule.group_gradient` (mbx.optim.update_rules), handed the
+  group's value_and_grad: SAM's ascent is thus per device and micro-batch (m-sharpness).
   """
   num_devices = mesh.devices.size
   num_micro = shape.num_micro_batches
@@ -219,7 +223,8 @@ def _sharded_gradients(model, task: Task, probes: Sequence, shape: StepShape, me
       loss = losses.mean() if weights is None else weighted_sum(losses, weights) * weight_scale
       sums = {k: v for k, v in task.sums(outputs, batch, weights).items() if k != 'loss'}
       return loss, (new_state, sums)
-    (loss, (new_state, sums)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    (loss, (new_state, sums)), grads = update_rule.group_gradient(
+        jax.value_and_grad(loss_fn, has_aux=True), params)
     return grads, new_state, loss, sums
 
   def local(params, model_state, batch, key):
@@ -304,7 +309,8 @@ def trial_hyperparameters(learning_rate_scale: float, momentum: float, data_seed
 
 @dataclasses.dataclass(frozen=True)
 class StepParts:
-  """What the step closes over: model, task, probes, the optimizer and the LR schedule."""
+  """What the step closes over: model, task, probes, the optimizer and LR schedule, and the
+  update rule that computes each gradient group's gradient."""
   model: Any
   task: Task
   optimizer: Optimizer
@@ -312,6 +318,7 @@ class StepParts:
   augment: Callable | None = None
   probes: tuple = ()
   schedule_progress: bool = False  # read the schedule at hyper's progress, not examples seen
+  update_rule: Any = PLAIN         # mbx.optim.update_rules: e.g. SAM
 
 
 def make_update(parts: StepParts, shape: StepShape, mesh: Mesh, *, packed: bool = False):
@@ -322,7 +329,7 @@ def make_update(parts: StepParts, shape: StepShape, mesh: Mesh, *, packed: bool 
   packed: the update will be vmapped over trials.
   """
   gradients = _sharded_gradients(parts.model, parts.task, parts.probes, shape, mesh,
-                                 per_leaf_norms=packed)
+                                 per_leaf_norms=packed, update_rule=parts.update_rule)
   arrangement = device_major_arrangement(shape.batch_size, mesh.devices.size,
                                          shape.num_micro_batches)
   measuring = bool(parts.probes) and shape.measure_noise

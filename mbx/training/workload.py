@@ -1,4 +1,5 @@
-"""A config resolved into what training needs: dataset, model, task and probes, checked together.
+"""A config resolved into what training needs: dataset, model, task, probes and update rule,
+checked together.
 
     workload = resolve(config)                                  # names and import paths
     workload = resolve(config, data=ArrayDataset(...), model=MyModule(hidden=64))  # from Python
@@ -24,6 +25,7 @@ from mbx import data as data_lib
 from mbx import models as models_lib
 from mbx import registry
 from mbx.optim.optimizers import Optimizer, resolve_optimizer
+from mbx.optim.update_rules import PLAIN, recorded_name, resolve_update_rule
 from mbx.tasks import Task, resolve_task
 from mbx.training.noise_scale import NoiseScaleProbe
 from mbx.training.probes import check_probes, resolve_probe
@@ -41,6 +43,7 @@ class Workload:
   probes: tuple                 # in-step probes (the noise scale first, when on)
   optimizer: Optimizer          # the factory, its options and what it declares
   module: nn.Module | None = None  # a module instance given from Python, else built by name
+  update_rule: Any = PLAIN      # optim.update_rule, built (mbx.optim.update_rules)
 
   def model(self, mesh=None, *, float32: bool = False) -> nn.Module:
     """The model for a step over `mesh` (BatchNorm's axis), in model.dtype or float32."""
@@ -95,7 +98,8 @@ class Workload:
   def plan_options(self) -> dict:
     """What `make_plan` needs to know of the workload beyond the config."""
     return dict(probe_groups=self.probe_groups, batch_granule=self.batch_granule,
-                tokens_per_example=self.tokens_per_example)
+                tokens_per_example=self.tokens_per_example,
+                accumulates=self.update_rule.accumulates)
 
   def augment(self):
     return self.dataset.augment() if self.config.data.augment else None
@@ -187,6 +191,17 @@ def _check_target(config: config_lib.Config, task: Task) -> None:
                      'train.eval_on_train=true')
 
 
+def _check_update_rule(config: config_lib.Config, rule) -> None:
+  """A rule that cannot run per micro-batch against a split AutoBatch would choose; fixed splits
+  are checked by the plan (plan.step_shape), which knows the devices."""
+  micro = config.train.micro_batch_size
+  if not rule.accumulates and micro in ('auto', config_lib.FASTEST):
+    raise config_lib.ConfigError(
+        f'optim.update_rule={config.optim.update_rule!r}: cannot run per micro-batch '
+        f'(accumulates=False), but train.micro_batch_size={micro!r} may choose micro-batches; '
+        'leave train.micro_batch_size unset')
+
+
 def resolve(config: config_lib.Config, *, data=None, model: nn.Module | None = None,
             needs_data: bool = False) -> Workload:
   """The workload of `config`; ConfigError (one line, naming the field) on any mismatch.
@@ -222,13 +237,18 @@ def resolve(config: config_lib.Config, *, data=None, model: nn.Module | None = N
               else ()) + tuple(resolve_probe(path) for path in config.train.probes)
     check_probes(probes)
     optimizer = resolve_optimizer(config)
+    update_rule = resolve_update_rule(config.optim.update_rule, config.optim.update_rule_options)
+    _check_update_rule(config, update_rule)
+    optim_config = dataclasses.replace(config.optim, name=optimizer.name,
+                                       update_rule=recorded_name(config.optim.update_rule))
     data_config = config.data
     if data is not None:
       data_config = dataclasses.replace(data_config, name=IN_MEMORY_PREFIX + dataset.name)
     resolved = dataclasses.replace(config, data=data_config, model=model_config,
-                                   optim=dataclasses.replace(config.optim, name=optimizer.name))
+                                   optim=optim_config)
     workload = Workload(config=resolved, dataset=dataset, info=info, task=task,
-                        probes=probes, optimizer=optimizer, module=module)
+                        probes=probes, optimizer=optimizer, module=module,
+                        update_rule=update_rule)
     _check_outputs(workload)
     _check_target(resolved, task)
   except config_lib.ConfigError:
