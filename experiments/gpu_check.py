@@ -40,6 +40,7 @@ from mbx import models  # pylint: disable=wrong-import-position
 from mbx.config import ConfigError, OptimConfig, load_config  # pylint: disable=wrong-import-position
 from mbx.measure.flops import train_flops_per_example  # pylint: disable=wrong-import-position
 from mbx.optim import build_optimizer, learning_rate_schedule  # pylint: disable=wrong-import-position
+from mbx.optim.optimizers import resolve_optimizer  # pylint: disable=wrong-import-position
 from mbx.tasks import Classification  # pylint: disable=wrong-import-position
 from mbx.training import autobatch as autobatch_lib  # pylint: disable=wrong-import-position
 from mbx.training import step as step_lib  # pylint: disable=wrong-import-position
@@ -105,8 +106,9 @@ def time_step(case: StepCase, steps: int) -> dict:
   schedule = learning_rate_schedule(optim, batch_size=batch, examples_per_epoch=50000,
                                     total_examples=10**7)
   task = Classification()
-  step = step_lib.make_step(step_lib.StepParts(model=model, task=task, optim=optim,
-                                               lr_schedule=schedule),
+  parts = step_lib.StepParts(model=model, task=task, optimizer=resolve_optimizer(optim),
+                             lr_schedule=schedule)
+  step = step_lib.make_step(parts,
                             StepShape(batch, 1, 'unrolled'), mesh, on_device_data=False)
   input_dtype = jnp.int32 if case.tokens else jnp.float32
   state = step_lib.init_train_state(model, build_optimizer(optim),

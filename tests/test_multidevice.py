@@ -49,6 +49,7 @@ BATCH_NORM_STEPS = '''
   from mbx import models
   from mbx.data.example_order import device_major_arrangement
   from mbx.optim import build_optimizer, learning_rate_schedule
+  from mbx.optim.optimizers import resolve_optimizer
   from mbx.tasks import Classification
   from mbx.training.plan import StepShape
   from mbx.training.step import (StepParts, batch_norm_axis_name, batch_sharded,
@@ -65,7 +66,7 @@ BATCH_NORM_STEPS = '''
   state = init_train_state(model, build_optimizer(optim), jnp.zeros((1, 16, 16, 3)), seed=0,
                            mesh=mesh, task=task)
   shape = StepShape(batch_size=32, num_micro_batches={micro}, accumulation='unrolled')
-  step = make_step(StepParts(model=model, task=task, optim=optim, lr_schedule=schedule), shape,
+  step = make_step(StepParts(model=model, task=task, optimizer=resolve_optimizer(optim), lr_schedule=schedule), shape,
                    mesh, on_device_data=False)
   hyper = jax.device_put(trial_hyperparameters(1.0, 0.9, 0), replicated(mesh))
   rng = np.random.default_rng(0)

@@ -13,6 +13,7 @@ import pytest
 import mbx
 from mbx.config import ConfigError, OptimConfig
 from mbx.optim import build_optimizer
+from mbx.optim.optimizers import resolve_optimizer
 from mbx.optim.update_rules import SAM, resolve_update_rule
 from mbx.tasks import Classification
 from mbx.training.loop import train_packed
@@ -36,7 +37,7 @@ def _sgd_step(model, rule, batch, num_micro: int = 1, accumulation: str = 'unrol
   step's gradient) and the step's logged loss."""
   mesh = mesh or make_mesh(jax.devices()[:1])
   task, optim = Classification(), OptimConfig(name='sgd', learning_rate=1.0)
-  parts = StepParts(model=model, task=task, optim=optim, lr_schedule=lambda examples: 1.0,
+  parts = StepParts(model=model, task=task, optimizer=resolve_optimizer(optim), lr_schedule=lambda examples: 1.0,
                     update_rule=rule)
   shape = StepShape(len(batch['targets']), num_micro, accumulation)
   state = init_train_state(model, build_optimizer(optim), batch['inputs'][:1], seed=0, mesh=mesh,

@@ -249,9 +249,12 @@ def rule_fields(config: Config, facts: Declared) -> dict[str, str]:
   return fields
 
 
-def resolve_optimizer(config: Config) -> Optimizer:
+def resolve_optimizer(config: Config | OptimConfig) -> Optimizer:
   """The optimizer of `config`, checked (ValueError naming the field, one line) and built once
-  to see that it is an optax transform; nothing is compiled."""
+  to see that it is an optax transform; nothing is compiled. An OptimConfig alone: at its base
+  batch, no batch rules."""
+  if isinstance(config, OptimConfig):
+    config = Config(optim=dataclasses.replace(config, base_batch_size=None))
   check_declared(config)
   o = config.optim
   if o.name in FACTORIES:
@@ -320,6 +323,4 @@ def resolve_optimizer(config: Config) -> Optimizer:
 
 def build_optimizer(config: Config | OptimConfig) -> optax.GradientTransformation:
   """The optax transform of a config (an OptimConfig alone: at its base batch, no rules)."""
-  if isinstance(config, OptimConfig):
-    config = Config(optim=dataclasses.replace(config, base_batch_size=None))
   return resolve_optimizer(config).transform()
