@@ -106,7 +106,7 @@ def main() -> None:
   args = parser.parse_args()
   out = pathlib.Path(args.out)
   steps = ['train.duration=300 steps'] if args.quick else []
-  sweep = (['sweep.batch_sizes=16,64', 'sweep.target_value=0.4'] if args.quick else [])
+  sweep = (['sweep.batch_sizes=16,64,256', 'sweep.target_value=0.4'] if args.quick else [])
   mbx_command('train', '--config', str(THIS_FILE), '--workdir', str(out / 'signum'), '--quiet',
               *steps)
   mbx_command('sweep', '--config', str(THIS_FILE), '--sweep-dir', str(out / 'sweep'), *sweep)

@@ -55,3 +55,28 @@ def test_own_study_example_runs_both_studies_and_the_report_in_fresh_processes(t
   assert 'Paired comparisons' in report and 'λ_max' in report
   readme = (sharp / 'README.md').read_text()
   assert summary['command'] in readme and '## Interpretation' in readme
+
+
+@pytest.mark.slow
+def test_own_optimizer_example_trains_sweeps_analyses_and_runs_its_sam_on_eight_devices(
+    tmp_path):
+  result = subprocess.run([sys.executable, 'examples/own_optimizer.py', '--quick', '--out',
+                           str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=900)
+  assert result.returncode == 0, result.stderr[-3000:]
+  config = json.loads((tmp_path / 'signum' / 'config.json').read_text())
+  assert config['optim']['name'].endswith('examples/own_optimizer.py:signum')
+  assert config['optim']['options'] == {'beta': 0.9, 'weight_decay': 1e-4}
+  import pandas as pd  # pylint: disable=import-outside-toplevel
+  trials = pd.read_csv(tmp_path / 'sweep' / 'trials.csv')
+  assert len(trials) == 9 and (trials['status'] == 'done').all()
+  assert set(trials['momentum']) == {0.9}  # the declared momentum option, read from options
+  assert (tmp_path / 'sweep' / 'analysis' / 'per_batch_size.csv').exists()
+  sharpness = json.loads((tmp_path / 'signum' / 'analysis' /
+                          'sharpness_step300.json').read_text())
+  assert sharpness['sharpness']['results']
+  sam = json.loads((tmp_path / 'signum_sam' / 'status.json').read_text())
+  sam_config = json.loads((tmp_path / 'signum_sam' / 'config.json').read_text())
+  assert sam_config['optim']['update_rule'].endswith('examples/own_optimizer.py:SharpnessAware')
+  assert sam['status'] == 'done' and sam['num_devices'] == 8
+  assert sam_config['train']['micro_batch_size'] == 32  # 8 devices x 2 micro-batches
+  assert 'signum_sam: optimizer signum, update rule SharpnessAware, 8 devices' in result.stdout

@@ -134,7 +134,9 @@ class Trial:
   def id(self) -> str:
     """Readable and unique: parameters, then a hash of the whole resolved config."""
     momentum = '' if self.momentum is None else f'-m{self.momentum:.4g}'
-    return (f'{self.optimizer}-b{self.batch_size:05d}-lr{self.learning_rate:.4e}{momentum}'
+    # An import path names its factory (the hash keeps ids of different files apart).
+    optimizer = re.sub(r'[^A-Za-z0-9_.]', '_', self.optimizer.rpartition(':')[2])
+    return (f'{optimizer}-b{self.batch_size:05d}-lr{self.learning_rate:.4e}{momentum}'
             f'-s{self.seed}-{config_lib.config_hash(self.config)[:6]}')
 
   @property
