@@ -104,3 +104,22 @@ def test_a_schedule_changes_beta2_with_the_batch_and_resumes_across_the_change(
   for a, b in zip(jax.tree.leaves(resumed.params()), jax.tree.leaves(reference.params()),
                   strict=True):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_a_policy_decision_sets_the_rules_hyperparameters(tmp_path):
+  """Batch-size warmup at fixed points (B 64 -> 128 -> 256 at epochs 0.5 and 1) under
+  train.batch_policy_lr=adam_sde: the LR grows by √κ and β1, β2, ε follow Malladi's rule, in
+  the optimizer state from the decision on; the segments recorded in the checkpoints say so."""
+  config = tiny_config(train=dict(
+      batch_policy='warmup', batch_policy_milestones=(0.5, 1.0), duration='1.5 epochs',
+      min_batch_size=64, max_batch_size=256, log_every='4 steps', eval_every='1 epochs',
+      checkpoint_every='1 epochs', batch_policy_lr='adam_sde'), name='policy_rule')
+  run = mbx.train(config, tmp_path, quiet=True)
+  rows = run.train_metrics
+  np.testing.assert_allclose(rows['learning_rate'], 1e-2 * np.sqrt(rows['batch_size'] / 64),
+                             rtol=1e-6)
+  hyper = _hyperparameters(tmp_path, run.checkpoint_steps[-1])
+  assert run.train_metrics['batch_size'].iloc[-1] == 256
+  assert 1 - hyper['b1'] == pytest.approx(4 * 0.1, rel=1e-5)
+  assert 1 - hyper['b2'] == pytest.approx(4 * 0.001, rel=1e-3)
+  assert hyper['eps'] == pytest.approx(1e-8 / 2, rel=1e-5)
