@@ -616,7 +616,13 @@ def batch_policy_lr_rule(config: Config) -> str:
     return t.batch_policy_lr
   if t.batch_policy in ('adascale', 'goodput'):
     return 'adascale'
-  return 'sqrt' if config.optim.name in ADAM_FAMILY else 'linear'
+  return lr_scaling_rule(config.optim.name)
+
+
+def lr_scaling_rule(optimizer: str) -> str:
+  """How the LR follows the batch by default: sqrt for the Adam family (Malladi et al. 2022,
+  Hoffer et al. 2017), linear for SGD and its kin (Goyal et al. 2017)."""
+  return 'sqrt' if optimizer in ADAM_FAMILY else 'linear'
 
 
 def _validate_batch_policy(config: Config, duration: Duration) -> None:

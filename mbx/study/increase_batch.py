@@ -392,7 +392,7 @@ def value_at(runs, epoch: float, column: str) -> float:
 # ------------------------------------------------------------------ the study
 def run(ctx) -> None:
   from mbx.figures import schedules as figures  # pylint: disable=import-outside-toplevel
-  from mbx.training.loop import MOMENTUM_OF  # pylint: disable=import-outside-toplevel
+  from mbx.training.recorder import MOMENTUM_OF  # pylint: disable=import-outside-toplevel
   config, options = ctx.config, ctx.options
   _, facts = _workload_facts(config)
   plan = design(config, options, **facts)
