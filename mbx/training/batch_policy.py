@@ -211,7 +211,8 @@ class BatchPolicy:
              measure: Mapping[str, Callable]) -> tuple[bool, dict]:
     """(whether the plan changed, the decision's log columns) at decision step `step`.
 
-    estimates: the noise-scale probe's summary (grad_sq, trace_sigma, b_simple; NaN when off);
+    estimates: the probes' summaries, merged (the noise scale's grad_sq, trace_sigma, b_simple;
+    NaN when off);
     measure: what the loop measures on request: 'time_steps'(batches) -> seconds per step of
     each (goodput), 'branch_losses'(batches) -> the eval loss after training a copy of the
     state at each batch for train.batch_policy_branch (warmup's branch criterion)."""

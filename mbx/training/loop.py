@@ -43,6 +43,7 @@ from mbx.training.lock import RunLock, default_workdir
 from mbx.training.packing import (PACKABLE_FIELDS, pack_groups, pack_key, restack,
                                   should_repack)
 from mbx.training.plan import make_plan
+from mbx.training.probes import summaries
 from mbx.training.programs import (Setup, compiled_steps, data_seed, initial_state,
                                    sync_every_step)
 from mbx.training.recorder import TrialRecorder, finished_run, print_summary
@@ -124,14 +125,6 @@ class _DeferredInterrupt:
   def restore(self) -> None:
     if self.previous is not None:
       signal.signal(signal.SIGINT, self.previous)
-
-
-def _noise_estimates(s: Setup, state: TrainState) -> dict[str, float]:
-  """The noise-scale probe's bias-corrected |G|^2, tr(Sigma) and B_simple ({} when off)."""
-  for probe in s.parts.probes:
-    if probe.name == 'noise_scale':
-      return probe.summarize(state.probes[probe.name])
-  return {}
 
 
 def _sums_at(state: TrainState, step: int) -> np.ndarray | None:
@@ -255,7 +248,7 @@ def _run_trials(s: Setup, trials: list[TrialRecorder], state: TrainState, *,
           decision = None
           if policy is not None and step in plan.decision_steps and active:
             tic = time.perf_counter()
-            decided, decision = policy.decide(plan, step, _noise_estimates(s, state), {
+            decided, decision = policy.decide(plan, step, summaries(s.parts.probes, state.probes), {
                 'time_steps': lambda batches: time_batches(s, step, state, trials[0].config,
                                                            feed, batches),
                 'branch_losses': lambda batches: branch_losses(s, step, state, trials[0].config,

@@ -12,9 +12,9 @@ import numpy as np
 
 from mbx import config as config_lib
 from mbx.training import distributed
-from mbx.training import noise_scale as noise_scale_lib
 from mbx.training.branching import branch_from
 from mbx.training.checkpoints import Checkpoints
+from mbx.training.probes import run_summary
 from mbx.training.programs import Setup
 from mbx.training.records import Run, RunWriter, load_run
 from mbx.training.step import TrainState, metric_names
@@ -64,7 +64,9 @@ class TrialRecorder:
     self.meta: dict[str, Any] = {'wall_time': 0.0, 'train_time': 0.0}
     self.summary: dict[str, Any] = {}
     self.outcome, self.reason, self.stopped = 'done', 'budget reached', False
-    self.noise_rows: list[tuple] = []
+    # The train rows logged so far, for the probes' run summaries (kept only when one has one).
+    self.train_rows: list[dict[str, Any]] = []
+    self.keeps_rows = any(hasattr(p, 'run_summary') for p in s.workload.probes)
     self.last_loss = math.nan
     self.session_start = time.perf_counter()
     self.packed_with = 1  # the size of the pack it started in
@@ -82,9 +84,7 @@ class TrialRecorder:
     # Rows logged after the last checkpoint by a run that died are redone.
     kept = self.writer.start_session(latest if latest is not None else -1)
     self.summary = dict(self.meta.get('summary', {}))
-    # The noise scale's interval estimates logged so far, for the run-averaged B_simple.
-    self.noise_rows = [(r['step'], r['grad_sq_estimate'], r['trace_estimate'])
-                       for r in kept['train'] if 'grad_sq_estimate' in r]
+    self.train_rows = list(kept['train']) if self.keeps_rows else []
     self.session_start = time.perf_counter()
     return state
 
@@ -134,12 +134,10 @@ class TrialRecorder:
                                                 self.setup.num_train)
       for probe in workload.probes:
         row.update(probe.summarize(probe_states[probe.name]))
-      if 'grad_sq_estimate' in row:
-        # b_simple is an EMA over ~100 steps (the current value, noisy early on); this is the
-        # whole run so far, as the sweep table reports it.
-        self.noise_rows.append((step, row['grad_sq_estimate'], row['trace_estimate']))
-        row['b_simple_run_average'] = noise_scale_lib.run_average(
-            *zip(*self.noise_rows))['b_simple']
+      if self.keeps_rows:
+        self.train_rows.append(row)
+        for probe in workload.probes:
+          row.update(run_summary(probe, self.train_rows))
       row.update(extra or {})
       row.update(examples_per_second=examples_per_second, steps_per_second=steps_per_second,
                  wall_time=self.elapsed())
