@@ -78,12 +78,12 @@ def mbx_step_alone(batch_size: int, steps: int, model_name: str = 'cnn1d',
   order window: the step without the loop and the feed (each epoch's shuffle), so that the
   mbx loop / bare jit ratio splits into the step's share and the loop's."""
   from mbx.training import feed as feed_lib  # pylint: disable=import-outside-toplevel
-  from mbx.training import loop  # pylint: disable=import-outside-toplevel
+  from mbx.training import loop, programs  # pylint: disable=import-outside-toplevel
   from mbx.training.workload import resolve  # pylint: disable=import-outside-toplevel
   config = _config(batch_size, steps, model_name, model_options)
   s = loop.setup(resolve(config))
-  state = loop.initial_state(s, config.train.seed)
-  (step, hyper), = loop.compiled_steps(s, [s.plan.shape_at(0)], state, [config])
+  state = programs.initial_state(s, config.train.seed)
+  (step, hyper), = programs.compiled_steps(s, [s.plan.shape_at(0)], state, [config])
   feed = feed_lib.DeviceFeed(s.train_rows, s.mesh, seed=0, max_batch_size=s.plan.max_batch_size)
   args = feed.step_args(0, batch_size)  # the slice offset runs past the window: it clamps
   state, metrics = step(state, hyper, *args)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -12,9 +15,10 @@ import pytest
 import mbx
 from mbx import cli
 from mbx.sweep import SearchSpace, SweepConfig, critical_batch as cb, expand, runner
+from mbx.sweep.local_cbs import local_cbs, local_cbs_text
 from mbx.training.records import write_json_atomic
 
-from helpers import tiny_config
+from helpers import REPO, TRAINING_STACK, tiny_config
 
 POWERS = 2.0**np.arange(0, 13)
 
@@ -230,8 +234,8 @@ def test_local_cbs_branches_from_a_checkpoint(tmp_path, capsys, session_data_dir
   source = mbx.train(tiny_config(train=dict(batch_size=16, duration='40 steps',
                                             eval_every='20 steps', checkpoint_every='20 steps')),
                      tmp_path / 'source', quiet=True)
-  per_factor, summary = cb.local_cbs(tmp_path / 'source', 20, factors=(1, 2, 4, 8),
-                                     window='320 examples', tolerance=0.05)
+  per_factor, summary = local_cbs(tmp_path / 'source', 20, factors=(1, 2, 4, 8),
+                                  window='320 examples', tolerance=0.05)
   assert list(per_factor['batch_size']) == [16, 32, 64, 128]
   np.testing.assert_allclose(per_factor['learning_rate'], 1e-2 * np.sqrt([1, 2, 4, 8]))
   assert list(per_factor['steps']) == [20, 10, 5, 3]  # the same data for every branch
@@ -253,12 +257,12 @@ def test_local_cbs_branches_from_a_checkpoint(tmp_path, capsys, session_data_dir
   assert summary['noise_limited'] is False  # one seed: its spread is unknown
   # Two data seeds per branch and a tolerance below the k = 1 branch's spread over them: the
   # branches cannot be told apart, so no number is reported.
-  per_factor, summary = cb.local_cbs(tmp_path / 'source', 20, factors=(1,), seeds=(0, 1),
-                                     window='160 examples', tolerance=1e-7,
-                                     workdir=tmp_path / 'two_seeds')
+  per_factor, summary = local_cbs(tmp_path / 'source', 20, factors=(1,), seeds=(0, 1),
+                                  window='160 examples', tolerance=1e-7,
+                                  workdir=tmp_path / 'two_seeds')
   assert summary['baseline_seed_std'] > 1e-7
   assert summary['noise_limited'] and summary['local_cbs'] is None and not summary['capped']
-  assert cb.local_cbs_text(summary).startswith('noise-limited')
+  assert local_cbs_text(summary).startswith('noise-limited')
 
 
 def test_the_steps_figure_legends_cover_no_marker():
@@ -329,3 +333,18 @@ def test_a_second_target_comes_from_the_same_evaluations(tmp_path, capsys, sessi
   cli.main(['analyze', 'cbs', str(tmp_path), '--bootstrap', '100', '--no-figures',
             '--target', '0.7'])
   assert 'target: eval_accuracy 0.7' in capsys.readouterr().out
+
+
+def test_the_fits_and_their_figures_import_no_training_stack():
+  """The statistics of a sweep work on numbers and DataFrames: importing them loads neither
+  JAX nor mbx.training (a fresh process, as `import mbx` in a notebook would be)."""
+  code = ('import sys\n'
+          'import mbx.sweep.critical_batch, mbx.sweep.steps_to_target, mbx.sweep.grid\n'
+          'import mbx.figures.critical_batch\n'
+          'print([m for m in sys.modules if m.split(".")[0] in %r or m == "mbx.training"])'
+          % (TRAINING_STACK,))
+  env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get('PYTHONPATH', ''))
+  result = subprocess.run([sys.executable, '-c', code], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=120, check=False)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert result.stdout.strip() == '[]', result.stdout

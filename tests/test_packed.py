@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 import mbx
-from mbx.training.loop import pack_key, train_packed
+from mbx.training.loop import train_packed
+from mbx.training.packing import pack_key
 from mbx.training.workload import resolve
 
 from helpers import tiny_config
@@ -51,14 +52,15 @@ def test_packed_trials_equal_solo_trials(tmp_path):
 def test_a_stack_evaluates_alike_vmapped_and_trial_by_trial(monkeypatch):
   """Packed trials are evaluated in one vmapped pass on accelerators and one by one on
   XLA:CPU (faster there); both give each trial's own row."""
-  from mbx.training import loop  # pylint: disable=import-outside-toplevel
+  # pylint: disable-next=import-outside-toplevel
+  from mbx.training import evaluation, loop, packing, programs
   s = loop.setup(resolve(tiny_config(train=dict(batch_size=16))))
-  states = [loop.initial_state(s, seed) for seed in range(3)]
-  stack = loop._stack(states)  # pylint: disable=protected-access
+  states = [programs.initial_state(s, seed) for seed in range(3)]
+  stack = packing.stack_states(states)
   alone = [s.evaluator(state.params, state.model_state) for state in states]
   assert len({row['eval_loss'] for row in alone}) == 3
   for vmapped in (True, False):
-    monkeypatch.setattr(loop.Evaluator, 'vmap_stacks', vmapped)
+    monkeypatch.setattr(evaluation.Evaluator, 'vmap_stacks', vmapped)
     rows = s.evaluator.stacked(stack.params, stack.model_state)
     for row, single in zip(rows, alone, strict=True):
       assert row.keys() == single.keys()
@@ -96,14 +98,14 @@ def test_a_trial_that_reaches_its_target_stops_where_it_would_alone(tmp_path):
 def test_trials_still_training_leave_a_pack_that_is_half_finished(tmp_path, monkeypatch):
   """Two of four trials reach their target early; the other two (an LR too small to learn)
   go on as a pack of two, and every trial still ends as it would alone."""
-  from mbx.training import loop  # pylint: disable=import-outside-toplevel
+  from mbx.training import loop, packing  # pylint: disable=import-outside-toplevel
   decisions = []
-  repack = loop._repack  # pylint: disable=protected-access
+  repack = packing.should_repack
 
   def free_compiles(active, trials, steps_left, step_seconds, compile_seconds):
     decisions.append(repack(active, trials, steps_left, step_seconds, 0.0))
     return decisions[-1]
-  monkeypatch.setattr(loop, '_repack', free_compiles)  # 60 steps would not pay for one
+  monkeypatch.setattr(loop, 'should_repack', free_compiles)  # 60 steps would not pay for one
   base = dict(duration='60 steps', log_every='10 steps', eval_every='1000 steps',
               checkpoint_every=None, batch_size=16, target_metric='eval_accuracy',
               target_value=0.2, stop_at_target=True, eval_growth=1.3)
@@ -124,12 +126,12 @@ def test_trials_still_training_leave_a_pack_that_is_half_finished(tmp_path, monk
 
 
 def test_a_pack_splits_only_when_the_steps_left_pay_for_the_compile():
-  from mbx.training.loop import _repack  # pylint: disable=import-outside-toplevel
-  assert not _repack(7, 12, 10_000, 1e-3, 0.1)    # more than half still active
-  assert not _repack(0, 12, 10_000, 1e-3, 0.1)    # none left
-  assert _repack(6, 12, 10_000, 1e-3, 1.0)        # saves ~5 s for a 1 s compile
-  assert not _repack(6, 12, 1_000, 1e-3, 1.0)     # saves ~0.5 s: not worth it
-  assert _repack(1, 4, 100, 1e-2, 0.3) and not _repack(1, 4, 100, 1e-2, 0.4)
+  from mbx.training.packing import should_repack  # pylint: disable=import-outside-toplevel
+  assert not should_repack(7, 12, 10_000, 1e-3, 0.1)    # more than half still active
+  assert not should_repack(0, 12, 10_000, 1e-3, 0.1)    # none left
+  assert should_repack(6, 12, 10_000, 1e-3, 1.0)        # saves ~5 s for a 1 s compile
+  assert not should_repack(6, 12, 1_000, 1e-3, 1.0)     # saves ~0.5 s: not worth it
+  assert should_repack(1, 4, 100, 1e-2, 0.3) and not should_repack(1, 4, 100, 1e-2, 0.4)
 
 
 def test_rerunning_a_finished_pack_does_nothing(tmp_path):

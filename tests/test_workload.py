@@ -18,7 +18,7 @@ from mbx import cli
 from mbx.config import ConfigError
 from mbx.data import ArrayDataset
 from mbx.training import autobatch as autobatch_lib
-from mbx.training import loop
+from mbx.training import loop, programs
 from mbx.training.workload import resolve
 
 from helpers import REPO, tiny_config
@@ -167,8 +167,8 @@ def test_autobatch_measures_the_program_that_trains():
   workload = resolve(config)
   s = loop.setup(workload)
   shape = s.plan.shapes_of_phase(0)[0]
-  state = loop.initial_state(s, 0)
-  compiled, _ = loop.compiled_steps(s, [shape], state, [workload.config])[0]
+  state = programs.initial_state(s, 0)
+  compiled, _ = programs.compiled_steps(s, [shape], state, [workload.config])[0]
   compiler = autobatch_lib._StepCompiler(  # pylint: disable=protected-access
       workload, autobatch_lib.DataFacts.of(workload), s.mesh)
   step, args, _ = compiler.train_program(shape)

@@ -216,10 +216,10 @@ def _analyze_local_cbs(args) -> None:
   directories.require(args.run_dir, 'run', 'mbx analyze local-cbs')
   # pylint: disable=import-outside-toplevel  (jax, matplotlib)
   from mbx.figures import critical_batch as figures
-  from mbx.sweep import critical_batch
+  from mbx.sweep import local_cbs
   factors = [int(k) for k in args.factors.split(',') if k.strip()]
   seeds = [int(s) for s in args.seeds.split(',') if s.strip()]
-  per_factor, summary = critical_batch.local_cbs(
+  per_factor, summary = local_cbs.local_cbs(
       args.run_dir, args.step, factors=factors, window=args.window,
       lr_scaling=args.lr_scaling, tolerance=args.tolerance, metric=args.metric,
       seeds=seeds, workdir=args.workdir, quiet=False)
@@ -232,6 +232,6 @@ def _analyze_local_cbs(args) -> None:
   capped = (' (every factor tried stayed within tolerance: a lower bound)'
             if summary['capped'] else '')
   print(f'local CBS at step {args.step} of {args.run_dir} (trained at B = '
-        f'{summary["batch_size"]}): {critical_batch.local_cbs_text(summary)}{capped}')
+        f'{summary["batch_size"]}): {local_cbs.local_cbs_text(summary)}{capped}')
   figures.local_cbs(per_factor, summary, out / 'local_cbs.png')
   print(f'written: {out / "local_cbs.csv"}, {out / "local_cbs.json"}, {out / "local_cbs.png"}')

@@ -237,9 +237,9 @@ def local_cbs_batch_size(options: Options, sizes) -> int | None:
 
 def _branch(args) -> tuple:
   """One branch point (a process of its own when the study has workers)."""
-  from mbx.sweep import critical_batch  # pylint: disable=import-outside-toplevel
+  from mbx.sweep import local_cbs  # pylint: disable=import-outside-toplevel
   source, step, factors, options, workdir = args
-  return critical_batch.local_cbs(
+  return local_cbs.local_cbs(
       source, step, factors=factors, window=options['window'],
       tolerance=options['tolerance'], metric=options['metric'], seeds=options['seeds'],
       workdir=workdir)

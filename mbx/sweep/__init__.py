@@ -6,16 +6,18 @@
     analysis = mbx.sweep.analyze(table)                           # .per_batch_size, .summary
     per_k, summary = mbx.sweep.local_cbs('runs/a', step=400)      # Merrill et al. 2025
 
-The grid (`SweepConfig`, `load_sweep`) imports no JAX, so sweep config files load and are
-checked at once; the runner and the analysis load the training stack when first used.
+The grid (`SweepConfig`, `load_sweep`) and the fits (critical_batch, steps_to_target) import
+no JAX, so sweep config files load and are checked at once; the runner, the trial table and
+the local CBS load the training stack when first used.
 """
 import importlib
 
 _LAZY = {**dict.fromkeys(('SearchSpace', 'SweepConfig', 'Trial', 'expand', 'load_sweep'),
                          'mbx.sweep.grid'),
          **dict.fromkeys(('load_table', 'run_sweep', 'trial_table'), 'mbx.sweep.runner'),
-         **dict.fromkeys(('analyze', 'analyze_sweep', 'fit_pareto', 'local_cbs',
-                          'steps_to_result', 'zhang_cbs'), 'mbx.sweep.critical_batch')}
+         **dict.fromkeys(('analyze', 'analyze_sweep', 'fit_pareto', 'steps_to_result',
+                          'zhang_cbs'), 'mbx.sweep.critical_batch'),
+         'local_cbs': 'mbx.sweep.local_cbs'}
 
 __all__ = sorted(_LAZY)
 

@@ -11,7 +11,9 @@
 - Zhang et al. 2024 (arXiv 2410.21676): the CBS is where steps-to-target exceed
   perfect linear scaling by 20%, S(B) B / (S(B0) B0) = 1.2, B0 the smallest batch.
 - Merrill et al. 2025 (arXiv 2505.23971): the *local* CBS at a checkpoint, by
-  branching with k x B for a fixed amount of data (`local_cbs`).
+  branching with k x B for a fixed amount of data (mbx.sweep.local_cbs, which trains).
+
+The fits and tables here work on numbers and DataFrames and import no JAX.
 """
 from __future__ import annotations
 
@@ -23,14 +25,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
-
-from mbx import config as config_lib
-from mbx.optim import batch_rules, declared
-from mbx.sweep.runner import load_table, trial_table
-from mbx.training.loop import train
-from mbx.training.records import load_run
-from mbx.training.workload import resolve
 
 ZHANG_OVERHEAD = 0.2
 GROUP = ['optimizer', 'batch_size']
@@ -469,124 +463,8 @@ def analyze_sweep(sweep_dir: str | pathlib.Path, *, target_value: float | None =
                   **options) -> CriticalBatchAnalysis:
   """`analyze` on a sweep directory's trial table (rebuilt from its run directories);
   `target_value`: another target than the sweep's, from the same evaluations."""
+  # The table reads run directories (mbx.training.records): loaded here, not with the fits.
+  from mbx.sweep.runner import load_table, trial_table  # pylint: disable=import-outside-toplevel
   if target_value is not None:
     return analyze(trial_table(sweep_dir, target_value), **options)
   return analyze(load_table(sweep_dir), **options)
-
-
-# ------------------------------------------------------------ local CBS
-
-
-def _default_lr_scaling(optimizer: str) -> str:
-  """The batch rule the optimizer declares (linear for SGD-type updates, sqrt for Adam-type)."""
-  rule = declared.of_name(optimizer).batch_rule
-  if rule is None:
-    raise declared.undeclared(optimizer, 'batch_rule', 'local CBS without lr_scaling')
-  return rule
-
-
-def branch_configs(run_dir: str | pathlib.Path, step: int, factors: Sequence[int],
-                   window: str, lr_scaling: str | None = None, seeds: Sequence[int] = (0,)):
-  """[(factor, seed, config)] continuing `run_dir`'s checkpoint at `step` with factor x B.
-
-  Every branch sees the same amount of data (`window`, converted to examples at the
-  source batch size when given in steps); the LR is scaled by factor (linear),
-  sqrt(factor) or not at all.
-  """
-  source = load_run(run_dir).config
-  batch = source.train.batch_size
-  duration = config_lib.parse_duration(window, 'window')
-  if duration.unit == 'steps':
-    window = f'{int(duration.amount) * batch} examples'
-  rule = lr_scaling or _default_lr_scaling(source.optim.name)
-  hyperparameters = {'learning_rate': source.optim.learning_rate,
-                     **{f: getattr(source.optim, f) for f in declared.BUILTIN_FIELDS.get(
-                         source.optim.name, ())}, **source.optim.options}
-  branches = []
-  for factor in factors:
-    for seed in seeds:
-      optim = declared.with_hyperparameters(source.optim, batch_rules.apply(
-          rule, hyperparameters, factor, 'lr_scaling'))
-      train = dataclasses.replace(
-          source.train, batch_size=batch * factor, duration=window, seed=source.train.seed,
-          data_seed=seed, init_from=f'{pathlib.Path(run_dir).absolute()}@{step}',
-          target_metric=None, target_value=None, stop_at_target=False, noise_scale=False,
-          eval_growth=None, eval_every=window, log_every=window, checkpoint_every=None,
-          keep_checkpoints=1, batch_size_milestones=(), micro_batch_size=None)
-      branches.append((factor, seed, dataclasses.replace(
-          source, optim=optim, train=train, name=f'{source.name}-branch{step}-k{factor}')))
-  return branches
-
-
-def local_cbs(run_dir: str | pathlib.Path, step: int, *, factors: Sequence[int] = (
-    1, 2, 4, 8, 16, 32, 64), window: str = '2 epochs', lr_scaling: str | None = None,
-              tolerance: float = 0.01, metric: str = 'eval_loss', seeds: Sequence[int] = (0,),
-              workdir: str | pathlib.Path | None = None, quiet: bool = True
-              ) -> tuple[pd.DataFrame, dict[str, Any]]:
-  """Merrill et al. 2025's local critical batch size at a checkpoint.
-
-  From `run_dir`'s checkpoint at `step` (trained at batch B), branches train with
-  k B for every k in `factors` (the LR scaled by `lr_scaling`), each on the same
-  `window` of data, with every seed in `seeds` (data order). The local CBS is the
-  largest k B such that every branch with k' <= k ends with `metric` (mean over
-  seeds) within `tolerance` of the k = 1 branch (above it for losses/errors, below
-  for accuracy). Branches are ordinary run directories under `workdir`
-  (default RUN_DIR/local_cbs/step<N>) and are reused when run again.
-
-  Returns (per-factor DataFrame, summary dict with 'local_cbs' and the inputs).
-  """
-  source = load_run(run_dir).config
-  workload = resolve(source)
-  allowed = ['train_loss'] + [f'eval_{m}' for m in workload.task.metrics]
-  if metric not in allowed:
-    raise ValueError(f'metric={metric!r}: allowed {", ".join(allowed)}')
-  factors = sorted(set(int(k) for k in factors) | {1})
-  num_train = workload.dataset.num_examples(source.data.train_split)
-  factors = [k for k in factors if k * source.train.batch_size <= num_train]
-  workdir = pathlib.Path(workdir) if workdir else pathlib.Path(run_dir) / 'local_cbs' / f'step{step}'
-  rows = []
-  branches = branch_configs(run_dir, step, factors, window, lr_scaling, seeds)
-  for factor, seed, config in tqdm(branches, desc='local CBS branches', unit='run',
-                                   disable=quiet):
-    run = train(config, workdir / f'k{factor:05d}-s{seed}', quiet=True)
-    if metric == 'train_loss':
-      value = float(run.train_metrics['loss'].iloc[-1]) if len(run.train_metrics) else np.nan
-    else:
-      value = float(run.eval_metrics[metric].iloc[-1]) if len(run.eval_metrics) else np.nan
-    if run.status.get('status') == 'diverged':
-      value = np.nan
-    rows.append({'factor': factor, 'batch_size': config.train.batch_size, 'seed': seed,
-                 'learning_rate': config.optim.learning_rate, 'steps': run.status.get('step'),
-                 'status': run.status.get('status'), metric: value})
-  per_run = pd.DataFrame(rows)
-  per_factor = per_run.groupby(['factor', 'batch_size', 'learning_rate'], as_index=False).agg(
-      value=(metric, 'mean'), std=(metric, 'std'), steps=('steps', 'first'),
-      diverged=('status', lambda s: bool((s == 'diverged').any())))
-  baseline = float(per_factor.loc[per_factor['factor'] == 1, 'value'].iloc[0])
-  better = 'min' if metric == 'train_loss' else workload.task.metrics[metric.partition('_')[2]]
-  sign = -1.0 if better == 'max' else 1.0
-  per_factor['excess'] = sign * (per_factor['value'] - baseline)
-  per_factor['within_tolerance'] = (per_factor['excess'] <= tolerance) & ~per_factor['diverged']
-  within = per_factor['within_tolerance'].to_numpy()
-  last = int(np.argmin(within)) - 1 if not within.all() else len(within) - 1
-  cbs = int(per_factor['batch_size'].iloc[max(last, 0)])
-  # The k = 1 branch's spread over seeds: a tolerance below it cannot tell branches apart.
-  baseline_std = float(per_factor.loc[per_factor['factor'] == 1, 'std'].iloc[0])
-  noise_limited = bool(np.isfinite(baseline_std) and baseline_std > tolerance)
-  summary = {'local_cbs': None if noise_limited else cbs, 'noise_limited': noise_limited,
-             'step': step, 'batch_size': int(source.train.batch_size),
-             'metric': metric, 'tolerance': tolerance, 'window': window,
-             'lr_scaling': lr_scaling or _default_lr_scaling(source.optim.name),
-             'seeds': list(seeds), 'baseline': baseline, 'baseline_seed_std': baseline_std,
-             'run_dir': str(run_dir), 'capped': bool(within.all()) and not noise_limited}
-  per_factor = per_factor.rename(columns={'value': metric, 'std': f'{metric}_std'})
-  return per_factor, summary
-
-
-def local_cbs_text(summary: dict) -> str:
-  """'noise-limited', '>= 128' (every factor within tolerance) or '64'."""
-  if summary.get('noise_limited'):
-    return (f'noise-limited (the k = 1 branch varies by {summary["baseline_seed_std"]:.3g} '
-            f'over seeds, more than the tolerance {summary["tolerance"]:g})')
-  return f'{"≥ " if summary["capped"] else ""}{summary["local_cbs"]}'
-

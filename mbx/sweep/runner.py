@@ -48,7 +48,8 @@ from mbx.sweep import grid as grid_lib
 from mbx.sweep import steps_to_target as stt
 from mbx.tasks import resolve_task
 from mbx.training import noise_scale as noise_scale_lib
-from mbx.training.loop import pack_key, train, train_packed
+from mbx.training.loop import train, train_packed
+from mbx.training.packing import pack_key
 from mbx.training.records import read_jsonl, write_json_atomic
 from mbx.training.workload import resolve
 

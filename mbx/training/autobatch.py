@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import statistics
 import subprocess
 import sys
 import time
@@ -39,6 +38,7 @@ from mbx.training.feed import eval_batch_size, example_bytes, keeps_data_on_devi
 from mbx.training.plan import StepShape, make_plan
 from mbx.training.step import (batch_sharded, init_train_state, make_eval_step, make_mesh,
                                make_step, replicated)
+from mbx.training.timing import seconds_per_step, zeros_like
 from mbx.training.workload import Workload, resolve
 
 
@@ -179,7 +179,7 @@ class _StepCompiler:
 
   def train_program(self, shape: StepShape) -> tuple[Callable, tuple, int]:
     """(jitted step, its abstract arguments, bytes live beside it) for `shape`: the loop's
-    program (loop.trial_step) on the loop's arguments (loop.compiled_steps)."""
+    program (programs.trial_step) on the loop's arguments (programs.compiled_steps)."""
     step = make_step(self.parts, shape, self.mesh, on_device_data=self.facts.on_device)
     hyper, *data = step_arguments(
         self.workload, shape, self.mesh, on_device=self.facts.on_device,
@@ -490,12 +490,6 @@ FASTEST_MAX_CANDIDATES = 6
 FASTEST_TIMED_STEPS = 5
 
 
-def zeros_like(abstract):
-  """Zeros of an abstract array (shape, dtype, sharding), made on its devices."""
-  return jax.jit(lambda: jnp.zeros(abstract.shape, abstract.dtype),
-                 out_shardings=abstract.sharding)()
-
-
 def time_micro_batches(workload: Workload, num_devices: int, *, num_train_examples: int,
                        on_device: bool, steps: int = FASTEST_TIMED_STEPS,
                        max_candidates: int = FASTEST_MAX_CANDIDATES) -> list[dict]:
@@ -528,17 +522,8 @@ def time_micro_batches(workload: Workload, num_devices: int, *, num_train_exampl
       continue
     step, args, _ = compiler.train_program(shape)
     data = jax.tree.map(zeros_like, args[1:])
-    state, _ = step(state, *data)  # compiles
-    jax.block_until_ready(state)
-    times = []
-    for _ in range(3):
-      tic = time.perf_counter()
-      for _ in range(steps):
-        state, _ = step(state, *data)
-      jax.block_until_ready(state)
-      times.append((time.perf_counter() - tic) / steps)
-    rows.append({'micro_batch_size': micro, 'seconds_per_step': statistics.median(times),
-                 'fits': True})
+    seconds, state = seconds_per_step(step, state, data, steps=steps, repeats=3)
+    rows.append({'micro_batch_size': micro, 'seconds_per_step': seconds, 'fits': True})
   return rows
 
 

@@ -109,6 +109,23 @@ def goodput_choice(seconds_per_step: Mapping[int, float], b_simple: float, base_
   return current, 0.0
 
 
+def shortfall(value, baseline, *, higher_is_better: bool = False):
+  """How much worse a branch's metric `value` is than the baseline branch's (< 0: better)."""
+  sign = -1.0 if higher_is_better else 1.0
+  return sign * (value - baseline)
+
+
+def keeps_up(value, baseline, tolerance: float, *, relative: bool = False,
+             higher_is_better: bool = False):
+  """Whether a branch's metric `value` is at most `tolerance` worse than the baseline branch's:
+  by an absolute amount, or (relative) by a fraction of the baseline. NaN never keeps up;
+  elementwise on arrays and Series. Shared by the warmup's branch test and the local CBS."""
+  if relative:
+    return (value >= baseline * (1 - tolerance) if higher_is_better
+            else value <= baseline * (1 + tolerance))
+  return shortfall(value, baseline, higher_is_better=higher_is_better) <= tolerance
+
+
 def lr_factor(rule: str, ratio: float, gain: float, declared_rule: str | None) -> float:
   """The LR multiplier for a batch `ratio` times the initial one (gain: AdaScale's r).
 
@@ -203,7 +220,7 @@ class BatchPolicy:
     if index + 1 == len(ladder):
       return batch, {}
     current, larger = branch_losses((batch, ladder[index + 1]))
-    grows = larger <= current * (1 + self.config.train.batch_policy_tolerance)
+    grows = keeps_up(larger, current, self.config.train.batch_policy_tolerance, relative=True)
     columns = {'branch_loss': current, 'branch_loss_next_rung': larger}
     return (ladder[index + 1] if grows else batch), columns
 
@@ -211,7 +228,8 @@ class BatchPolicy:
              measure: Mapping[str, Callable]) -> tuple[bool, dict]:
     """(whether the plan changed, the decision's log columns) at decision step `step`.
 
-    estimates: the noise-scale probe's summary (grad_sq, trace_sigma, b_simple; NaN when off);
+    estimates: the probes' summaries, merged (the noise scale's grad_sq, trace_sigma, b_simple;
+    NaN when off);
     measure: what the loop measures on request: 'time_steps'(batches) -> seconds per step of
     each (goodput), 'branch_losses'(batches) -> the eval loss after training a copy of the
     state at each batch for train.batch_policy_branch (warmup's branch criterion)."""

@@ -70,7 +70,8 @@ class NoiseScaleProbe:
   """The in-step probe (mbx.training.probes) that estimates B_simple on every measuring step.
 
   Per step it logs the two unbiased estimates (their interval means give the run average, see
-  `run_average`); each log row also gets the bias-corrected EMAs and their ratio b_simple.
+  `run_average`); each log row also gets the bias-corrected EMAs and their ratio b_simple, and
+  b_simple_run_average (`run_summary`).
   """
   ema: float = 0.99
   name = 'noise_scale'
@@ -92,6 +93,13 @@ class NoiseScaleProbe:
 
   def summarize(self, state: NoiseScaleState) -> dict[str, float]:
     return {k: float(v) for k, v in jax.device_get(summarize(state, self.ema)).items()}
+
+  def run_summary(self, rows) -> dict[str, float]:
+    """b_simple over the run so far, as the sweep table reports it (b_simple itself is an EMA
+    over ~100 steps: the current value, noisy early on)."""
+    logged = [(r['step'], r['grad_sq_estimate'], r['trace_estimate'])
+              for r in rows if 'grad_sq_estimate' in r]
+    return {'b_simple_run_average': run_average(*zip(*logged))['b_simple']}
 
 
 def run_average(log_steps, grad_sq_estimates, trace_estimates, until_step=None

@@ -5,7 +5,8 @@ first one. On a measuring step the step splits its batch into at least `min_grou
 (devices x micro-batches; see plan.py), calls `per_group` on each group's mean gradient, averages
 those over the groups and hands them to `update` with the mean gradient. A probe keeps its own
 state in the train state (checkpointed and resumed with it) and adds its per-step values to
-the logged interval means; `summarize` adds columns to each log row. Add one with
+the logged interval means; `summarize` adds columns to each log row, and the optional
+`run_summary` columns over the whole run so far (the noise scale's run average). Add one with
 `train.probes=package.module:MyProbe`, without touching the step, the loop or the plan.
 """
 from __future__ import annotations
@@ -39,6 +40,9 @@ class Probe(Protocol):
   per_group(grads, sq_norm) -> pytree from one group's mean gradient (sq_norm(tree) = |tree|^2).
   update(state, gradients: GroupGradients) -> (state, {metric: scalar}).
   summarize(state) -> {column: float}, on the host at each log row (may be empty).
+  run_summary(rows) -> {column: float}, optional: on the host at each log row, from the train
+    rows the run has logged so far (this one, with its `summarize` columns, last; rows kept
+    across a resume first); see `run_summary` below.
   """
   name: str
   metrics: tuple[str, ...]
@@ -51,6 +55,19 @@ class Probe(Protocol):
   def update(self, state, gradients: GroupGradients) -> tuple[Any, dict[str, jax.Array]]: ...
 
   def summarize(self, state) -> dict[str, float]: ...
+
+
+def run_summary(probe: Probe, rows: list[dict[str, Any]]) -> dict[str, float]:
+  """The probe's run-level columns from the train rows logged so far ({} when it has no
+  `run_summary`)."""
+  hook = getattr(probe, 'run_summary', None)
+  return hook(rows) if hook is not None else {}
+
+
+def summaries(probes, probe_states) -> dict[str, float]:
+  """Every probe's `summarize` of its state, merged (e.g. the noise scale's grad_sq,
+  trace_sigma and b_simple, which the batch policies read)."""
+  return {k: v for probe in probes for k, v in probe.summarize(probe_states[probe.name]).items()}
 
 
 def resolve_probe(path: str) -> Probe:
