@@ -45,7 +45,7 @@ from mbx.training.packing import (PACKABLE_FIELDS, pack_groups, pack_key, restac
 from mbx.training.plan import make_plan
 from mbx.training.probes import summaries
 from mbx.training.programs import (Setup, compiled_steps, data_seed, initial_state,
-                                   sync_every_step)
+                                   sync_every_step, with_rule_hyperparameters)
 from mbx.training.recorder import TrialRecorder, finished_run, print_summary
 from mbx.training.records import Run, load_run
 from mbx.training.step import TrainState, make_mesh, replicated, zero_metric_sums
