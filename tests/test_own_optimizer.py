@@ -148,3 +148,12 @@ def test_built_in_lion_and_muon_train(tmp_path):
                                            else 0.02)), tmp_path / name, quiet=True)
     assert run.status['status'] == 'done' and np.isfinite(run.status['eval_loss']), name
     assert 'sgd_noise_scale' in run.train_metrics, name
+
+
+def test_the_increase_batch_study_needs_a_declared_momentum(user_module):
+  from mbx.study import increase_batch  # pylint: disable=import-outside-toplevel
+  with pytest.raises(mbx.ConfigError, match=r"^the increase-batch study \(g = εN/\(B\(1 − m\)\)\) "
+                     r"needs the optimizer's momentum, and optim.name='my_optimizers:plain' "
+                     r"declares none"):
+    increase_batch.check(_config('my_optimizers:plain'), increase_batch.Options())
+  increase_batch.check(_config('my_optimizers:declared'), increase_batch.Options())

@@ -26,6 +26,7 @@ import math
 from typing import Any
 
 from mbx import config as config_lib
+from mbx.optim import declared
 
 TITLE = 'Increase the batch instead of decaying the learning rate ({name})'
 SCHEDULES = ('decaying LR', 'hybrid', 'increasing batch')
@@ -261,6 +262,10 @@ def check(config: config_lib.Config, options: Options) -> None:
   if not (isinstance(options.hybrid_increases, int) and options.hybrid_increases >= 0):
     raise config_lib.ConfigError(f'study.hybrid_increases={options.hybrid_increases!r}: an '
                                  'integer >= 0 (0: no hybrid)')
+  momentum = declared.of_name(config.optim.name).momentum
+  if momentum is None:  # its noise scale g = εN/(B(1 − m)) is the study's x axis
+    raise config_lib.ConfigError(str(declared.undeclared(
+        config.optim.name, 'momentum', 'the increase-batch study (g = εN/(B(1 − m)))')))
   if config.optim.lr_scaling != 'none':
     raise config_lib.ConfigError(
         f'optim.lr_scaling={config.optim.lr_scaling!r}: would scale the LR with the growing '
