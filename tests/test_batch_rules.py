@@ -50,6 +50,9 @@ def test_bad_rules_are_named_in_one_line():
     batch_rules.parse('sqrt+linear', 'train.batch_size_rule')
   with pytest.raises(ValueError, match=r'adam_sde: at κ = 20'):
     batch_rules.apply('adam_sde', ADAM, 20.0)
+  with pytest.raises(ValueError, match=r'adamw_timescale reads the new LR, so the LR rule \(sqrt\) '
+                     r'must come before it'):
+    batch_rules.parse('adamw_timescale+sqrt', 'train.batch_policy_lr')
 
 
 def test_a_rule_needing_a_hyperparameter_the_optimizer_lacks_stops_before_compiling():
@@ -72,8 +75,9 @@ def _hyperparameters(workdir, step):
 def test_a_schedule_changes_beta2_with_the_batch_and_resumes_across_the_change(
     tmp_path, monkeypatch):
   """B 64 -> 128 after 10 steps under sqrt+beta2_half_life: the LR grows by √2 and β2 becomes
-  β2², held in the optimizer state; a run that fails at its last checkpoint resumes from step
-  15 (past the change) and ends bit for bit where an uninterrupted run does."""
+  β2², held in the optimizer state; a run that fails when saving step 15 resumes from step 10
+  (whose state still holds β2: the rule is applied again at the phase start) and ends bit for
+  bit where an uninterrupted run does."""
   config = tiny_config(train=dict(batch_size_milestones=(640,), batch_size_factor=2,
                                   batch_size_milestone_unit='examples', duration='1920 examples',
                                   checkpoint_every='5 steps', keep_checkpoints=4,
@@ -89,13 +93,14 @@ def test_a_schedule_changes_beta2_with_the_batch_and_resumes_across_the_change(
   save = Checkpoints.save
 
   def save_or_fail(self, state, meta):
-    if meta['step'] == 20:
+    if meta['step'] == 15:
       raise OSError('No space left on device')
     return save(self, state, meta)
   monkeypatch.setattr(Checkpoints, 'save', save_or_fail)
   with pytest.raises(OSError):
     mbx.train(config, tmp_path / 'failed', quiet=True)
-  assert mbx.load_run(tmp_path / 'failed').status['last_good_step'] == 15
+  assert mbx.load_run(tmp_path / 'failed').status['last_good_step'] == 10
+  assert _hyperparameters(tmp_path / 'failed', 10)['b2'] == pytest.approx(0.999)
   monkeypatch.setattr(Checkpoints, 'save', save)
   resumed = mbx.train(config, tmp_path / 'failed', quiet=True)
   assert resumed.status['status'] == 'done'

@@ -157,3 +157,75 @@ def test_the_increase_batch_study_needs_a_declared_momentum(user_module):
                      r"declares none"):
     increase_batch.check(_config('my_optimizers:plain'), increase_batch.Options())
   increase_batch.check(_config('my_optimizers:declared'), increase_batch.Options())
+
+
+def test_packed_trials_log_their_own_momentum(tmp_path):
+  """Smith's g in each packed trial's rows uses that trial's momentum (a trial field)."""
+  configs = [tiny_config(optim=dict(name='momentum', learning_rate=0.05, momentum=m),
+                         name=f'm{m}') for m in (0.9, 0.5)]
+  runs = mbx.train_packed(configs, [tmp_path / 'a', tmp_path / 'b'], quiet=True)
+  assert runs[0].status.get('packed_trials') == 2
+  for run, m in zip(runs, (0.9, 0.5)):
+    rows = run.train_metrics
+    np.testing.assert_allclose(rows['sgd_noise_scale'],
+                               rows['learning_rate'] * 4000 / (64 * (1 - m)), rtol=1e-6)
+
+
+def test_injected_hyperparameters_are_floats_whatever_the_config_holds():
+  optimizer = resolve_optimizer(mbx.OptimConfig(name='sgd', learning_rate=1))
+  state = optimizer.transform().init({'w': jnp.ones(2)})
+  assert state.hyperparams['learning_rate'].dtype == jnp.float32
+  assert float(set_hyperparameters(state, learning_rate=0.5).hyperparams['learning_rate']) == 0.5
+
+
+def test_a_built_in_field_given_as_an_option_is_refused():
+  with pytest.raises(mbx.ConfigError, match=r"^optim.options.momentum: optim.name='momentum' "
+                     r"reads it from optim.momentum; set optim.momentum instead$"):
+    resolve(tiny_config(optim=dict(name='momentum', options={'momentum': 0.5})))
+
+
+def test_local_cbs_branches_follow_the_rule_from_the_factorys_defaults(tmp_path):
+  """lion's β2 is an option left at its default (0.99): a branch at 2B under
+  sqrt+beta2_half_life gets √2 η and 0.99², and each branch config is valid."""
+  from mbx.training.branching import branch_configs  # pylint: disable=import-outside-toplevel
+  config = tiny_config(optim=dict(name='lion', learning_rate=1e-3), train=dict(
+      batch_size_milestones=(640,), batch_size_milestone_unit='examples', batch_size_factor=2,
+      duration='1280 examples', batch_size_rule='sqrt'))
+  mbx.train(config, tmp_path / 'source', quiet=True)
+  branches = branch_configs(tmp_path / 'source', 10, (1, 2), '256 examples',
+                            'sqrt+beta2_half_life')
+  (_, _, same), (_, _, double) = branches
+  assert dict(same.optim.options) == {} and same.optim.learning_rate == 1e-3
+  assert double.optim.options['b2'] == pytest.approx(0.99 ** 2)
+  assert double.optim.learning_rate == pytest.approx(1e-3 * np.sqrt(2))
+  for _, _, branch in branches:
+    assert branch.train.batch_size_rule == 'none'
+    resolve(branch)
+
+
+def test_a_checkpoint_of_another_layout_stops_in_one_line_and_stays(tmp_path):
+  """A run written when optimizer states had another layout (an earlier mbx: optax's state as it
+  is) is not resumed from scratch: its checkpoints stay where they are and the run stops in
+  one line."""
+  import json  # pylint: disable=import-outside-toplevel
+  from helpers import run_python  # pylint: disable=import-outside-toplevel
+  code = f'''
+    import json, sys, optax
+    sys.path.insert(0, 'tests')
+    import mbx
+    from mbx.optim import optimizers
+    from mbx.training import step
+    from helpers import tiny_config
+    optimizers.Optimizer.transform = lambda self: optax.adam(1e-2)
+    step.set_hyperparameters = lambda state, **values: state
+    mbx.train(tiny_config(name='layout'), {str(tmp_path)!r}, quiet=True)
+    print(json.dumps({{}}))
+  '''
+  run_python(code)
+  status = json.loads((tmp_path / 'status.json').read_text())
+  (tmp_path / 'status.json').write_text(json.dumps({**status, 'status': 'running'}))
+  with pytest.raises(mbx.ConfigError) as error:
+    mbx.train(tiny_config(name='layout'), tmp_path, quiet=True)
+  text = str(error.value)
+  assert 'checkpoint step 20 holds a train state of another layout' in text and '\n' not in text
+  assert sorted(p.name for p in (tmp_path / 'checkpoints').iterdir()) == ['10', '20']

@@ -13,7 +13,8 @@ a published formula (docs/batch_rules.md):
   adam_sde          η → √κ η, 1−β1 → κ(1−β1), 1−β2 → κ(1−β2), ε → ε/√κ   (Malladi et al. 2022)
   beta2_half_life   β2 → β2^κ: β2's half-life stays fixed in examples (Marek et al. 2025)
   adamw_timescale   λ → λ κ η_old/η_new: the AdamW timescale τ = B/(ηλD) stays fixed
-                    (Bergsma et al. 2025; D, the training set's size, does not change)
+                    (Bergsma et al. 2025; D, the training set's size, does not change); it
+                    assumes AdamW's decoupled decay (the update holds ηλθ)
 
 This module is plain Python (no JAX): configs are checked with it before anything loads.
 """
@@ -85,6 +86,11 @@ def parse(expression: str, field: str) -> tuple[BatchRule, ...]:
     raise ValueError(f'{field}={expression!r}: {unknown[0]!r} is not a batch rule; rules: '
                      f'{", ".join(RULES)}, composed with "+" (e.g. sqrt+beta2_half_life)')
   rules = tuple(RULES[name] for name in names if name != 'none')
+  for i, rule in enumerate(rules):
+    later = [r.name for r in rules[i + 1:] if 'learning_rate' in r.changes]
+    if 'learning_rate' in rule.reads and 'learning_rate' not in rule.changes and later:
+      raise ValueError(f'{field}={expression!r}: {rule.name} reads the new LR, so the LR rule '
+                       f'({later[0]}) must come before it, e.g. {later[0]}+{rule.name}')
   changed = [name for rule in rules for name in rule.changes]
   if len(set(changed)) != len(changed):
     raise ValueError(f'{field}={expression!r}: two of its rules set the same hyperparameter '

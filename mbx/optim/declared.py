@@ -8,7 +8,7 @@
 * batch_rule: the default rule when the batch changes (mbx.optim.batch_rules): 'linear' for
   SGD-type updates, 'sqrt' for normalised (Adam-type) ones. Sweeps move their LR range by it,
   local-CBS branches scale their LR by it, and AdaScale's gain enters the LR with its power.
-* preconditioner: (opt_state, hyperparameters) -> the diagonal P of the update Δθ = −ηPG as a
+* preconditioner: (inner optax state, hyperparameters) -> the diagonal P of the update Δθ = −ηPG as a
   tree like the params, or 'identity'. The preconditioned noise-scale estimators need it.
 
 An optimizer that does not declare one of these gets a one-line answer from each feature that
@@ -92,6 +92,10 @@ def check(config: Config) -> None:
   if not isinstance(o.options, dict) and not hasattr(o.options, 'items'):
     raise ValueError(f'optim.options must be a mapping of keyword arguments, got {o.options!r}')
   reads = BUILTIN_FIELDS.get(o.name, ())
+  for key in o.options:
+    if key in reads:
+      raise ValueError(f'optim.options.{key}: optim.name={o.name!r} reads it from optim.{key}; '
+                       f'set optim.{key} instead')
   defaults = OptimConfig()
   for field in OPTION_FIELDS:
     if field not in reads and getattr(o, field) != getattr(defaults, field):
@@ -102,7 +106,10 @@ def check(config: Config) -> None:
   batch_rules.parse(o.lr_scaling, 'optim.lr_scaling')
   batch_rules.parse(t.batch_size_rule, 'train.batch_size_rule')
   if t.batch_policy_lr not in ('auto', 'adascale'):
-    batch_rules.parse(t.batch_policy_lr, 'train.batch_policy_lr')
+    try:
+      batch_rules.parse(t.batch_policy_lr, 'train.batch_policy_lr')
+    except ValueError as error:
+      raise ValueError(f'{error}; or auto, or adascale') from None
 
 
 def declared(config: OptimConfig, factory=None) -> Declared:
@@ -178,3 +185,18 @@ def with_hyperparameters(optim: OptimConfig, values: dict[str, float]) -> OptimC
     else:
       options[name] = value
   return dataclasses.replace(optim, options=options, **changes)
+
+
+def option_default(name: str, option: str):
+  """The default of an option of the optimizer's factory (None when it has none); a built-in's
+  factory loads optax, an import path's its own module."""
+  import inspect  # pylint: disable=import-outside-toplevel
+  if name in BUILTIN:
+    from mbx.optim.optimizers import FACTORIES  # pylint: disable=import-outside-toplevel
+    factory = FACTORIES[name]
+  else:
+    factory = registry.resolve(name, {}, 'optim.name', 'factory')
+  parameter = inspect.signature(factory).parameters.get(option)
+  if parameter is None or parameter.default is inspect.Parameter.empty:
+    return None
+  return parameter.default

@@ -137,18 +137,28 @@ class Optimizer:
         [inspect.Parameter('learning_rate', inspect.Parameter.POSITIONAL_OR_KEYWORD)]
         + [inspect.Parameter(name, keyword) for name in self.options])
     static = tuple(name for name in self.options if name not in self.injected)
+    # Injected values are floats: optax keeps an int as an int32 array, which would truncate
+    # every LR (or β) written into it later.
+    options = {k: float(v) if k in self.injected else v for k, v in self.options.items()}
     return optax.inject_hyperparams(inner, static_args=static)(
-        learning_rate=self.learning_rate, **self.options)
+        learning_rate=float(self.learning_rate), **options)
 
   @property
   def hyperparameters(self) -> dict[str, float]:
     """The learning rate and every numeric option: what batch rules read and change."""
     numeric = {k: float(v) for k, v in self.options.items()
                if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    return {'learning_rate': self.learning_rate, **numeric}
+    return {'learning_rate': float(self.learning_rate), **numeric}
 
-  def momentum(self, needed_by: str) -> float:
-    return momentum_value(self.name, self.declared, dict(self.options), needed_by)
+  def momentum(self, needed_by: str, optim: OptimConfig | None = None,
+               changed: Mapping[str, float] | None = None) -> float:
+    """The declared momentum's value: of this trial's optim fields (packed trials differ in
+    optim.momentum) and of what a batch rule changed (`changed`), when given."""
+    options = dict(self.options)
+    if optim is not None:
+      options.update({f: getattr(optim, f) for f in BUILTIN_FIELDS.get(optim.name, ())})
+    options.update(changed or {})
+    return momentum_value(self.name, self.declared, options, needed_by)
 
   def batch_rule(self, needed_by: str) -> str:
     if self.declared.batch_rule is None:
@@ -272,6 +282,8 @@ def resolve_optimizer(config: Config | OptimConfig) -> Optimizer:
     if key == 'learning_rate':
       raise ValueError('optim.options.learning_rate: the LR is optim.learning_rate (the '
                        'schedule sets it each step)')
+    if not str(key).isidentifier():
+      raise ValueError(f'optim.options.{key}: not a keyword argument name')
     if key not in names and not var_keyword:
       raise ValueError(f'optim.options.{key} is not an option of optimizer {o.name!r}; '
                        f'{registry.suggest(key, sorted(names - {"learning_rate"}), "optim.options.")}')

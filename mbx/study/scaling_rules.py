@@ -162,7 +162,9 @@ def base_lr_grids(config: config_lib.Config, options: Options, optimizers: Seque
     if optimizer in explicit:
       grids[optimizer], source[optimizer] = explicit[optimizer], 'given'
       continue
-    if reference_lr(optimizer) == reference_lr(config.optim.name):
+    if optimizer == config.optim.name or (
+        reference_lr(optimizer) is not None and
+        reference_lr(optimizer) == reference_lr(config.optim.name)):
       center, source[optimizer] = own, f'the config\'s LR {own:.3g} (at B0)'
     else:
       center = reference_lr(optimizer)

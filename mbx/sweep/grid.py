@@ -37,7 +37,9 @@ def momentum_of(optim: config_lib.OptimConfig) -> float | None:
   section, name = setting
   if section == 'optim':
     return getattr(optim, name)
-  return optim.options.get(name)
+  if name in optim.options:
+    return optim.options[name]
+  return declared.option_default(optim.name, name)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
+import sys
 from collections.abc import Sequence
 
 import jax
@@ -25,8 +26,9 @@ import jax.numpy as jnp
 
 from mbx import config as config_lib
 from mbx.optim import batch_rules, declared
+from mbx.optim.optimizers import resolve_optimizer
 from mbx.training import feed as feed_lib
-from mbx.training.checkpoints import Checkpoints
+from mbx.training.checkpoints import Checkpoints, is_layout_mismatch
 from mbx.training.plan import Segment
 from mbx.training.programs import (Setup, compiled_steps, copy_state, data_seed, sync_every_step,
                                    with_rule_hyperparameters)
@@ -55,22 +57,40 @@ def branch_source(config: config_lib.Config) -> tuple[Run, int]:
   return source, step
 
 
+def _same_optimizer_state(source: config_lib.Config, config: config_lib.Config) -> bool:
+  """Whether the source's optimizer state fits the branch's: the same optimizer, holding the
+  same injected hyperparameters."""
+  if source.optim.name != config.optim.name:
+    return False
+  return resolve_optimizer(source).injected == resolve_optimizer(config).injected
+
+
 def branch_from(state: TrainState, config: config_lib.Config) -> TrainState:
   """Params, model state and (same optimizer only) optimizer state of another run's checkpoint;
-  step, examples, probes and metric sums start from zero (Merrill et al. 2025's branched runs)."""
+  step, examples, probes and metric sums start from zero (Merrill et al. 2025's branched runs).
+  The optimizer's hyperparameters (LR, momentum, a batch rule's) are the branch's own."""
   source, step = branch_source(config)
   put = lambda tree, like: jax.tree.map(lambda a, b: jax.device_put(a, b.sharding), tree, like)
-  if source.config.optim.name == config.optim.name:
+  if _same_optimizer_state(source.config, config):
     # The checkpoint's probe states and metric sums follow the source's probes: restore onto
     # that structure (both are reset below).
     source_workload = resolve(source.config)
     like = state.replace(
         probes={p.name: p.init(state.params) for p in source_workload.probes},
         metric_sums=jnp.asarray(zero_metric_sums(source_workload.task, source_workload.probes)))
-    restored, _ = Checkpoints(source.workdir / 'checkpoints', read_only=True).restore(
-        step, like)
-    return restored.replace(counters=state.counters, probes=state.probes,
-                            metric_sums=state.metric_sums)
+    try:
+      restored, _ = Checkpoints(source.workdir / 'checkpoints', read_only=True).restore(
+          step, like)
+    except ValueError as error:
+      if not is_layout_mismatch(error):
+        raise
+      print(f'train.init_from={config.train.init_from!r}: its optimizer state has another '
+            'layout (an earlier mbx); the branch starts from its parameters and model state '
+            'with a fresh optimizer state', file=sys.stderr)
+    else:
+      opt_state = restored.opt_state._replace(hyperparams=state.opt_state.hyperparams)
+      return restored.replace(counters=state.counters, probes=state.probes,
+                              metric_sums=state.metric_sums, opt_state=opt_state)
   params, model_state, _ = source.restore(step)
   return state.replace(params=put(params, state.params),
                        model_state=put(model_state, state.model_state))
@@ -126,8 +146,7 @@ def branch_configs(run_dir: str | pathlib.Path, step: int, factors: Sequence[int
   """[(factor, seed, config)] continuing `run_dir`'s checkpoint at `step` with factor x B.
 
   Every branch sees the same amount of data (`window`, converted to examples at the
-  source batch size when given in steps); the LR is scaled by factor (linear),
-  the hyperparameters follow the batch rule `lr_scaling` (default: the one the optimizer
+  source batch size when given in steps); the hyperparameters follow the batch rule `lr_scaling` (default: the one the optimizer
   declares, mbx/optim/declared.py).
   """
   source = load_run(run_dir).config
@@ -136,20 +155,20 @@ def branch_configs(run_dir: str | pathlib.Path, step: int, factors: Sequence[int
   if duration.unit == 'steps':
     window = f'{int(duration.amount) * batch} examples'
   rule = lr_scaling or default_batch_rule(source.optim.name)
-  hyperparameters = {'learning_rate': source.optim.learning_rate,
-                     **{f: getattr(source.optim, f) for f in declared.BUILTIN_FIELDS.get(
-                         source.optim.name, ())}, **source.optim.options}
+  hyperparameters = resolve_optimizer(source).hyperparameters  # with the factory's defaults
   branches = []
   for factor in factors:
     for seed in seeds:
-      optim = declared.with_hyperparameters(source.optim, batch_rules.apply(
-          rule, hyperparameters, factor, 'lr_scaling'))
+      scaled = batch_rules.apply(rule, hyperparameters, factor, 'lr_scaling')
+      optim = declared.with_hyperparameters(source.optim, {
+          k: v for k, v in scaled.items() if v != hyperparameters[k]})
       train = dataclasses.replace(
           source.train, batch_size=batch * factor, duration=window, seed=source.train.seed,
           data_seed=seed, init_from=f'{pathlib.Path(run_dir).absolute()}@{step}',
           target_metric=None, target_value=None, stop_at_target=False, noise_scale=False,
           eval_growth=None, eval_every=window, log_every=window, checkpoint_every=None,
-          keep_checkpoints=1, batch_size_milestones=(), micro_batch_size=None)
+          keep_checkpoints=1, batch_size_milestones=(), batch_size_rule='none',
+          micro_batch_size=None)
       branches.append((factor, seed, dataclasses.replace(
           source, optim=optim, train=train, name=f'{source.name}-branch{step}-k{factor}')))
   return branches

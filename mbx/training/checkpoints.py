@@ -9,6 +9,9 @@ the latest step; leftover temporary directories are removed on the next start.
 A checkpoint damaged afterwards (a truncated array file, missing metadata, an empty or garbled
 step directory) is never trusted: `restore_latest` warns in one line, moves it aside into
 `checkpoints/corrupt/` (nothing is deleted) and falls back to the newest one that restores.
+A checkpoint whose state has another layout than the run's (written by an earlier mbx, e.g.
+before optimizer states held their injected hyperparameters) is intact, not damaged: it stays
+where it is and the run stops in one line (`LayoutMismatch`).
 """
 from __future__ import annotations
 
@@ -22,7 +25,18 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from mbx.config import ConfigError
 from mbx.training.step import TrainState
+
+LAYOUT_MISMATCH = 'tree structures do not match'  # orbax's words for another layout
+
+
+class LayoutMismatch(ConfigError):
+  """A checkpoint that is whole but holds a train state of another layout than the run's."""
+
+
+def is_layout_mismatch(error: BaseException) -> bool:
+  return isinstance(error, ValueError) and LAYOUT_MISMATCH in str(error)
 
 
 def _rest(state: TrainState) -> dict[str, Any]:
@@ -90,6 +104,13 @@ class Checkpoints:
       try:
         return step, restore(step)
       except Exception as error:  # pylint: disable=broad-except  (any damage: try the previous)
+        if is_layout_mismatch(error):
+          raise LayoutMismatch(
+              f'{self.directory.parent}: checkpoint step {step} holds a train state of another '
+              'layout (written by an earlier mbx; optimizer states now hold their injected '
+              'hyperparameters), so this version cannot resume it; train in a new directory, '
+              f'or start from its parameters with train.init_from={self.directory.parent}@'
+              f'{step}') from None
         self.quarantine(step, error)
     return None, None
 

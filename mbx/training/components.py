@@ -18,7 +18,7 @@ from mbx.training.workload import Workload
 
 
 def step_parts(workload: Workload, plan: Plan, mesh) -> StepParts:
-  """Model, task, probes, optimizer config, LR schedule, augmentation and update rule for
+  """Model, task, probes, optimizer, LR schedule, augmentation and update rule for
   `plan`."""
   config = workload.config
   lr_schedule = learning_rate_schedule(

@@ -348,8 +348,8 @@ def train_packed(configs: Sequence[config_lib.Config], workdirs: Sequence[str | 
 
   The configs must share `pack_key` (differ only in PACKABLE_FIELDS). Finished trials
   are skipped and interrupted ones resume, as with `train`. Packing needs the training
-  split on device; otherwise, and when the trials resume from different steps or branch
-  from other runs, the trials train one after the other.
+  split on device; otherwise, and when the trials resume from different steps, branch from
+  other runs or have an update rule with packable=False, the trials train one after the other.
   """
   distributed.initialize()  # before anything asks JAX for its processes or devices
   trackers = check_trackers(trackers)

@@ -28,11 +28,13 @@ def stack_states(trees):
 def pack_groups(s: Setup, trials: list, states: list) -> list[tuple[list, Any]]:
   """[(trials, state)] trained together: all as one pack (state stacked) when they can share
   the program, else one by one. Packing needs the training split on device and a common
-  position; a batch policy decides from each trial's own statistics, and a branch starts
-  from another run's checkpoint, so their trials run one by one."""
+  position; a batch policy decides from each trial's own statistics, a branch starts from
+  another run's checkpoint, and an update rule may not run vmapped (packable=False), so
+  their trials run one by one."""
   counters = {tuple(int(v) for v in jax.device_get(state.counters)) for state in states}
   if len(trials) > 1 and (not s.on_device or len(counters) > 1 or
                           s.config.train.batch_policy != 'none' or
+                          not s.parts.update_rule.packable or
                           any(trial.config.train.init_from for trial in trials)):
     return [([trial], state) for trial, state in zip(trials, states)]  # one by one
   return [(trials, stack_states(states) if len(trials) > 1 else states[0])]

@@ -140,20 +140,25 @@ def copy_state(state: TrainState) -> TrainState:
   return jax.tree.map(jnp.copy, state)
 
 
-def with_rule_hyperparameters(s: Setup, state: TrainState, step: int, plan: Plan | None = None
-                              ) -> TrainState:
-  """`state` with the optimizer hyperparameters (besides the LR, which the schedule carries) that
-  a batch rule sets for the steps from `step` on: a policy's decision, or
-  train.batch_size_rule at a batch-size milestone. Idempotent, so a resumed run agrees."""
+def rule_hyperparameters(s: Setup, step: int, plan: Plan | None = None) -> dict[str, float]:
+  """The optimizer hyperparameters besides the LR (which the schedule carries) that a batch rule
+  sets for the steps from `step` on: a policy's decision, or train.batch_size_rule at a
+  batch-size milestone ({} when none)."""
   plan, t = plan or s.plan, s.config.train
   segment = plan.segment_at(step)
   if segment is not None:
-    values = dict(segment.hyperparameters)
-  elif t.batch_size_milestones and t.batch_size_rule != 'none':
+    return dict(segment.hyperparameters)
+  if t.batch_size_milestones and t.batch_size_rule != 'none':
     ratio = plan.shape_at(step).batch_size / plan.initial_batch_size
-    values = s.workload.optimizer.changed_by(t.batch_size_rule, ratio, 'train.batch_size_rule')
-  else:
-    return state
+    return s.workload.optimizer.changed_by(t.batch_size_rule, ratio, 'train.batch_size_rule')
+  return {}
+
+
+def with_rule_hyperparameters(s: Setup, state: TrainState, step: int, plan: Plan | None = None
+                              ) -> TrainState:
+  """`state` with `rule_hyperparameters` placed in the optimizer state; idempotent, so a resumed
+  run agrees with one that never stopped."""
+  values = rule_hyperparameters(s, step, plan)
   if not values:
     return state
   return state.replace(opt_state=place_hyperparameters(state.opt_state, values))

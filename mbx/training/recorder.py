@@ -15,12 +15,15 @@ from mbx.training import distributed
 from mbx.training.branching import branch_from
 from mbx.training.checkpoints import Checkpoints
 from mbx.training.probes import run_summary
-from mbx.training.programs import Setup
+from mbx.training.programs import Setup, rule_hyperparameters
 from mbx.training.records import Run, RunWriter, load_run
 from mbx.training.step import TrainState, metric_names
 from mbx.training.tracking import DEFAULT_TRACKERS
 from mbx.training.workload import Workload
 
+
+
+SGD_NOISE_SCALE = 'the sgd_noise_scale column'
 
 
 def _sgd_noise_scale(momentum: float, learning_rate: float, batch_size: int,
@@ -67,10 +70,11 @@ class TrialRecorder:
     self.last_loss = math.nan
     self.session_start = time.perf_counter()
     self.packed_with = 1  # the size of the pack it started in
-    self.momentum = None  # Smith's g needs it; an optimizer that declares none logs no g
+    self.logs_momentum = True  # Smith's g needs it; an optimizer that declares none logs no g
     try:
-      self.momentum = s.workload.optimizer.momentum('the sgd_noise_scale column')
+      s.workload.optimizer.momentum(SGD_NOISE_SCALE, config.optim)
     except ValueError as error:
+      self.logs_momentum = False
       if distributed.is_writer():
         print(f'{workdir}: {error}; its train rows have no sgd_noise_scale', file=sys.stderr)
 
@@ -133,8 +137,10 @@ class TrialRecorder:
       for name, total in sums.items():  # probe values are means over the steps that measured
         divisor = probe_count if name in probe_metrics else count
         row[name] = total / divisor if divisor else math.nan
-      if self.momentum is not None:
-        row['sgd_noise_scale'] = _sgd_noise_scale(self.momentum, row['learning_rate'], batch,
+      if self.logs_momentum:  # this trial's, as a batch rule left it for the row's steps
+        momentum = workload.optimizer.momentum(SGD_NOISE_SCALE, self.config.optim,
+                                               rule_hyperparameters(self.setup, step - 1))
+        row['sgd_noise_scale'] = _sgd_noise_scale(momentum, row['learning_rate'], batch,
                                                   self.setup.num_train)
       for probe in workload.probes:
         row.update(probe.summarize(probe_states[probe.name]))
