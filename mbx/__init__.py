@@ -12,7 +12,8 @@ The facade: `import mbx` loads only the configs; the training stack (jax) loads 
 import importlib
 
 from mbx.config import (Config, ConfigError, DataConfig, ModelConfig, OptimConfig, TaskConfig,
-                        TrainConfig, apply_overrides, load_config, validate)
+                        TrainConfig, apply_overrides, load_config)
+from mbx.optim.declared import validate
 
 _LAZY = {'train': 'mbx.training.loop', 'train_packed': 'mbx.training.loop',
          'load_run': 'mbx.training.records', 'Run': 'mbx.training.records',

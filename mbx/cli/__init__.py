@@ -14,7 +14,8 @@ import os
 import sys
 
 from mbx import registry
-from mbx.config import ConfigError, load_config, validate
+from mbx import validate
+from mbx.config import ConfigError, load_config
 
 DEBUG_ENV = 'MBX_DEBUG'
 
@@ -33,19 +34,9 @@ def _add_train(subparsers) -> None:
   parser.set_defaults(run=_train)
 
 
-def check_optimizer(config) -> None:
-  """The optimizer's name, the fields it reads and its batch rules, without loading JAX."""
-  from mbx.optim import declared  # pylint: disable=import-outside-toplevel  (no JAX)
-  try:
-    declared.check(config)
-  except ValueError as error:
-    raise ConfigError(str(error)) from None
-
-
 def _train(args) -> None:
   config = load_config(args.config, args.overrides)
-  validate(config)  # every field's value, before the training stack loads
-  check_optimizer(config)
+  validate(config)  # every field's value and the optimizer's, before the training stack loads
   from mbx.training import lock  # pylint: disable=import-outside-toplevel  (no JAX)
   workdir = args.workdir or lock.default_workdir(config)
   if (holder := lock.holder_of(workdir)) is not None:  # before the training stack loads

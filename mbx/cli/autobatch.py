@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from mbx import config as config_lib
+from mbx.optim import declared as optim_declared
 
 
 def add_parser(subparsers) -> None:
@@ -24,7 +25,7 @@ def add_parser(subparsers) -> None:
 
 def _run(args) -> None:
   config = config_lib.load_config(args.config, args.overrides)
-  config_lib.validate(config)
+  optim_declared.validate(config)
   budget = None if args.budget is None else config_lib.parse_bytes(args.budget, '--budget')
   from mbx.training import autobatch as autobatch_lib  # pylint: disable=import-outside-toplevel
   budget = budget or autobatch_lib.config_budget(config)

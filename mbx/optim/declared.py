@@ -21,7 +21,8 @@ from collections.abc import Callable
 from typing import Any
 
 from mbx import registry
-from mbx.config import Config, OptimConfig
+from mbx.config import Config, ConfigError, OptimConfig
+from mbx.config import validate as validate_fields
 from mbx.optim import batch_rules
 
 DECLARED_ATTRIBUTE = 'mbx_declared'
@@ -110,6 +111,16 @@ def check(config: Config) -> None:
       batch_rules.parse(t.batch_policy_lr, 'train.batch_policy_lr')
     except ValueError as error:
       raise ValueError(f'{error}; or auto, or adascale') from None
+
+
+def validate(config: Config) -> None:
+  """config.validate's checks of every field, then `check`'s of the optimizer: ConfigError
+  naming the first bad one, in one line, without importing the optimizer (no JAX)."""
+  validate_fields(config)
+  try:
+    check(config)
+  except ValueError as error:
+    raise ConfigError(str(error)) from None
 
 
 def declared(config: OptimConfig, factory=None) -> Declared:

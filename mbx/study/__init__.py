@@ -22,6 +22,7 @@ from typing import Any
 
 from mbx import config as config_lib
 from mbx import registry
+from mbx.optim import declared as optim_declared
 
 STUDIES = {
     'cbs': 'mbx.study.cbs',
@@ -98,7 +99,7 @@ def run(name: str, config: config_lib.Config, out: str | pathlib.Path, *,
   before anything is written or compiled."""
   module = study_module(name)
   options = options_of(name, quick=quick) if options is None else options
-  config_lib.validate(config)
+  optim_declared.validate(config)
   module.check(config, options)
   _check_same_config(pathlib.Path(out), name, config)
   from mbx.study import context  # pylint: disable=import-outside-toplevel

@@ -387,7 +387,7 @@ def run(ctx) -> None:
   sweep, num_train = _sweep_of(ctx)
   trials = grid.expand(sweep)
   for trial in trials:
-    config_lib.validate(trial.config)
+    declared.validate(trial.config)
   if num_train is None:
     from mbx.training.workload import resolve  # pylint: disable=import-outside-toplevel
     workload = resolve(sweep.base)

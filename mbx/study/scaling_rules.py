@@ -318,7 +318,7 @@ def check(config: config_lib.Config, options: Options) -> None:
   for method in plan.methods:
     for lr in plan.grids[method.optimizer]:
       for b in plan.batch_sizes:
-        config_lib.validate(point_config(config, plan, method.optimizer, lr * method.fraction,
+        declared.validate(point_config(config, plan, method.optimizer, lr * method.fraction,
                                          method.rule, method.warmup, b, plan.tuning_seed))
 
 

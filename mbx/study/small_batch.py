@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from mbx import config as config_lib
+from mbx.optim import declared as optim_declared
 from mbx.study import context
 
 TITLE = 'Small-batch training: the best batch size and the good-LR range per B ({name})'
@@ -213,7 +214,7 @@ def check(config: config_lib.Config, options: Options) -> None:
   num_epochs = epochs(config, options, num_train)
   for key, trial in grid(config, options, num_train).items():
     try:
-      config_lib.validate(trial)
+      optim_declared.validate(trial)
     except config_lib.ConfigError as error:
       raise config_lib.ConfigError(f'the trial variant={key[0]!r}, B={key[1]}, LR={key[2]:g} '
                                    f'({num_epochs:g} epochs): {error}') from None

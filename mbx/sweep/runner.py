@@ -44,6 +44,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from mbx import config as config_lib
+from mbx.optim import declared as optim_declared
 from mbx.sweep import grid as grid_lib
 from mbx.sweep import steps_to_target as stt
 from mbx.tasks import resolve_task
@@ -230,7 +231,7 @@ def run_sweep(sweep: grid_lib.SweepConfig, sweep_dir: str | pathlib.Path, *, wor
   pack = sweep.pack if pack is None else pack
   trials = grid_lib.expand(sweep)
   for trial in trials:  # every config error before the first trial trains
-    config_lib.validate(trial.config)
+    optim_declared.validate(trial.config)
   check_spec(sweep_dir, sweep)
   units = assign(trials, worker, num_workers, pack, sweep.pack_max_batch_size)
   if any(not is_finished(sweep_dir, t) for unit in units for t in unit):

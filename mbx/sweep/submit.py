@@ -15,6 +15,7 @@ from typing import Any
 
 from mbx import config as config_lib
 from mbx import registry
+from mbx.optim import declared as optim_declared
 from mbx.sweep import grid as grid_lib
 
 CLUSTERS = ('slurm', 'local')
@@ -99,7 +100,7 @@ def submit(sweep: grid_lib.SweepConfig, sweep_dir: str | pathlib.Path, *, cluste
   if num_workers < 1:
     raise config_lib.ConfigError(f'--num-workers={num_workers}: must be at least 1')
   for trial in grid_lib.expand(sweep):  # every config error before anything is submitted
-    config_lib.validate(trial.config)
+    optim_declared.validate(trial.config)
   from mbx.sweep import runner  # pylint: disable=import-outside-toplevel  (jax)
   runner.check_spec(sweep_dir, sweep)
   import submitit  # pylint: disable=import-outside-toplevel  (only this command needs it)

@@ -24,6 +24,7 @@ from mbx import config as config_lib
 from mbx import data as data_lib
 from mbx import models as models_lib
 from mbx import registry
+from mbx.optim import declared as optim_declared
 from mbx.optim.optimizers import Optimizer, resolve_optimizer
 from mbx.optim.update_rules import PLAIN, recorded_name, resolve_update_rule
 from mbx.tasks import Task, resolve_task
@@ -213,7 +214,7 @@ def resolve(config: config_lib.Config, *, data=None, model: nn.Module | None = N
   fetched (a catalog dataset not prepared) are said first, before the model is checked against
   their metadata; False (a dry run, reading a run's model) needs metadata only.
   """
-  config_lib.validate(config)
+  optim_declared.validate(config)
   if data is None and config.data.name.startswith(IN_MEMORY_PREFIX):
     raise config_lib.ConfigError(
         f'data.name={config.data.name!r}: this run\'s data were given from Python '
