@@ -229,3 +229,20 @@ def test_a_checkpoint_of_another_layout_stops_in_one_line_and_stays(tmp_path):
   text = str(error.value)
   assert 'checkpoint step 20 holds a train state of another layout' in text and '\n' not in text
   assert sorted(p.name for p in (tmp_path / 'checkpoints').iterdir()) == ['10', '20']
+
+
+def test_a_sweep_over_several_optimizers_keeps_each_trial_to_the_fields_it_reads():
+  """AdamW with β2 = 0.99 as the base, searched with momentum SGD and Lion too: each trial
+  keeps the fields its optimizer reads (β2 only for AdamW) and is a valid config."""
+  from mbx.sweep.grid import SearchSpace, SweepConfig, expand  # pylint: disable=import-outside-toplevel
+  base = tiny_config(optim=dict(name='adamw', b2=0.99, weight_decay=0.1))
+  sweep = SweepConfig(base=base, batch_sizes=(32,), search=tuple(
+      SearchSpace(name, learning_rate=(1e-3, 1e-2), num_learning_rates=1)
+      for name in ('adamw', 'momentum', 'lion')))
+  trials = {t.optimizer: t.config for t in expand(sweep)}
+  assert trials['adamw'].optim.b2 == 0.99 and trials['adamw'].optim.weight_decay == 0.1
+  assert trials['momentum'].optim.b2 == 0.999 and trials['momentum'].optim.weight_decay == 0.1
+  assert trials['lion'].optim.weight_decay == 0.0 and dict(trials['lion'].optim.options) == {
+      'b1': 0.9}
+  for config in trials.values():
+    mbx.validate(config)

@@ -184,6 +184,17 @@ def check_name(name: str, field: str) -> None:
                      '"path/to/file.py:factory")')
 
 
+def for_optimizer(optim: OptimConfig, name: str) -> OptimConfig:
+  """`optim` switched to optimizer `name` (a sweep's or a study's trial of another optimizer):
+  the optim fields `name` does not read back at their defaults and the options, another
+  optimizer's keyword arguments, dropped; unchanged when the name is the same."""
+  if name == optim.name:
+    return optim
+  defaults, reads = OptimConfig(), BUILTIN_FIELDS.get(name, ())
+  return dataclasses.replace(optim, name=name, options={}, **{
+      f: getattr(defaults, f) for f in OPTION_FIELDS if f not in reads})
+
+
 def with_hyperparameters(optim: OptimConfig, values: dict[str, float]) -> OptimConfig:
   """`optim` with these hyperparameters: the LR and a built-in's fields as fields, the rest in
   optim.options (what a batch rule's result becomes in a config)."""

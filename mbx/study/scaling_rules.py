@@ -307,7 +307,8 @@ def point_config(config: config_lib.Config, plan: Plan, optimizer: str, base_lr:
                log_every=f'{min(1.0, plan.epochs / 10):g} epochs',
                eval_every=f'{plan.epochs / 10:g} epochs', checkpoint_every=None,
                stop_at_target=False, batch_size_milestones=(), batch_policy='none')
-  return dataclasses.replace(config, optim=dataclasses.replace(config.optim, **optim),
+  optim_config = declared.for_optimizer(config.optim, optimizer)
+  return dataclasses.replace(config, optim=dataclasses.replace(optim_config, **optim),
                              train=dataclasses.replace(config.train, **train))
 
 

@@ -218,6 +218,7 @@ def noise_scale_fits(config: config_lib.Config, batch_size: int) -> bool:
 def trial_config(sweep: SweepConfig, optimizer: str, batch_size: int, learning_rate: float,
                  momentum: float | None, seed: int, budget: str) -> config_lib.Config:
   config = sweep.base
+  config = dataclasses.replace(config, optim=declared.for_optimizer(config.optim, optimizer))
   optim = dict(name=optimizer, learning_rate=learning_rate)
   setting = declared.momentum_setting(optimizer, 'sweep.search.optimizer')
   if momentum is not None and setting is not None:
@@ -225,7 +226,7 @@ def trial_config(sweep: SweepConfig, optimizer: str, batch_size: int, learning_r
     if section == 'optim':
       optim[name] = momentum
     else:
-      optim['options'] = {**sweep.base.optim.options, name: momentum}
+      optim['options'] = {**config.optim.options, name: momentum}
   config = _replace(config, 'optim', **optim)
   train = dict(batch_size=batch_size, seed=seed, duration=budget,
                target_metric=sweep.target_metric, target_value=sweep.target_value,
