@@ -3,7 +3,7 @@
 On one target (the config's train.target_metric / target_value), every run stopped there:
 fixed batches on the ladder B0 × factor^k ≤ B_max, each at its own learning rate tuned on a seed
 no reported run uses (the fewest steps to the target over a grid around the config's LR moved
-by the Adam-family square-root or the SGD-family linear rule), and the batch policies of
+by the optimizer's declared batch rule: square root for Adam-type, linear for SGD-type), and the batch policies of
 `train.batch_policy` (docs/adaptive_batch.md), which start at B0 with B0's tuned LR: batch-size
 warmup (Merrill et al. 2025), AdaScale (Johnson et al. 2020; at B* with B0's LR scaled by its
 gain), the noise-scale policy (McCandlish et al. 2018; B = B_simple on the ladder) and goodput
@@ -43,8 +43,8 @@ class Options:
                                                # training set
   best_batch_size: int | None = None           # B*; None: the rung nearest the fitted B_crit
   learning_rate_factors: tuple[float, ...] = (0.5, 1.0, 2.0)  # × the config's LR moved to B
-  lr_scaling_power: float | None = None        # LR(B) = LR (B / B_lr)^power; None: 0.5 for
-                                               # adam/adamw/lamb, else 1
+  lr_scaling_power: float | None = None        # LR(B) = LR (B / B_lr)^power; None: the
+                                               # optimizer's declared rule (sqrt 0.5, linear 1)
   tuning_seed: int = 100                       # tunes the LR per B; no reported run uses it
   seeds: tuple[int, ...] = (0, 1, 2)  # train.seed of each reported run (initialisation and data order)
   fixed_grid_seeds: bool = True                # every fixed rung at every seed (the frontier);

@@ -30,8 +30,8 @@ class Options:
   learning_rate_range: float = 8.0  # the LR search spans optim.learning_rate ÷/× this at
                                     # train.batch_size
   num_learning_rates: int = 6  # log-spaced points of the LR search per batch size
-  lr_scaling_power: float | None = None  # the search range moves as B^p; None: 1 for SGD-type,
-                                         # 0.5 for Adam-type optimizers
+  lr_scaling_power: float | None = None  # the search range moves as B^p; None: the optimizer's
+                                         # declared batch rule (linear 1, sqrt 0.5)
   seeds: tuple[int, ...] = (0, 1)  # train.seed of each trial (initialisation and data order)
   target_metric: str | None = None  # None: train.target_metric of the config
   target_value: float | None = None  # None: train.target_value of the config
