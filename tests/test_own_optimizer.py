@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import textwrap
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -246,3 +247,16 @@ def test_a_sweep_over_several_optimizers_keeps_each_trial_to_the_fields_it_reads
       'b1': 0.9}
   for config in trials.values():
     mbx.validate(config)
+
+
+def test_autobatch_counts_the_users_optimizer_state(user_module):
+  """AutoBatch measures the compiled step of a user's optimizer: its momentum buffer (one
+  params-sized tree) is in the state beside plain SGD's none."""
+  from mbx.training import autobatch  # pylint: disable=import-outside-toplevel
+  from mbx.training.workload import resolve as resolve_workload  # pylint: disable=import-outside-toplevel
+  plain = autobatch.memory_of_step(tiny_config(optim=dict(name='sgd')), 16)
+  workload = resolve_workload(_config(f'{user_module}:declared'))
+  users = autobatch.memory_of_step(workload, 16)
+  params = sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(
+      workload.model().init(jax.random.key(0), workload.sample_inputs())['params']))
+  assert users.state_bytes - plain.state_bytes >= params
