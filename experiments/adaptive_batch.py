@@ -16,7 +16,7 @@ Its frontier.png is McCandlish et al.'s steps-examples Pareto plot of the fixed 
 mbx.figures.critical_batch.pareto draws it) with each policy placed on it.
 
     python experiments/adaptive_batch.py --workloads mnist1d  # 54 runs, 18 min
-    python experiments/adaptive_batch.py                      # + KJV: 42 runs of ~1 min
+    python experiments/adaptive_batch.py                      # + KJV: 39 runs, 24 min
     python experiments/adaptive_batch.py --quick --workloads mnist1d  # 19 runs, 6 min
 
 Times on a 2-core CPU shared with other jobs (load average ~15).
