@@ -207,18 +207,3 @@ def with_hyperparameters(optim: OptimConfig, values: dict[str, float]) -> OptimC
     else:
       options[name] = value
   return dataclasses.replace(optim, options=options, **changes)
-
-
-def option_default(name: str, option: str):
-  """The default of an option of the optimizer's factory (None when it has none); a built-in's
-  factory loads optax, an import path's its own module."""
-  import inspect  # pylint: disable=import-outside-toplevel
-  if name in BUILTIN:
-    from mbx.optim.optimizers import FACTORIES  # pylint: disable=import-outside-toplevel
-    factory = FACTORIES[name]
-  else:
-    factory = registry.resolve(name, {}, 'optim.name', 'factory')
-  parameter = inspect.signature(factory).parameters.get(option)
-  if parameter is None or parameter.default is inspect.Parameter.empty:
-    return None
-  return parameter.default

@@ -336,3 +336,13 @@ def resolve_optimizer(config: Config | OptimConfig) -> Optimizer:
 def build_optimizer(config: Config | OptimConfig) -> optax.GradientTransformation:
   """The optax transform of a config (an OptimConfig alone: at its base batch, no rules)."""
   return resolve_optimizer(config).transform()
+
+
+def option_default(name: str, option: str):
+  """The default of an option of the optimizer's factory (None when it has none)."""
+  factory = FACTORIES[name] if name in FACTORIES else registry.resolve(
+      name, FACTORIES, 'optim.name', 'factory')
+  parameter = inspect.signature(factory).parameters.get(option)
+  if parameter is None or parameter.default is inspect.Parameter.empty:
+    return None
+  return parameter.default

@@ -39,7 +39,9 @@ def momentum_of(optim: config_lib.OptimConfig) -> float | None:
     return getattr(optim, name)
   if name in optim.options:
     return optim.options[name]
-  return declared.option_default(optim.name, name)
+  # The factory's default: loads optax (a built-in) or the user's module (an import path).
+  from mbx.optim.optimizers import option_default  # pylint: disable=import-outside-toplevel
+  return option_default(optim.name, name)
 
 
 @dataclasses.dataclass(frozen=True)
