@@ -146,9 +146,7 @@ class Optimizer:
   @property
   def hyperparameters(self) -> dict[str, float]:
     """The learning rate and every numeric option: what batch rules read and change."""
-    numeric = {k: float(v) for k, v in self.options.items()
-               if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    return {'learning_rate': float(self.learning_rate), **numeric}
+    return numeric_hyperparameters(self.learning_rate, self.options)
 
   def momentum(self, needed_by: str, optim: OptimConfig | None = None,
                changed: Mapping[str, float] | None = None) -> float:
@@ -170,7 +168,7 @@ class Optimizer:
     p = self.declared.preconditioner
     if p is None:
       raise undeclared(self.name, 'preconditioner', needed_by)
-    hyper = {**self.hyperparameters, **hyperparameters_of(opt_state)}
+    hyper = {**self.hyperparameters, **opt_state.hyperparams}
     inner = opt_state.inner_state
     if p == 'identity':
       return None
@@ -186,8 +184,11 @@ class Optimizer:
             if k != 'learning_rate' and k in batch_rules.changes(rule, field)}
 
 
-def hyperparameters_of(opt_state) -> dict[str, jax.Array]:
-  return dict(opt_state.hyperparams)
+def numeric_hyperparameters(learning_rate, options: Mapping[str, Any]) -> dict[str, float]:
+  """The learning rate and every numeric option (not a bool), as floats."""
+  numeric = {k: float(v) for k, v in options.items()
+             if isinstance(v, (int, float)) and not isinstance(v, bool)}
+  return {'learning_rate': float(learning_rate), **numeric}
 
 
 def set_hyperparameters(opt_state, **values):
@@ -311,9 +312,7 @@ def resolve_optimizer(config: Config | OptimConfig) -> Optimizer:
   injected = ['learning_rate']
   if o.name in FACTORIES:  # built-ins read optim.momentum: a trial field, an input of the step
     injected += [h for h in TRIAL_HYPERPARAMETERS if h in BUILTIN_FIELDS[o.name]]
-  hyper = {'learning_rate': o.learning_rate,
-           **{k: v for k, v in full.items() if isinstance(v, (int, float))
-              and not isinstance(v, bool)}}
+  hyper = numeric_hyperparameters(o.learning_rate, full)
   for field, rule in {'optim.lr_scaling': o.lr_scaling, **rule_fields(config, facts)}.items():
     lacking = [h for h in batch_rules.reads(rule, field) if h not in hyper]
     if lacking:
