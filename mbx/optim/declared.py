@@ -10,6 +10,9 @@
   local-CBS branches scale their LR by it, and AdaScale's gain enters the LR with its power.
 * preconditioner: (inner optax state, hyperparameters) -> the diagonal P of the update Δθ = −ηPG as a
   tree like the params, or 'identity'. The preconditioned noise-scale estimators need it.
+* eval_params: (inner optax state, params) -> the parameters to evaluate, for an optimizer whose
+  iterate is not the model it returns (schedule-free methods evaluate an average); None: the
+  params themselves. Evaluations (the target, the test split) use it.
 
 An optimizer that does not declare one of these gets a one-line answer from each feature that
 needs it, naming what to declare; nothing falls back silently.
@@ -35,18 +38,19 @@ class Declared:
   preconditioner: Callable[[Any, dict], Any] | str | None = None
   reference_lr: float | None = None  # a typical peak LR, where studies centre an LR grid
   label: str | None = None           # its name in tables and figures
+  eval_params: Callable[[Any, Any], Any] | str | None = None
 
 
 def declare(*, momentum: str | float | None = None, batch_rule: str | None = None,
             preconditioner: Callable | str | None = None, reference_lr: float | None = None,
-            label: str | None = None):
+            label: str | None = None, eval_params: Callable | None = None):
   """Decorates an optimizer factory with what mbx must know of it (see the module docstring)."""
   if batch_rule is not None:
     batch_rules.parse(batch_rule, 'declare(batch_rule=...)')
 
   def decorate(factory):
     setattr(factory, DECLARED_ATTRIBUTE, Declared(momentum, batch_rule, preconditioner,
-                                                  reference_lr, label))
+                                                  reference_lr, label, eval_params))
     return factory
   return decorate
 
@@ -61,6 +65,7 @@ BUILTIN_FIELDS: dict[str, tuple[str, ...]] = {
     'adamw': _ADAM_FIELDS,
     'lars': ('momentum', 'eps', 'weight_decay', 'trust_coefficient'),
     'lamb': _ADAM_FIELDS,
+    'schedule_free_adamw': _ADAM_FIELDS,
     'lion': (),
     'muon': (),
 }
@@ -77,6 +82,10 @@ BUILTIN_DECLARED: dict[str, Declared] = {
     # preconditioner of G: none is declared.
     'lars': Declared(momentum='momentum', batch_rule='linear', reference_lr=1.0, label='LARS'),
     'lamb': Declared(label='LAMB', **_ADAM),
+    # b1 interpolates between the averaged and the current iterate: it is the momentum.
+    'schedule_free_adamw': Declared(preconditioner='adam', label='schedule-free AdamW',
+                                    eval_params='schedule_free',
+                                    **{**_ADAM, 'reference_lr': 2.5e-3}),
     'lion': Declared(momentum='b1', batch_rule='sqrt', reference_lr=1e-4, label='Lion'),
     'muon': Declared(momentum='beta', batch_rule='sqrt', reference_lr=0.02, label='Muon'),
 }

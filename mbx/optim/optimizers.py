@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import optax
 from optax import contrib
+from optax._src.transform import ScaleByRmsWithCountState  # not exported at the top level
 
 from mbx import registry
 from mbx.config import Config, OptimConfig, uses_adascale
@@ -85,28 +86,49 @@ def lamb(learning_rate, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0):
                      optax.scale_by_learning_rate(learning_rate))
 
 
+def schedule_free_adamw(learning_rate, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0,
+                        weight_lr_power=2.0):
+  """Schedule-free AdamW (Defazio et al. 2024; optax.contrib.schedule_free_adamw's chain, with
+  the decay masked as everywhere in mbx). Evaluations use the averaged iterate (eval_params)."""
+  base = optax.chain(optax.scale_by_rms(decay=b2, eps=eps, eps_in_sqrt=False,
+                                        bias_correction=True),
+                     optax.add_decayed_weights(weight_decay, mask=decay_mask),
+                     optax.scale_by_learning_rate(learning_rate))
+  return contrib.schedule_free(base, learning_rate=learning_rate, b1=b1,
+                               weight_lr_power=weight_lr_power)
+
+
 def lion(learning_rate, b1=0.9, b2=0.99, weight_decay=0.0):
   """optax.lion (Chen et al. 2023), decay masked as everywhere in mbx (optax's default is 1e-3)."""
   return optax.lion(learning_rate, b1=b1, b2=b2, weight_decay=weight_decay, mask=decay_mask)
 
 
 def muon(learning_rate, beta=0.95, ns_steps=5, nesterov=True,  # pylint: disable=redefined-outer-name
-         weight_decay=0.0, adam_b1=0.9, adam_b2=0.999):
+         weight_decay=0.0, adam_b1=0.9, adam_b2=0.999, adam_for=('embedding', 'head'),
+         consistent_rms=None):
   """optax.contrib.muon: Newton–Schulz-orthogonalised momentum for every >= 2-D kernel (a
-  convolution kernel's leading axes are its reduction axes), Adam for biases and norms."""
+  convolution kernel's leading axes are its reduction axes), Adam for biases and norms and for
+  the parameters under a module named in `adam_for` (by default a Transformer's embedding and
+  output head, as Muon's authors train them). consistent_rms=0.2 scales each orthogonalised
+  update to AdamW's typical RMS (Liu et al. 2025), so AdamW's LR grid applies to both parts."""
   def dimensions(params):
-    return jax.tree.map(lambda p: contrib.MuonDimensionNumbers(
-        reduction_axis=tuple(range(p.ndim - 1)), output_axis=(p.ndim - 1,))
-        if p.ndim > 1 else None, params)
+    def of(path, p):
+      names = {str(getattr(key, 'key', key)) for key in path}
+      if p.ndim < 2 or names & set(adam_for):
+        return None
+      return contrib.MuonDimensionNumbers(reduction_axis=tuple(range(p.ndim - 1)),
+                                          output_axis=(p.ndim - 1,))
+    return jax.tree_util.tree_map_with_path(of, params)
   return contrib.muon(learning_rate, beta=beta, ns_steps=ns_steps, nesterov=nesterov,
                       weight_decay=weight_decay, weight_decay_mask=decay_mask,
                       adam_b1=adam_b1, adam_b2=adam_b2,
-                      muon_weight_dimension_numbers=dimensions)
+                      muon_weight_dimension_numbers=dimensions, consistent_rms=consistent_rms)
 
 
 FACTORIES: dict[str, Callable[..., optax.GradientTransformation]] = {
     'sgd': sgd, 'momentum': momentum, 'nesterov': nesterov, 'adam': adam, 'adamw': adamw,
-    'lars': lars, 'lamb': lamb, 'lion': lion, 'muon': muon}
+    'lars': lars, 'lamb': lamb, 'lion': lion, 'muon': muon,
+    'schedule_free_adamw': schedule_free_adamw}
 # Per-trial hyperparameters (config.TRIAL_FIELDS) that enter the step as inputs.
 TRIAL_HYPERPARAMETERS = ('momentum',)
 
@@ -176,6 +198,21 @@ class Optimizer:
       return adam_preconditioner(inner, hyper)
     return p(inner, hyper)
 
+  def eval_params(self, opt_state, params):
+    """The parameters evaluations use: `params`, or what the optimizer declares (the averaged
+    iterate of a schedule-free method). One trial's state; vmap it over a stack."""
+    view = self.declared.eval_params
+    if view is None:
+      return params
+    if view == 'schedule_free':
+      return contrib.schedule_free_eval_params(
+          _find(opt_state.inner_state, contrib.ScheduleFreeState), params)
+    return view(opt_state.inner_state, params)
+
+  @property
+  def has_eval_params(self) -> bool:
+    return self.declared.eval_params is not None
+
   def changed_by(self, rule: str, ratio: float, field: str) -> dict[str, float]:
     """The injected hyperparameters besides the LR after a batch change by `ratio` from the
     configured batch (the LR follows the schedule's factor)."""
@@ -221,8 +258,10 @@ def _find(state, kind):
 
 
 def adam_preconditioner(inner_state, hyper: Mapping[str, Any]):
-  """Adam's diagonal P = 1 / (sqrt(v̂) + ε), v̂ the bias-corrected second moment."""
-  adam_state = _find(inner_state, optax.ScaleByAdamState)
+  """Adam's diagonal P = 1 / (sqrt(v̂) + ε), v̂ the bias-corrected second moment (of
+  scale_by_adam, or of scale_by_rms with a count, as schedule-free AdamW has it)."""
+  adam_state = (_find(inner_state, optax.ScaleByAdamState)
+                or _find(inner_state, ScaleByRmsWithCountState))
   correction = 1 - jnp.asarray(hyper['b2'], jnp.float32) ** adam_state.count
   return jax.tree.map(lambda nu: 1.0 / (jnp.sqrt(nu / correction) + hyper['eps']), adam_state.nu)
 

@@ -68,6 +68,8 @@ class SearchSpace:
   """Momentum values per batch size (grid sampling only)."""
   momentum: float | None = None
   """The fixed momentum (Adam: b1); None: the base config's."""
+  options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  """optim.options of this optimizer's trials (another optimizer's are dropped)."""
 
 
 # SearchSpace's fields with a closed set of values (checked by `validate`).
@@ -218,9 +220,13 @@ def noise_scale_fits(config: config_lib.Config, batch_size: int) -> bool:
 
 
 def trial_config(sweep: SweepConfig, optimizer: str, batch_size: int, learning_rate: float,
-                 momentum: float | None, seed: int, budget: str) -> config_lib.Config:
+                 momentum: float | None, seed: int, budget: str,
+                 options: Mapping[str, Any] | None = None) -> config_lib.Config:
   config = sweep.base
-  config = dataclasses.replace(config, optim=declared.for_optimizer(config.optim, optimizer))
+  optim = declared.for_optimizer(config.optim, optimizer)
+  if options:
+    optim = dataclasses.replace(optim, options={**optim.options, **options})
+  config = dataclasses.replace(config, optim=optim)
   optim = dict(name=optimizer, learning_rate=learning_rate)
   setting = declared.momentum_setting(optimizer, 'sweep.search.optimizer')
   if momentum is not None and setting is not None:
@@ -259,7 +265,8 @@ def expand(sweep: SweepConfig) -> list[Trial]:
       budget = sweep.budgets.get(batch_size, sweep.budget)
       for lr, momentum in search_points(space, batch_size, base_momentum, sweep.search_seed):
         for seed in sweep.seeds:
-          config = trial_config(sweep, space.optimizer, batch_size, lr, momentum, seed, budget)
+          config = trial_config(sweep, space.optimizer, batch_size, lr, momentum, seed, budget,
+                                space.options)
           trials.append(Trial(space.optimizer, batch_size, lr, momentum, seed, budget, config))
   ids = [t.id for t in trials]
   if len(set(ids)) != len(ids):
@@ -366,7 +373,9 @@ def to_dict(sweep: SweepConfig) -> dict[str, Any]:
   """JSON-ready; `from_dict(to_dict(s)) == s`."""
   values = {f.name: getattr(sweep, f.name) for f in dataclasses.fields(sweep)}
   values['base'] = config_lib.to_dict(sweep.base)
-  values['search'] = [dataclasses.asdict(s) for s in sweep.search]
+  # A search without options is written as before they existed (its sweep's identity kept).
+  values['search'] = [{k: v for k, v in dataclasses.asdict(s).items()
+                       if k != 'options' or v} for s in sweep.search]
   values['budgets'] = {str(k): v for k, v in sorted(sweep.budgets.items())}
   return json.loads(json.dumps(values))
 
@@ -374,7 +383,8 @@ def to_dict(sweep: SweepConfig) -> dict[str, Any]:
 def from_dict(values: Mapping[str, Any]) -> SweepConfig:
   values = dict(values)
   values['base'] = config_lib.from_dict(values['base'])
-  values['search'] = tuple(SearchSpace(**{k: tuple(v) if isinstance(v, list) else v
+  values['search'] = tuple(SearchSpace(**{k: tuple(v) if isinstance(v, list) and k != 'options'
+                                          else v
                                           for k, v in s.items()}) for s in values['search'])
   values['budgets'] = {int(k): v for k, v in values.get('budgets', {}).items()}
   for key in ('batch_sizes', 'seeds'):

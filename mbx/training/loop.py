@@ -103,6 +103,22 @@ def _hot_loop(state, hyper, step: int, until: int, position: int, batch: int, fe
   return state
 
 
+_VIEWS: dict = {}  # (optimizer, packed) -> jitted view, shared by a sweep's trials
+
+
+def eval_view(optimizer, packed: bool):
+  """state -> the parameters evaluations use: the params, or the optimizer's declared view
+  (a schedule-free method's averaged iterate), vmapped over a pack of trials."""
+  if not optimizer.has_eval_params:
+    return lambda state: state.params
+  key = (optimizer.name, repr(sorted(optimizer.options.items())), packed)
+  if key not in _VIEWS:
+    view = optimizer.eval_params
+    _VIEWS[key] = jax.jit(jax.vmap(view) if packed else view)
+  compiled = _VIEWS[key]
+  return lambda state: compiled(state.opt_state, state.params)
+
+
 class _DeferredInterrupt:
   """Ctrl-C during training takes effect between chunks of steps, not inside a step, an
   evaluation or an (asynchronous) checkpoint save, so the run stops in a state it can record;
@@ -163,8 +179,9 @@ def _run_trials(s: Setup, trials: list[TrialRecorder], state: TrainState, *,
                                max_batch_size=plan.max_batch_size)
   else:
     feed = host_feed(start_step)
-  evaluate = ((lambda st: s.evaluator.stacked(st.params, st.model_state)) if packed else
-              (lambda st: [s.evaluator(st.params, st.model_state)]))
+  view = eval_view(s.workload.optimizer, packed)
+  evaluate = ((lambda st: s.evaluator.stacked(view(st), st.model_state)) if packed else
+              (lambda st: [s.evaluator(view(st), st.model_state)]))
   sync = sync_every_step(config, mesh)
 
   def final_tests(finishing: list[int]) -> dict[int, dict[str, float]]:
@@ -172,12 +189,13 @@ def _run_trials(s: Setup, trials: list[TrialRecorder], state: TrainState, *,
     tested = [k for k in finishing if trials[k].outcome != 'diverged']
     rows = {k: {} for k in finishing}
     if packed and len(tested) == len(trials):
-      stacked_rows = s.evaluator.test(state.params, state.model_state, stacked=True)
+      stacked_rows = s.evaluator.test(view(state), state.model_state, stacked=True)
       rows.update({k: stacked_rows[k] for k in tested})
     else:
+      one = eval_view(s.workload.optimizer, packed=False)
       for k in tested:
         trial = trial_state(k)
-        rows[k] = s.evaluator.test(trial.params, trial.model_state)
+        rows[k] = s.evaluator.test(one(trial), trial.model_state)
     return rows
 
   for trial in trials:
