@@ -6,10 +6,13 @@ runs `mbx study sharp-minima` (mbx/study/sharp_minima.py, the protocol) on the M
 (configs/mnist1d_sharp_minima.py): SB = 256, LB = 400, FB = 4000, Adam LR tuned per B on
 validation with seed 100, 5 paired seeds, every run stopped at training loss 0.01; ε-sharpness
 (Keskar Tables 3-4), λ_max, tr(H), the Hessian density, the parametric plot (Fig. 3), and a
-batch-size grid for sharpness vs B. The same command runs on your own config:
+batch-size grid for sharpness vs B. LB and FB also train with SAM (Foret et al. 2021) at their
+tuned LR, ρ ∈ {0.01, 0.03, 0.1, 0.3} tuned on validation, paired with SB and with plain LB/FB
+by seed: does SAM close the gap, flatten the minimum, and at what cost in steps and time?
+The same command runs on your own config:
 
     mbx study sharp-minima --config my_config.py
-    python experiments/sharp_minima.py           # ~15 min on a 2-core CPU
+    python experiments/sharp_minima.py           # ~90 min on a 2-core CPU (SAM: ~20 of them)
     python experiments/sharp_minima.py --quick   # 2 seeds, no grid (checking)
 
 Outputs: results/sharp_minima/ (README.md, table, paired, runs, tuning, batch_size_grid as CSV
@@ -25,18 +28,21 @@ import mbx.study
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 GRID = (32, 64, 128, 256, 512, 1024, 2000, 4000)
+SAM_RHOS = (0.01, 0.03, 0.1, 0.3)
 
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--quick', action='store_true')
+  parser.add_argument('--workers', type=int, default=1)
   args = parser.parse_args()
   name = 'sharp_minima_quick' if args.quick else 'sharp_minima'
   config = mbx.load_config(REPO / 'configs' / 'mnist1d_sharp_minima.py')
   options = mbx.study.options_of('sharp-minima', quick=args.quick,
-                                 grid=() if args.quick else GRID)
+                                 grid=() if args.quick else GRID,
+                                 sam_rhos=(0.03, 0.1) if args.quick else SAM_RHOS)
   summary = mbx.study.run('sharp-minima', config, REPO / 'results' / name, options=options,
-                          runs=REPO / 'studies' / name, quick=args.quick)
+                          runs=REPO / 'studies' / name, quick=args.quick, workers=args.workers)
   print('\n'.join(summary['findings']))
 
 

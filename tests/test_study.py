@@ -92,6 +92,10 @@ def _study(args, tmp_path):
      'train_loss, train_accuracy'),
     (['sharp-minima', '--config', 'configs/mnist1d_cnn.py', 'study.tuning_seed=0'],
      'study.tuning_seed=0: also in study.seeds'),
+    (['sharp-minima', '--config', 'configs/mnist1d_cnn.py', 'study.sam_rhos=0.05',
+      'study.sam_regimes=XB'], "study.sam_regimes: 'XB' is not a regime; allowed: SB, LB, FB"),
+    (['sharp-minima', '--config', 'configs/mnist1d_cnn.py', 'study.sam_rhos=-0.1'],
+     'study.sam_rhos=(-0.1,): each ρ must be a number > 0'),
     (['cbs', '--config', 'configs/mnist1d_cnn.py', 'train.target_metric=eval_f1',
       'train.target_value=0.5'],
      "train.target_metric='eval_f1': not a metric of task 'classification'"),
@@ -160,6 +164,41 @@ def test_growing_a_study_trains_only_the_new_runs(tmp_path):
                      r'config \(model.options.hidden: \[16\] -> \[8\]\)'):
     mbx.study.run('sharp-minima', changed, tmp_path,
                   options=mbx.study.options_of('sharp-minima', seeds=(0, 1), **options))
+
+
+@pytest.mark.slow
+def test_sam_rows_tune_rho_on_validation_and_pair_with_the_plain_large_batch(tmp_path):
+  config = mbx.load_config(REPO / 'configs' / 'mnist1d_sharp_minima.py', TINY)
+  options = dict(small_batch=256, large_batch=1000, full_batch=False, learning_rates=(1e-2,),
+                 stop_value=2.0, max_epochs=20, subspace_dim=4, maxiter=2, top_k=1,
+                 lanczos_steps=5, trace_samples=2, density_runs=0, unit_column_subspace=False,
+                 seeds=(0, 1))
+  plain = mbx.study.run('sharp-minima', config, tmp_path,
+                        options=mbx.study.options_of('sharp-minima', **options))
+  assert plain['invocations'][-1]['trained_runs'] == 2 + 4
+  summary = mbx.study.run('sharp-minima', config, tmp_path, options=mbx.study.options_of(
+      'sharp-minima', **options, sam_rhos=(0.05, 0.5), sam_regimes=('LB',)))
+  # Adding SAM trains only its ρ tuning (2) and its runs (2 seeds); the plain runs are reused.
+  assert (summary['invocations'][-1]['trained_runs'],
+          summary['invocations'][-1]['reused_runs']) == (4, 6)
+  tables = json.loads((tmp_path / 'summary.json').read_text())['tables']
+  tuning = tables['sam_tuning']
+  assert {r['rho'] for r in tuning} == {0.05, 0.5} and sum(r['chosen'] for r in tuning) == 1
+  rho = next(r['rho'] for r in tuning if r['chosen'])
+  assert summary['results']['sam_rhos'] == {'LB': rho}
+  runs = [r for r in tables['runs'] if r['regime'] == 'LB+SAM']
+  assert len(runs) == 2 and all(r['gradient_evaluations'] == 2 * r['steps'] for r in runs)
+  sam_run = mbx.load_run(next(d for d in (tmp_path / 'trials').glob('*/config.json')
+                              if '"sam"' in d.read_text()).parent)
+  assert dict(sam_run.config.optim.update_rule_options) == {'rho': rho}
+  paired = {(r['comparison'], r['column']): r for r in tables['paired']}
+  cost = paired['LB+SAM vs LB', 'gradient_evaluations']
+  assert cost['kind'] == 'ratio' and cost['n'] == 2
+  lb = {r['seed']: r['steps'] for r in tables['runs'] if r['regime'] == 'LB'}
+  expected = np.exp(np.mean([np.log(2 * r['steps'] / lb[r['seed']]) for r in runs]))
+  assert cost['estimate'] == pytest.approx(expected)
+  assert ('LB+SAM vs SB', 'test_accuracy') in paired
+  assert 'SAM ρ tuning' in (tmp_path / 'README.md').read_text()
 
 
 OWN_STUDY = '''

@@ -8,6 +8,11 @@ training split). Per run: ε-sharpness in the full space and a random subspace (
 λ_max (Lanczos), tr(H) (Hutchinson), the generalisation gap; per seed the parametric plot
 θ(α) = α θ_other + (1 − α) θ_SB. LB and FB are compared with SB paired over seeds: mean
 difference (or geometric-mean ratio) with a 95% t-interval, paired t-test, exact Wilcoxon.
+
+With `sam_rhos`, the large (and full) batch also train with SAM (Foret et al. 2021; the
+update rule `sam`) at their tuned LR, ρ tuned on validation with the tuning seed; 'LB+SAM'
+is compared with SB and with LB, paired by seed, in every measure and in what it costs
+(steps to the stop, gradient evaluations, training time).
 """
 from __future__ import annotations
 
@@ -50,6 +55,8 @@ class Options:
   density_runs: int = 3  # SLQ runs for the eigenvalue density (first seed only)
   density_steps: int = 80  # Lanczos steps per SLQ run
   unit_column_subspace: bool = True  # also φ in a subspace with unit-norm columns
+  sam_rhos: tuple[float, ...] = ()  # SAM's ρ grid, tuned on validation; (): no SAM runs
+  sam_regimes: tuple[str, ...] = ('LB', 'FB')  # the regimes that also train with SAM
 
 QUICK = dict(seeds=(0, 1), learning_rate_factors=(0.3, 1.0, 3.0), lanczos_steps=20,
              trace_samples=20, grid_trace_samples=20, density_runs=1, density_steps=40)
@@ -63,6 +70,17 @@ def check(config: config_lib.Config, options: Options) -> None:
   if not (options.learning_rates or options.learning_rate_factors):
     raise config_lib.ConfigError('study.learning_rates and study.learning_rate_factors: '
                                  'give at least one learning rate')
+  if any(not (isinstance(r, (int, float)) and r > 0) for r in options.sam_rhos):
+    raise config_lib.ConfigError(f'study.sam_rhos={tuple(options.sam_rhos)}: each ρ must be a '
+                                 'number > 0')
+  unknown = [r for r in options.sam_regimes if r not in ('SB', 'LB', 'FB')]
+  if unknown:
+    raise config_lib.ConfigError(f'study.sam_regimes: {unknown[0]!r} is not a regime; allowed: '
+                                 'SB, LB, FB')
+  if options.sam_rhos and config.optim.update_rule != 'plain':
+    raise config_lib.ConfigError(f'study.sam_rhos: the config already trains with '
+                                 f'optim.update_rule={config.optim.update_rule!r}; SAM runs '
+                                 'replace it, so give a config with the plain rule')
 
 
 def _select_metric(config, options) -> str:
@@ -85,14 +103,19 @@ def regimes(options: Options, num_train: int) -> dict[str, int]:
   return out
 
 
-def trial_config(config, options: Options, batch_size: int, seed: int, learning_rate: float):
-  """The run of one (B, seed, LR): the user's config, stopped at the common training loss."""
+def trial_config(config, options: Options, batch_size: int, seed: int, learning_rate: float,
+                 sam_rho: float | None = None):
+  """The run of one (B, seed, LR): the user's config, stopped at the common training loss;
+  with `sam_rho`, trained by SAM with that ρ."""
   check_every = max(1, round(options.check_examples / batch_size))
   train = dataclasses.replace(
       config.train, batch_size=batch_size, seed=seed, duration=f'{options.max_epochs:g} epochs',
       eval_every=f'{check_every} steps', eval_on_train=True, target_metric=options.stop_metric,
       target_value=options.stop_value, stop_at_target=True, checkpoint_every=None)
   optim = dataclasses.replace(config.optim, learning_rate=float(learning_rate))
+  if sam_rho is not None:
+    optim = dataclasses.replace(optim, update_rule='sam',
+                                update_rule_options={'rho': float(sam_rho)})
   return dataclasses.replace(config, train=train, optim=optim)
 
 
@@ -106,7 +129,9 @@ def row_of(run, summary: dict, **labels) -> dict[str, Any]:
   row = {**labels, 'batch_size': run.config.train.batch_size, 'seed': run.config.train.seed,
          'learning_rate': run.config.optim.learning_rate, 'steps': status['step'],
          'epochs': status['epoch'], 'reached_stop': 'steps_to_target' in status,
-         'wall_time': status.get('wall_time')}
+         'wall_time': status.get('wall_time'), 'train_time': status.get('train_time'),
+         'gradient_evaluations': status['step'] * (
+             2 if run.config.optim.update_rule == 'sam' else 1)}
   for split in ('train', 'validation', 'test'):
     for name, value in summary.get(split, {}).items():
       row[f'{split}_{name}'] = value
@@ -173,29 +198,53 @@ def _unit_column_sharpness(run, epsilon: float = 1e-3) -> float:
 def tune(ctx, batch_sizes, learning_rates, select: str) -> tuple[dict[int, float], list[dict]]:
   """Per B, the LR whose tuning-seed run reached the stop with the best `select` metric on
   validation (ties: the smaller LR)."""
-  options, metrics = ctx.options, context.task_metrics(ctx.config)
+  options = ctx.options
   runs = ctx.train({(b, lr): trial_config(ctx.config, options, b, options.tuning_seed, lr)
                     for b in batch_sizes for lr in learning_rates}, 'LR tuning on validation')
+  return _choose(ctx, {b: {lr: runs[(b, lr)] for lr in learning_rates} for b in batch_sizes},
+                 'learning_rate', select,
+                 'widen study.learning_rate_factors or raise study.max_epochs')
+
+
+def tune_sam(ctx, regimes_lr: dict[str, tuple[int, float]], select: str):
+  """Per SAM regime (its B and tuned LR), the ρ whose tuning-seed run reached the stop with the
+  best `select` metric on validation (ties: the smaller ρ)."""
+  options, rhos = ctx.options, tuple(ctx.options.sam_rhos)
+  runs = ctx.train({(regime, rho): trial_config(ctx.config, options, b, options.tuning_seed,
+                                                lr, sam_rho=rho)
+                    for regime, (b, lr) in regimes_lr.items() for rho in rhos},
+                   'SAM ρ tuning on validation')
+  chosen, rows = _choose(ctx, {regime: {rho: runs[(regime, rho)] for rho in rhos}
+                               for regime in regimes_lr}, 'rho', select,
+                         'widen study.sam_rhos or raise study.max_epochs')
+  for r in rows:
+    r['batch_size'], r['learning_rate'] = regimes_lr[r.pop('setting')]
+  return chosen, rows
+
+
+def _choose(ctx, runs: dict, name: str, select: str, remedy: str):
+  """Per setting, the value of `name` whose run reached the stop with the best `select`."""
+  options, metrics = ctx.options, context.task_metrics(ctx.config)
   better_is_max = metrics[select.partition('_')[2]] == 'max'
   chosen, rows = {}, []
-  for b in batch_sizes:
+  for setting, by_value in runs.items():
     group = []
-    for lr in learning_rates:
-      status = runs[(b, lr)].status
-      group.append({'batch_size': b, 'learning_rate': lr, 'status': status['status'],
-                    'reached_stop': 'steps_to_target' in status, 'epochs': status.get('epoch'),
-                    select: status.get(select, math.nan)})
+    for value, trained in by_value.items():
+      status = trained.status
+      group.append({'setting' if name == 'rho' else 'batch_size': setting, name: value,
+                    'status': status['status'], 'reached_stop': 'steps_to_target' in status,
+                    'epochs': status.get('epoch'), select: status.get(select, math.nan)})
     candidates = [r for r in group if r['reached_stop'] and math.isfinite(r[select])]
     if not candidates:
+      what = f'{setting}' if name == 'rho' else f'B={setting}'
       raise config_lib.ConfigError(
-          f'B={b}: no learning rate of {tuple(learning_rates)} reached {options.stop_metric} '
-          f'<= {options.stop_value} within {options.max_epochs:g} epochs; widen '
-          'study.learning_rate_factors or raise study.max_epochs')
-    best = max(candidates, key=lambda r: ((1 if better_is_max else -1) * r[select],
-                                          -r['learning_rate']))
-    chosen[b] = best['learning_rate']
+          f'{what}: no {name.replace("_", " ")} of {tuple(by_value)} reached '
+          f'{options.stop_metric} <= {options.stop_value} within {options.max_epochs:g} '
+          f'epochs; {remedy}')
+    best = max(candidates, key=lambda r: ((1 if better_is_max else -1) * r[select], -r[name]))
+    chosen[setting] = best[name]
     for r in group:
-      r['chosen'] = r['learning_rate'] == chosen[b]
+      r['chosen'] = r[name] == chosen[setting]
     rows += group
   return chosen, rows
 
@@ -204,7 +253,9 @@ REGIME_MEASURES = [  # (column, header, scale) for the side-by-side table
     ('train_accuracy', 'train acc (%)', 100), ('validation_accuracy', 'val acc (%)', 100),
     ('test_accuracy', 'test acc (%)', 100), ('gap_accuracy', 'gap (pts)', 100),
     ('train_loss', 'train loss', 1), ('test_loss', 'test loss', 1), ('gap_loss', 'loss gap', 1),
-    ('train_grad_norm', '‖∇f‖ at the stop', 1)]
+    ('train_grad_norm', '‖∇f‖ at the stop', 1), ('steps', 'steps to the stop', 1),
+    ('gradient_evaluations', 'gradient evaluations', 1), ('train_time', 'training time (s)', 1)]
+RATIO_MEASURES = ('sharpness', 'lambda', 'trace', 'steps', 'gradient_evaluations', 'train_time')
 
 
 def _measures(rows, options) -> list[tuple[str, str, float]]:
@@ -215,19 +266,27 @@ def _measures(rows, options) -> list[tuple[str, str, float]]:
   return [m for m in out if any(m[0] in r for r in rows)]
 
 
+def comparisons(regime_sizes) -> list[tuple[str, str]]:
+  """(other, baseline): every regime against SB; a SAM regime also against its plain one."""
+  out = [(r, 'SB') for r in regime_sizes if r != 'SB']
+  return out + [(r, r.removesuffix('+SAM')) for r in regime_sizes
+                if r.endswith('+SAM') and r.removesuffix('+SAM') in regime_sizes]
+
+
 def paired_rows(rows, options, regime_sizes) -> list[dict]:
-  """Each other regime against SB, paired by seed, for every measure (differences for
-  accuracies and losses, geometric-mean ratios for sharpness and curvature)."""
+  """Each comparison (`comparisons`), paired by seed, for every measure (differences for
+  accuracies and losses, geometric-mean ratios for sharpness, curvature and costs)."""
   from mbx.study import statistics  # pylint: disable=import-outside-toplevel
   out = []
-  for other in [r for r in regime_sizes if r != 'SB']:
+  for other, baseline in comparisons(regime_sizes):
     for key, label, scale in _measures(rows, options):
-      kind = 'ratio' if key.startswith(('sharpness', 'lambda', 'trace')) else 'difference'
-      by_seed = {r['seed']: r for r in rows if r['regime'] == 'SB'}
+      kind = 'ratio' if key.startswith(RATIO_MEASURES) else 'difference'
+      by_seed = {r['seed']: r for r in rows if r['regime'] == baseline}
       pairs = [(by_seed[r['seed']].get(key, math.nan), r.get(key, math.nan))
                for r in rows if r['regime'] == other and r['seed'] in by_seed]
       result = statistics.paired([a for a, _ in pairs], [b for _, b in pairs], kind, scale)
-      out.append({'comparison': f'{other} vs SB', 'measure': label, 'column': key, **result})
+      out.append({'comparison': f'{other} vs {baseline}', 'measure': label, 'column': key,
+                  **result})
   return out
 
 
@@ -263,6 +322,14 @@ def run(ctx) -> None:
       f'({options.trace_samples} probes); all on the whole training split in float32.',
       'Paired comparisons (other − SB per seed; ratios as geometric means of other / SB): 95% '
       't-interval, paired t-test, exact Wilcoxon signed-rank (n pairs = seeds).']
+  if options.sam_rhos:
+    ctx.protocol.append(
+        f'SAM (Foret et al. 2021, update rule `sam`: the gradient at θ + ρ g/‖g‖ per gradient '
+        f'group, two gradient evaluations per step) for {", ".join(options.sam_regimes)} at '
+        f'that regime\'s tuned LR, ρ ∈ {list(options.sam_rhos)} tuned on {select} with seed '
+        f'{options.tuning_seed}; each `+SAM` regime is compared with SB and with its plain '
+        'regime, paired by seed, including its cost (steps, gradient evaluations and '
+        'training time to the stop; training times were measured on a shared machine).')
 
   batch_sizes = sorted(set(sizes.values()) | set(options.grid))
   chosen, tuning_rows = tune(ctx, batch_sizes, learning_rates, select)
@@ -272,6 +339,19 @@ def run(ctx) -> None:
             + ': widen study.learning_rate_factors.' if edges else None)
   runs = ctx.train({(regime, seed): trial_config(config, options, b, seed, chosen[b])
                     for seed in seeds for regime, b in sizes.items()}, 'SB/LB/FB runs')
+  rhos = {}
+  if options.sam_rhos:
+    plain = {r: (sizes[r], chosen[sizes[r]]) for r in options.sam_regimes if r in sizes}
+    rhos, sam_tuning = tune_sam(ctx, plain, select)
+    edges = [r for r, rho in rhos.items() if len(options.sam_rhos) > 1
+             and rho in (min(options.sam_rhos), max(options.sam_rhos))]
+    ctx.table('sam_tuning', sam_tuning, title='SAM ρ tuning on validation (at the regime\'s '
+              'tuned LR)', note='Best ρ at the edge of the grid for ' + ', '.join(edges)
+              + ': widen study.sam_rhos.' if edges else None)
+    runs.update(ctx.train({(f'{regime}+SAM', seed): trial_config(
+        config, options, sizes[regime], seed, chosen[sizes[regime]], sam_rho=rhos[regime])
+                           for seed in seeds for regime in plain}, 'SAM runs'))
+    sizes = {**sizes, **{f'{regime}+SAM': sizes[regime] for regime in plain}}
 
   analyze = Analyses(ctx.out / 'analyses.json')
   settings = dict(epsilons=tuple(options.epsilons), subspace_dim=options.subspace_dim,
@@ -293,7 +373,9 @@ def run(ctx) -> None:
   side_by_side = []
   for regime, b in sizes.items():
     group = [r for r in rows if r['regime'] == regime]
+    rho = rhos.get(regime.removesuffix('+SAM')) if regime.endswith('+SAM') else None
     cell = {'regime': regime, 'batch': b, 'LR': f'{chosen[b]:.3g}',
+            **({'SAM ρ': '—' if rho is None else f'{rho:g}'} if rhos else {}),
             'epochs': _pm([r['epochs'] for r in group])}
     for key, header, scale in measures:
       cell[header] = _pm([r[key] * scale for r in group if key in r])
@@ -313,7 +395,7 @@ def run(ctx) -> None:
                 for s in seeds]
       interpolation_rows += [barrier_row(curve, other, s) for curve, s in zip(curves, seeds)]
       figures.parametric_plot(
-          curves, ctx.figure(f'parametric_sb_{other.lower()}',
+          curves, ctx.figure(f'parametric_sb_{other.lower().replace("+", "_")}',
                              f'θ(α) = α·θ_{other} + (1−α)·θ_SB, {len(seeds)} seed(s)'),
           label_a=f'SB (B={sizes["SB"]})', label_b=f'{other} (B={sizes[other]})',
           title=f'θ(α) = α·θ_{other} + (1−α)·θ_SB, {config.name}')
@@ -349,13 +431,15 @@ def run(ctx) -> None:
                               title=f'{config.name}: LR tuned per B, stopped at '
                                     f'{options.stop_metric} {options.stop_value:g}')
 
-  ctx.results.update(regimes=sizes, learning_rates=chosen, select_metric=select,
+  ctx.results.update(regimes=sizes, learning_rates=chosen, select_metric=select, sam_rhos=rhos,
                      analyses_reused=analyze.reused, analyses_computed=analyze.computed)
   key_measures = ('test_accuracy', 'test_loss', 'gap_accuracy',
                   sharpness_key('full', options.epsilons[0]), 'lambda_max', 'trace',
                   options.stop_metric)
+  costs = ('steps', 'gradient_evaluations', 'train_time')
   for s in stats:
-    if s['column'] in key_measures and s['n']:
+    if s['n'] and (s['column'] in key_measures
+                   or (s['column'] in costs and s['comparison'].endswith('vs LB'))):
       ctx.findings.append(
           f'{s["comparison"]}, {s["measure"]}: {statistics.interval_text(s)} (n = {s["n"]} '
           f'paired seeds; t p = {s["p_t"]:.2g}, Wilcoxon p = {s["p_wilcoxon"]:.2g}; higher in '
