@@ -14,7 +14,8 @@ points beyond it without changing the others):
   * sgd: momentum's effective LR lr/(1 − m) (1.5e-2 at B = 1), linear rule to B = 128;
   * nesterov: momentum's grid (momentum 0.9);
   * lion: Adam's tenth (3e-4 at B = 1; sign updates are larger), square-root rule to B = 256;
-  * muon: 2e-3 at B = 1, square-root rule to B = 256 (0.03 at B = 256; Muon's usual 0.02);
+  * muon: 2e-3 at B = 1, square-root rule to B = 256 (0.03 at B = 256; Muon's usual 0.02),
+    grown by one point above after the first run put the best LR at the top edge at B >= 1024;
   * schedule_free_adamw: twice Adam's (6e-3 at B = 1; it runs at higher LRs), square-root
     rule to B = 256; evaluated at its averaged iterate.
 """
@@ -27,9 +28,12 @@ BATCH_SIZES = (8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 SPREAD = 2**2.5  # 6 points a factor of 2 apart: centre / SPREAD ... centre * SPREAD
 
 
-def _space(optimizer: str, centre: float, power: float, top: int, **extra) -> SearchSpace:
-  return SearchSpace(optimizer, learning_rate=(centre / SPREAD, centre * SPREAD),
-                     num_learning_rates=6, sampling='grid', lr_scaling_power=power,
+def _space(optimizer: str, centre: float, power: float, top: int, above: int = 0,
+           **extra) -> SearchSpace:
+  """6 LRs a factor of 2 apart around `centre`, and `above` more beyond the top (a grown
+  grid: the first 6 points stay where they were)."""
+  return SearchSpace(optimizer, learning_rate=(centre / SPREAD, centre * SPREAD * 2**above),
+                     num_learning_rates=6 + above, sampling='grid', lr_scaling_power=power,
                      max_scaled_batch_size=top, **extra)
 
 
@@ -41,7 +45,7 @@ def get_sweep():
       _space('nesterov', 1.5e-3, 1.0, 128),
       _space('adam', 3e-3, 0.5, 256),
       _space('lion', 3e-4, 0.5, 256),
-      _space('muon', 2e-3, 0.5, 256),
+      _space('muon', 2e-3, 0.5, 256, above=1),  # best LR at the top edge at B >= 1024
       _space('schedule_free_adamw', 6e-3, 0.5, 256),
   )
   return dataclasses.replace(sweep, search=search, batch_sizes=BATCH_SIZES,
