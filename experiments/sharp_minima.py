@@ -7,7 +7,7 @@ runs `mbx study sharp-minima` (mbx/study/sharp_minima.py, the protocol) on the M
 validation with seed 100, 5 paired seeds, every run stopped at training loss 0.01; ε-sharpness
 (Keskar Tables 3-4), λ_max, tr(H), the Hessian density, the parametric plot (Fig. 3), and a
 batch-size grid for sharpness vs B. LB and FB also train with SAM (Foret et al. 2021) at their
-tuned LR, ρ ∈ {0.01, 0.03, 0.1, 0.3} tuned on validation, paired with SB and with plain LB/FB
+tuned LR, ρ ∈ {0.003, 0.01, 0.03, 0.1, 0.3} tuned on validation, paired with SB and with plain LB/FB
 by seed: does SAM close the gap, flatten the minimum, and at what cost in steps and time?
 The same command runs on your own config:
 
@@ -28,7 +28,7 @@ import mbx.study
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 GRID = (32, 64, 128, 256, 512, 1024, 2000, 4000)
-SAM_RHOS = (0.01, 0.03, 0.1, 0.3)
+SAM_RHOS = (0.003, 0.01, 0.03, 0.1, 0.3)  # 0.003 added: 0.01 won at the lower edge
 
 
 def main() -> None:
