@@ -18,6 +18,8 @@ import dataclasses
 import math
 from collections.abc import Sequence
 
+from mbx.config import NOISE_SCALE_ESTIMATORS, PER_EXAMPLE_TRACE
+
 
 @dataclasses.dataclass(frozen=True)
 class Estimator:
@@ -26,23 +28,32 @@ class Estimator:
   trace_column: str            # ... and of the numerator
   weight_column: str | None    # the fraction of measuring steps it was computed on (None: all)
   label: str
+  summary_grad: str            # the probe's bias-corrected moving averages in each log row
+  summary_trace: str
   needs_preconditioner: bool = False
   needs_hessian: bool = False
 
 
 ESTIMATORS: dict[str, Estimator] = {e.name: e for e in (
-    Estimator('b_simple', 'grad_sq_estimate', 'trace_estimate', None, 'B_simple = tr(Σ)/|G|²'),
-    Estimator('b_simple_preconditioned', 'grad_sq_p_estimate', 'trace_p_estimate', None,
-              'B_simple,P = tr(PΣ)/GᵀPG', needs_preconditioner=True),
+    Estimator('b_simple', 'grad_sq_estimate', 'trace_estimate', None, 'B_simple = tr(Σ)/|G|²',
+              'grad_sq', 'trace_sigma'),
+    Estimator('b_simple_preconditioned', 'grad_sq_p_estimate', 'trace_p_estimate',
+              'preconditioned_steps',
+              'B_simple,P = tr(PΣ)/GᵀPG', 'grad_sq_p', 'trace_p', needs_preconditioner=True),
     Estimator('b_noise', 'curvature_grad_estimate', 'curvature_trace_estimate',
-              'curvature_steps', 'B_noise = tr(HΣ)/GᵀHG', needs_hessian=True),
+              'curvature_steps', 'B_noise = tr(HΣ)/GᵀHG', 'grad_h', 'trace_h',
+              needs_hessian=True),
     Estimator('b_noise_preconditioned', 'curvature_grad_p_estimate',
               'curvature_trace_p_estimate', 'curvature_p_steps',
-              'B_noise,P = tr(PHPΣ)/GᵀPHPG', needs_preconditioner=True, needs_hessian=True),
+              'B_noise,P = tr(PHPΣ)/GᵀPHPG', 'grad_php', 'trace_php',
+              needs_preconditioner=True, needs_hessian=True),
 )}
 NAMES = tuple(ESTIMATORS)
+assert NAMES == NOISE_SCALE_ESTIMATORS
 # Exact per-example tr(Σ) (vmap), logged beside the two-group estimate of the same steps.
-PER_EXAMPLE = 'trace_per_example'
+PER_EXAMPLE = PER_EXAMPLE_TRACE
+PER_EXAMPLE_COLUMNS = ('trace_per_example_estimate', 'trace_two_group_estimate',
+                       'per_example_steps')
 
 
 def check_name(name: str, field: str) -> Estimator:

@@ -1,0 +1,180 @@
+"""The noise-scale estimators: one measuring step against a dense computation of the same
+quantities, the preconditioned estimator reducing to the plain one when P = I, and the bad
+input each estimator stops on in one line."""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.flatten_util import ravel_pytree
+
+import mbx
+from mbx.training import estimators
+from mbx.training.noise_scale import (CurvatureNoiseScaleProbe, PerExampleTraceProbe,
+                                      PreconditionedNoiseScaleProbe)
+from mbx.training.plan import StepShape
+from mbx.training.step import (StepParts, TrainState, apply_model, contrast_scale, contrast_sign,
+                               hyper_field, init_train_state, make_mesh, make_update,
+                               trial_hyperparameters)
+from mbx.training.workload import resolve
+
+from helpers import tiny_config
+
+K, B_GROUP = 4, 8  # 4 gradient groups of 8 examples
+
+
+def _one_measuring_step(optimizer: str, probes):
+  """A tiny MLP's measuring step on a fixed batch: (the step's metrics by name, the batch,
+  the state before it, the workload)."""
+  config = tiny_config(model=dict(name='mlp', options={'hidden': (6,)}),
+                       optim=dict(name=optimizer, learning_rate=0.05),
+                       train=dict(batch_size=K * B_GROUP))
+  workload = resolve(config)
+  mesh = make_mesh(jax.devices()[:1])
+  model = workload.model(mesh)
+  arrays = workload.dataset.arrays(config.data.train_split)
+  batch = {'inputs': jnp.asarray(arrays['inputs'][:K * B_GROUP]),
+           'targets': jnp.asarray(arrays['targets'][:K * B_GROUP])}
+  transform = workload.optimizer.transform()
+  state = init_train_state(model, transform, batch['inputs'][:1], seed=0, mesh=mesh,
+                           task=workload.task, probes=probes)
+  parts = StepParts(model=model, task=workload.task, optimizer=workload.optimizer,
+                    lr_schedule=lambda examples: 0.05, probes=tuple(probes))
+  shape = StepShape(batch_size=K * B_GROUP, num_micro_batches=K, accumulation='unrolled')
+  update, arrangement = make_update(parts, shape, mesh)
+  assert np.array_equal(arrangement, np.arange(K * B_GROUP))
+  hyper = jnp.asarray(trial_hyperparameters(1.0, 0.9, 0))
+  # A first step gives Adam a preconditioner; the second is the one compared.
+  state, _ = jax.jit(update)(state, hyper, batch)
+  new_state, metrics = jax.jit(update)(state, hyper, batch)
+  from mbx.training.step import step_metric_names  # pylint: disable=import-outside-toplevel
+  names = step_metric_names(workload.task, probes, True)
+  return dict(zip(names, np.asarray(metrics))), batch, state, workload, model
+
+
+def _dense(model, task, state, batch):
+  """Group gradients, their mean, and the dense Hessian of the batch loss, flattened."""
+  flat, unravel = ravel_pytree(state.params)
+
+  def loss(theta, rows):
+    outputs, _ = apply_model(model, unravel(theta), state.model_state, rows['inputs'],
+                             train=False)  # the MLP has no dropout or BatchNorm
+    return task.losses(outputs, rows).mean()
+  groups = [jax.tree.map(lambda a: a[i * B_GROUP:(i + 1) * B_GROUP], batch) for i in range(K)]
+  g = np.stack([np.asarray(jax.grad(loss)(flat, rows), np.float64) for rows in groups])
+  hessian = np.asarray(jax.hessian(loss)(flat, batch), np.float64)
+  return g, hessian
+
+
+def test_the_curvature_estimates_of_a_step_equal_a_dense_hessian_computation():
+  probes = (CurvatureNoiseScaleProbe(every=1), CurvatureNoiseScaleProbe(every=1,
+                                                                         preconditioned=True))
+  metrics, batch, state, workload, model = _one_measuring_step('adam', probes)
+  g, hessian = _dense(model, workload.task, state, batch)
+  mean = g.mean(0)
+  signs = np.array([float(contrast_sign(i, K)) for i in range(K)])
+  assert signs.sum() == 0 and contrast_scale(K) == pytest.approx((signs**2).sum() / K**2)
+  contrast = (signs[:, None] * g).mean(0)
+  c = contrast_scale(K)
+  expected = {'b_noise': (mean @ hessian @ mean - contrast @ hessian @ contrast / (K * c),
+                          B_GROUP / c * contrast @ hessian @ contrast)}
+  p, _ = ravel_pytree(workload.optimizer.preconditioner(state.opt_state, 'test'))
+  p = np.asarray(p, np.float64)
+  php = p[:, None] * hessian * p[None, :]
+  expected['b_noise_preconditioned'] = (mean @ php @ mean - contrast @ php @ contrast / (K * c),
+                                        B_GROUP / c * contrast @ php @ contrast)
+  for name, (grad, trace) in expected.items():
+    e = estimators.ESTIMATORS[name]
+    assert metrics[e.weight_column] == 1.0
+    np.testing.assert_allclose(metrics[e.grad_column], grad, rtol=2e-3, atol=1e-6)
+    np.testing.assert_allclose(metrics[e.trace_column], trace, rtol=2e-3)
+
+
+def test_the_contrast_estimates_are_unbiased_for_any_group_count():
+  """E[DᵀAD] = c tr(AΣ)/b and E[G_kᵀAG_k] = GᵀAG + tr(AΣ)/(kb), checked by simulation."""
+  rng = np.random.default_rng(0)
+  dim, b = 5, 3
+  true_mean = rng.normal(size=dim)
+  root = rng.normal(size=(dim, dim)) / 2
+  sigma = root @ root.T  # per-example covariance
+  a = np.diag(rng.uniform(0.5, 2, dim))
+  for k in (2, 3, 5, 8):
+    signs = np.array([float(contrast_sign(i, k)) for i in range(k)])
+    c = contrast_scale(k)
+    groups = true_mean + rng.multivariate_normal(np.zeros(dim), sigma / b, size=(20000, k))
+    mean, contrast = groups.mean(1), (signs[None, :, None] * groups).mean(1)
+    quad = lambda v: np.einsum('ni,ij,nj->n', v, a, v)
+    trace = b / c * quad(contrast)
+    grad = quad(mean) - quad(contrast) / (k * c)
+    for estimate, exact in ((trace, np.trace(a @ sigma)), (grad, true_mean @ a @ true_mean)):
+      stderr = estimate.std() / math.sqrt(len(estimate))
+      assert abs(estimate.mean() - exact) < 4 * stderr, (k, estimate.mean(), exact, stderr)
+
+
+def test_the_preconditioned_estimator_is_the_plain_one_when_p_is_the_identity(tmp_path):
+  config = tiny_config(optim=dict(name='momentum', learning_rate=0.05),
+                       train=dict(noise_scale=True, checkpoint_every=None,
+                                  noise_scale_estimators=('b_simple_preconditioned',)))
+  rows = mbx.train(config, tmp_path / 'run', quiet=True).train_metrics
+  np.testing.assert_array_equal(rows['grad_sq_p_estimate'], rows['grad_sq_estimate'])
+  np.testing.assert_array_equal(rows['trace_p_estimate'], rows['trace_estimate'])
+  np.testing.assert_array_equal(rows['b_simple_preconditioned'], rows['b_simple'])
+
+
+def test_per_example_gradients_give_the_exact_trace_beside_the_two_group_estimate():
+  probe = PerExampleTraceProbe(every=1, count=B_GROUP)
+  metrics, batch, state, workload, model = _one_measuring_step('sgd', (probe,))
+  flat, unravel = ravel_pytree(state.params)
+
+  def loss(theta, x, y):
+    outputs, _ = apply_model(model, unravel(theta), state.model_state, x[None], train=False)
+    return workload.task.losses(outputs, {'targets': y[None]}).mean()
+  per_example = np.stack([np.asarray(jax.grad(loss)(flat, batch['inputs'][i],
+                                                    batch['targets'][i]), np.float64)
+                          for i in range(B_GROUP)])
+  exact = ((per_example - per_example.mean(0))**2).sum() / (B_GROUP - 1)
+  np.testing.assert_allclose(metrics['trace_per_example_estimate'], exact, rtol=1e-3)
+  assert metrics['per_example_steps'] == 1.0 and metrics['trace_two_group_estimate'] > 0
+
+
+def test_a_negative_estimate_is_not_a_number_but_a_reason():
+  rows = [{'step': 10, 'grad_sq_estimate': -0.5, 'trace_estimate': 3.0},
+          {'step': 20, 'grad_sq_estimate': 0.2, 'trace_estimate': 2.0}]
+  result = estimators.run_average('b_simple', rows)
+  assert math.isnan(result['value']) and '≤ 0' in result['reason']
+  weighted = [{'step': 10, 'curvature_grad_estimate': 0.0, 'curvature_trace_estimate': 0.0,
+               'curvature_steps': 0.0},
+              {'step': 20, 'curvature_grad_estimate': 0.5, 'curvature_trace_estimate': 4.0,
+               'curvature_steps': 0.5}]
+  # Only the second interval measured, on half its steps: the means are 1.0 and 8.0.
+  result = estimators.run_average('b_noise', weighted)
+  assert (result['grad_sq'], result['trace'], result['value']) == (1.0, 8.0, 8.0)
+  assert estimators.run_average('b_noise', weighted[:1])['reason'] == 'b_noise was not measured'
+
+
+@pytest.mark.parametrize('train, optim, message', [
+    (dict(noise_scale_estimators=('b_nois',)), {},
+     "train.noise_scale_estimators='b_nois': one of b_simple_preconditioned, b_noise"),
+    (dict(noise_scale_estimators=('b_simple_preconditioned',)), dict(name='lion'),
+     "train.noise_scale_estimators=b_simple_preconditioned needs the optimizer's "
+     "preconditioner, and optim.name='lion' declares none"),
+    (dict(noise_scale_estimators=('b_noise',), probe_groups=1), {},
+     'train.probe_groups=1: must be an integer >= 2'),
+    (dict(batch_policy='noise_scale', batch_policy_estimator='b_noise', noise_scale=True,
+          min_batch_size=16, max_batch_size=256), {},
+     "train.batch_policy_estimator='b_noise': train.batch_policy=noise_scale reads it, so it "
+     'must be measured'),
+    (dict(batch_policy='noise_scale', batch_policy_estimator='b_noize', noise_scale=True,
+          min_batch_size=16, max_batch_size=256), {},
+     "train.batch_policy_estimator='b_noize': one of b_simple"),
+])
+def test_bad_estimator_input_stops_in_one_line_before_compiling(train, optim, message):
+  config = tiny_config(train=train, optim=optim)
+  with pytest.raises(mbx.ConfigError) as error:
+    resolve(config)
+  assert str(error.value).startswith(message), str(error.value)
+  assert '\n' not in str(error.value)
