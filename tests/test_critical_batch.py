@@ -142,12 +142,14 @@ def test_analysis_of_a_synthetic_sweep(bootstrap):
       row['b_crit'] / 150)
 
 
-def _fake_sweep_dir(path, table: pd.DataFrame) -> None:
-  """A sweep directory whose run directories hold the synthetic table's outcomes."""
+def _fake_sweep_dir(path, table: pd.DataFrame, *,
+                    batch_sizes=(1, 4, 16, 64, 256, 1024, 4000), extra_logs=None) -> None:
+  """A sweep directory whose run directories hold the synthetic table's outcomes; each trial
+  logs B_simple = 150 (and `extra_logs`) where it stops."""
   base = tiny_config(train=dict(log_every='10 steps', eval_every='1000 epochs'))
   sweep = SweepConfig(base=base, search=(SearchSpace('momentum', (1e-3, 1e-3 * 2**4),
                                                      num_learning_rates=5),),
-                      batch_sizes=(1, 4, 16, 64, 256, 1024, 4000), seeds=(0, 1),
+                      batch_sizes=batch_sizes, seeds=(0, 1),
                       target_value=0.8, noise_scale=True, name='fake')
   trials = expand(sweep)
   runner.write_spec(path, sweep, trials)
@@ -160,11 +162,89 @@ def _fake_sweep_dir(path, table: pd.DataFrame) -> None:
     evals = [{'step': s, 'examples_seen': s * trial.batch_size,
               'eval_accuracy': 0.9 if row['outcome'] == 'reached' and s >= final else 0.5}
              for s in sorted({0, max(final - 1, 0), final})]
-    logs = [{'step': final, 'grad_sq_estimate': 1.0, 'trace_estimate': 150.0, 'b_simple': 150.0}]
+    logs = [{'step': final, 'grad_sq_estimate': 1.0, 'trace_estimate': 150.0, 'b_simple': 150.0,
+             **(extra_logs or {})}]
     (run_dir / 'eval_metrics.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in evals))
     (run_dir / 'train_metrics.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in logs))
     write_json_atomic(run_dir / 'status.json', {'status': status, 'step': final,
                                                 'wall_time': 1.0})
+
+
+def _write_run(run_dir, logs, evals, status='done') -> None:
+  run_dir.mkdir(parents=True)
+  (run_dir / 'eval_metrics.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in evals))
+  (run_dir / 'train_metrics.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in logs))
+  write_json_atomic(run_dir / 'status.json', {'status': status, 'step': evals[-1]['step']})
+
+
+def test_each_logged_estimator_is_run_averaged_to_the_target_per_trial(tmp_path):
+  """b_noise runs on some measuring steps only (`curvature_steps`: the fraction of each
+  interval); rows after the target are left out, and a ratio over |G|² <= 0 is no number."""
+  evals = [{'step': s, 'examples_seen': 8 * s, 'eval_accuracy': a}
+           for s, a in ((10, 0.5), (20, 0.5), (30, 0.9), (40, 0.9))]
+  logs = [{'step': 10, 'grad_sq_estimate': 2.0, 'trace_estimate': 100.0,
+           'curvature_grad_estimate': 1.0, 'curvature_trace_estimate': 30.0,
+           'curvature_steps': 0.5},
+          {'step': 20, 'grad_sq_estimate': 4.0, 'trace_estimate': 200.0},
+          {'step': 30, 'grad_sq_estimate': 1.0, 'trace_estimate': 100.0, 'b_simple': 100.0,
+           'curvature_grad_estimate': 3.0, 'curvature_trace_estimate': 90.0,
+           'curvature_steps': 0.25},
+          {'step': 40, 'grad_sq_estimate': -100.0, 'trace_estimate': 10.0, 'b_simple': -0.1,
+           'curvature_grad_estimate': -50.0, 'curvature_trace_estimate': 1.0,
+           'curvature_steps': 1.0}]
+  _write_run(tmp_path / 'a', logs, evals)
+  row = runner.trial_result(tmp_path / 'a', 'eval_accuracy', 0.8)
+  assert row['steps_to_target'] == 30
+  # Each estimate averaged over the steps it ran on, up to step 30, then divided:
+  # b_simple = (10·100 + 10·200 + 10·100) / (10·2 + 10·4 + 10·1); b_noise from the rows that
+  # carry it (intervals 10 and 20 long), (10·30 + 20·90) / (10·1 + 20·3).
+  assert row['b_simple'] == pytest.approx(4000 / 70) and row['b_simple_reason'] == ''
+  assert row['b_noise'] == pytest.approx(2100 / 70) and row['b_noise_reason'] == ''
+  assert row['b_simple_final'] == -0.1  # the last interval's, as before
+  assert 'b_simple_preconditioned' not in row and 'b_noise_preconditioned' not in row
+  # Past the target the gradient estimate is negative: no number, and why.
+  row = runner.trial_result(tmp_path / 'a', 'eval_accuracy', 0.95)
+  assert row['steps_to_target'] is None and math.isnan(row['b_simple'])
+  assert row['b_simple_reason'].startswith('the |G|² estimate averages to')
+  # An estimator whose weight is 0 on every row ran on no step.
+  zero = [dict(r, curvature_steps=0.0) if 'curvature_steps' in r else r for r in logs]
+  _write_run(tmp_path / 'b', zero, evals)
+  row = runner.trial_result(tmp_path / 'b', 'eval_accuracy', 0.8)
+  assert math.isnan(row['b_noise']) and row['b_noise_reason'] == 'b_noise was not measured up to step 30'
+
+
+def test_the_trial_table_has_the_new_estimator_columns_only_when_logged(tmp_path):
+  table = synthetic_table(batch_sizes=(4, 16))
+  _fake_sweep_dir(tmp_path / 'plain', table, batch_sizes=(4, 16))
+  plain = runner.trial_table(tmp_path / 'plain')
+  assert list(plain.columns) == [*runner.TABLE_COLUMNS, 'b_simple_reason']
+  curvature = {'curvature_grad_estimate': 2.0, 'curvature_trace_estimate': 60.0,
+               'curvature_steps': 0.5}
+  _fake_sweep_dir(tmp_path / 'hessian', table, batch_sizes=(4, 16), extra_logs=curvature)
+  with_b_noise = runner.trial_table(tmp_path / 'hessian')
+  assert list(with_b_noise.columns) == [*runner.TABLE_COLUMNS, 'b_simple_reason', 'b_noise',
+                                        'b_noise_reason']
+  assert np.allclose(with_b_noise['b_noise'], 30.0)
+  written = runner.load_table(tmp_path / 'hessian')
+  reread = runner.load_table(tmp_path / 'hessian', refresh=False)
+  assert list(reread.columns) == list(written.columns)
+  assert (reread['b_noise_reason'] == '').all()
+
+
+def test_the_trial_table_is_built_without_jax(tmp_path):
+  """A finished sweep's table (and its noise-scale columns) is read by a fresh process that
+  never loads JAX: what `mbx analyze cbs` and a notebook do."""
+  _fake_sweep_dir(tmp_path, synthetic_table(batch_sizes=(4, 16)), batch_sizes=(4, 16))
+  code = ('import sys\n'
+          'from mbx.sweep import trials\n'
+          f'table = trials.trial_table({str(tmp_path)!r})\n'
+          'print(len(table), round(float(table["b_simple"].median())), '
+          '[m for m in sys.modules if m.split(".")[0] in %r])' % (TRAINING_STACK,))
+  env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get('PYTHONPATH', ''))
+  result = subprocess.run([sys.executable, '-c', code], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=120, check=False)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert result.stdout.split() == ['20', '150', '[]'], result.stdout
 
 
 def test_analyze_cbs_command_writes_tables_and_figures(tmp_path, capsys, session_data_dir):
