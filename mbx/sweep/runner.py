@@ -46,9 +46,9 @@ from mbx.optim import declared as optim_declared
 from mbx.sweep import grid as grid_lib
 # The sweep directory's layout and its trial table live in mbx.sweep.trials (no JAX); their
 # names stay reachable here.
-from mbx.sweep.trials import (OUTCOMES, SPEC_FILE, TABLE_COLUMNS, TABLE_FILE, TRIALS_DIR,  # pylint: disable=unused-import
-                              load_spec, load_table, outcome_counts, read_status, trial_dir,
-                              trial_result, trial_table, write_table)
+from mbx.sweep.trials import (  # pylint: disable=unused-import
+    OUTCOMES, SPEC_FILE, TABLE_COLUMNS, TABLE_FILE, TRIALS_DIR, load_spec, load_table,
+    outcome_counts, read_status, trial_dir, trial_result, trial_table, write_table)
 from mbx.tasks import resolve_task
 from mbx.training.loop import train, train_packed
 from mbx.training.packing import pack_key

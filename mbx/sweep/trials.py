@@ -35,8 +35,8 @@ OUTCOMES = ('reached', 'not_reached', 'infeasible', 'incomplete')
 TABLE_COLUMNS = ('trial_id', 'optimizer', 'batch_size', 'learning_rate', 'momentum',
                  'effective_learning_rate', 'seed', 'budget', 'status', 'outcome',
                  'steps_to_target', 'steps_to_target_lower', 'examples_to_target',
-                 'best_metric', 'final_metric', 'test_metric', 'steps', 'examples_seen', 'wall_time',
-                 'train_time', 'compile_time', 'b_simple', 'b_simple_final', 'reason',
+                 'best_metric', 'final_metric', 'test_metric', 'steps', 'examples_seen',
+                 'wall_time', 'train_time', 'compile_time', 'b_simple', 'b_simple_final', 'reason',
                  'run_dir')
 
 
