@@ -189,7 +189,7 @@ def test_analysis_of_a_synthetic_sweep(bootstrap):
 
 
 def _fake_sweep_dir(path, table: pd.DataFrame, *,
-                    batch_sizes=(1, 4, 16, 64, 256, 1024, 4000), extra_logs=None) -> None:
+                    batch_sizes=(1, 4, 16, 64, 256, 1024, 4000), extra_logs=None) -> SweepConfig:
   """A sweep directory whose run directories hold the synthetic table's outcomes; each trial
   logs B_simple = 150 where it stops, and the columns `extra_logs(batch_size)` gives."""
   base = tiny_config(train=dict(log_every='10 steps', eval_every='1000 epochs'))
@@ -214,6 +214,7 @@ def _fake_sweep_dir(path, table: pd.DataFrame, *,
     (run_dir / 'train_metrics.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in logs))
     write_json_atomic(run_dir / 'status.json', {'status': status, 'step': final,
                                                 'wall_time': 1.0})
+  return sweep
 
 
 def _write_run(run_dir, logs, evals, status='done') -> None:
