@@ -18,7 +18,7 @@ from mbx.sweep import SearchSpace, SweepConfig, critical_batch as cb, expand, ru
 from mbx.sweep.local_cbs import local_cbs, local_cbs_text
 from mbx.training.records import write_json_atomic
 
-from helpers import REPO, TRAINING_STACK, tiny_config
+from helpers import REPO, TRAINING_STACK, mbx_cli, tiny_config
 
 POWERS = 2.0**np.arange(0, 13)
 
@@ -378,6 +378,14 @@ def test_analyze_cbs_sets_every_definition_side_by_side_with_zhangs_b0(
   assert float(row['B_crit / B_noise']) == pytest.approx(summary['b_crit'] / 30, rel=1e-2)
   for column in definitions.columns[2:]:
     assert f'    {column}: {row[column]}' in printed
+
+
+def test_mbx_analyze_cbs_loads_no_training_stack(tmp_path, session_data_dir):
+  _fake_sweep_dir(tmp_path, synthetic_table(rng=np.random.default_rng(4)))
+  result = mbx_cli('analyze', 'cbs', str(tmp_path), '--bootstrap', '50', '--no-figures',
+                   '--zhang-b0', '4')
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert 'Zhang 20% CBS (B0 = 4)' in result.stdout and result.imported == []
 
 
 @pytest.mark.parametrize('b0, message', [

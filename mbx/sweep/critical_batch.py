@@ -41,7 +41,6 @@ GROUP = ['optimizer', 'batch_size']
 SETTING = ['optimizer', 'batch_size', 'learning_rate', 'momentum']
 
 
-# ------------------------------------------------------------- Shallue S(B)
 # ------------------------------------------------------ noise-scale estimates
 def estimators_in(table: pd.DataFrame) -> list[str]:
   """The noise-scale estimators a trial table holds: a number or a reason in some row."""
@@ -147,8 +146,8 @@ def estimator_summary_text(row, name: str, digits: int = 3) -> str:
   """The summary row's estimator as text: 'median [min, max] over n B' and the batch sizes
   that were not measurable; "not measurable here (...)" when none was; 'not measured' when
   the sweep did not log it."""
-  measured = int(_get(row, f'{name}_measurable', 0) or 0)
-  missing = int(_get(row, f'{name}_not_measurable', 0) or 0)
+  measured = int(_get(row, f'{name}_measurable', 0))
+  missing = int(_get(row, f'{name}_not_measurable', 0))
   reason = _get(row, f'{name}_reason', '')
   reason = reason if isinstance(reason, str) else ''
   if not measured:
@@ -161,7 +160,8 @@ def estimator_summary_text(row, name: str, digits: int = 3) -> str:
 
 
 def _get(row, key: str, default):
-  value = row.get(key, default) if hasattr(row, 'get') else default
+  """row[key] (a dict or a DataFrame row), `default` when absent or NaN."""
+  value = row.get(key, default)
   return default if value is None or (isinstance(value, float) and math.isnan(value)) else value
 
 
