@@ -178,3 +178,67 @@ def test_bad_estimator_input_stops_in_one_line_before_compiling(train, optim, me
     resolve(config)
   assert str(error.value).startswith(message), str(error.value)
   assert '\n' not in str(error.value)
+
+
+@pytest.fixture(scope='module')
+def saved_run(tmp_path_factory):
+  config = tiny_config(train=dict(duration='20 steps', checkpoint_every='10 steps',
+                                  keep_checkpoints=2))
+  return mbx.train(config, tmp_path_factory.mktemp('posthoc') / 'run', quiet=True)
+
+
+def test_post_hoc_estimates_carry_a_bootstrap_interval_and_the_per_example_trace(saved_run):
+  from mbx.measure import noise_scale  # pylint: disable=import-outside-toplevel
+  summary = noise_scale.noise_scale_analysis(saved_run, [20], examples=64, groups=4, draws=6,
+                                             per_example=16)
+  by_name = {r['estimator']: r for r in summary['results']}
+  assert set(by_name) == set(estimators.NAMES) | {estimators.PER_EXAMPLE}  # Adam declares P
+  for name in estimators.NAMES:
+    row = by_name[name]
+    if row['reason'] is None:
+      assert row['ci_low'] <= row['value'] <= row['ci_high'], row
+      assert row['value'] == pytest.approx(row['trace'] / row['grad_sq'])
+    else:
+      assert math.isnan(row['value'])
+  exact = by_name[estimators.PER_EXAMPLE]
+  assert exact['trace_exact'] > 0 and exact['two_group_std'] > 0
+
+
+def test_post_hoc_group_estimates_are_the_two_batch_formula(saved_run):
+  """b_simple of one draw equals McCandlish's two-batch estimate computed here by hand."""
+  from mbx.measure import noise_scale  # pylint: disable=import-outside-toplevel
+  workload = resolve(saved_run.config)
+  model = workload.model(jax.sharding.Mesh(np.array(jax.devices()[:1]), ('data',)))
+  params, model_state, _ = saved_run.restore(20)
+  rows = workload.dataset.arrays('train')
+  batch = {k: jnp.asarray(v[:32]) for k, v in rows.items()}
+  measure = noise_scale._measure_fn(model, workload.task, 4, 8, 0)  # pylint: disable=protected-access
+  grad_sq, trace = jax.device_get(measure(params, model_state, batch, None))['b_simple']
+  flat, unravel = ravel_pytree(params)
+
+  def loss(theta, part):
+    outputs, _ = apply_model(model, unravel(theta), model_state, part['inputs'], train=False)
+    return workload.task.losses(outputs, part).mean()
+  g = np.stack([np.asarray(jax.grad(loss)(flat, jax.tree.map(lambda a: a[i * 8:(i + 1) * 8],
+                                                             batch))) for i in range(4)])
+  small, big = (g**2).sum(1).mean(), (g.mean(0)**2).sum()
+  np.testing.assert_allclose(grad_sq, (32 * big - 8 * small) / 24, rtol=1e-4)
+  np.testing.assert_allclose(trace, (small - big) / (1 / 8 - 1 / 32), rtol=1e-4)
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--steps', '15'], '--steps 15: no checkpoint there; saved steps: 10, 20'),
+    (['--estimators', 'b_nose'], '--estimators b_nose: not an estimator; allowed: b_simple'),
+    (['--examples', '30', '--groups', '4'], '--examples 30: must be a multiple of --groups 4'),
+    (['--groups', '1'], '--groups 1: the estimators need at least 2 gradient groups'),
+])
+def test_bad_post_hoc_requests_stop_in_one_line(saved_run, args, message):
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  result = subprocess.run([sys.executable, '-m', 'mbx.cli', 'analyze', 'noise-scale',
+                           str(saved_run.workdir), *args], capture_output=True, text=True,
+                          timeout=300)
+  lines = result.stderr.strip().splitlines()
+  assert result.returncode == 2 and len(lines) == 1, result.stderr
+  assert message in lines[0]
+  assert not (saved_run.workdir / 'analysis' / 'noise_scale.json').exists()
