@@ -20,6 +20,7 @@ from mbx.data import nqm as data_nqm
 from mbx.data import resolve_dataset
 from mbx.measure import nqm
 from mbx.models import build_model
+from mbx.sweep import analyze, grid, load_sweep, load_table, run_sweep
 
 from helpers import REPO
 
@@ -207,13 +208,22 @@ def test_the_recursion_is_the_mean_of_simulated_training(optimizer, learning_rat
   assert np.all(np.abs(mean - half_noise)[2:] > 8 * se[2:]), ((mean - half_noise) / se)
 
 
-def test_second_moments_and_the_loss_agree():
+def test_the_sgd_recursion_is_the_one_written_out():
+  """m' = (1 − 2ηh)² m + (η²/B)·4(h² m + h Σ_j h_j m_j + σ² h); momentum 0 and preconditioning
+  power 0 are SGD."""
   problem = data_nqm.problem(dim=10)
-  for optimizer in nqm.OPTIMIZERS:
-    moments = nqm.second_moments(problem, 8, 0.05, 30, optimizer=optimizer)
-    loss = nqm.expected_loss(problem, 8, 0.05, 30, optimizer=optimizer)
-    np.testing.assert_allclose(moments @ problem.curvature + problem.noise**2, loss, rtol=1e-12)
-  np.testing.assert_allclose(moments[0], problem.optimum**2)
+  h, eta, batch_size = problem.curvature, 0.05, 8
+  m = problem.optimum**2
+  expected = [m]
+  for _ in range(30):
+    m = (1 - 2 * eta * h)**2 * m + eta**2 / batch_size * 4 * (
+        h**2 * m + h * (h @ m) + problem.noise**2 * h)
+    expected.append(m)
+  for optimizer, options in (('sgd', {}), ('momentum', {'momentum': 0.0}),
+                             ('preconditioned', {'power': 0.0})):
+    np.testing.assert_allclose(
+        nqm.second_moments(problem, batch_size, eta, 30, optimizer=optimizer, **options),
+        expected, rtol=1e-12)
   with pytest.raises(ValueError, match="optimizer='adam'"):
     nqm.expected_loss(problem, 8, 0.05, 3, optimizer='adam')
 
@@ -318,7 +328,6 @@ def test_a_sweep_recovers_the_exact_critical_batch_size(tmp_path):
   Compared on the same learning-rate grid, the fitted S_min is within 15% of the exact
   curve's and B_crit within [0.6, 1.1] of it: single runs reach the target early at small B
   (the test above), so the sweep's E_min, and with it B_crit, comes out 10-30% low."""
-  from mbx.sweep import analyze, grid, load_sweep, load_table, run_sweep  # pylint: disable=g-import-not-at-top
   sweep = load_sweep(REPO / 'configs' / 'cbs_nqm.py')
   sizes = (4, 8, 16, 32, 64, 128, 256, 512)
   sweep = dataclasses.replace(sweep, search=sweep.search[:1], batch_sizes=sizes, seeds=(0, 1))

@@ -152,15 +152,11 @@ def second_moments(problem: Problem, batch_size: int, learning_rate: float, step
 def expected_loss(problem: Problem, batch_size: int, learning_rate: float, steps: int, *,
                   optimizer: str = "sgd", momentum: float = MOMENTUM,
                   power: float = POWER) -> np.ndarray:
-  """E[L(θ_t)] for t = 0..steps, shape (steps + 1,)."""
-  moments = _Moments(problem, batch_size, [learning_rate], optimizer, momentum, power)
-  out = np.empty(steps + 1)
-  out[0] = moments.loss()[0]
+  """E[L(θ_t)] = Σ_i h_i E[δ_i²] + σ² for t = 0..steps, shape (steps + 1,)."""
+  moments = second_moments(problem, batch_size, learning_rate, steps, optimizer=optimizer,
+                           momentum=momentum, power=power)
   with np.errstate(over="ignore", invalid="ignore"):
-    for t in range(1, steps + 1):
-      moments.step()
-      out[t] = moments.loss()[0]
-  return out
+    return moments @ problem.curvature + problem.noise**2
 
 
 @dataclasses.dataclass(frozen=True)
