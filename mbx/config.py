@@ -50,8 +50,9 @@ class ConfigError(ValueError):
 class DataConfig:
   """The `data` section: the dataset, its splits and how batches reach the devices."""
   name: str = 'mnist1d'
-  """A catalog or text dataset, any tfds builder name, or an import path 'pkg.mod:Name' of a
-  tfds.core.DatasetBuilder subclass or of a function returning mbx.data.ArrayDataset."""
+  """A catalog or text dataset, nqm (the noisy quadratic model), any tfds builder name, or an
+  import path 'pkg.mod:Name' of a tfds.core.DatasetBuilder subclass or of a function returning
+  mbx.data.ArrayDataset."""
   options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   """Keyword arguments of the dataset (of the function an import path names)."""
   preprocess: str | None = None
