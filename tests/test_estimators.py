@@ -242,3 +242,76 @@ def test_bad_post_hoc_requests_stop_in_one_line(saved_run, args, message):
   assert result.returncode == 2 and len(lines) == 1, result.stderr
   assert message in lines[0]
   assert not (saved_run.workdir / 'analysis' / 'noise_scale.json').exists()
+
+
+# ----------------------------------------------------- the noisy quadratic model's closed forms
+NQM_OPTIONS = {'dim': 20, 'num_train': 2**15, 'num_eval': 2**10}
+
+
+def _nqm_config(optimizer: str, **train):
+  return mbx.Config(
+      data=mbx.DataConfig(name='nqm', options=NQM_OPTIONS),
+      model=mbx.ModelConfig(name='linear'), task=mbx.TaskConfig(name='regression'),
+      optim=mbx.OptimConfig(name=optimizer, learning_rate=1e-9),  # θ stays at 0: δ = −θ*
+      train=mbx.TrainConfig(**{'batch_size': 256, 'duration': '1 steps', 'log_every': '5 steps',
+                               'eval_every': '1000 steps', 'checkpoint_every': None, **train}),
+      name='nqm_estimators')
+
+
+def _closed_form(weights):
+  """(GᵀDG, tr(DΣ)) at δ = −θ* for a diagonal D given by its entries (mbx.measure.nqm)."""
+  from mbx.data import nqm as nqm_data  # pylint: disable=import-outside-toplevel
+  from mbx.measure import nqm  # pylint: disable=import-outside-toplevel
+  problem = nqm_data.problem_of(NQM_OPTIONS)
+  delta = -problem.optimum
+  sigma = nqm.gradient_covariance(problem, delta)
+  gradient = 2 * problem.curvature * delta
+  return gradient @ (weights * gradient), float(np.sum(weights * np.diag(sigma)))
+
+
+def _within(estimates, exact, sigmas=4.0):
+  estimates = np.asarray(estimates, np.float64)
+  stderr = estimates.std(ddof=1) / math.sqrt(len(estimates))
+  assert abs(estimates.mean() - exact) < sigmas * stderr, (estimates.mean(), exact, stderr)
+
+
+def test_the_in_step_estimators_hold_to_the_nqm_closed_forms(tmp_path):
+  """At a fixed θ (LR 1e-9), every step's unbiased estimates scatter around the exact
+  numerator and denominator; their mean over 200 measuring steps is held to 4 standard
+  errors (the standard error from the steps' own spread)."""
+  from mbx.data import nqm as nqm_data  # pylint: disable=import-outside-toplevel
+  config = _nqm_config('sgd', duration='200 steps', noise_scale=True, log_every='1 steps',
+                       noise_scale_estimators=('b_noise',), curvature_every=1, probe_every=1)
+  rows = mbx.train(config, tmp_path / 'run', quiet=True).train_metrics
+  h = nqm_data.problem_of(NQM_OPTIONS).curvature
+  for (grad_column, trace_column), weights in (
+      (('grad_sq_estimate', 'trace_estimate'), np.ones_like(h)),
+      (('curvature_grad_estimate', 'curvature_trace_estimate'), 2 * h)):  # H_L = 2H
+    grad, trace = _closed_form(weights)
+    _within(rows[grad_column], grad)
+    _within(rows[trace_column], trace)
+
+
+def test_post_hoc_preconditioned_estimators_hold_to_the_nqm_closed_forms(tmp_path):
+  """Adam's P after one step, restored from the checkpoint, in the closed forms
+  tr(PΣ)/GᵀPG and tr(PH_LPΣ)/GᵀPH_LPG; 30 draws of 2048 examples."""
+  from mbx.data import nqm as nqm_data  # pylint: disable=import-outside-toplevel
+  from mbx.measure import noise_scale  # pylint: disable=import-outside-toplevel
+  run = mbx.train(_nqm_config('adam'), tmp_path / 'run', quiet=True)
+  summary = noise_scale.noise_scale_analysis(
+      run, examples=2048, groups=8, draws=30,
+      estimators=('b_simple', 'b_simple_preconditioned', 'b_noise_preconditioned'))
+  workload = resolve(run.config)
+  from mbx.measure.noise_scale import _restore  # pylint: disable=import-outside-toplevel
+  _, _, preconditioner = _restore(run, 1, workload, workload.model(make_mesh(jax.devices()[:1])),
+                                  make_mesh(jax.devices()[:1]), True)
+  p = np.asarray(jax.tree.leaves(preconditioner)[0], np.float64).ravel()
+  h = nqm_data.problem_of(NQM_OPTIONS).curvature
+  assert p.std() / p.mean() > 0.1  # a preconditioner far from the identity
+  for row in summary['results']:
+    weights = {'b_simple': np.ones_like(h), 'b_simple_preconditioned': p,
+               'b_noise_preconditioned': p * 2 * h * p}[row['estimator']]
+    grad, trace = _closed_form(weights)
+    assert abs(row['grad_sq'] - grad) < 4 * row['grad_sq_stderr'], (row, grad)
+    assert abs(row['trace'] - trace) < 4 * row['trace_stderr'], (row, trace)
+    assert row['value'] == pytest.approx(row['trace'] / row['grad_sq'])

@@ -179,7 +179,8 @@ def _summarize(step: int, name: str, pairs, confidence: float, seed: int) -> dic
   grad, trace = float(first.mean()), float(second.mean())
   value, reason = estimators_lib.ratio(grad, trace)
   row.update(grad_sq=grad, trace=trace, value=value, reason=reason,
-             grad_sq_stderr=float(first.std(ddof=1) / math.sqrt(len(first))))
+             grad_sq_stderr=float(first.std(ddof=1) / math.sqrt(len(first))),
+             trace_stderr=float(second.std(ddof=1) / math.sqrt(len(second))))
   if reason is None:
     rng = np.random.default_rng(seed)
     picks = rng.integers(0, len(first), size=(2000, len(first)))
