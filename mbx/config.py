@@ -203,7 +203,7 @@ class TrainConfig:
   noise_scale_ema: float = 0.99
   """Decay of the noise scale's moving averages."""
   noise_scale_estimators: tuple[str, ...] = ()
-  """More estimators on the measuring steps (docs/science.md §19): b_simple_preconditioned,
+  """More estimators on the measuring steps (docs/science.md §20): b_simple_preconditioned,
   b_noise, b_noise_preconditioned (Hessian-vector products), trace_per_example (exact
   per-example tr(Σ) by vmap, beside the two-group estimate)."""
   curvature_every: int = 10

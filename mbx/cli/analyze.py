@@ -78,7 +78,7 @@ def add_analyze_parsers(analyze_subparsers) -> None:
 def add_noise_scale_parser(analyze_subparsers) -> None:
   p = analyze_subparsers.add_parser(
       'noise-scale', help='the gradient noise-scale estimators of checkpoints, with bootstrap '
-      'intervals over batches (docs/science.md §19)')
+      'intervals over batches (docs/science.md §20)')
   p.add_argument('run_dir')
   p.add_argument('--steps', default=None,
                  help='checkpoint steps, comma-separated (default: every saved one)')

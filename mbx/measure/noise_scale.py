@@ -4,7 +4,7 @@
 
 Per checkpoint and per draw of `examples` training examples (drawn without replacement, split
 into `groups` groups), the same unbiased estimates the in-step probes log
-(mbx.training.noise_scale; derivations in docs/science.md §19): |G|² and tr(Σ) from the group
+(mbx.training.noise_scale; derivations in docs/science.md §20): |G|² and tr(Σ) from the group
 norms, their P-weighted forms with the optimizer's declared preconditioner from the restored
 optimizer state, GᵀHG and tr(HΣ) (and with PHP) from two Hessian-vector products each, and the
 exact per-example tr(Σ) by vmap. Each estimate is averaged over `draws` draws and only then
@@ -147,6 +147,7 @@ def _measure_fn(model, task, groups: int, group_size: int, per_example: int):
     per_group = jax.vmap(lambda g: weighted_sum_sq(g, None))(group_grads).mean()
     out['b_simple'] = group_estimates(per_group, weighted_sum_sq(mean, None), group_size,
                                       groups)
+    out['b_simple_preconditioned'] = out['b_simple']  # P = I
     if preconditioner is not None:
       per_group_p = jax.vmap(lambda g: weighted_sum_sq(g, preconditioner))(group_grads).mean()
       out['b_simple_preconditioned'] = group_estimates(

@@ -1,7 +1,7 @@
 """The gradient noise-scale estimators by name, and their run averages (plain Python: no JAX).
 
 Each estimator is a ratio of two unbiased estimates that the in-step probes of
-mbx.training.noise_scale log on their measuring steps (docs/science.md §19 derives them):
+mbx.training.noise_scale log on their measuring steps (docs/science.md §20 derives them):
 
   b_simple                 tr(Σ) / |G|²            McCandlish et al. 2018, App. A.1
   b_simple_preconditioned  tr(PΣ) / GᵀPG           P: the optimizer's diagonal preconditioner

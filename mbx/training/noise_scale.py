@@ -10,7 +10,7 @@ backward pass is needed. The two estimates are averaged separately (EMA,
 bias-corrected) and only then divided, since the ratio of noisy estimates is
 biased.
 
-The other estimators (docs/science.md §19) replace |x|^2 by a weighted norm xᵀAx: A = P, the
+The other estimators (docs/science.md §20) replace |x|^2 by a weighted norm xᵀAx: A = P, the
 optimizer's diagonal preconditioner (b_simple_preconditioned, from the same group norms); A = H,
 the loss Hessian, or PHP (b_noise, b_noise_preconditioned, from two Hessian-vector products of
 the mean gradient and of a zero-mean contrast of the group gradients).
@@ -188,7 +188,7 @@ class CurvatureState(NamedTuple):
 @dataclasses.dataclass(frozen=True)
 class CurvatureNoiseScaleProbe:
   """B_noise = tr(HΣ) / GᵀHG (McCandlish et al. 2018, eq. 2.9), or with `preconditioned`
-  tr(PHPΣ) / GᵀPHPG, the noise scale of the update Δθ = −ηPG (docs/science.md §19).
+  tr(PHPΣ) / GᵀPHPG, the noise scale of the update Δθ = −ηPG (docs/science.md §20).
 
   From the mean gradient G_k of k groups of b examples and the contrast D = (1/k) Σ s_i g_i
   (signs s_i summing to 0, so E[D] = 0 and Cov(D) = c Σ / b with c = Σ s_i² / k²):
