@@ -30,6 +30,10 @@ DTYPES = ('float32', 'bfloat16')
 TARGET_PREFIXES = ('eval_', 'train_')
 BATCH_POLICIES = ('none', 'warmup', 'adascale', 'noise_scale', 'goodput')
 WARMUP_CRITERIA = ('noise_scale', 'branch')
+# The gradient noise-scale estimators (mbx.training.estimators), and the exact per-example tr(Σ).
+NOISE_SCALE_ESTIMATORS = ('b_simple', 'b_simple_preconditioned', 'b_noise',
+                          'b_noise_preconditioned')
+PER_EXAMPLE_TRACE = 'trace_per_example'
 # AutoBatch's budget without train.autobatch_budget: this fraction of the device allocator's
 # limit (the runtime's own overhead and fragmentation are not in XLA's memory analysis).
 DEFAULT_MEMORY_FRACTION = 0.9
@@ -46,8 +50,9 @@ class ConfigError(ValueError):
 class DataConfig:
   """The `data` section: the dataset, its splits and how batches reach the devices."""
   name: str = 'mnist1d'
-  """A catalog or text dataset, any tfds builder name, or an import path 'pkg.mod:Name' of a
-  tfds.core.DatasetBuilder subclass or of a function returning mbx.data.ArrayDataset."""
+  """A catalog or text dataset, nqm (the noisy quadratic model), any tfds builder name, or an
+  import path 'pkg.mod:Name' of a tfds.core.DatasetBuilder subclass or of a function returning
+  mbx.data.ArrayDataset."""
   options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   """Keyword arguments of the dataset (of the function an import path names)."""
   preprocess: str | None = None
@@ -197,6 +202,16 @@ class TrainConfig:
   least 2)."""
   noise_scale_ema: float = 0.99
   """Decay of the noise scale's moving averages."""
+  noise_scale_estimators: tuple[str, ...] = ()
+  """More estimators on the measuring steps (docs/science.md §20): b_simple_preconditioned,
+  b_noise, b_noise_preconditioned (Hessian-vector products), trace_per_example (exact
+  per-example tr(Σ) by vmap, beside the two-group estimate)."""
+  curvature_every: int = 10
+  """b_noise's HVPs and trace_per_example's per-example gradients on every n-th measuring
+  step (the others cost nothing extra)."""
+  per_example_count: int = 64
+  """Examples (the first of each measuring batch) trace_per_example differentiates one by
+  one."""
   probes: tuple[str, ...] = ()
   """Import paths of extra in-step probes (mbx.training.probes)."""
   probe_every: int | None = None
@@ -240,6 +255,9 @@ class TrainConfig:
   """warmup at these fixed points instead, in batch_size_milestone_unit."""
   goodput_min_gain: float = 0.05
   """goodput: switch only for this predicted gain or more."""
+  batch_policy_estimator: str = 'b_simple'
+  """The noise-scale estimator batch policies and AdaScale read (train.noise_scale for
+  b_simple, else one of train.noise_scale_estimators)."""
   batch_policy_criterion: str = 'noise_scale'
   """When warmup without milestones grows: 'noise_scale' (the next rung <= multiple x
   B_simple) or 'branch' (Merrill et al.'s local-CBS test on a short branch)."""
@@ -683,8 +701,18 @@ def _validate_batch_policy(config: Config, duration: Duration) -> None:
          'the branch criterion compares rungs at a fixed batch rule, not adascale')
   reads_noise = adascale or (t.batch_policy != 'warmup' or not
                                        t.batch_policy_milestones) and not branches
-  _check(t.noise_scale or not reads_noise, 'train.noise_scale', t.noise_scale,
-         f'{policy} with batch_policy_lr={t.batch_policy_lr} reads the noise scale; set train.noise_scale=true')
+  _check(t.batch_policy_estimator in NOISE_SCALE_ESTIMATORS, 'train.batch_policy_estimator',
+         t.batch_policy_estimator, f'one of {", ".join(NOISE_SCALE_ESTIMATORS)}')
+  measured = (('b_simple',) if t.noise_scale else ()) + tuple(t.noise_scale_estimators)
+  if t.batch_policy_estimator == 'b_simple':
+    _check(t.noise_scale or not reads_noise, 'train.noise_scale', t.noise_scale,
+           f'{policy} with batch_policy_lr={t.batch_policy_lr} reads the noise scale; set '
+           'train.noise_scale=true')
+  else:
+    _check(not reads_noise or t.batch_policy_estimator in measured,
+           'train.batch_policy_estimator', t.batch_policy_estimator,
+           f'{policy} reads it, so it must be measured: add it to train.noise_scale_estimators '
+           f'(measured: {", ".join(measured) or "none"})')
   _check(not adascale or o.lr_scaling == 'none', 'optim.lr_scaling', o.lr_scaling,
          'must be none with the adascale LR rule (the gain scales the LR)')
   _check(duration.unit != 'steps', 'train.duration', t.duration,
@@ -799,6 +827,15 @@ def validate(config: Config) -> None:
     _check_positive_int(t.probe_every, 'train.probe_every')
   _check(0 <= t.noise_scale_ema < 1, 'train.noise_scale_ema', t.noise_scale_ema,
          'must be in [0, 1)')
+  for name in t.noise_scale_estimators:
+    allowed = NOISE_SCALE_ESTIMATORS[1:] + (PER_EXAMPLE_TRACE,)
+    _check(name in allowed, 'train.noise_scale_estimators', name,
+           f'one of {", ".join(allowed)} (b_simple is train.noise_scale)')
+  _check(len(set(t.noise_scale_estimators)) == len(t.noise_scale_estimators),
+         'train.noise_scale_estimators', t.noise_scale_estimators, 'each estimator once')
+  _check_positive_int(t.curvature_every, 'train.curvature_every')
+  _check(isinstance(t.per_example_count, int) and t.per_example_count >= 2,
+         'train.per_example_count', t.per_example_count, 'must be an integer >= 2')
   if t.target_metric is not None:  # the task's metrics are checked by workload.resolve
     _check(isinstance(t.target_metric, str) and t.target_metric.startswith(TARGET_PREFIXES),
            'train.target_metric', t.target_metric,

@@ -45,8 +45,8 @@ def _config_choices(section: str) -> dict[str, Sequence[str]]:
 # so only when the reference is generated.
 # pylint: disable=import-outside-toplevel
 def _data_names() -> Mapping[str, Sequence[str]]:
-  from mbx.data import DATASET_NAMES, TEXT_DATASETS
-  return {'name': (*DATASET_NAMES, *TEXT_DATASETS)}
+  from mbx.data.resolve import BUILT_IN_NAMES
+  return {'name': BUILT_IN_NAMES}
 
 
 def _model_names() -> Mapping[str, Sequence[str]]:

@@ -18,7 +18,7 @@ from mbx.sweep import SearchSpace, SweepConfig, critical_batch as cb, expand, ru
 from mbx.sweep.local_cbs import local_cbs, local_cbs_text
 from mbx.training.records import write_json_atomic
 
-from helpers import REPO, TRAINING_STACK, tiny_config
+from helpers import REPO, TRAINING_STACK, mbx_cli, tiny_config
 
 POWERS = 2.0**np.arange(0, 13)
 
@@ -96,6 +96,52 @@ def test_zhang_cbs_on_synthetic_curves():
   assert np.isnan(cb.zhang_cbs([8], [10]))
 
 
+def test_zhang_cbs_from_a_given_reference_batch():
+  """B0 moves the 20% CBS. By hand: E = B S = 100, 100, 120, 160 at B = 1, 2, 4, 8, so from
+  B0 = 1 or 2 the ratio reaches 1.2 exactly at B = 4; from B0 = 4 it goes 1 -> 4/3 between
+  B = 4 and 8, crossing 1.2 at log-fraction log 1.2 / log(4/3). On McCandlish's curve
+  E(B)/E(B0) = (B + B_crit)/(B0 + B_crit), so the CBS is 1.2 B0 + 0.2 B_crit: it grows with B0
+  (Zhang et al. 2024 measure from the smallest batch: a larger B0 gives a larger CBS)."""
+  b, s = [1, 2, 4, 8], [100, 50, 30, 20]
+  assert cb.zhang_cbs(b, s) == cb.zhang_cbs(b, s, reference_batch=1) == pytest.approx(4.0)
+  assert cb.zhang_cbs(b, s, reference_batch=2) == pytest.approx(4.0)
+  assert cb.zhang_cbs(b, s, reference_batch=4) == pytest.approx(
+      4 * 2 ** (math.log(1.2) / math.log(4 / 3)))  # 6.21
+  assert math.isnan(cb.zhang_cbs(b, s, reference_batch=8))  # nothing above B0
+  with pytest.raises(ValueError, match='reference_batch=3'):
+    cb.zhang_cbs(b, s, reference_batch=3)
+  dense = np.geomspace(1, 4096, 400)
+  dense = np.unique(np.concatenate([dense, [16.0, 64.0]]))
+  for b0, expected in ((1, 41.2), (16, 59.2), (64, 116.8)):
+    assert cb.zhang_cbs(dense, _model(dense, 50, 200), reference_batch=b0) == pytest.approx(
+        expected, rel=0.005)
+    assert cb.zhang_cbs_of_fit(50, 50 * 200, b0) == pytest.approx(expected)
+
+
+def test_the_analysis_takes_zhangs_reference_batch_and_refuses_one_it_cannot_use():
+  table = synthetic_table(rng=np.random.default_rng(3))
+  default = cb.analyze(table, num_samples=100).summary.iloc[0]
+  per_b = cb.steps_to_result(table)
+  # By default B0 is the smallest batch size, as before.
+  assert default['zhang_reference_batch'] == 1 and default['zhang_cbs'] == cb.zhang_cbs(
+      per_b['batch_size'], per_b['steps_to_target'])
+  given = cb.analyze(table, num_samples=100, zhang_reference_batch=16).summary.iloc[0]
+  assert given['zhang_reference_batch'] == 16
+  assert given['zhang_cbs_fit'] == pytest.approx(1.2 * 16 + 0.2 * given['b_crit'])
+  assert given['zhang_cbs'] == cb.zhang_cbs(per_b['batch_size'], per_b['steps_to_target'],
+                                            reference_batch=16)
+  assert given['zhang_cbs'] > default['zhang_cbs'] and given['b_crit'] == default['b_crit']
+  with pytest.raises(mbx.ConfigError, match=r'^zhang_reference_batch=8: not a batch size of '
+                     r'this sweep; allowed: 1, 4, 16, 64, 256, 1024, 4000 \(the measured'):
+    cb.analyze(table, zhang_reference_batch=8)
+  late = table['batch_size'] == 1024
+  table.loc[late, 'outcome'] = 'not_reached'
+  table.loc[late, 'steps_to_target'] = pd.NA
+  with pytest.raises(mbx.ConfigError, match=r'^zhang_reference_batch=1024: momentum did not '
+                     r'reach the target at B = 1024; allowed: 1, 4, 16, 64, 256, 4000 '):
+    cb.analyze(table, zhang_reference_batch=1024)
+
+
 def test_steps_to_result_is_the_minimum_over_the_search():
   """Seeds are averaged per search point; a point with a seed that missed does not count."""
   table = pd.DataFrame([
@@ -142,12 +188,14 @@ def test_analysis_of_a_synthetic_sweep(bootstrap):
       row['b_crit'] / 150)
 
 
-def _fake_sweep_dir(path, table: pd.DataFrame) -> None:
-  """A sweep directory whose run directories hold the synthetic table's outcomes."""
+def _fake_sweep_dir(path, table: pd.DataFrame, *,
+                    batch_sizes=(1, 4, 16, 64, 256, 1024, 4000), extra_logs=None) -> SweepConfig:
+  """A sweep directory whose run directories hold the synthetic table's outcomes; each trial
+  logs B_simple = 150 where it stops, and the columns `extra_logs(batch_size)` gives."""
   base = tiny_config(train=dict(log_every='10 steps', eval_every='1000 epochs'))
   sweep = SweepConfig(base=base, search=(SearchSpace('momentum', (1e-3, 1e-3 * 2**4),
                                                      num_learning_rates=5),),
-                      batch_sizes=(1, 4, 16, 64, 256, 1024, 4000), seeds=(0, 1),
+                      batch_sizes=batch_sizes, seeds=(0, 1),
                       target_value=0.8, noise_scale=True, name='fake')
   trials = expand(sweep)
   runner.write_spec(path, sweep, trials)
@@ -160,11 +208,91 @@ def _fake_sweep_dir(path, table: pd.DataFrame) -> None:
     evals = [{'step': s, 'examples_seen': s * trial.batch_size,
               'eval_accuracy': 0.9 if row['outcome'] == 'reached' and s >= final else 0.5}
              for s in sorted({0, max(final - 1, 0), final})]
-    logs = [{'step': final, 'grad_sq_estimate': 1.0, 'trace_estimate': 150.0, 'b_simple': 150.0}]
+    logs = [{'step': final, 'grad_sq_estimate': 1.0, 'trace_estimate': 150.0, 'b_simple': 150.0,
+             **(extra_logs(trial.batch_size) if extra_logs else {})}]
     (run_dir / 'eval_metrics.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in evals))
     (run_dir / 'train_metrics.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in logs))
     write_json_atomic(run_dir / 'status.json', {'status': status, 'step': final,
                                                 'wall_time': 1.0})
+  return sweep
+
+
+def _write_run(run_dir, logs, evals, status='done') -> None:
+  run_dir.mkdir(parents=True)
+  (run_dir / 'eval_metrics.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in evals))
+  (run_dir / 'train_metrics.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in logs))
+  write_json_atomic(run_dir / 'status.json', {'status': status, 'step': evals[-1]['step']})
+
+
+def test_each_logged_estimator_is_run_averaged_to_the_target_per_trial(tmp_path):
+  """b_noise runs on some measuring steps only (`curvature_steps`: the fraction of each
+  interval); rows after the target are left out, and a ratio over |G|² <= 0 is no number."""
+  evals = [{'step': s, 'examples_seen': 8 * s, 'eval_accuracy': a}
+           for s, a in ((10, 0.5), (20, 0.5), (30, 0.9), (40, 0.9))]
+  logs = [{'step': 10, 'grad_sq_estimate': 2.0, 'trace_estimate': 100.0,
+           'curvature_grad_estimate': 1.0, 'curvature_trace_estimate': 30.0,
+           'curvature_steps': 0.5},
+          {'step': 20, 'grad_sq_estimate': 4.0, 'trace_estimate': 200.0},
+          {'step': 30, 'grad_sq_estimate': 1.0, 'trace_estimate': 100.0, 'b_simple': 100.0,
+           'curvature_grad_estimate': 3.0, 'curvature_trace_estimate': 90.0,
+           'curvature_steps': 0.25},
+          {'step': 40, 'grad_sq_estimate': -100.0, 'trace_estimate': 10.0, 'b_simple': -0.1,
+           'curvature_grad_estimate': -50.0, 'curvature_trace_estimate': 1.0,
+           'curvature_steps': 1.0}]
+  _write_run(tmp_path / 'a', logs, evals)
+  row = runner.trial_result(tmp_path / 'a', 'eval_accuracy', 0.8)
+  assert row['steps_to_target'] == 30
+  # Each estimate averaged over the steps it ran on, up to step 30, then divided:
+  # b_simple = (10·100 + 10·200 + 10·100) / (10·2 + 10·4 + 10·1); b_noise from the rows that
+  # carry it (intervals 10 and 20 long), (10·30 + 20·90) / (10·1 + 20·3).
+  assert row['b_simple'] == pytest.approx(4000 / 70) and row['b_simple_reason'] == ''
+  assert row['b_noise'] == pytest.approx(2100 / 70) and row['b_noise_reason'] == ''
+  assert row['b_simple_final'] == -0.1  # the last interval's, as before
+  assert 'b_simple_preconditioned' not in row and 'b_noise_preconditioned' not in row
+  # Past the target the gradient estimate is negative: no number, and why.
+  row = runner.trial_result(tmp_path / 'a', 'eval_accuracy', 0.95)
+  assert row['steps_to_target'] is None and math.isnan(row['b_simple'])
+  assert row['b_simple_reason'].startswith('the |G|² estimate averages to')
+  # An estimator whose weight is 0 on every row ran on no step.
+  zero = [dict(r, curvature_steps=0.0) if 'curvature_steps' in r else r for r in logs]
+  _write_run(tmp_path / 'b', zero, evals)
+  row = runner.trial_result(tmp_path / 'b', 'eval_accuracy', 0.8)
+  assert math.isnan(row['b_noise']) and row['b_noise_reason'] == 'b_noise was not measured up to step 30'
+
+
+def test_the_trial_table_has_the_new_estimator_columns_only_when_logged(tmp_path):
+  table = synthetic_table(batch_sizes=(4, 16))
+  _fake_sweep_dir(tmp_path / 'plain', table, batch_sizes=(4, 16))
+  plain = runner.trial_table(tmp_path / 'plain')
+  assert list(plain.columns) == [*runner.TABLE_COLUMNS, 'b_simple_reason']
+  curvature = {'curvature_grad_estimate': 2.0, 'curvature_trace_estimate': 60.0,
+               'curvature_steps': 0.5}
+  _fake_sweep_dir(tmp_path / 'hessian', table, batch_sizes=(4, 16),
+                  extra_logs=lambda b: curvature)
+  with_b_noise = runner.trial_table(tmp_path / 'hessian')
+  assert list(with_b_noise.columns) == [*runner.TABLE_COLUMNS, 'b_simple_reason', 'b_noise',
+                                        'b_noise_reason']
+  assert np.allclose(with_b_noise['b_noise'], 30.0)
+  written = runner.load_table(tmp_path / 'hessian')
+  reread = runner.load_table(tmp_path / 'hessian', refresh=False)
+  assert list(reread.columns) == list(written.columns)
+  assert (reread['b_noise_reason'] == '').all()
+
+
+def test_the_trial_table_is_built_without_jax(tmp_path):
+  """A finished sweep's table (and its noise-scale columns) is read by a fresh process that
+  never loads JAX: what `mbx analyze cbs` and a notebook do."""
+  _fake_sweep_dir(tmp_path, synthetic_table(batch_sizes=(4, 16)), batch_sizes=(4, 16))
+  code = ('import sys\n'
+          'from mbx.sweep import trials\n'
+          f'table = trials.trial_table({str(tmp_path)!r})\n'
+          'print(len(table), round(float(table["b_simple"].median())), '
+          '[m for m in sys.modules if m.split(".")[0] in %r])' % (TRAINING_STACK,))
+  env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get('PYTHONPATH', ''))
+  result = subprocess.run([sys.executable, '-c', code], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=120, check=False)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert result.stdout.split() == ['20', '150', '[]'], result.stdout
 
 
 def test_analyze_cbs_command_writes_tables_and_figures(tmp_path, capsys, session_data_dir):
@@ -184,6 +312,101 @@ def test_analyze_cbs_command_writes_tables_and_figures(tmp_path, capsys, session
   for name in ('steps_vs_batch_size.png', 'pareto.png', 'best_learning_rate.png',
                'lr_heatmap.png', 'per_batch_size.csv'):
     assert (out / name).stat().st_size > 0
+
+
+def _negative_below_noise(batch_sizes):
+  """Logs in which |G|² averages to -0.5 at `batch_sizes`: B_simple = 150 / -0.5 = -300."""
+  return lambda b: {'grad_sq_estimate': -0.5} if b in batch_sizes else {}
+
+
+@pytest.mark.parametrize('below_noise', [(4, 16), (1, 4, 16, 64, 256, 1024, 4000)])
+def test_a_negative_noise_scale_is_not_measurable_here_never_a_number(
+    tmp_path, capsys, session_data_dir, below_noise):
+  """A run average over |G|² <= 0 is -300 as a ratio; it is reported with its reason, the
+  median runs over the measurable batch sizes only, and with none there is no median."""
+  _fake_sweep_dir(tmp_path, synthetic_table(rng=np.random.default_rng(4)),
+                  extra_logs=_negative_below_noise(below_noise))
+  cli.main(['analyze', 'cbs', str(tmp_path), '--bootstrap', '100', '--no-figures'])
+  printed = capsys.readouterr().out
+  assert '-300' not in printed and '-3e+02' not in printed
+  reason = ('not measurable here (the |G|² estimate averages to -0.5 ≤ 0: the gradient is '
+            'below the noise at this batch (too few groups or steps to resolve it))')
+  per_b = printed.split('momentum: B_crit')[0]
+  assert per_b.count(reason) == len(below_noise)
+  summary = pd.read_csv(tmp_path / 'analysis' / 'cbs_summary.csv').iloc[0]
+  definitions = pd.read_csv(tmp_path / 'analysis' / 'cbs_definitions.csv').iloc[0]
+  noise = definitions['B_simple, run-averaged: median [min, max] over B']
+  assert f'B_simple, run-averaged: median [min, max] over B: {noise}' in printed
+  assert summary['b_simple_not_measurable'] == len(below_noise)
+  sizes = ', '.join(map(str, below_noise))
+  if len(below_noise) == 7:
+    assert math.isnan(summary['b_simple_median']) and 'b_crit_over_b_simple' not in summary
+    assert noise.startswith(f'not measurable here (at B = {sizes}: the |G|² estimate averages '
+                            'to -0.5 ≤ 0: ')
+    assert definitions['B_crit / B_simple'] == '—'
+  else:
+    assert summary['b_simple_median'] == 150 and summary['b_simple_measurable'] == 5
+    assert noise.startswith(f'150 [150, 150] over 5 B; not measurable here (at B = {sizes}: '
+                            'the |G|² estimate averages to -0.5 ≤ 0: ')
+  per_b_csv = pd.read_csv(tmp_path / 'analysis' / 'per_batch_size.csv')
+  negative = per_b_csv['batch_size'].isin(below_noise)
+  assert per_b_csv.loc[negative, 'b_simple'].isna().all()
+  assert per_b_csv.loc[negative, 'b_simple_reason'].str.startswith('the |G|² estimate').all()
+
+
+def test_analyze_cbs_sets_every_definition_side_by_side_with_zhangs_b0(
+    tmp_path, capsys, session_data_dir):
+  curvature = {'curvature_grad_estimate': 2.0, 'curvature_trace_estimate': 60.0,
+               'curvature_steps': 0.5}
+  _fake_sweep_dir(tmp_path, synthetic_table(rng=np.random.default_rng(4)),
+                  extra_logs=lambda b: curvature)
+  cli.main(['analyze', 'cbs', str(tmp_path), '--bootstrap', '100', '--no-figures',
+            '--zhang-b0', '16'])
+  printed = capsys.readouterr().out
+  definitions = pd.read_csv(tmp_path / 'analysis' / 'cbs_definitions.csv')
+  assert list(definitions.columns) == [
+      'optimizer', 'target', 'McCandlish B_crit [90% CI]', 'Zhang 20% CBS (B0 = 16)',
+      'B_simple, run-averaged: median [min, max] over B', 'B_crit / B_simple',
+      'B_noise, run-averaged: median [min, max] over B', 'B_crit / B_noise']
+  row = definitions.iloc[0]
+  summary = pd.read_csv(tmp_path / 'analysis' / 'cbs_summary.csv').iloc[0]
+  assert row['McCandlish B_crit [90% CI]'] == (
+      f'{summary["b_crit"]:.3g} [{summary["b_crit_lo"]:.3g}, {summary["b_crit_hi"]:.3g}]')
+  assert row['Zhang 20% CBS (B0 = 16)'] == (
+      f'{summary["zhang_cbs"]:.3g}; on the fit {summary["zhang_cbs_fit"]:.3g}')
+  assert row['B_noise, run-averaged: median [min, max] over B'] == '30 [30, 30] over 7 B'
+  assert float(row['B_crit / B_noise']) == pytest.approx(summary['b_crit'] / 30, rel=1e-2)
+  for column in definitions.columns[2:]:
+    assert f'    {column}: {row[column]}' in printed
+
+
+def test_mbx_analyze_cbs_loads_no_training_stack(tmp_path, session_data_dir):
+  _fake_sweep_dir(tmp_path, synthetic_table(rng=np.random.default_rng(4)))
+  result = mbx_cli('analyze', 'cbs', str(tmp_path), '--bootstrap', '50', '--no-figures',
+                   '--zhang-b0', '4')
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert 'Zhang 20% CBS (B0 = 4)' in result.stdout and result.imported == []
+
+
+@pytest.mark.parametrize('b0, message', [
+    ('8', '--zhang-b0=8: not a batch size of this sweep; allowed: 1, 4, 16, 64, 256, 1024 (the '
+          'measured batch sizes at which every optimizer reached the target)'),
+    ('4000', '--zhang-b0=4000: momentum did not reach the target at B = 4000; allowed: 1, 4, '
+             '16, 64, 256, 1024 (the measured')])
+def test_a_bad_zhang_b0_stops_in_one_line_before_anything_is_written(
+    tmp_path, capsys, session_data_dir, b0, message):
+  table = synthetic_table(rng=np.random.default_rng(4))
+  late = table['batch_size'] == 4000
+  table.loc[late, 'outcome'] = 'not_reached'
+  table.loc[late, 'steps_to_target'] = pd.NA
+  _fake_sweep_dir(tmp_path, table)
+  before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob('*'))
+  with pytest.raises(SystemExit) as exit_info:
+    cli.main(['analyze', 'cbs', str(tmp_path), '--zhang-b0', b0])
+  assert exit_info.value.code == 2
+  lines = capsys.readouterr().err.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith(f'mbx analyze: error: {message}'), lines
+  assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob('*')) == before
 
 
 def test_analyze_cbs_warns_of_an_edge_of_search_best_lr_and_reports_the_fit_sensitivity(
@@ -280,6 +503,39 @@ def test_the_steps_figure_legends_cover_no_marker():
     assert any('target not reached' in t.get_text() for t in ax.get_legend().get_texts())
 
 
+def test_reasons_that_differ_only_in_their_numbers_are_told_once():
+  below = lambda g: (f'the |G|² estimate averages to {g} ≤ 0: the gradient is below the noise '
+                     'at this batch (too few groups or steps to resolve it)')
+  assert cb.not_measurable_text([4, 16, 64], [below(-0.5), below(-0.25), 'not measured']) == (
+      f'at B = 4, 16 (e.g. B = 4: {below(-0.5)}); at B = 64: not measured')
+  assert cb.estimate_text(-11.4, '') == (
+      'not measurable here (the run-averaged estimate is -11.4 ≤ 0)')
+  assert cb.estimate_text(float('nan'), '') == '—'  # no best trial: the target was not reached
+  assert cb.estimate_text(149.96, '') == '150'
+
+
+def test_the_steps_figure_draws_a_noise_scale_only_where_it_is_measurable():
+  from mbx.figures import critical_batch as figures
+  measured = synthetic_table()
+  labels = _legend_texts(figures.steps_figure(cb.analyze(measured, num_samples=50)))
+  assert 'run-averaged B_simple = 150 (median over B)' in labels
+  negative = measured.assign(b_simple=-11.4)  # a table written before reasons were recorded
+  analysis = cb.analyze(negative, num_samples=50)
+  labels = _legend_texts(figures.steps_figure(analysis))
+  assert not any('= -11' in t for t in labels)
+  [text] = [t for t in labels if t.startswith('run-averaged B_simple')]
+  assert text.replace('\n', ' ') == (
+      'run-averaged B_simple: not measurable here (at B = 1, 4, 16, 64, 256, 1024, 4000: the '
+      'run-averaged estimate is -11.4 ≤ 0)')
+  assert figures.steps_caption(analysis).endswith(
+      'B_crit; B_simple not measurable here (the legend says why)')
+
+
+def _legend_texts(figure) -> list[str]:
+  return [t.get_text() for ax in figure.axes if ax.get_legend()
+          for t in ax.get_legend().get_texts()]
+
+
 def test_the_effective_learning_rate_panel_shows_heavy_ball_optimizers_only():
   from mbx.figures import critical_batch as figures
   momentum = synthetic_table()
@@ -337,12 +593,14 @@ def test_a_second_target_comes_from_the_same_evaluations(tmp_path, capsys, sessi
 
 def test_the_fits_and_their_figures_import_no_training_stack():
   """The statistics of a sweep work on numbers and DataFrames: importing them loads neither
-  JAX nor mbx.training (a fresh process, as `import mbx` in a notebook would be)."""
+  JAX nor the training stack of mbx.training, only its plain-Python estimators and run files
+  (a fresh process, as `import mbx` in a notebook would be)."""
   code = ('import sys\n'
           'import mbx.sweep.critical_batch, mbx.sweep.steps_to_target, mbx.sweep.grid\n'
           'import mbx.figures.critical_batch\n'
-          'print([m for m in sys.modules if m.split(".")[0] in %r or m == "mbx.training"])'
-          % (TRAINING_STACK,))
+          'print([m for m in sys.modules if m.split(".")[0] in %r or (m.startswith("mbx.train'
+          'ing") and m not in ("mbx.training", "mbx.training.estimators", '
+          '"mbx.training.run_files"))])' % (TRAINING_STACK,))
   env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get('PYTHONPATH', ''))
   result = subprocess.run([sys.executable, '-c', code], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=120, check=False)

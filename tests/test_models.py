@@ -24,6 +24,7 @@ CASES = {
     # Token ids in, logits per position out.
     'transformer': ((4, 12), {'num_layers': 1, 'width': 16, 'num_heads': 2, 'max_len': 12,
                               'dropout': 0.0}),
+    'linear': ((4, 40, 1), {'outputs': 10}),
 }
 BN_MODELS = [n for n in MODEL_NAMES if has_batch_norm(n)]
 # XLA:CPU takes ~6 s to compile a ResNet's threefry initialisation and ~2 s with rbg keys.
@@ -218,7 +219,8 @@ def test_ghost_bn_rejects_indivisible_batch():
 
 def test_model_options_and_has_batch_norm():
   assert MODEL_NAMES == ('mlp', 'cnn1d', 'cnn2d', 'resnet18', 'resnet50', 'wrn16_4', 'vit',
-                         'transformer')
+                         'transformer', 'linear')
+  assert model_options('linear') == {'outputs': 1}
   assert model_options('mlp') == {'hidden': (100, 100), 'residual': False}
   assert model_options('cnn1d') == {'channels': 25, 'norm': 'none', 'ghost_batch_size': 32,
                                     'bn_momentum': 0.9}
@@ -237,7 +239,7 @@ def test_model_options_and_has_batch_norm():
     ('resnet', {}, r"model\.name='resnet': not a built-in name \(did you mean resnet50 or "
                    r"resnet18\?\)"),
     ('nosuchnet', {}, r"model\.name='nosuchnet': not a built-in name \(allowed: mlp, cnn1d, "
-                      r".*vit, transformer\)"),
+                      r".*vit, transformer, linear\)"),
     ('mlp', {'width': 3}, r'model\.options\.width is not an option .*; allowed: .*hidden'),
     ('mlp', {'hiden': (8,)}, r"model\.options\.hiden is not an option of model 'mlp'; did you "
                              r"mean model\.options\.hidden\?"),

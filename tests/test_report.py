@@ -158,3 +158,34 @@ def test_the_sweep_header_states_each_batch_sizes_budget(tmp_path):
   spec = {'sweep': {'budget': '8000 steps', 'budgets': {'1': '100 epochs'}}}
   assert report.budget_line(table.drop(columns='budget'), spec) == (
       'budget per trial: B=1: 100 epochs, B=4: 8000 steps, B=16: 8000 steps, B=64: 8000 steps')
+
+
+def test_the_sweep_report_sets_the_definitions_side_by_side_and_no_negative_noise_scale(
+    tmp_path, session_data_dir):
+  """A run-averaged B_simple below the noise at two batch sizes (a ratio of -300) is shown as
+  not measurable, with its reason, in the tables, the CSVs behind them and the figure's
+  caption; every CBS definition stands in one table with Zhang's B0 named."""
+  from test_critical_batch import _fake_sweep_dir, synthetic_table  # pylint: disable=import-outside-toplevel
+  sweep = tmp_path / 'sweep'
+  _fake_sweep_dir(sweep, synthetic_table(rng=np.random.default_rng(4)),
+                  extra_logs=lambda b: {'grad_sq_estimate': -0.5} if b in (4, 16) else {})
+  html_path, markdown = report.write_report([sweep], tmp_path / 'r.html', bootstrap=50,
+                                            quiet=True)
+  text = markdown.read_text()
+  assert '-300' not in text and '-3e+02' not in text and '-300' not in html_path.read_text()
+  reason = ('not measurable here (the \\|G\\|² estimate averages to -0.5 ≤ 0: the gradient is '
+            'below the noise at this batch (too few groups or steps to resolve it))')
+  per_b = text.split('### Steps to target per batch size')[1].split('###')[0]
+  assert per_b.count(reason) == 2
+  files = tmp_path / 'r_files'
+  definitions = pd.read_csv(files / 'sweep_cbs_definitions.csv')
+  assert 'Zhang 20% CBS (B0 = 1)' in definitions.columns
+  assert definitions.loc[0, 'B_simple, run-averaged: median [min, max] over B'].startswith(
+      '150 [150, 150] over 5 B; not measurable here (at B = 4, 16: the |G|² estimate')
+  shown = pd.read_csv(files / 'sweep_per_batch_size.csv').set_index('batch_size')['b_simple']
+  assert shown[64] == '150' and shown[4].startswith('not measurable here (the |G|² estimate')
+  summary = pd.read_csv(files / 'sweep_cbs_summary.csv').iloc[0]
+  assert summary['b_simple_median'] == 150 and summary['b_simple_not_measurable'] == 2
+  assert '### Critical batch size, every definition side by side' in text
+  assert '![steps to target vs B: measured, the fit with its band, perfect scaling, B_crit and ' \
+         'the run-averaged B_simple]' in text

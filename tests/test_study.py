@@ -102,6 +102,10 @@ def _study(args, tmp_path):
     (['cbs', '--config', 'configs/mnist1d_cnn.py'], 'the cbs study needs a target'),
     (['cbs', '--config', 'configs/mnist1d_cnn.py', 'study.sedes=1'],
      'did you mean study.seeds?'),
+    (['cbs', '--config', 'configs/mnist1d_cnn.py', 'train.target_metric=eval_accuracy',
+      'train.target_value=0.5', 'study.batch_sizes=16,64', 'study.zhang_reference_batch=32'],
+     'study.zhang_reference_batch=32: not a batch size of the grid; allowed: 16, 64 (or None: '
+     'the smallest batch size that reached the target)'),
 ])
 def test_a_study_the_config_cannot_answer_stops_in_one_line_before_writing(
     tmp_path, args, message, capsys, monkeypatch):
@@ -135,6 +139,55 @@ def test_cbs_derives_its_grid_from_a_training_config_by_the_stated_rules():
   quick = cbs.derive_sweep(config, cbs.Options(), num_train=4000, quick=True)
   assert len(quick.batch_sizes) == 5 and min(quick.batch_sizes) >= 4
   assert max(quick.batch_sizes) == 4000
+
+
+def test_the_cbs_readme_sets_every_definition_side_by_side(tmp_path, session_data_dir):
+  """The cbs study on a sweep whose trials have all finished (nothing trains): per optimizer
+  and target McCandlish's B_crit, Zhang's CBS from the B0 asked for, each estimator the
+  trials logged (B_simple below the noise at two batch sizes: not measurable there, never a
+  negative number) and B_crit over it."""
+  import jax  # pylint: disable=import-outside-toplevel  (the sweep turns on JAX's cache)
+  from test_critical_batch import _fake_sweep_dir, synthetic_table  # pylint: disable=import-outside-toplevel
+  curvature = {'curvature_grad_estimate': 2.0, 'curvature_trace_estimate': 60.0,
+               'curvature_steps': 0.5}
+  sweep = _fake_sweep_dir(tmp_path, synthetic_table(rng=np.random.default_rng(4)),
+                          extra_logs=lambda b: dict(curvature, **(
+                              {'grad_sq_estimate': -0.5} if b in (4, 16) else {})))
+  with pytest.raises(mbx.ConfigError, match=r'^study.zhang_reference_batch=8: not a batch size '
+                     r'of the grid; allowed: 1, 4, 16, 64, 256, 1024, 4000 \(or None'):
+    mbx.study.run('cbs', sweep.base, tmp_path, runs=tmp_path, options=mbx.study.options_of(
+        'cbs', grid=sweep, zhang_reference_batch=8))
+  cache = jax.config.jax_compilation_cache_dir
+  try:
+    summary = mbx.study.run('cbs', sweep.base, tmp_path, runs=tmp_path,
+                            options=mbx.study.options_of('cbs', grid=sweep, local_cbs=False,
+                                                         bootstrap=100, zhang_reference_batch=16))
+  finally:
+    jax.config.update('jax_compilation_cache_dir', cache)
+  assert summary['invocations'][-1]['trained_runs'] == 0
+  readme = (tmp_path / 'README.md').read_text()
+  table = readme.split('## Critical batch size, every definition side by side\n')[1]
+  header, _, row = table.strip().splitlines()[:3]
+  assert header.startswith('| optimizer | target | McCandlish B_crit [90% CI] | Zhang 20% CBS '
+                           '(B0 = 16) | B_simple, run-averaged: median [min, max] over B | '
+                           'B_crit / B_simple | B_noise, run-averaged: median [min, max] over B '
+                           '| B_crit / B_noise | S_min |')
+  cells = [c.strip() for c in row.strip('|').split(' | ')]
+  fit = summary['tables']['cbs_summary'][0]
+  assert fit['zhang_reference_batch'] == 16
+  assert cells[:4] == ['momentum', '0.8', f'{fit["b_crit"]:.3g} [{fit["b_crit_lo"]:.3g}, '
+                       f'{fit["b_crit_hi"]:.3g}]', f'{fit["zhang_cbs"]:.3g}; on the fit '
+                       f'{fit["zhang_cbs_fit"]:.3g}']
+  assert cells[4] == ('150 [150, 150] over 5 B; not measurable here (at B = 4, 16: the \\|G\\|² '
+                      'estimate averages to -0.5 ≤ 0: the gradient is below the noise at this '
+                      'batch (too few groups or steps to resolve it))')
+  assert cells[6] == '30 [30, 30] over 7 B' and float(cells[7]) == pytest.approx(
+      fit['b_crit'] / 30, rel=1e-2)
+  assert '-300' not in readme and '-3e+02' not in readme
+  finding = next(f for f in summary['findings'] if f.startswith('momentum, target 0.8'))
+  assert 'Zhang 20% CBS (B0 = 16)' in finding and 'run-averaged B_noise 30 [30, 30]' in finding
+  per_b = readme.split('## Steps to target per batch size')[1]
+  assert per_b.count('not measurable here (the \\|G\\|² estimate averages to -0.5') == 2
 
 
 TINY = ['model.name=mlp', 'model.options.hidden=(16,)', 'train.checkpoint_every=none',

@@ -1,8 +1,10 @@
-"""`mbx analyze sharpness|interpolate|landscape`: analyses of checkpoints in run directories.
+"""`mbx analyze sharpness|interpolate|landscape|noise-scale`: analyses of checkpoints in run
+directories.
 
     mbx analyze sharpness runs/sb [--step 3000]  # -> runs/sb/analysis/sharpness_step3000.*
     mbx analyze interpolate runs/sb runs/lb      # -> runs/sb/analysis/interpolation_sb_lb.*
     mbx analyze landscape runs/sb --dims 2       # -> runs/sb/analysis/landscape2d_step3000.*
+    mbx analyze noise-scale runs/sb --steps 500,1000 --examples 512  # -> .../noise_scale.json
 
 Each writes a JSON summary (numbers with the data, evaluation mode and estimator settings that
 produced them) and its figures; `--out DIR` puts them elsewhere. The analyses load JAX when
@@ -70,6 +72,49 @@ def add_analyze_parsers(analyze_subparsers) -> None:
   p.add_argument('--seed', type=int, default=0)
   _common(p)
   p.set_defaults(run=_landscape)
+  add_noise_scale_parser(analyze_subparsers)
+
+
+def add_noise_scale_parser(analyze_subparsers) -> None:
+  p = analyze_subparsers.add_parser(
+      'noise-scale', help='the gradient noise-scale estimators of checkpoints, with bootstrap '
+      'intervals over batches (docs/science.md §20)')
+  p.add_argument('run_dir')
+  p.add_argument('--steps', default=None,
+                 help='checkpoint steps, comma-separated (default: every saved one)')
+  p.add_argument('--examples', type=int, default=512, help='training examples per draw')
+  p.add_argument('--groups', type=int, default=8, help='gradient groups each draw is split into')
+  p.add_argument('--draws', type=int, default=20, help='draws per step (the bootstrap resamples '
+                 'them)')
+  p.add_argument('--estimators', default=None, help='comma-separated (default: every one the '
+                 'optimizer supports, and trace_per_example)')
+  p.add_argument('--per-example', type=int, default=64,
+                 help='examples differentiated one by one for trace_per_example')
+  p.add_argument('--seed', type=int, default=0)
+  p.add_argument('--out', default=None, help='output directory (default RUN_DIR/analysis)')
+  p.set_defaults(run=_noise_scale)
+
+
+def _noise_scale(args) -> None:
+  directories.require(args.run_dir, 'run', 'mbx analyze noise-scale')
+  from mbx import config as config_lib  # pylint: disable=import-outside-toplevel
+  try:
+    steps = ([int(s) for s in args.steps.split(',') if s.strip()] if args.steps else None)
+  except ValueError:
+    raise config_lib.ConfigError(f'--steps {args.steps}: expected comma-separated integers') \
+        from None
+  names = [n.strip() for n in args.estimators.split(',')] if args.estimators else None
+  # pylint: disable=import-outside-toplevel  (jax)
+  from mbx.measure import noise_scale
+  from mbx.training.records import load_run
+  run = load_run(args.run_dir)
+  summary = noise_scale.noise_scale_analysis(
+      run, steps, examples=args.examples, groups=args.groups, draws=args.draws,
+      estimators=names, per_example=args.per_example, seed=args.seed)
+  out = _out_dir(args, args.run_dir)
+  _write_json(out / 'noise_scale.json', summary)
+  for row in summary['results']:
+    print(noise_scale.text(row))
 
 
 def _out_dir(args, run_dir) -> pathlib.Path:

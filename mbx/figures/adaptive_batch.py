@@ -32,7 +32,7 @@ def decisions(runs: Mapping[str, object], path: str | pathlib.Path) -> pathlib.P
   # columns hold for the interval that starts there.
   panels = (('batch_size', 'batch size B', True, 'pre'),
             ('learning_rate', 'learning rate', True, 'pre'),
-            ('policy_b_simple', 'B_simple (decision input)', True, 'post'),
+            ('policy_b_simple', 'noise scale (decision input)', True, 'post'),
             ('adascale_gain', 'AdaScale gain r', False, 'post'))
   fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2))
   for index, (label, run) in enumerate(runs.items()):

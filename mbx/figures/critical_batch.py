@@ -4,7 +4,9 @@
   log2-log2 axes with the perfect-scaling line, and McCandlish et al. 2018's fit
   S_min (1 + B_crit / B) with its bootstrap band; per optimizer, the regimes the
   fit implies are shaded (perfect scaling B < B_crit/5, where steps are within
-  20% of linear scaling; maximal data parallelism B > 5 B_crit, within 20% of S_min).
+  20% of linear scaling; maximal data parallelism B > 5 B_crit, within 20% of S_min),
+  and each run-averaged noise-scale estimator's median over B, where it is measurable
+  (the legend says why where it is not).
 - pareto: McCandlish Fig. 5-style steps vs examples with the fitted hyperbola
   (S/S_min - 1)(E/E_min - 1) = 1 and its asymptotes.
 - best_learning_rate: best LR and lr/(1-momentum) vs B with linear and square-root
@@ -17,15 +19,18 @@ from __future__ import annotations
 
 import math
 import pathlib
+import textwrap
 
 import numpy as np
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
 from mbx.figures.ticks import plain_ticks
-from mbx.sweep.critical_batch import CriticalBatchAnalysis
+from mbx.sweep.critical_batch import CriticalBatchAnalysis, short_label
 
 COLORS = ('tab:blue', 'tab:orange', 'tab:green', 'tab:red', 'tab:purple', 'tab:brown')
+ESTIMATOR_STYLES = {'b_simple': '-.', 'b_simple_preconditioned': (0, (3, 1, 1, 1, 1, 1)),
+                    'b_noise': (0, (1, 1)), 'b_noise_preconditioned': (0, (5, 2))}
 REGIMES = (('perfect\nscaling', '#d9f0d3'), ('diminishing\nreturns', '#fff2cc'),
            ('maximal data\nparallelism', '#f4cccc'))
 
@@ -86,11 +91,42 @@ def _draw_steps(ax, analysis, optimizer: str, color: str, *, regimes: bool, band
         ax.text(math.sqrt(lo * hi), 0.97, name, transform=ax.get_xaxis_transform(),
                 ha='center', va='top', fontsize=8, color='0.3')
     ax.axvline(fit.b_crit, color=color, lw=1, alpha=0.8)
-    b_simple = analysis.summary.set_index('optimizer').get('b_simple_median')
-    if b_simple is not None and np.isfinite(b_simple.get(optimizer, np.nan)):
-      ax.axvline(b_simple[optimizer], color='k', lw=1, ls='-.',
-                 label=f'run-averaged B_simple = {b_simple[optimizer]:.0f}')
+    _draw_estimators(ax, analysis, optimizer)
     ax.set_xlim(edges[0], edges[-1])
+
+
+def _draw_estimators(ax, analysis: CriticalBatchAnalysis, optimizer: str) -> None:
+  """A vertical line at each estimator's median over B where some B measured it; where none
+  did, a legend entry saying so (a negative estimate carries no batch size to draw)."""
+  row = analysis.summary.set_index('optimizer').loc[optimizer]
+  for name in analysis.estimators:
+    median = row.get(f'{name}_median', np.nan)
+    if np.isfinite(median):
+      ax.axvline(median, color='k', lw=1, ls=ESTIMATOR_STYLES[name],
+                 label=f'run-averaged {short_label(name)} = {median:.0f} (median over B)')
+    else:
+      reason = textwrap.fill(f'not measurable here ({row.get(f"{name}_reason") or "not measured"})',
+                             70, break_on_hyphens=False)
+      ax.plot([], [], ' ', label=f'run-averaged {short_label(name)}: {reason}')
+
+
+def not_measurable(analysis: CriticalBatchAnalysis) -> list[str]:
+  """The estimators (short labels) no batch size of some optimizer measured: drawn as a
+  legend entry, not a line."""
+  return [short_label(name) for name in analysis.estimators
+          if not np.isfinite(analysis.summary[f'{name}_median']).all()]
+
+
+def steps_caption(analysis: CriticalBatchAnalysis) -> str:
+  """The steps-vs-B figure's caption, naming the estimators drawn and those not measurable."""
+  text = 'steps to target vs B: measured, the fit with its band, perfect scaling, B_crit'
+  missing = not_measurable(analysis)
+  drawn = [short_label(n) for n in analysis.estimators if short_label(n) not in missing]
+  if drawn:
+    text += ' and the run-averaged ' + ', '.join(drawn)
+  if missing:
+    text += f'; {", ".join(missing)} not measurable here (the legend says why)'
+  return text
 
 
 def steps_vs_batch_size(analysis: CriticalBatchAnalysis, path: str | pathlib.Path) -> None:

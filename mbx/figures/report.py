@@ -96,7 +96,7 @@ class Document:
                            f'<thead><tr>{header}</tr></thead><tbody>{body}</tbody></table></div>')
     lines = ['| ' + ' | '.join(str(c) for c in frame.columns) + ' |',
              '|' + '---|' * len(frame.columns)]
-    lines += ['| ' + ' | '.join(_fmt(v) for v in row) + ' |'
+    lines += ['| ' + ' | '.join(_fmt(v).replace('|', '\\|') for v in row) + ' |'  # |G|²
               for row in frame.itertuples(index=False)]
     self.md_parts.append('\n'.join(lines) + '\n')
 
@@ -205,7 +205,6 @@ def _fit_lines(analysis: critical_batch.CriticalBatchAnalysis) -> list[str]:
         text += f'; lack of fit against the seeds\' scatter p = {row["lack_of_fit_p"]:.3g}'
     else:
       text = f'{row["optimizer"]}: no fit (fewer than 3 batch sizes reached the target)'
-    text += f'; Zhang 20% CBS = {row["zhang_cbs"]:.4g}'
     if np.isfinite(row.get('lr_exponent', np.nan)):
       text += (f'; best (effective) LR ∝ B^p with p = {row["lr_exponent"]:.2f} '
                f'[{row["lr_exponent_lo"]:.2f}, {row["lr_exponent_hi"]:.2f}] (90% CI)')
@@ -219,16 +218,19 @@ def sweep_section(doc: Document, path: pathlib.Path, *, target=None, bootstrap: 
   doc.heading(f'Sweep: {spec.get("name") or table.attrs.get("name") or path.name}')
   _what_was_run(doc, path, table, spec)
   analysis = critical_batch.analyze(table, num_samples=bootstrap)
-  doc.heading('Critical batch size', 3)
+  key = path.name
+  doc.heading('Critical batch size, every definition side by side', 3)
+  doc.table(critical_batch.definitions_table([analysis], digits=4), f'{key}_cbs_definitions')
   doc.items(_fit_lines(analysis))
   for warning in analysis.warnings:
     doc.paragraph(warning, 'warning')
-  key = path.name
   doc.heading('Steps to target per batch size (best learning rate)', 3)
+  names = ['b_simple', *[n for n in analysis.estimators if n != 'b_simple']]
   columns = [c for c in ('optimizer', 'batch_size', 'steps_to_target', 'examples_to_target',
                          'learning_rate', 'momentum', 'num_reached', 'num_not_reached',
-                         'num_infeasible', 'b_simple') if c in analysis.per_batch_size]
-  doc.table(analysis.per_batch_size[columns], f'{key}_per_batch_size')
+                         'num_infeasible', *names) if c in analysis.per_batch_size]
+  shown = critical_batch.with_estimate_text(analysis.per_batch_size, names, digits=4)
+  doc.table(shown[columns], f'{key}_per_batch_size')
   doc.heading('Fit summary', 3)
   doc.table(analysis.summary, f'{key}_cbs_summary')
   if analysis.sensitivity:
@@ -238,8 +240,10 @@ def sweep_section(doc: Document, path: pathlib.Path, *, target=None, bootstrap: 
     doc.table(sensitivity, f'{key}_fit_sensitivity')
   doc.heading('Figures', 3)
   for name, draw in cbs_figures.FIGURES.items():
-    doc.figure(lambda p, draw=draw: draw(analysis, p), f'{key}_{pathlib.Path(name).stem}',
-               pathlib.Path(name).stem.replace('_', ' '))
+    stem = pathlib.Path(name).stem
+    caption = (cbs_figures.steps_caption(analysis) if stem == 'steps_vs_batch_size'
+               else stem.replace('_', ' '))
+    doc.figure(lambda p, draw=draw: draw(analysis, p), f'{key}_{stem}', caption)
     if progress is not None:
       progress.update(1)
 

@@ -6,5 +6,7 @@
     hessian      Lanczos top eigenvalues, Hutchinson / Hutch++ trace, SLQ eigenvalue density
     landscape    θ(α) interpolation (Keskar Fig. 3), filter-normalised 1-D/2-D landscapes
     analysis     all of the above on run directories, as JSON-ready summaries
+    nqm          the noisy quadratic model solved exactly: expected loss, steps to a target,
+                 S(B) and B_crit, noise scales in closed form (numpy only)
     cli          `mbx analyze sharpness|interpolate|landscape`
 """

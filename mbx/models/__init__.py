@@ -20,6 +20,7 @@ import jax.numpy as jnp
 from mbx import registry
 from mbx.models.batch_norm import NORMS, GhostBatchNorm
 from mbx.models.cnn import CNN1D, CNN2D
+from mbx.models.linear import Linear
 from mbx.models.mlp import MLP
 from mbx.models.resnet import CifarResNet18, ImageNetResNet50
 from mbx.models.transformer import POSITIONS, Transformer
@@ -35,6 +36,7 @@ _MODELS: dict[str, type[nn.Module]] = {
     'wrn16_4': WideResNet,
     'vit': ViT,
     'transformer': Transformer,
+    'linear': Linear,
 }
 MODEL_NAMES: tuple[str, ...] = tuple(_MODELS)
 

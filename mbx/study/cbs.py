@@ -4,9 +4,11 @@
 A sweep of batch sizes × a learning-rate search × seeds, every trial stopped at a target;
 steps-to-target at the best LR per batch size; McCandlish's fit S = S_min (1 + B_crit / B)
 with a bootstrap interval, its sensitivity to which batch sizes were measured and its lack of
-fit; Zhang's 20% CBS; the run-averaged noise scale B_simple of the same trials; optionally a
-second, easier target from the same evaluations; and Merrill's local CBS, branching the best
-trial at one batch size at points of its training.
+fit; Zhang's 20% CBS from a reference batch B0 (study.zhang_reference_batch); the run-averaged
+noise-scale estimators the trials logged (B_simple, and those of mbx.training.estimators
+whose probes ran); optionally a second, easier target from the same evaluations; and
+Merrill's local CBS, branching the best trial at one batch size at points of its training.
+The README sets every definition side by side, per optimizer and target.
 
 Given a training config, the grid derives from it by the rules in `derive_sweep` (stated in
 the README); given a sweep file (get_sweep), its grid is used as written.
@@ -41,6 +43,8 @@ class Options:
   eval_growth: float = 1.05  # evaluations at ceil(g^i): steps-to-target at most g× too high
   noise_scale: bool = True  # log B_simple in every trial whose batch allows it
   second_target: float | None = None  # another, easier target read from the same evaluations
+  zhang_reference_batch: int | None = None  # B0 of Zhang's 20% CBS, a batch size of the grid;
+                                           # None: the smallest that reached the target
   bootstrap: int = 2000  # bootstrap samples of the fit's interval
   confidence: float = 0.9  # level of the fit's intervals
   local_cbs: bool = True  # measure Merrill et al.'s local CBS by branching
@@ -102,11 +106,32 @@ def derive_sweep(config: config_lib.Config, options: Options, num_train: int, qu
       name=config.name)
 
 
+ZHANG_FIELD = 'study.zhang_reference_batch'
+
+
+def check_zhang_reference_batch(options: Options, batch_sizes) -> None:
+  """B0 must be a batch size of the grid (whether it reaches the target is checked once the
+  trials have trained)."""
+  b0 = options.zhang_reference_batch
+  if b0 is not None and b0 not in tuple(batch_sizes):
+    raise config_lib.ConfigError(
+        f'{ZHANG_FIELD}={b0}: not a batch size of the grid; allowed: '
+        f'{", ".join(str(b) for b in sorted(batch_sizes))} (or None: the smallest batch size '
+        'that reached the target)')
+
+
 def check(config: config_lib.Config, options: Options) -> None:
+  b0 = options.zhang_reference_batch
+  if b0 is not None and (isinstance(b0, bool) or not isinstance(b0, int) or b0 < 1):
+    raise config_lib.ConfigError(f'{ZHANG_FIELD}={b0!r}: a batch size of the grid (an integer '
+                                 '>= 1), or None for the smallest that reached the target')
   if options.grid is not None:
     from mbx.study import context  # pylint: disable=import-outside-toplevel
     context.check_metric(options.grid.target_metric, 'sweep.target_metric', options.grid.base)
+    check_zhang_reference_batch(options, options.grid.batch_sizes)
     return
+  if options.batch_sizes:
+    check_zhang_reference_batch(options, options.batch_sizes)
   metric = options.target_metric or config.train.target_metric
   value = options.target_value if options.target_value is not None else config.train.target_value
   if metric is None or value is None:
@@ -190,41 +215,44 @@ def _rules(sweep, derived: bool, options: Options) -> list[str]:
 def _fit_rows(analysis, target) -> list[dict]:
   rows = []
   summary = analysis.summary.set_index('optimizer')
+  estimator_keys = [f'{name}{suffix}' for name in analysis.estimators
+                    for suffix in ('_median', '_min', '_max', '_measurable', '_not_measurable',
+                                   '_reason')] + [f'b_crit_over_{n}' for n in analysis.estimators]
   for optimizer, row in summary.iterrows():
     out = {'optimizer': optimizer, 'target': target}
     for key in ('b_crit', 'b_crit_lo', 'b_crit_hi', 's_min', 's_min_lo', 's_min_hi', 'e_min',
                 'e_min_lo', 'e_min_hi', 'b_crit_leave_out_min', 'b_crit_leave_out_max',
                 'b_crit_without_largest', 'lack_of_fit_f', 'lack_of_fit_p', 'zhang_cbs',
-                'zhang_cbs_fit', 'b_simple_median', 'b_simple_min', 'b_simple_max',
-                'b_crit_over_b_simple', 'lr_exponent', 'lr_exponent_lo', 'lr_exponent_hi',
-                'num_batch_sizes'):
+                'zhang_cbs_fit', 'zhang_reference_batch', 'b_simple_median', 'b_simple_min',
+                'b_simple_max', 'b_crit_over_b_simple', *estimator_keys, 'lr_exponent',
+                'lr_exponent_lo', 'lr_exponent_hi', 'num_batch_sizes'):
       if key in row:
         out[key] = row[key]
     rows.append(out)
   return rows
 
 
-def _fit_markdown(rows, confidence: float, local: dict) -> list[str]:
+def _side_by_side(analyses, fit_rows, local: dict | None):
+  """Every CBS definition side by side (critical_batch.definitions_table), then how far the
+  fit can be trusted: S_min, E_min, B_crit with one B left out, lack of fit, the best-LR
+  exponent and the batch sizes that reached the target."""
   from mbx.figures.readme import fmt  # pylint: disable=import-outside-toplevel
-  lines = [f'| optimizer | target | B_crit [{confidence:.0%} CI] | S_min | E_min | leave one B out '
-           '| lack of fit F (p) | Zhang 20% CBS | local CBS | B_simple median [min, max] | '
-           'best-LR exponent p [CI] | batch sizes reaching it |',
-           '|---|---:|---|---:|---:|---|---|---:|---|---|---|---:|']
-  for r in rows:
-    fit = math.isfinite(r.get('b_crit', math.nan))
-    lines.append(
-        f'| {r["optimizer"]} | {r["target"]:g} | '
-        + (f'**{fmt(r["b_crit"])}** [{fmt(r["b_crit_lo"])}, {fmt(r["b_crit_hi"])}] | '
-           f'{fmt(r["s_min"])} | {fmt(r["e_min"])} | {fmt(r.get("b_crit_leave_out_min"))} – '
-           f'{fmt(r.get("b_crit_leave_out_max"))} | {fmt(r.get("lack_of_fit_f"))} '
-           f'({fmt(r.get("lack_of_fit_p"), 2)}) | ' if fit else '— | — | — | — | — | ')
-        + f'{fmt(r.get("zhang_cbs"))} | '
-        f'{local.get(r["optimizer"], "—") if r["target"] == rows[0]["target"] else "—"} | '
-        f'{fmt(r.get("b_simple_median"))} [{fmt(r.get("b_simple_min"))}, '
-        f'{fmt(r.get("b_simple_max"))}] | {fmt(r.get("lr_exponent"), 2)} '
-        f'[{fmt(r.get("lr_exponent_lo"), 2)}, {fmt(r.get("lr_exponent_hi"), 2)}] | '
-        f'{int(r["num_batch_sizes"])} |')
-  return lines
+  from mbx.sweep import critical_batch  # pylint: disable=import-outside-toplevel
+  frame = critical_batch.definitions_table(analyses, local=local)
+  fitted = [math.isfinite(r.get('b_crit', math.nan)) for r in fit_rows]
+  frame['S_min'] = [fmt(r['s_min']) if f else '—' for r, f in zip(fit_rows, fitted)]
+  frame['E_min'] = [fmt(r['e_min']) if f else '—' for r, f in zip(fit_rows, fitted)]
+  frame['B_crit, one B left out'] = [
+      f'{fmt(r.get("b_crit_leave_out_min"))} – {fmt(r.get("b_crit_leave_out_max"))}' if f
+      else '—' for r, f in zip(fit_rows, fitted)]
+  frame['lack of fit F (p)'] = [
+      f'{fmt(r.get("lack_of_fit_f"))} ({fmt(r.get("lack_of_fit_p"), 2)})' if f else '—'
+      for r, f in zip(fit_rows, fitted)]
+  frame['best-LR exponent p [CI]'] = [
+      f'{fmt(r.get("lr_exponent"), 2)} [{fmt(r.get("lr_exponent_lo"), 2)}, '
+      f'{fmt(r.get("lr_exponent_hi"), 2)}]' for r in fit_rows]
+  frame['batch sizes reaching it'] = [int(r['num_batch_sizes']) for r in fit_rows]
+  return frame
 
 
 def local_cbs_batch_size(options: Options, sizes) -> int | None:
@@ -367,17 +395,6 @@ def _local_cbs(ctx, sweep, analysis, num_train: int) -> tuple[list[dict], dict[s
   return frame, text
 
 
-def _b_simple_text(row: dict) -> str:
-  from mbx.figures.readme import fmt  # pylint: disable=import-outside-toplevel
-  value = row.get('b_simple_median', math.nan)
-  if not math.isfinite(value):
-    return 'not measured'
-  if value <= 0:
-    return (f'{fmt(value)} (negative: |G|² is below its noise in these batches, so the '
-            'estimate carries no scale; do not read it as a batch size)')
-  return f'{fmt(value)} (B_crit/B_simple = {fmt(row.get("b_crit_over_b_simple"), 2)})'
-
-
 def run(ctx) -> None:
   from mbx.figures import critical_batch as figures  # pylint: disable=import-outside-toplevel
   from mbx.figures.readme import fmt  # pylint: disable=import-outside-toplevel
@@ -385,6 +402,7 @@ def run(ctx) -> None:
   from mbx.sweep import submit as submit_lib  # pylint: disable=import-outside-toplevel
   options = ctx.options
   sweep, num_train = _sweep_of(ctx)
+  check_zhang_reference_batch(options, sweep.batch_sizes)  # the derived or --quick grid
   trials = grid.expand(sweep)
   for trial in trials:
     declared.validate(trial.config)
@@ -411,8 +429,11 @@ def run(ctx) -> None:
     table = runner.load_table(ctx.runs)
     ctx.table('trials', table)
     counts = runner.outcome_counts(table)
+    critical_batch.check_zhang_reference_batch(critical_batch.steps_to_result(table),
+                                               options.zhang_reference_batch, ZHANG_FIELD)
     analysis = critical_batch.analyze(table, num_samples=options.bootstrap,
-                                      confidence=options.confidence)
+                                      confidence=options.confidence,
+                                      zhang_reference_batch=options.zhang_reference_batch)
     figures.save_all(analysis, ctx.out)
   local, local_text = ([], {})
   sections, shown = len(ctx.sections), len(ctx.shown)
@@ -422,37 +443,52 @@ def run(ctx) -> None:
   local_sections, local_shown = ctx.sections[sections:], ctx.shown[shown:]
   del ctx.sections[sections:], ctx.shown[shown:]
   fit_rows = _fit_rows(analysis, sweep.target_value)
-  second = None
+  analyses = [analysis]
   if options.second_target is not None:
     with ctx.timed('analysis and figures'):
-      second = critical_batch.analyze(runner.trial_table(ctx.runs, options.second_target),
-                                      num_samples=options.bootstrap, confidence=options.confidence)
-    fit_rows += _fit_rows(second, options.second_target)
-  ctx.table('cbs_summary', fit_rows, title='Critical batch size, three ways, beside the noise '
-            'scale', markdown=_fit_markdown(fit_rows, options.confidence, local_text),
-            note='B_crit: McCandlish fit S = S_min(1 + B_crit/B) to the per-B minimum steps, '
+      second_table = runner.trial_table(ctx.runs, options.second_target)
+      critical_batch.check_zhang_reference_batch(critical_batch.steps_to_result(second_table),
+                                                 options.zhang_reference_batch, ZHANG_FIELD)
+      analyses.append(critical_batch.analyze(
+          second_table, num_samples=options.bootstrap, confidence=options.confidence,
+          zhang_reference_batch=options.zhang_reference_batch))
+    fit_rows += _fit_rows(analyses[-1], options.second_target)
+  side_by_side = _side_by_side(analyses, fit_rows, local_text if options.local_cbs else None)
+  ctx.table('cbs_definitions', side_by_side,
+            title='Critical batch size, every definition side by side',
+            note='McCandlish: the fit S = S_min(1 + B_crit/B) to the per-B minimum steps, '
             f'{options.confidence:.0%} bootstrap of the log residuals (scatter under the assumed '
-            'curve); "leave one B out" and "lack of fit" show how much the fit depends on the '
-            'curve and on which batch sizes were measured. B_simple = tr(Σ)/|G|² averaged '
-            'over each best trial up to the target (median over B).')
+            'curve); "one B left out" and "lack of fit" show how much the fit depends on the '
+            'curve and on which batch sizes were measured. Zhang: the B where S(B)·B first '
+            'exceeds S(B0)·B0 by 20% (on the measured curve; "on the fit": (1.2 B0 + 0.2 '
+            'B_crit)). The noise-scale estimators (mbx.training.estimators), each averaged over '
+            'the best trial of each B up to the target (numerator and denominator separately); '
+            'a negative or undefined average is not a batch size and is reported as not '
+            'measurable, with why. Merrill: the local CBS by branching. The numbers: '
+            '`cbs_summary.csv`.')
+  ctx.table('cbs_summary', fit_rows)  # the numbers of the table above (files, summary.json)
   per_b = analysis.per_batch_size
+  names = ['b_simple', *[n for n in analysis.estimators if n != 'b_simple']]
+  shown = critical_batch.with_estimate_text(per_b, names)
   ctx.table('per_batch_size', per_b.drop(columns=[c for c in ('seed_steps',) if c in per_b]),
             title='Steps to target per batch size (minimum over the LR search)',
             markdown=['| optimizer | B | steps S | examples E | best LR | lr/(1−m) | reached / '
-                      'not / diverged | B_simple |', '|---|---:|---:|---:|---:|---:|---|---:|',
+                      'not / diverged | '
+                      + ' | '.join(critical_batch.short_label(n) for n in names) + ' |',
+                      '|---|---:|---:|---:|---:|---:|---|' + '---:|' * len(names),
                       *[f'| {r["optimizer"]} | {r["batch_size"]} | {fmt(r["steps_to_target"], 4)}'
                         f' | {fmt(r["examples_to_target"], 4)} | {fmt(r["learning_rate"])} | '
                         f'{fmt(r.get("effective_learning_rate"))} | {r["num_reached"]} / '
-                        f'{r["num_not_reached"]} / {r["num_infeasible"]} | {fmt(r["b_simple"])} |'
-                        for _, r in per_b.iterrows()]])
+                        f'{r["num_not_reached"]} / {r["num_infeasible"]} | '
+                        + ' | '.join(shown.loc[i, n].replace('|', '\\|') for n in names) + ' |'
+                        for i, r in per_b.iterrows()]])
   if analysis.sensitivity:
     import pandas as pd  # pylint: disable=import-outside-toplevel
     ctx.table('fit_sensitivity', pd.concat([t.assign(optimizer=o) for o, t in
                                             analysis.sensitivity.items()], ignore_index=True))
   if len(local):
     ctx.table('local_cbs', local)
-  for name, caption in (('steps_vs_batch_size', 'steps to target vs B: measured, the fit with '
-                         'its band, perfect scaling, B_crit and B_simple'),
+  for name, caption in (('steps_vs_batch_size', figures.steps_caption(analysis)),
                         ('pareto', 'steps vs examples to target with the fitted hyperbola'),
                         ('best_learning_rate', 'best LR per B against linear and √ scaling '
                          '(pale bars: the searched range)'),
@@ -465,19 +501,25 @@ def run(ctx) -> None:
 
   ctx.results.update(trials=len(table), outcomes=counts, spec_hash=grid.spec_hash(sweep),
                      warnings=analysis.warnings)
-  for r in fit_rows:
+  zhang = next(c for c in side_by_side.columns if c.startswith('Zhang'))
+  labels = [c.partition(', run-averaged')[0] for c in side_by_side.columns
+            if c.endswith(', run-averaged: median [min, max] over B')]
+  for (_, d), r in zip(side_by_side.iterrows(), fit_rows):
+    what = f'{r["optimizer"]}, target {r["target"]:g}: '
     if math.isfinite(r.get('b_crit', math.nan)):
-      ctx.findings.append(
-          f'{r["optimizer"]}, target {r["target"]:g}: B_crit = {fmt(r["b_crit"])} '
-          f'[{fmt(r["b_crit_lo"])}, {fmt(r["b_crit_hi"])}] ({options.confidence:.0%} CI), '
-          f'{fmt(r.get("b_crit_leave_out_min"))}–{fmt(r.get("b_crit_leave_out_max"))} with any '
-          f'batch size left out, lack-of-fit p = {fmt(r.get("lack_of_fit_p"), 2)}; S_min = '
-          f'{fmt(r["s_min"])}; Zhang 20% CBS {fmt(r.get("zhang_cbs"))}; run-averaged B_simple '
-          + _b_simple_text(r)
-          + (f'; local CBS {local_text.get(r["optimizer"], "not measured")}.'
-             if r['target'] == sweep.target_value else '.'))
+      what += (f'B_crit = {fmt(r["b_crit"])} [{fmt(r["b_crit_lo"])}, {fmt(r["b_crit_hi"])}] '
+               f'({options.confidence:.0%} CI), {fmt(r.get("b_crit_leave_out_min"))}–'
+               f'{fmt(r.get("b_crit_leave_out_max"))} with any batch size left out, '
+               f'lack-of-fit p = {fmt(r.get("lack_of_fit_p"), 2)}; S_min = {fmt(r["s_min"])}')
     else:
-      ctx.findings.append(f'{r["optimizer"]}, target {r["target"]:g}: no fit (fewer than 3 '
-                          'batch sizes reached the target).')
+      what += 'no fit (fewer than 3 batch sizes reached the target)'
+    what += f'; {zhang} {d[zhang]}'
+    for label in labels:
+      what += f'; run-averaged {label} {d[f"{label}, run-averaged: median [min, max] over B"]}'
+      if d[f'B_crit / {label}'] != '—':
+        what += f' (B_crit/{label} = {d[f"B_crit / {label}"]})'
+    if options.local_cbs and r['target'] == sweep.target_value:
+      what += f'; local CBS {local_text.get(r["optimizer"], "not measured")}'
+    ctx.findings.append(what + '.')
   ctx.findings.append(f'{len(table)} trials: ' + ', '.join(f'{v} {k}' for k, v in counts.items())
                       + f'; {len(analysis.warnings)} warning(s) from the analysis.')

@@ -208,7 +208,7 @@ def check_seeds(seeds, tuning_seed: int | None = None) -> None:
 def _cell(value: Any) -> str:
   if isinstance(value, float):
     return readme_text.fmt(value, 4)
-  return '—' if value is None else str(value)
+  return '—' if value is None else str(value).replace('|', '\\|')  # |G|² in a table cell
 
 
 def markdown_table(frame: pd.DataFrame) -> list[str]:

@@ -9,9 +9,14 @@
   Fitted by least squares on log S (errors in steps are relative), with a
   bootstrap confidence interval.
 - Zhang et al. 2024 (arXiv 2410.21676): the CBS is where steps-to-target exceed
-  perfect linear scaling by 20%, S(B) B / (S(B0) B0) = 1.2, B0 the smallest batch.
+  perfect linear scaling by 20%, S(B) B / (S(B0) B0) = 1.2; B0 the smallest batch that
+  reached the target, or the one given (`zhang_reference_batch`).
 - Merrill et al. 2025 (arXiv 2505.23971): the *local* CBS at a checkpoint, by
   branching with k x B for a fixed amount of data (mbx.sweep.local_cbs, which trains).
+
+Beside them, the run-averaged noise-scale estimators (mbx.training.estimators) of each best
+trial. An estimate that is negative or undefined is never reported as a number: its value is
+NaN and its `<name>_reason` says why, shown as "not measurable here (<reason>)".
 
 The fits and tables here work on numbers and DataFrames and import no JAX.
 """
@@ -20,15 +25,144 @@ from __future__ import annotations
 import dataclasses
 import math
 import pathlib
+import re
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from mbx import config as config_lib
+from mbx.sweep import trials
+from mbx.training import estimators as estimators_lib
+
 ZHANG_OVERHEAD = 0.2
 GROUP = ['optimizer', 'batch_size']
 SETTING = ['optimizer', 'batch_size', 'learning_rate', 'momentum']
+
+
+# ------------------------------------------------------ noise-scale estimates
+def estimators_in(table: pd.DataFrame) -> list[str]:
+  """The noise-scale estimators a trial table holds: a number or a reason in some row."""
+  names = []
+  for name in estimators_lib.NAMES:
+    if name not in table:
+      continue
+    reasons = table.get(f'{name}_reason')
+    if table[name].notna().any() or (reasons is not None and
+                                      reasons.fillna('').astype(str).str.len().gt(0).any()):
+      names.append(name)
+  return names
+
+
+def _reason_of(value: float, reason) -> str:
+  """Why a trial's estimate is no number; tables written before the reasons were recorded
+  hold a negative run average instead."""
+  if isinstance(reason, str) and reason:
+    return reason
+  if math.isfinite(value):
+    return f'the run-averaged estimate is {value:.3g} ≤ 0'
+  return 'not measured'
+
+
+def _seed_estimate(group: pd.DataFrame, name: str) -> tuple[float, str]:
+  """(median over seeds of the measurable estimates, ''), or (NaN, why none is)."""
+  values = group[name].astype(float).to_numpy()
+  reasons = group[f'{name}_reason'] if f'{name}_reason' in group else [''] * len(group)
+  measurable = [v for v in values if math.isfinite(v) and v > 0]
+  if measurable:
+    return float(np.median(measurable)), ''
+  return np.nan, '; '.join(dict.fromkeys(_reason_of(v, r) for v, r in zip(values, reasons)))
+
+
+def estimate_text(value: float, reason: str, digits: int = 3) -> str:
+  """A run-averaged estimate as text: the number, "not measurable here (<reason>)", or '—'
+  where there is nothing to measure (no best trial: the target was not reached)."""
+  value = float(value)
+  if math.isfinite(value) and value > 0:
+    return f'{value:.{digits}g}'
+  reason = reason if isinstance(reason, str) else ''
+  if not reason and not math.isfinite(value):
+    return '—'
+  return f'not measurable here ({_reason_of(value, reason)})'
+
+
+def with_estimate_text(frame: pd.DataFrame, names: Sequence[str], digits: int = 3
+                       ) -> pd.DataFrame:
+  """`frame` (per batch size) with each estimator's column as text (estimate_text) and its
+  reason column dropped: what a table shows."""
+  out = frame.copy()
+  for name in names:
+    if name in out:
+      reasons = out[f'{name}_reason'] if f'{name}_reason' in out else [''] * len(out)
+      out[name] = [estimate_text(v, r, digits) for v, r in zip(out[name], reasons)]
+  return out.drop(columns=[f'{n}_reason' for n in names if f'{n}_reason' in out])
+
+
+def short_label(name: str) -> str:
+  """'B_simple', 'B_simple,P', 'B_noise', 'B_noise,P'."""
+  return estimators_lib.ESTIMATORS[name].label.split(' = ')[0]
+
+
+def _number_free(reason: str) -> str:
+  return re.sub(r'-?\d[\d.]*(?:e[-+]?\d+)?', '#', reason)
+
+
+def not_measurable_text(batch_sizes: Sequence[int], reasons: Sequence[str]) -> str:
+  """Which batch sizes were not measurable and why, reasons that differ only in their numbers
+  grouped: 'at B = 4, 16 (e.g. B = 4: the |G|² estimate averages to -0.1 ≤ 0: ...)'."""
+  groups: dict[str, list[tuple[int, str]]] = {}
+  for b, reason in zip(batch_sizes, reasons):
+    groups.setdefault(_number_free(reason), []).append((int(b), reason))
+  parts = []
+  for members in groups.values():
+    sizes = ', '.join(str(b) for b, _ in members)
+    if len({r for _, r in members}) == 1:
+      parts.append(f'at B = {sizes}: {members[0][1]}')
+    else:
+      parts.append(f'at B = {sizes} (e.g. B = {members[0][0]}: {members[0][1]})')
+  return '; '.join(parts)
+
+
+def estimator_summary(group: pd.DataFrame, name: str) -> dict[str, Any]:
+  """An estimator over the batch sizes that reached the target (one optimizer's per-B rows):
+  median, min and max of the measurable ones, how many were not and why."""
+  reached = group[np.isfinite(group['steps_to_target'].astype(float))]
+  values = reached[name].astype(float)
+  measurable = values[np.isfinite(values) & (values > 0)]
+  missing = reached[~(np.isfinite(values) & (values > 0))]
+  reasons = (missing[f'{name}_reason'] if f'{name}_reason' in missing
+             else pd.Series('', index=missing.index))
+  return {f'{name}_median': float(measurable.median()) if len(measurable) else np.nan,
+          f'{name}_min': float(measurable.min()) if len(measurable) else np.nan,
+          f'{name}_max': float(measurable.max()) if len(measurable) else np.nan,
+          f'{name}_measurable': len(measurable), f'{name}_not_measurable': len(missing),
+          f'{name}_reason': not_measurable_text(
+              missing['batch_size'], [_reason_of(v, r) for v, r in
+                                      zip(missing[name].astype(float), reasons)])}
+
+
+def estimator_summary_text(row, name: str, digits: int = 3) -> str:
+  """The summary row's estimator as text: 'median [min, max] over n B' and the batch sizes
+  that were not measurable; "not measurable here (...)" when none was; 'not measured' when
+  the sweep did not log it."""
+  measured = int(_get(row, f'{name}_measurable', 0))
+  missing = int(_get(row, f'{name}_not_measurable', 0))
+  reason = _get(row, f'{name}_reason', '')
+  reason = reason if isinstance(reason, str) else ''
+  if not measured:
+    return f'not measurable here ({reason})' if missing else 'not measured'
+  text = ' '.join((f'{row[f"{name}_median"]:.{digits}g}', f'[{row[f"{name}_min"]:.{digits}g},',
+                   f'{row[f"{name}_max"]:.{digits}g}]', f'over {measured} B'))
+  if missing:
+    text += f'; not measurable here ({reason})'
+  return text
+
+
+def _get(row, key: str, default):
+  """row[key] (a dict or a DataFrame row), `default` when absent or NaN."""
+  value = row.get(key, default)
+  return default if value is None or (isinstance(value, float) and math.isnan(value)) else value
 
 
 # ------------------------------------------------------------- Shallue S(B)
@@ -36,8 +170,10 @@ def settings_table(table: pd.DataFrame) -> pd.DataFrame:
   """One row per search point (optimizer, B, lr, momentum): steps averaged over seeds.
 
   Incomplete trials are left out; a point reaches the target only if all its
-  finished seeds did (else its steps are inf), and is infeasible if any diverged.
+  finished seeds did (else its steps are inf), and is infeasible if any diverged. Each
+  estimator is the median over the seeds where it is measurable, else NaN with the reason.
   """
+  names = estimators_in(table)
   finished = table[table['outcome'] != 'incomplete'].copy()
   finished['momentum'] = finished['momentum'].astype(float).fillna(-1.0)  # groupby-able
   finished['reached'] = finished['outcome'] == 'reached'
@@ -52,9 +188,9 @@ def settings_table(table: pd.DataFrame) -> pd.DataFrame:
         'steps_to_target': float(group['steps'].mean()) if all_reached else np.inf,
         'seed_steps': tuple(float(s) for s in group['steps']),
         'num_seeds': len(group), 'all_reached': all_reached,
-        'infeasible': bool((group['outcome'] == 'infeasible').any()),
-        'b_simple': float(np.nanmedian(group['b_simple'])) if group['b_simple'].notna().any()
-        else np.nan})
+        'infeasible': bool((group['outcome'] == 'infeasible').any()), 'b_simple': np.nan})
+    for name in names:
+      rows[-1][name], rows[-1][f'{name}_reason'] = _seed_estimate(group, name)
   settings = pd.DataFrame(rows)
   if not settings.empty:
     settings['momentum'] = settings['momentum'].where(settings['momentum'] >= 0)
@@ -66,10 +202,12 @@ def steps_to_result(table: pd.DataFrame) -> pd.DataFrame:
 
   Columns: optimizer, batch_size, steps_to_target (inf if no point reached it),
   examples_to_target, learning_rate, momentum, effective_learning_rate (of the
-  best point), seed_steps (its seeds), b_simple (its run-averaged noise scale),
+  best point), seed_steps (its seeds), b_simple (its run-averaged noise scale) and each
+  other estimator the trials logged, with `<name>_reason` where it is not measurable,
   best_lr_at_edge (the best LR is the smallest or largest searched, or fewer than
   three were), and counts of trials by outcome.
   """
+  names = estimators_in(table)
   settings = settings_table(table)
   rows = []
   for (optimizer, batch_size), group in table.groupby(GROUP, sort=True):
@@ -81,7 +219,8 @@ def steps_to_result(table: pd.DataFrame) -> pd.DataFrame:
            'num_incomplete': int(counts.get('incomplete', 0)),
            'steps_to_target': np.inf, 'examples_to_target': np.inf,
            'learning_rate': np.nan, 'momentum': np.nan, 'effective_learning_rate': np.nan,
-           'seed_steps': (), 'b_simple': np.nan, 'best_lr_at_edge': False}
+           'seed_steps': (), 'b_simple': np.nan, 'best_lr_at_edge': False,
+           **{name: np.nan for name in names}, **{f'{name}_reason': '' for name in names}}
     points = settings[(settings['optimizer'] == optimizer) &
                       (settings['batch_size'] == batch_size)] if not settings.empty else settings
     if len(points) and np.isfinite(points['steps_to_target']).any():
@@ -94,7 +233,8 @@ def steps_to_result(table: pd.DataFrame) -> pd.DataFrame:
                  examples_to_target=float(best['steps_to_target']) * int(batch_size),
                  learning_rate=best['learning_rate'], momentum=best['momentum'],
                  effective_learning_rate=best['effective_learning_rate'],
-                 seed_steps=best['seed_steps'], b_simple=best['b_simple'])
+                 seed_steps=best['seed_steps'],
+                 **{c: best[c] for name in names for c in (name, f'{name}_reason')})
     rows.append(row)
   return pd.DataFrame(rows)
 
@@ -328,8 +468,9 @@ def seed_bootstrap_curves(settings: pd.DataFrame, batch_sizes: Sequence[int],
 
 # ---------------------------------------------------------------- Zhang CBS
 def zhang_cbs(batch_sizes: Sequence[float], steps: Sequence[float],
-              overhead: float = ZHANG_OVERHEAD) -> float:
-  """The B where S(B) B / (S(B0) B0) first reaches 1 + overhead, B0 the smallest B.
+              overhead: float = ZHANG_OVERHEAD, reference_batch: float | None = None) -> float:
+  """The B where S(B) B / (S(B0) B0) first reaches 1 + overhead, B0 = `reference_batch` (one
+  of `batch_sizes` with steps) or, by default, the smallest B with steps.
 
   Interpolated linearly in (log B, log ratio) between the last batch size below and
   the first at or above; inf if the curve never gets there, nan without data.
@@ -337,6 +478,10 @@ def zhang_cbs(batch_sizes: Sequence[float], steps: Sequence[float],
   b = np.asarray(batch_sizes, dtype=float)
   s = np.asarray(steps, dtype=float)
   keep = np.isfinite(s) & (s > 0)
+  if reference_batch is not None:
+    if not np.any(keep & (b == reference_batch)):
+      raise ValueError(f'reference_batch={reference_batch:g}: no steps to target at that B')
+    keep &= b >= reference_batch
   b, s = b[keep], s[keep]
   if len(b) < 2:
     return float('nan')
@@ -355,10 +500,34 @@ def zhang_cbs(batch_sizes: Sequence[float], steps: Sequence[float],
   return float(math.exp(x0 + min(max(frac, 0.0), 1.0) * (x1 - x0)))
 
 
-def zhang_cbs_of_fit(s_min: float, e_min: float, smallest_batch: float,
+def zhang_cbs_of_fit(s_min: float, e_min: float, reference_batch: float,
                      overhead: float = ZHANG_OVERHEAD) -> float:
   """Zhang's CBS on the fitted curve: E(B)/E(B0) = 1 + overhead <=> B = (1+o) B0 + o B_crit."""
-  return (1 + overhead) * smallest_batch + overhead * e_min / s_min
+  return (1 + overhead) * reference_batch + overhead * e_min / s_min
+
+
+def check_zhang_reference_batch(per_batch_size: pd.DataFrame, reference_batch: int | None,
+                                field: str) -> None:
+  """ConfigError naming `field` unless `reference_batch` (None: each optimizer's smallest B)
+  is a measured batch size at which every optimizer reached the target."""
+  if reference_batch is None:
+    return
+  reached = per_batch_size[np.isfinite(per_batch_size['steps_to_target'].astype(float))]
+  optimizers = sorted(per_batch_size['optimizer'].unique())
+  allowed = [int(b) for b, group in reached.groupby('batch_size')
+             if set(group['optimizer']) == set(optimizers)]
+  allowed_text = (f'allowed: {", ".join(map(str, allowed))} (the measured batch sizes at which '
+                  'every optimizer reached the target)' if allowed else
+                  'no measured batch size reached the target for every optimizer')
+  measured = set(int(b) for b in per_batch_size['batch_size'])
+  if reference_batch not in measured:
+    raise config_lib.ConfigError(f'{field}={reference_batch}: not a batch size of this sweep; '
+                                 + allowed_text)
+  if reference_batch not in allowed:
+    missed = [o for o in optimizers if not ((reached['optimizer'] == o) &
+                                            (reached['batch_size'] == reference_batch)).any()]
+    raise config_lib.ConfigError(f'{field}={reference_batch}: {", ".join(missed)} did not reach '
+                                 f'the target at B = {reference_batch}; {allowed_text}')
 
 
 # ------------------------------------------------------------- the analysis
@@ -368,12 +537,14 @@ class CriticalBatchAnalysis:
   trials: pd.DataFrame          # the sweep's trial table
   settings: pd.DataFrame        # per search point, seeds averaged
   per_batch_size: pd.DataFrame  # Shallue's S(B) and best LR, per optimizer
-  summary: pd.DataFrame         # one row per optimizer: fit, CIs, Zhang CBS, B_simple
+  summary: pd.DataFrame         # one row per optimizer: fit, CIs, Zhang CBS, the estimators
   fits: dict[str, ParetoFit]
   sensitivity: dict[str, pd.DataFrame] = dataclasses.field(default_factory=dict)
   warnings: list[str] = dataclasses.field(default_factory=list)  # see fit_warnings
   target_metric: str | None = None
   target_value: float | None = None
+  estimators: list[str] = dataclasses.field(default_factory=list)  # those the trials logged
+  confidence: float = 0.9
 
 
 def learning_rate_exponent(batch_sizes, learning_rates, confidence: float = 0.9) -> dict:
@@ -396,28 +567,35 @@ def learning_rate_exponent(batch_sizes, learning_rates, confidence: float = 0.9)
 
 
 def analyze(table: pd.DataFrame, *, num_samples: int = 2000, confidence: float = 0.9,
-            bootstrap: str = 'residuals', seed: int = 0) -> CriticalBatchAnalysis:
-  """Shallue per-B minimum, McCandlish fit with CI, Zhang CBS, B_simple, per optimizer.
+            bootstrap: str = 'residuals', seed: int = 0,
+            zhang_reference_batch: int | None = None) -> CriticalBatchAnalysis:
+  """Shallue per-B minimum, McCandlish fit with CI, Zhang CBS, the run-averaged noise-scale
+  estimators, per optimizer.
 
   bootstrap: 'residuals' (log-residuals of the fit; works with one seed) or 'seeds'
   (each search point's seeds resampled, S(B) re-minimised; needs >= 2 seeds, and
   with few seeds underestimates the spread by (n-1)/n).
+  zhang_reference_batch: B0 of Zhang's CBS, a batch size every optimizer reached the target
+  at (ConfigError otherwise); None: each optimizer's smallest batch size that reached it.
   """
-  settings = settings_table(table)
   per_b = steps_to_result(table)
+  check_zhang_reference_batch(per_b, zhang_reference_batch, 'zhang_reference_batch')
+  names = estimators_in(table)
+  settings = settings_table(table)
   rows, fits, sensitivity = [], {}, {}
   for optimizer, group in per_b.groupby('optimizer', sort=True):
     group = group.sort_values('batch_size')
     b, s = group['batch_size'].to_numpy(float), group['steps_to_target'].to_numpy(float)
     finite = np.isfinite(s)
+    smallest = float(b[finite].min()) if finite.any() else np.nan
+    reference = smallest if zhang_reference_batch is None else float(zhang_reference_batch)
     row: dict[str, Any] = {
         'optimizer': optimizer, 'num_batch_sizes': int(finite.sum()),
-        'smallest_batch_size': float(b[finite].min()) if finite.any() else np.nan,
-        'zhang_cbs': zhang_cbs(b, s)}
-    noise = group.loc[np.isfinite(group['b_simple']), 'b_simple']
-    row.update(b_simple_median=float(noise.median()) if len(noise) else np.nan,
-               b_simple_min=float(noise.min()) if len(noise) else np.nan,
-               b_simple_max=float(noise.max()) if len(noise) else np.nan)
+        'smallest_batch_size': smallest, 'zhang_reference_batch': reference,
+        'zhang_cbs': zhang_cbs(b, s, reference_batch=zhang_reference_batch),
+        'b_simple_median': np.nan, 'b_simple_min': np.nan, 'b_simple_max': np.nan}
+    for name in names:
+      row.update(estimator_summary(group, name))
     column = ('effective_learning_rate' if 'effective_learning_rate' in group
               else 'learning_rate')
     row.update(learning_rate_exponent(b[finite], group[column].to_numpy(float)[finite],
@@ -430,19 +608,18 @@ def analyze(table: pd.DataFrame, *, num_samples: int = 2000, confidence: float =
       fit = fit_pareto(b, s, num_samples=num_samples, confidence=confidence, seed=seed,
                        samples=curves)
       fits[optimizer] = fit
-      zhang_samples = [zhang_cbs_of_fit(sm, em, row['smallest_batch_size'])
-                       for sm, em in fit.samples]
+      zhang_samples = [zhang_cbs_of_fit(sm, em, reference) for sm, em in fit.samples]
       q = (1 - confidence) / 2
       row.update(s_min=fit.s_min, s_min_lo=fit.s_min_ci[0], s_min_hi=fit.s_min_ci[1],
                  e_min=fit.e_min, e_min_lo=fit.e_min_ci[0], e_min_hi=fit.e_min_ci[1],
                  b_crit=fit.b_crit, b_crit_lo=fit.b_crit_ci[0], b_crit_hi=fit.b_crit_ci[1],
                  rms_log_residual=fit.rms_log_residual,
-                 zhang_cbs_fit=zhang_cbs_of_fit(fit.s_min, fit.e_min,
-                                                row['smallest_batch_size']),
+                 zhang_cbs_fit=zhang_cbs_of_fit(fit.s_min, fit.e_min, reference),
                  zhang_cbs_fit_lo=float(np.quantile(zhang_samples, q)),
                  zhang_cbs_fit_hi=float(np.quantile(zhang_samples, 1 - q)))
-      if np.isfinite(row['b_simple_median']):
-        row['b_crit_over_b_simple'] = fit.b_crit / row['b_simple_median']
+      for name in names:
+        if np.isfinite(row[f'{name}_median']):
+          row[f'b_crit_over_{name}'] = fit.b_crit / row[f'{name}_median']
       sensitivity[optimizer] = fit_sensitivity(b, s)
       row.update(b_crit_leave_out_min=float(sensitivity[optimizer]['b_crit'].min()),
                  b_crit_leave_out_max=float(sensitivity[optimizer]['b_crit'].max()),
@@ -456,15 +633,61 @@ def analyze(table: pd.DataFrame, *, num_samples: int = 2000, confidence: float =
                                warnings=fit_warnings(per_b, summary, bootstrap=bootstrap,
                                                      sensitivity=sensitivity),
                                target_metric=table.attrs.get('target_metric'),
-                               target_value=table.attrs.get('target_value'))
+                               target_value=table.attrs.get('target_value'),
+                               estimators=names, confidence=confidence)
+
+
+def definitions_table(analyses: Sequence[CriticalBatchAnalysis], *,
+                      local: dict[str, str] | None = None, digits: int = 3) -> pd.DataFrame:
+  """Every definition of the CBS side by side (text), one row per optimizer and target:
+  McCandlish's B_crit [CI]; Zhang's 20% CBS with its B0 named (in the header when every row
+  shares it), and on the fit; each estimator the trials logged (B_simple always), run-averaged
+  to the target, as median [min, max] over the batch sizes and B_crit over its median; and
+  Merrill's local CBS when `local` (text per optimizer) is given, for the first analysis's
+  target (it is measured at one point of one run, not per target)."""
+  names = ['b_simple'] + [n for n in estimators_lib.NAMES[1:]
+                          if any(n in a.estimators for a in analyses)]
+  def g(value: float) -> str:
+    return f'{value:.{digits}g}' if math.isfinite(value) else ('∞' if value > 0 else '—')
+
+  references = {float(r['zhang_reference_batch']) for a in analyses
+                for _, r in a.summary.iterrows() if math.isfinite(r['zhang_reference_batch'])}
+  zhang = (f'Zhang 20% CBS (B0 = {references.pop():g})' if len(references) == 1
+           else 'Zhang 20% CBS')
+  rows = []
+  for i, analysis in enumerate(analyses):
+    for _, r in analysis.summary.iterrows():
+      fitted = math.isfinite(_get(r, 'b_crit', math.nan))
+      row = {'optimizer': r['optimizer'],
+             'target': '' if analysis.target_value is None else f'{analysis.target_value:g}',
+             f'McCandlish B_crit [{analysis.confidence:.0%} CI]':
+                 f'{g(r["b_crit"])} [{g(r["b_crit_lo"])}, {g(r["b_crit_hi"])}]' if fitted
+                 else 'no fit (fewer than 3 batch sizes reached the target)'}
+      cell = g(r['zhang_cbs'])
+      if zhang == 'Zhang 20% CBS' and math.isfinite(r['zhang_reference_batch']):
+        cell += f' (B0 = {r["zhang_reference_batch"]:g})'
+      if fitted:
+        cell += f'; on the fit {g(r["zhang_cbs_fit"])}'
+      row[zhang] = cell
+      for name in names:
+        label = short_label(name)
+        row[f'{label}, run-averaged: median [min, max] over B'] = estimator_summary_text(
+            r, name, digits)
+        ratio = _get(r, f'b_crit_over_{name}', math.nan)
+        row[f'B_crit / {label}'] = g(ratio)
+      if local is not None:
+        row['Merrill local CBS'] = local.get(r['optimizer'], 'not measured') if i == 0 else '—'
+      rows.append(row)
+  return pd.DataFrame(rows)
 
 
 def analyze_sweep(sweep_dir: str | pathlib.Path, *, target_value: float | None = None,
                   **options) -> CriticalBatchAnalysis:
-  """`analyze` on a sweep directory's trial table (rebuilt from its run directories);
-  `target_value`: another target than the sweep's, from the same evaluations."""
-  # The table reads run directories (mbx.training.records): loaded here, not with the fits.
-  from mbx.sweep.runner import load_table, trial_table  # pylint: disable=import-outside-toplevel
-  if target_value is not None:
-    return analyze(trial_table(sweep_dir, target_value), **options)
-  return analyze(load_table(sweep_dir), **options)
+  """`analyze` on a sweep directory's trial table, rebuilt from its run directories;
+  `target_value`: another target than the sweep's, from the same evaluations. trials.csv is
+  rewritten (for the sweep's own target) only once the analysis has accepted its options."""
+  table = trials.trial_table(sweep_dir, target_value)
+  analysis = analyze(table, **options)
+  if target_value is None:
+    trials.write_table(sweep_dir, table)
+  return analysis

@@ -33,47 +33,30 @@ import dataclasses
 import datetime
 import fcntl
 import json
-import os
 import pathlib
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
-import pandas as pd
 from tqdm import tqdm
 
 from mbx import config as config_lib
 from mbx.optim import declared as optim_declared
 from mbx.sweep import grid as grid_lib
-from mbx.sweep import steps_to_target as stt
+# The sweep directory's layout and its trial table live in mbx.sweep.trials (no JAX); their
+# names stay reachable here.
+from mbx.sweep.trials import (  # pylint: disable=unused-import
+    OUTCOMES, SPEC_FILE, TABLE_COLUMNS, TABLE_FILE, TRIALS_DIR, load_spec, load_table,
+    outcome_counts, read_status, trial_dir, trial_result, trial_table, write_table)
 from mbx.tasks import resolve_task
-from mbx.training import noise_scale as noise_scale_lib
 from mbx.training.loop import train, train_packed
 from mbx.training.packing import pack_key
-from mbx.training.records import read_jsonl, write_json_atomic
+from mbx.training.records import write_json_atomic
 from mbx.training.workload import resolve
 
-SPEC_FILE = 'sweep.json'
-TABLE_FILE = 'trials.csv'
-TRIALS_DIR = 'trials'
 LOCKS_DIR = 'locks'
 FINISHED = ('done', 'diverged')
-# Shallue et al.'s trial statuses, refined: 'infeasible' = diverged.
-OUTCOMES = ('reached', 'not_reached', 'infeasible', 'incomplete')
-
-
-def trial_dir(sweep_dir: str | pathlib.Path, trial: grid_lib.Trial | str) -> pathlib.Path:
-  trial_id = trial if isinstance(trial, str) else trial.id
-  return pathlib.Path(sweep_dir) / TRIALS_DIR / trial_id
-
-
-def read_status(run_dir: pathlib.Path) -> dict[str, Any]:
-  path = run_dir / 'status.json'
-  try:
-    return json.loads(path.read_text())
-  except (FileNotFoundError, json.JSONDecodeError):
-    return {}
 
 
 def is_finished(sweep_dir, trial: grid_lib.Trial) -> bool:
@@ -116,7 +99,10 @@ def write_spec(sweep_dir: pathlib.Path, sweep: grid_lib.SweepConfig,
   spec = {'name': sweep.name, 'spec_hash': grid_lib.spec_hash(sweep),
           'command': ' '.join([pathlib.Path(sys.argv[0]).name, *sys.argv[1:]]),
           'written': _now(), 'sweep': grid_lib.to_dict(sweep),
-          'trials': [t.row() for t in trials], 'history': []}
+          'trials': [t.row() for t in trials], 'history': [],
+          # Which way each metric is better: the trial table reads it without resolving the task.
+          'metric_directions': dict(resolve_task(sweep.base.task.name,
+                                                 sweep.base.task.options).metrics)}
   (path.parent / LOCKS_DIR).mkdir(parents=True, exist_ok=True)
   with open(path.parent / LOCKS_DIR / SPEC_FILE, 'a') as lock:  # one writer at a time
     fcntl.flock(lock, fcntl.LOCK_EX)
@@ -135,14 +121,6 @@ def write_spec(sweep_dir: pathlib.Path, sweep: grid_lib.SweepConfig,
 
 def _now() -> str:
   return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')
-
-
-def load_spec(sweep_dir: str | pathlib.Path) -> tuple[grid_lib.SweepConfig, list[dict]]:
-  path = pathlib.Path(sweep_dir) / SPEC_FILE
-  if not path.exists():
-    raise FileNotFoundError(f'{sweep_dir}: not a sweep directory (no {SPEC_FILE})')
-  spec = json.loads(path.read_text())
-  return grid_lib.from_dict(spec['sweep']), spec['trials']
 
 
 # ----------------------------------------------------------- worker split
@@ -348,118 +326,3 @@ def _describe(status: dict[str, Any]) -> str:
   elif text in ('failed', 'diverged', 'interrupted'):
     text += f' ({status.get("reason")})'
   return text
-
-
-# -------------------------------------------------------------------- table
-def trial_result(run_dir: pathlib.Path, target_metric: str, target_value: float,
-                 directions: dict[str, str] | None = None) -> dict[str, Any]:
-  """Status, steps-to-target, best metric, wall time and noise scale of one trial."""
-  status = read_status(run_dir)
-  evals = read_jsonl(run_dir / 'eval_metrics.jsonl')
-  logs = read_jsonl(run_dir / 'train_metrics.jsonl')
-  state = status.get('status', 'pending')
-  row: dict[str, Any] = {'status': state}
-  row.update(stt.summarize([r['step'] for r in evals], [r['examples_seen'] for r in evals],
-                           [_float(r.get(target_metric)) for r in evals], target_value,
-                           target_metric, directions))
-  if state == 'diverged':
-    outcome = 'infeasible'
-  elif row['steps_to_target'] is not None:
-    outcome = 'reached'
-  elif state == 'done':
-    outcome = 'not_reached'
-  else:
-    outcome = 'incomplete'
-  row['outcome'] = outcome
-  name = target_metric.partition('_')[2] if target_metric.startswith('eval_') else None
-  row['test_metric'] = _float(status.get(f'test_{name}')) if name else float('nan')
-  row.update(steps=status.get('step'), examples_seen=status.get('examples_seen'),
-             wall_time=status.get('wall_time'), train_time=status.get('train_time'),
-             compile_time=status.get('compile_time'), reason=status.get('reason'))
-  noisy = [r for r in logs if 'trace_estimate' in r]
-  if noisy:
-    summary = noise_scale_lib.run_average(
-        [r['step'] for r in noisy], [_float(r['grad_sq_estimate']) for r in noisy],
-        [_float(r['trace_estimate']) for r in noisy], until_step=row['steps_to_target'])
-    row['b_simple'] = summary['b_simple']
-    row['b_simple_final'] = _float(noisy[-1].get('b_simple'))
-  else:
-    row['b_simple'] = row['b_simple_final'] = float('nan')
-  return row
-
-
-def _float(value) -> float:
-  try:
-    return float(value)
-  except (TypeError, ValueError):
-    return float('nan')
-
-
-TABLE_COLUMNS = ('trial_id', 'optimizer', 'batch_size', 'learning_rate', 'momentum',
-                 'effective_learning_rate', 'seed', 'budget', 'status', 'outcome',
-                 'steps_to_target', 'steps_to_target_lower', 'examples_to_target',
-                 'best_metric', 'final_metric', 'test_metric', 'steps', 'examples_seen', 'wall_time',
-                 'train_time', 'compile_time', 'b_simple', 'b_simple_final', 'reason',
-                 'run_dir')
-
-
-def trial_table(sweep_dir: str | pathlib.Path, target_value: float | None = None) -> pd.DataFrame:
-  """The tidy table, read fresh from the trials' run directories (one row per trial).
-
-  `target_value`: steps to another target than the sweep's, from the same evaluations; with
-  stop_at_target it must be no harder than the sweep's (the trials stopped there).
-  test_metric is the run's final test_<metric> (the test split, evaluated once at the end).
-  """
-  sweep_dir = pathlib.Path(sweep_dir)
-  sweep, trial_rows = load_spec(sweep_dir)
-  if target_value is not None and target_value != sweep.target_value:
-    directions = dict(resolve_task(sweep.base.task.name, sweep.base.task.options).metrics)
-    harder = not stt.reached(sweep.target_value, target_value, sweep.target_metric, directions)
-    if sweep.stop_at_target and harder:
-      raise config_lib.ConfigError(
-          f'target {sweep.target_metric}={target_value}: harder than the sweep\'s '
-          f'{sweep.target_value}, where its trials stopped; choose a value the trials passed')
-    sweep = dataclasses.replace(sweep, target_value=float(target_value))
-  directions = dict(resolve_task(sweep.base.task.name, sweep.base.task.options).metrics)
-  rows = []
-  for trial in trial_rows:
-    run_dir = trial_dir(sweep_dir, trial['trial_id'])
-    rows.append({**trial, **trial_result(run_dir, sweep.target_metric, sweep.target_value,
-                                         directions),
-                 'run_dir': str(run_dir.relative_to(sweep_dir))})
-  table = pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
-  for column in ('steps_to_target', 'steps_to_target_lower', 'examples_to_target', 'steps',
-                 'examples_seen'):
-    table[column] = table[column].astype('Int64')
-  table.attrs.update(target_metric=sweep.target_metric, target_value=sweep.target_value,
-                     eval_growth=sweep.eval_growth, name=sweep.name)
-  return table
-
-
-def write_table(sweep_dir: str | pathlib.Path) -> pd.DataFrame:
-  """Rebuilds trials.csv atomically from the run directories."""
-  sweep_dir = pathlib.Path(sweep_dir)
-  table = trial_table(sweep_dir)
-  tmp = sweep_dir / f'.{TABLE_FILE}.{os.getpid()}.tmp'
-  table.to_csv(tmp, index=False)
-  os.replace(tmp, sweep_dir / TABLE_FILE)
-  return table
-
-
-def load_table(sweep_dir: str | pathlib.Path, refresh: bool = True) -> pd.DataFrame:
-  """The trial table as a DataFrame; `refresh` rebuilds it from the run directories."""
-  sweep_dir = pathlib.Path(sweep_dir)
-  if refresh:
-    return write_table(sweep_dir)
-  table = pd.read_csv(sweep_dir / TABLE_FILE)
-  sweep, _ = load_spec(sweep_dir)
-  table.attrs.update(target_metric=sweep.target_metric, target_value=sweep.target_value,
-                     eval_growth=sweep.eval_growth, name=sweep.name)
-  return table
-
-
-def outcome_counts(table: pd.DataFrame) -> dict[str, int]:
-  counts = table['outcome'].value_counts()
-  return {o: int(counts.get(o, 0)) for o in OUTCOMES}
-
-

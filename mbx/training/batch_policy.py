@@ -27,6 +27,7 @@ from typing import Any
 
 from mbx.config import Config, Duration, uses_adascale
 from mbx.optim import batch_rules
+from mbx.training.estimators import ESTIMATORS
 from mbx.training.plan import Plan, Segment, initial_segment
 
 
@@ -228,23 +229,26 @@ class BatchPolicy:
              measure: Mapping[str, Callable]) -> tuple[bool, dict]:
     """(whether the plan changed, the decision's log columns) at decision step `step`.
 
-    estimates: the probes' summaries, merged (the noise scale's grad_sq, trace_sigma, b_simple;
-    NaN when off);
+    estimates: the probes' summaries, merged (each estimator's value and its two averaged
+    estimates; train.batch_policy_estimator names the one read; NaN when off or when its
+    |G|² estimate is <= 0);
     measure: what the loop measures on request: 'time_steps'(batches) -> seconds per step of
     each (goodput), 'branch_losses'(batches) -> the eval loss after training a copy of the
     state at each batch for train.batch_policy_branch (warmup's branch criterion)."""
     current = plan.segment_at(step)
-    b_simple = float(estimates.get('b_simple', math.nan))
-    batch, columns = self._target(plan, step, current.batch_size, b_simple, measure)
+    estimator = ESTIMATORS[self.config.train.batch_policy_estimator]
+    noise_scale = float(estimates.get(estimator.name, math.nan))
+    batch, columns = self._target(plan, step, current.batch_size, noise_scale, measure)
     gain, rate = 1.0, None
-    if self.rule == 'adascale':
-      variance = float(estimates.get('trace_sigma', math.nan)) / self.base_batch
-      gain = adascale_gain(variance, float(estimates.get('grad_sq', math.nan)),
+    if self.rule == 'adascale':  # tr(AΣ) and GᵀAG of the chosen estimator's metric A
+      variance = float(estimates.get(estimator.summary_trace, math.nan)) / self.base_batch
+      gain = adascale_gain(variance, float(estimates.get(estimator.summary_grad, math.nan)),
                            batch / self.base_batch)
       rate = gain * self.base_batch
     factor = self.lr_factor(batch, gain)
     columns = {'policy_batch_size': batch, 'policy_lr_factor': factor, 'adascale_gain': gain,
-               'policy_b_simple': b_simple, **columns}
+               'policy_b_simple': noise_scale, **columns}  # the estimator read (its name
+                                                              # kept for earlier runs' logs)
     if (batch, rate, factor) == (current.batch_size, current.progress_per_step,
                                  current.lr_factor):
       return False, columns

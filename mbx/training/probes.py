@@ -30,6 +30,15 @@ class GroupGradients:
   group_size: int               # examples per group, b (the global batch is k * b)
   params: Any                   # before the update
   updates: Any                  # what the optimizer adds to params
+  # A read-only view of the optimizer, for the probes that ask for it (see `Probe`):
+  preconditioner: Any = None    # its diagonal P before the update (None: P = I)
+  p_sq_norm: Callable | None = None  # tree -> Σ P tree² (|tree|² when P = I)
+  # For probes with `wants_contrast`, and those that call them (traced only when called):
+  contrast: Any = None          # D = (1/k) Σ_i s_i g_i, signs summing to 0
+  contrast_scale: float = 0.0   # c in Cov(D) = c Σ / b
+  hvp: Callable | None = None   # v -> H v, H the Hessian of the step's batch loss at params
+  example_gradients: Callable | None = None  # n -> per-example gradients of the first n
+                                             # examples (leaves with a leading axis n)
 
 
 class Probe(Protocol):
@@ -43,6 +52,9 @@ class Probe(Protocol):
   run_summary(rows) -> {column: float}, optional: on the host at each log row, from the train
     rows the run has logged so far (this one, with its `summarize` columns, last; rows kept
     across a resume first); see `run_summary` below.
+  Optional attributes: group_norm = 'preconditioned' hands per_group the squared norm in the
+  optimizer's preconditioner metric (the optimizer must declare one); wants_contrast = True
+  fills GroupGradients.contrast. No optimizer is special-cased: P is what it declares.
   """
   name: str
   metrics: tuple[str, ...]

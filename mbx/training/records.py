@@ -27,23 +27,11 @@ from mbx import models as models_lib
 from mbx import registry
 from mbx.training.checkpoints import Checkpoints
 from mbx.training.evaluation import evaluate_split
+from mbx.training.run_files import read_jsonl, write_json_atomic
 from mbx.training.tracking import make_writers
 from mbx.training.workload import config_error, resolve
 
 STATUSES = ('running', 'done', 'diverged', 'failed', 'interrupted')
-
-
-def write_json_atomic(path: pathlib.Path, value: Any) -> None:
-  """Readers see the old or the new file, never a partial one."""
-  tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
-  tmp.write_text(json.dumps(value, indent=2, sort_keys=True, default=_jsonable) + '\n')
-  os.replace(tmp, path)
-
-
-def _jsonable(value):
-  if hasattr(value, 'item'):
-    return value.item()
-  raise TypeError(f'not JSON serialisable: {value!r}')
 
 
 def _clean(value):
@@ -51,22 +39,6 @@ def _clean(value):
   if isinstance(value, float) and not math.isfinite(value):
     return str(value)
   return value
-
-
-def read_jsonl(path: pathlib.Path) -> list[dict[str, Any]]:
-  """The rows of a metrics file; a line that is not JSON (cut short by a crash or a full disk)
-  is skipped with a warning naming file:line, and the rows after it are kept."""
-  if not path.exists():
-    return []
-  rows = []
-  for number, line in enumerate(path.read_text().splitlines(), start=1):
-    if not line.strip():
-      continue
-    try:
-      rows.append(json.loads(line))
-    except json.JSONDecodeError:
-      warnings.warn(f'{path}:{number}: not a JSON row (cut short?); skipped', stacklevel=2)
-  return rows
 
 
 def read_status(path: pathlib.Path) -> dict[str, Any] | None:

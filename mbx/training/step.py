@@ -206,6 +206,7 @@ def _sharded_gradients(model, task: Task, probes: Sequence, shape: StepShape, me
   num_micro = shape.num_micro_batches
   num_groups = num_devices * num_micro
   measuring = bool(probes) and shape.measure_noise
+  contrast = measuring and any(getattr(p, 'wants_contrast', False) for p in probes)
 
   sharded = num_devices > 1
   psum = (lambda v: jax.lax.psum(v, DATA_AXIS)) if sharded else (lambda v: v)
@@ -227,7 +228,7 @@ def _sharded_gradients(model, task: Task, probes: Sequence, shape: StepShape, me
         jax.value_and_grad(loss_fn, has_aux=True), params)
     return grads, new_state, loss, sums
 
-  def local(params, model_state, batch, key):
+  def local(params, model_state, batch, key, preconditioner=None):
     device = jax.lax.axis_index(DATA_AXIS) if sharded else 0
     # Differentiating w.r.t. replicated params would psum the gradient implicitly;
     # marked per-device, each device keeps its own gradient (for the probes)
@@ -239,9 +240,12 @@ def _sharded_gradients(model, task: Task, probes: Sequence, shape: StepShape, me
       weight_scale = num_groups / psum(jnp.sum(batch['weights'].astype(jnp.float32)))
     zero = jnp.zeros((), jnp.float32)
     sq_norm = lambda tree: sum_sq(tree, per_leaf_norms)
+    p_sq_norm = lambda tree: weighted_sum_sq(tree, preconditioner, per_leaf_norms)
+    norm_of = lambda probe: (p_sq_norm if getattr(probe, 'group_norm', None) == 'preconditioned'
+                             else sq_norm)
 
     def body(carry, inputs):
-      grad_sum, model_state, loss_sum, stat_sums, group_sums = carry
+      grad_sum, model_state, loss_sum, stat_sums, group_sums, contrast_sum = carry
       batch_j, j = inputs
       key_j = jax.random.fold_in(key, device * num_micro + j)
       grads, model_state, loss, stats = micro_batch(params, model_state, batch_j, key_j,
@@ -252,43 +256,71 @@ def _sharded_gradients(model, task: Task, probes: Sequence, shape: StepShape, me
           lambda a, b: a + b, stat_sums, stats)
       if measuring:
         group_sums = {probe.name: jax.tree.map(jnp.add, group_sums[probe.name],
-                                               probe.per_group(grads, sq_norm))
+                                               probe.per_group(grads, norm_of(probe)))
                       for probe in probes}
-      return (grad_sum, model_state, loss_sum + loss, stat_sums, group_sums), None
+      if contrast:
+        sign = contrast_sign(device * num_micro + j, num_groups)
+        contrast_sum = jax.tree.map(lambda c, g: c + sign * g, contrast_sum, grads)
+      return (grad_sum, model_state, loss_sum + loss, stat_sums, group_sums, contrast_sum), None
 
     group_zeros = {}
     if measuring:
       group_zeros = {probe.name: jax.tree.map(
           lambda a: jnp.zeros(a.shape, a.dtype),
-          jax.eval_shape(lambda g, p=probe: p.per_group(g, sq_norm), params)) for probe in probes}
+          jax.eval_shape(lambda g, p=probe: p.per_group(g, norm_of(p)), params))
+          for probe in probes}
+    contrast_zeros = jax.tree.map(jnp.zeros_like, params) if contrast else None
     batch_0 = jax.tree.map(lambda a: a[0], micro)
     if shape.accumulation == 'scan' and num_micro > 1:
       stat_zeros = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), jax.eval_shape(
           lambda: micro_batch(params, model_state, batch_0, key, weight_scale)[3]))
       # Everything the loop accumulates differs per device ('varying' in shard_map).
       carry = as_varying((jax.tree.map(jnp.zeros_like, params), model_state, zero,
-                          stat_zeros, group_zeros))
+                          stat_zeros, group_zeros, contrast_zeros))
       carry, _ = jax.lax.scan(body, carry, (micro, jnp.arange(num_micro)))
     else:  # straight-line code: XLA:CPU runs loop bodies 5-30x slower (docs/performance.md)
-      carry = (jax.tree.map(jnp.zeros_like, params), model_state, zero, None, group_zeros)
+      carry = (jax.tree.map(jnp.zeros_like, params), model_state, zero, None, group_zeros,
+               contrast_zeros)
       for j in range(num_micro):
         batch_j = jax.tree.map(lambda a: a[j], micro)
         if j > 0:
           batch_j = {**batch_j, 'inputs': _after(batch_j['inputs'], carry[0])}
         carry, _ = body(carry, (batch_j, j))
-    grad_sum, model_state, loss_sum, stat_sums, group_sums = carry
+    grad_sum, model_state, loss_sum, stat_sums, group_sums, contrast_sum = carry
     grads = jax.tree.map(lambda g: psum(g) / num_groups, grad_sum)
     # Ghost BatchNorm statistics differ per device; global BN ones already agree.
     model_state = jax.tree.map(lambda v: psum(v) / num_devices, model_state)
     stats = {'loss': psum(loss_sum) / num_groups,
              'sums': {k: total(v) for k, v in stat_sums.items()},
-             'group_means': jax.tree.map(lambda v: psum(v) / num_groups, group_sums)}
+             'group_means': jax.tree.map(lambda v: psum(v) / num_groups, group_sums),
+             'contrast': (jax.tree.map(lambda v: psum(v) / num_groups, contrast_sum)
+                          if contrast else None)}
     return grads, model_state, stats
 
   if not sharded:
     return local
-  return jax.shard_map(local, mesh=mesh, in_specs=(P(), P(), P(DATA_AXIS), P()),
+  return jax.shard_map(local, mesh=mesh, in_specs=(P(), P(), P(DATA_AXIS), P(), P()),
                        out_specs=(P(), P(), P()))
+
+
+def contrast_sign(group, num_groups: int):
+  """s_i of the contrast D = (1/k) Σ s_i g_i: +1, −1 alternating (0 for the last group when k
+  is odd), so Σ s_i = 0 and Σ s_i² = k rounded down to even."""
+  sign = 1.0 - 2.0 * (jnp.asarray(group) % 2).astype(jnp.float32)
+  return jnp.where((num_groups % 2 == 1) & (jnp.asarray(group) == num_groups - 1), 0.0, sign)
+
+
+def contrast_scale(num_groups: int) -> float:
+  """c in Cov(D) = c Σ / b: Σ s_i² / k²."""
+  return (num_groups - num_groups % 2) / num_groups**2
+
+
+def weighted_sum_sq(tree, weights, per_leaf: bool = False):
+  """Σ w x² over a tree (weights a tree like it); |tree|² when weights is None."""
+  if weights is None:
+    return sum_sq(tree, per_leaf)
+  return sum(jnp.sum(w.astype(jnp.float32) * jnp.square(x.astype(jnp.float32)))
+             for x, w in zip(jax.tree.leaves(tree), jax.tree.leaves(weights)))
 
 
 # The per-trial inputs of the step, by name: one float32 vector (one buffer crossing jit, ~1 us
@@ -331,6 +363,25 @@ class StepParts:
   update_rule: Any = PLAIN         # mbx.optim.update_rules: e.g. SAM
 
 
+NEEDED_BY = 'train.noise_scale_estimators (a preconditioned estimator)'
+
+
+def example_gradients(model, task: Task, params, model_state, batch, key, count: int):
+  """Per-example gradients of the first `count` examples of `batch` (vmap): leaves (count,
+  ...). Each example's loss is its (weighted) mean over its entries, as in the step."""
+  rows = jax.tree.map(lambda a: a[:count], batch)
+
+  def loss_of(p, row):
+    one = jax.tree.map(lambda a: a[None], row)
+    outputs, _ = apply_model(model, p, model_state, one['inputs'], train=True, dropout_key=key)
+    losses = task.losses(outputs, one)
+    weights = one.get('weights')
+    if weights is None:
+      return losses.mean()
+    return weighted_sum(losses, weights) / jnp.maximum(jnp.sum(weights), 1e-12)
+  return jax.vmap(jax.grad(loss_of), in_axes=(None, 0))(params, rows)
+
+
 def make_update(parts: StepParts, shape: StepShape, mesh: Mesh, *, packed: bool = False):
   """The pure update (state, hyper, arranged global batch) -> (state, metrics).
 
@@ -340,6 +391,12 @@ def make_update(parts: StepParts, shape: StepShape, mesh: Mesh, *, packed: bool 
   """
   gradients = _sharded_gradients(parts.model, parts.task, parts.probes, shape, mesh,
                                  per_leaf_norms=packed, update_rule=parts.update_rule)
+  probes = parts.probes if shape.measure_noise else ()
+  reads_preconditioner = any(getattr(p, 'group_norm', None) == 'preconditioned'
+                             or getattr(p, 'reads_preconditioner', False) for p in probes)
+  # The Hessian's gradient: the plain rule (not SAM's ascent), no probes.
+  plain_gradients = _sharded_gradients(parts.model, parts.task, (), shape, mesh,
+                                       per_leaf_norms=packed) if probes else None
   arrangement = device_major_arrangement(shape.batch_size, mesh.devices.size,
                                          shape.num_micro_batches)
   measuring = bool(parts.probes) and shape.measure_noise
@@ -361,7 +418,10 @@ def make_update(parts: StepParts, shape: StepShape, mesh: Mesh, *, packed: bool 
       batch['inputs'] = jax.vmap(lambda k, xi: parts.augment(k, xi[None])[0])(
           keys, batch['inputs'])
     step_key = jax.random.fold_in(dropout_key, state.step)
-    grads, model_state, stats = gradients(state.params, state.model_state, batch, step_key)
+    preconditioner = (parts.optimizer.preconditioner(state.opt_state, NEEDED_BY)
+                      if reads_preconditioner else None)
+    grads, model_state, stats = gradients(state.params, state.model_state, batch, step_key,
+                                          preconditioner)
     progress = state.examples_seen
     if parts.schedule_progress:  # AdaScale: the schedule advances by gain x base batch a step
       first_step = hyper_field(hyper, 'first_step').astype(jnp.int32)
@@ -387,9 +447,17 @@ def make_update(parts: StepParts, shape: StepShape, mesh: Mesh, *, packed: bool 
     probe_states = state.probes
     if measuring:
       num_groups = mesh.devices.size * shape.num_micro_batches
-      seen = GroupGradients(grads=grads, group_means=stats['group_means'], grad_sq_norm=grad_sq,
-                            num_groups=num_groups, group_size=shape.batch_size // num_groups,
-                            params=state.params, updates=updates)
+      hvp = lambda v: jax.jvp(
+          lambda p: plain_gradients(p, state.model_state, batch, step_key)[0],
+          (state.params,), (v,))[1]
+      seen = GroupGradients(
+          grads=grads, group_means=stats['group_means'], grad_sq_norm=grad_sq,
+          num_groups=num_groups, group_size=shape.batch_size // num_groups,
+          params=state.params, updates=updates, preconditioner=preconditioner,
+          p_sq_norm=lambda tree: weighted_sum_sq(tree, preconditioner, packed),
+          contrast=stats['contrast'], contrast_scale=contrast_scale(num_groups), hvp=hvp,
+          example_gradients=lambda n: example_gradients(parts.model, parts.task, state.params,
+                                                        state.model_state, batch, step_key, n))
       probe_states = dict(state.probes)
       for probe in parts.probes:
         probe_states[probe.name], values = probe.update(state.probes[probe.name], seen)

@@ -28,7 +28,8 @@ from mbx.optim import declared as optim_declared
 from mbx.optim.optimizers import Optimizer, resolve_optimizer
 from mbx.optim.update_rules import PLAIN, recorded_name, resolve_update_rule
 from mbx.tasks import Task, resolve_task
-from mbx.training.noise_scale import NoiseScaleProbe
+from mbx.training import estimators
+from mbx.training.noise_scale import estimator_probes
 from mbx.training.probes import check_probes, resolve_probe
 from mbx.training.step import batch_norm_axis_name
 
@@ -192,6 +193,15 @@ def _check_target(config: config_lib.Config, task: Task) -> None:
                      'train.eval_on_train=true')
 
 
+def _check_estimators(config: config_lib.Config, optimizer) -> None:
+  """A preconditioned estimator needs the optimizer's declared diagonal preconditioner."""
+  for name in config.train.noise_scale_estimators:
+    if name in estimators.ESTIMATORS and estimators.ESTIMATORS[name].needs_preconditioner \
+        and optimizer.declared.preconditioner is None:
+      raise optim_declared.undeclared(config.optim.name, 'preconditioner',
+                       f'train.noise_scale_estimators={name}')
+
+
 def _check_update_rule(config: config_lib.Config, rule) -> None:
   """A rule that cannot run per micro-batch against a split AutoBatch would choose; fixed splits
   are checked by the plan (plan.step_shape), which knows the devices."""
@@ -234,10 +244,11 @@ def resolve(config: config_lib.Config, *, data=None, model: nn.Module | None = N
     if hasattr(task, 'check_targets'):  # before a model is fitted to targets it cannot score
       task.check_targets(info)
     model_config, module = _resolve_model(config, info, model)
-    probes = ((NoiseScaleProbe(config.train.noise_scale_ema),) if config.train.noise_scale
-              else ()) + tuple(resolve_probe(path) for path in config.train.probes)
+    probes = estimator_probes(config.train) + tuple(resolve_probe(path)
+                                                    for path in config.train.probes)
     check_probes(probes)
     optimizer = resolve_optimizer(config)
+    _check_estimators(config, optimizer)
     update_rule = resolve_update_rule(config.optim.update_rule, config.optim.update_rule_options)
     _check_update_rule(config, update_rule)
     optim_config = dataclasses.replace(config.optim, name=optimizer.name,
