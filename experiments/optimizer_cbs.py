@@ -8,7 +8,9 @@ on the KJV language model, each through `mbx study cbs` with the committed CBS p
 Outputs: results/optimizer_cbs/README.md (the answer, with its uncertainty), and per part
 results/optimizer_cbs/<part>/ (the cbs study's tables and figures: S(B) of every optimizer
 on one figure, B_crit and S_min with bootstrap CIs, the fit's sensitivity, the best-LR
-exponent); run directories under studies/optimizer_cbs/<part>/ (re-running reuses them).
+exponent); the noisy quadratic model's exact S(B) for SGD, momentum and a preconditioned
+step (nqm_exact.png); run directories under studies/optimizer_cbs/<part>/ (re-running reuses
+them).
 """
 import argparse
 import json
@@ -140,11 +142,10 @@ def summarize(parts) -> None:
                         + _verdict(b_ratio, f'B_crit {fit.b_crit:.0f}') + '; '
                         + _verdict(s_ratio, f'S_min {fit.s_min:.0f}') + '.')
     lines.append('')
+  nqm_lines, nqm_finding = nqm_section()
   lines[6:6] = ['## Answer (computed from the tables below)', '',
-                *[f'- {f}' for f in findings],
-                '- The noisy quadratic model\'s exact S(B) for SGD, momentum and a '
-                'preconditioned step is not shown: the NQM workload belongs to the noise-scale '
-                'estimators issue, which has not shipped it yet.', '']
+                *[f'- {f}' for f in findings], f'- {nqm_finding}', '']
+  lines += nqm_lines
   (OUT / 'summary.json').write_text(json.dumps(table, indent=1, default=float) + '\n')
   fig, axes = plt.subplots(1, len(parts), figsize=(5.5 * len(parts), 3.8), squeeze=False)
   for ax, part in zip(axes[0], parts):
@@ -162,6 +163,50 @@ def summarize(parts) -> None:
   fig.savefig(OUT / 'b_crit_by_optimizer.png', dpi=120)
   lines += ['![B_crit per optimizer](b_crit_by_optimizer.png)', '']
   (OUT / 'README.md').write_text('\n'.join(lines))
+
+
+NQM_BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+NQM_TARGET = 0.30
+
+
+def nqm_section() -> tuple[list[str], str]:
+  """The noisy quadratic model's exact S(B) (mbx.measure.nqm, configs/cbs_nqm.py's problem
+  and target) for SGD, heavy-ball momentum 0.9 and SGD preconditioned by P = H^-1/2: the
+  answer Zhang et al. 2019 predict, with no sampling."""
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  from mbx.data import nqm as nqm_data  # pylint: disable=import-outside-toplevel
+  from mbx.measure import nqm  # pylint: disable=import-outside-toplevel
+  curves = nqm.exact_curve(nqm_data.problem_of({}), NQM_BATCH_SIZES, NQM_TARGET)
+  fig, ax = plt.subplots(figsize=(5.5, 3.8))
+  rows = ['| optimizer | B_crit (fit of the exact curve) | S_min | S(1) | S(4096) | best LR at '
+          'a grid edge |', '|---|---:|---:|---:|---:|---|']
+  for i, (name, curve) in enumerate(curves.items()):
+    ax.loglog(curve.batch_sizes, curve.steps, 'o-', color=f'C{i}', ms=3,
+              label=f'{name}: B_crit {curve.b_crit:.0f}')
+    rows.append(f'| {name} | {curve.b_crit:.0f} | {curve.s_min:.1f} | {curve.steps[0]:.0f} | '
+                f'{curve.steps[-1]:.0f} | {"yes" if curve.at_edge.any() else "no"} |')
+  ax.set_xlabel('batch size B')
+  ax.set_ylabel(f'steps to expected loss {NQM_TARGET}')
+  ax.set_title('noisy quadratic model, exact S(B)', fontsize=10)
+  ax.grid(alpha=0.3, which='both')
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(OUT / 'nqm_exact.png', dpi=120)
+  plt.close(fig)
+  sgd, mom, pre = curves['sgd'], curves['momentum'], curves['preconditioned']
+  finding = (f'The noisy quadratic model (exact, no sampling): momentum needs as many steps as '
+             f'SGD at B = 1 ({mom.steps[0]:.0f} vs {sgd.steps[0]:.0f}) but extends perfect '
+             f'scaling (B_crit {mom.b_crit:.0f} vs {sgd.b_crit:.0f}); preconditioning by '
+             f'H^-1/2 extends it further (B_crit {pre.b_crit:.0f}) and helps at every B, as '
+             'Zhang et al. 2019 predict.')
+  lines = ['## The noisy quadratic model: exact S(B)', '',
+           f'`mbx.measure.nqm.exact_curve` on configs/cbs_nqm.py\'s problem (dim 100, h_i = 1/i, '
+           f'σ = 0.5), steps until the expected loss reaches {NQM_TARGET}, the LR chosen per B '
+           'from 12 per decade; momentum 0.9; the preconditioned step uses P = H^-1/2 '
+           '(docs/science.md §19).', '', *rows, '', '![NQM exact S(B)](nqm_exact.png)', '']
+  return lines, finding
 
 
 def context_machine() -> str:
