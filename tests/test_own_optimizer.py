@@ -260,3 +260,31 @@ def test_autobatch_counts_the_users_optimizer_state(user_module):
   params = sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(
       workload.model().init(jax.random.key(0), workload.sample_inputs())['params']))
   assert users.state_bytes - plain.state_bytes >= params
+
+
+def test_schedule_free_adamw_is_evaluated_at_its_averaged_iterate(tmp_path):
+  """The loop's evaluations use the declared eval_params view: the final eval loss is the one
+  at optax's schedule_free_eval_params of the final state, not at the training iterate."""
+  import optax  # pylint: disable=import-outside-toplevel
+  from mbx.training.checkpoints import Checkpoints  # pylint: disable=import-outside-toplevel
+  from mbx.training.evaluation import evaluate_split  # pylint: disable=import-outside-toplevel
+  from mbx.training.step import init_train_state, make_mesh  # pylint: disable=import-outside-toplevel
+  config = tiny_config(optim=dict(name='schedule_free_adamw', learning_rate=0.01))
+  run = mbx.train(config, tmp_path / 'run', quiet=True)
+  workload = resolve(run.config)
+  mesh = make_mesh(jax.devices()[:1])
+  sample = jnp.asarray(workload.dataset.arrays('train')['inputs'][:1])
+  like = init_train_state(workload.model(mesh), workload.optimizer.transform(), sample, seed=0,
+                          mesh=mesh, task=workload.task, probes=workload.probes)
+  state, _ = Checkpoints(run.workdir / 'checkpoints', read_only=True).restore(20, like)
+  averaged = workload.optimizer.eval_params(state.opt_state, state.params)
+  inner = state.opt_state.inner_state
+  found = [s for s in jax.tree.leaves(inner, is_leaf=lambda x: isinstance(
+      x, optax.contrib.ScheduleFreeState)) if isinstance(s, optax.contrib.ScheduleFreeState)]
+  expected = optax.contrib.schedule_free_eval_params(found[0], state.params)
+  for a, b in zip(jax.tree.leaves(averaged), jax.tree.leaves(expected)):
+    np.testing.assert_array_equal(a, b)
+  at_average = evaluate_split(workload, averaged, state.model_state, 'validation')['loss']
+  at_iterate = evaluate_split(workload, state.params, state.model_state, 'validation')['loss']
+  assert run.status['eval_loss'] == pytest.approx(at_average, rel=1e-5)
+  assert abs(at_average - at_iterate) > 1e-4
