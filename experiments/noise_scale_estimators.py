@@ -150,8 +150,11 @@ def overhead(sweep, workload: Workload, batch_size: int, learning_rate: float,
   return rows
 
 
-def ratio_text(value, b_crit) -> str:
-  return '—' if not math.isfinite(value) else f'{value:.3g} ({value / b_crit:.2f}×)'
+def ratio_text(value, b_crit, low=math.nan, high=math.nan) -> str:
+  if not math.isfinite(value):
+    return '—'
+  interval = f' [{low:.3g}, {high:.3g}]' if math.isfinite(low) else ''
+  return f'{value:.3g}{interval} ({value / b_crit:.2f}×)'
 
 
 def run_estimators(parts: list[str]) -> dict:
@@ -172,10 +175,12 @@ def run_estimators(parts: list[str]) -> dict:
       curves[(key, b)] = run.train_metrics
       for name in estimators_for(config):
         result = estimators_lib.run_average(name, rows, until_step=target_step)
+        low, high = estimators_lib.run_average_interval(name, rows, until_step=target_step)
         table.append({'workload': key, 'batch_size': b, 'learning_rate': lr,
                       'steps_to_target': target_step, 'estimator': name,
                       'b_crit': b_crit, 'b_crit_lo': measured['b_crit_lo'],
                       'b_crit_hi': measured['b_crit_hi'], 'run_average': result['value'],
+                      'run_average_lo': low, 'run_average_hi': high,
                       'ratio': result['value'] / b_crit, 'reason': result['reason']})
       summary = noise_scale.noise_scale_analysis(
           run, run.checkpoint_steps, examples=workload.examples, groups=8, draws=8,
@@ -348,8 +353,9 @@ def readme(result: dict, written: dict, parts: list[str], adaptive: dict | None)
     lines += adaptive['lines']
   lines += ['## Per workload: measured B_crit beside each estimator', '',
             'Each estimator run-averaged up to the target on a re-run of the sweep\'s best-LR '
-            'trial (seed 0) at two batch sizes, with the ratio to B_crit; "not measurable here" '
-            'where the |G|²-type estimate averaged to ≤ 0.', '']
+            'trial (seed 0) at two batch sizes [90% bootstrap interval over its log intervals], '
+            'with the ratio to B_crit; "not measurable here" where the |G|²-type estimate '
+            'averaged to ≤ 0.', '']
   cells = []
   for (key, b), group in table.groupby(['workload', 'batch_size'], sort=False):
     first = group.iloc[0]
@@ -359,7 +365,8 @@ def readme(result: dict, written: dict, parts: list[str], adaptive: dict | None)
                                          f'{first["b_crit_hi"]:.0f}]'}
     for _, r in group.iterrows():
       cell[r['estimator']] = (f'not measurable here ({r["reason"]})' if isinstance(r['reason'], str)
-                              else ratio_text(r['run_average'], r['b_crit']))
+                              else ratio_text(r['run_average'], r['b_crit'],
+                                              r['run_average_lo'], r['run_average_hi']))
     cells.append(cell)
   lines += [_markdown(pd.DataFrame(cells)), '', '![ratios](ratio_to_b_crit.png)', '',
             '![along training](along_training.png)', '']

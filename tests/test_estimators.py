@@ -315,3 +315,17 @@ def test_post_hoc_preconditioned_estimators_hold_to_the_nqm_closed_forms(tmp_pat
     assert abs(row['grad_sq'] - grad) < 4 * row['grad_sq_stderr'], (row, grad)
     assert abs(row['trace'] - trace) < 4 * row['trace_stderr'], (row, trace)
     assert row['value'] == pytest.approx(row['trace'] / row['grad_sq'])
+
+
+def test_the_run_average_interval_covers_it_and_widens_with_scatter():
+  steady = [{'step': 10 * (i + 1), 'grad_sq_estimate': 1.0, 'trace_estimate': 50.0}
+            for i in range(20)]
+  assert estimators.run_average_interval('b_simple', steady) == (50.0, 50.0)
+  rng = np.random.default_rng(0)
+  noisy = [{'step': 10 * (i + 1), 'grad_sq_estimate': 1.0 + rng.normal(0, 0.5),
+            'trace_estimate': 50.0} for i in range(20)]
+  low, high = estimators.run_average_interval('b_simple', noisy)
+  value = estimators.run_average('b_simple', noisy)['value']
+  assert low < value < high and high - low > 5
+  negative = [{'step': 10, 'grad_sq_estimate': -1.0, 'trace_estimate': 5.0}]
+  assert all(math.isnan(v) for v in estimators.run_average_interval('b_simple', negative))

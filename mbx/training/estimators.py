@@ -107,6 +107,38 @@ def run_average(estimator: str | Estimator, rows: Sequence[dict], until_step: in
   return {'value': value, 'grad_sq': grad_sq, 'trace': trace, 'reason': reason}
 
 
+def run_average_interval(estimator: str | Estimator, rows: Sequence[dict],
+                         until_step: int | None = None, confidence: float = 0.9,
+                         samples: int = 1000, seed: int = 0) -> tuple[float, float]:
+  """A percentile bootstrap interval of `run_average` over the log intervals (each a row, with
+  its length and weight): how much the run average depends on which intervals it saw. (nan,
+  nan) when the run average is not measurable; an upper end of inf when some resamples'
+  denominators are <= 0."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  e = ESTIMATORS[estimator] if isinstance(estimator, str) else estimator
+  logged = sorted((r for r in rows if e.trace_column in r and 'step' in r),
+                  key=lambda r: r['step'])
+  parts, previous = [], 0.0
+  for r in logged:
+    length = float(r['step']) - previous
+    previous = float(r['step'])
+    if length <= 0 or (until_step is not None and r['step'] > until_step):
+      continue
+    weight = 1.0 if e.weight_column is None else _number(r.get(e.weight_column))
+    grad, trace = _number(r[e.grad_column]), _number(r[e.trace_column])
+    if math.isfinite(grad) and math.isfinite(trace) and math.isfinite(weight):
+      parts.append((length * grad, length * trace, length * weight))
+  if not parts or not math.isfinite(run_average(e, rows, until_step)['value']):
+    return math.nan, math.nan
+  values = np.asarray(parts)
+  picks = np.random.default_rng(seed).integers(0, len(values), size=(samples, len(values)))
+  grad, trace, weight = (values[picks].sum(1)).T
+  ratios = np.where(grad > 0, trace / np.where(grad > 0, grad, 1.0), np.inf)
+  q = (1 - confidence) / 2
+  return (float(np.quantile(ratios, q, method='inverted_cdf')),
+          float(np.quantile(ratios, 1 - q, method='inverted_cdf')))
+
+
 def _number(value) -> float:
   try:
     return float(value)
