@@ -178,7 +178,7 @@ def _summarize(step: int, name: str, pairs, confidence: float, seed: int) -> dic
                value=float(first.mean() / second.mean()), reason=None)
     return row
   grad, trace = float(first.mean()), float(second.mean())
-  value, reason = estimators_lib.ratio(grad, trace)
+  value, reason = estimators_lib.ratio(grad, trace, estimators_lib.ESTIMATORS[name].denominator)
   row.update(grad_sq=grad, trace=trace, value=value, reason=reason,
              grad_sq_stderr=float(first.std(ddof=1) / math.sqrt(len(first))),
              trace_stderr=float(second.std(ddof=1) / math.sqrt(len(second))))

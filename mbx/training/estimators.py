@@ -33,6 +33,10 @@ class Estimator:
   needs_preconditioner: bool = False
   needs_hessian: bool = False
 
+  @property
+  def denominator(self) -> str:
+    return self.label.rpartition('/')[2]  # |G|², GᵀPG, GᵀHG or GᵀPHPG
+
 
 ESTIMATORS: dict[str, Estimator] = {e.name: e for e in (
     Estimator('b_simple', 'grad_sq_estimate', 'trace_estimate', None, 'B_simple = tr(Σ)/|G|²',
@@ -65,12 +69,16 @@ def check_name(name: str, field: str) -> Estimator:
 
 
 def ratio(grad_sq: float, trace: float, what: str = '|G|²') -> tuple[float, str | None]:
-  """(trace / grad_sq, None), or (nan, why it is not measurable here)."""
+  """(trace / grad_sq, None), or (nan, why it is not measurable here). `what`: the
+  denominator's name (a curvature-weighted one, GᵀHG, can also be negative because the loss
+  curves down along the gradient)."""
   if not (math.isfinite(grad_sq) and math.isfinite(trace)):
     return math.nan, 'nothing measured'
   if grad_sq <= 0:
-    return math.nan, (f'the {what} estimate averages to {grad_sq:.3g} ≤ 0: the gradient is '
-                      'below the noise at this batch (too few groups or steps to resolve it)')
+    why = ('negative curvature along the gradient, or the signal below the noise of the '
+           'estimate' if 'H' in what else 'the gradient is below the noise at this batch (too '
+           'few groups or steps to resolve it)')
+    return math.nan, f'the {what} estimate averages to {grad_sq:.3g} ≤ 0: {why}'
   if trace <= 0:
     return math.nan, f'the noise estimate averages to {trace:.3g} ≤ 0'
   return trace / grad_sq, None
@@ -103,7 +111,7 @@ def run_average(estimator: str | Estimator, rows: Sequence[dict], until_step: in
             'reason': f'{e.name} was not measured' + (
                 f' up to step {until_step}' if until_step is not None else '')}
   grad_sq, trace = grad_total / weight_total, trace_total / weight_total
-  value, reason = ratio(grad_sq, trace)
+  value, reason = ratio(grad_sq, trace, e.denominator)
   return {'value': value, 'grad_sq': grad_sq, 'trace': trace, 'reason': reason}
 
 
