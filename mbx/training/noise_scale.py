@@ -141,22 +141,13 @@ def run_average(log_steps, grad_sq_estimates, trace_estimates, until_step=None
 
 
 @dataclasses.dataclass(frozen=True)
-class PreconditionedNoiseScaleProbe:
+class PreconditionedNoiseScaleProbe(NoiseScaleProbe):
   """B_simple,P = tr(PΣ) / GᵀPG: B_simple with every squared norm taken in the metric of the
   optimizer's diagonal preconditioner P (read, not changed, from its state before the
   update). With P = I it is B_simple, computed the same way."""
-  ema: float = 0.99
   name = 'noise_scale_preconditioned'
   metrics = ('grad_sq_p_estimate', 'trace_p_estimate', 'preconditioned_steps')
-  min_groups = 2
   group_norm = 'preconditioned'  # the step hands per_group the P-weighted squared norm
-
-  def init(self, params) -> NoiseScaleState:
-    del params
-    return NoiseScaleState.zeros()
-
-  def per_group(self, grads, sq_norm):
-    return sq_norm(grads)
 
   def update(self, state: NoiseScaleState, gradients: GroupGradients):
     grad_sq, trace = group_estimates(gradients.group_means[self.name],
