@@ -230,7 +230,8 @@ def test_sam_rows_tune_rho_on_validation_and_pair_with_the_plain_large_batch(tmp
                         options=mbx.study.options_of('sharp-minima', **options))
   assert plain['invocations'][-1]['trained_runs'] == 2 + 4
   summary = mbx.study.run('sharp-minima', config, tmp_path, options=mbx.study.options_of(
-      'sharp-minima', **options, sam_rhos=(0.05, 0.5), sam_regimes=('LB',)))
+      'sharp-minima', **options, sam_rhos=(0.05, 0.5), sam_regimes=('LB',), sam_timing_steps=5,
+      sam_timing_rounds=1))
   # Adding SAM trains only its ρ tuning (2) and its runs (2 seeds); the plain runs are reused.
   assert (summary['invocations'][-1]['trained_runs'],
           summary['invocations'][-1]['reused_runs']) == (4, 6)
@@ -252,6 +253,10 @@ def test_sam_rows_tune_rho_on_validation_and_pair_with_the_plain_large_batch(tmp
   assert cost['estimate'] == pytest.approx(expected)
   assert ('LB+SAM vs SB', 'test_accuracy') in paired
   assert 'SAM ρ tuning' in (tmp_path / 'README.md').read_text()
+  cost, = tables['sam_cost']  # plain and SAM timed side by side
+  assert (cost['regime'], cost['batch'], cost['rounds']) == ('LB', 1000, 1)
+  assert cost['time_ratio'] == pytest.approx(cost['sam_seconds_per_step']
+                                             / cost['plain_seconds_per_step'])
 
 
 OWN_STUDY = '''

@@ -57,6 +57,8 @@ class Options:
   unit_column_subspace: bool = True  # also φ in a subspace with unit-norm columns
   sam_rhos: tuple[float, ...] = ()  # SAM's ρ grid, tuned on validation; (): no SAM runs
   sam_regimes: tuple[str, ...] = ('LB', 'FB')  # the regimes that also train with SAM
+  sam_timing_steps: int = 40  # steps per side-by-side timing run of plain vs SAM (0: none)
+  sam_timing_rounds: int = 3  # alternating rounds of that timing
 
 QUICK = dict(seeds=(0, 1), learning_rate_factors=(0.3, 1.0, 3.0), lanczos_steps=20,
              trace_samples=20, grid_trace_samples=20, density_runs=1, density_steps=40)
@@ -258,6 +260,38 @@ REGIME_MEASURES = [  # (column, header, scale) for the side-by-side table
 RATIO_MEASURES = ('sharpness', 'lambda', 'trace', 'steps', 'gradient_evaluations', 'train_time')
 
 
+def time_side_by_side(ctx, plain: dict[str, tuple[int, float]], rhos: dict[str, float]
+                      ) -> list[dict]:
+  """Seconds per step of each regime's plain and SAM runs, alternating, on the same machine
+  at the same time (compile time excluded): the wall-time cost of SAM per step."""
+  import shutil  # pylint: disable=import-outside-toplevel
+  import statistics as stats  # pylint: disable=import-outside-toplevel
+  from mbx.training.loop import train  # pylint: disable=import-outside-toplevel
+  options, config = ctx.options, ctx.config
+  rows = []
+  for regime, (batch_size, learning_rate) in plain.items():
+    per_step = {'plain': [], 'sam': []}
+    for round_ in range(options.sam_timing_rounds):
+      for kind, rho in (('plain', None), ('sam', rhos[regime])):
+        trial = trial_config(config, options, batch_size, options.seeds[0], learning_rate,
+                             sam_rho=rho)
+        trial = dataclasses.replace(trial, train=dataclasses.replace(
+            trial.train, duration=f'{options.sam_timing_steps} steps', stop_at_target=False,
+            target_metric=None, target_value=None,
+            eval_every=f'{10 * options.sam_timing_steps} steps', eval_on_train=False))
+        workdir = ctx.runs / 'sam_timing' / f'{regime}-{kind}-{round_}'
+        shutil.rmtree(workdir, ignore_errors=True)
+        status = train(trial, workdir, quiet=True).status
+        per_step[kind].append(status['train_time'] / status['step'])
+    ratios = [s / p for s, p in zip(per_step['sam'], per_step['plain'])]
+    rows.append({'regime': regime, 'batch': batch_size,
+                 'plain_seconds_per_step': stats.median(per_step['plain']),
+                 'sam_seconds_per_step': stats.median(per_step['sam']),
+                 'time_ratio': stats.median(ratios), 'min': min(ratios), 'max': max(ratios),
+                 'rounds': len(ratios)})
+  return rows
+
+
 def _measures(rows, options) -> list[tuple[str, str, float]]:
   sharp = [(sharpness_key(space, e), f'φ {space} ε={e:g}', 1)
            for space in ('full', 'subspace') for e in options.epsilons]
@@ -352,6 +386,20 @@ def run(ctx) -> None:
         config, options, sizes[regime], seed, chosen[sizes[regime]], sam_rho=rhos[regime])
                            for seed in seeds for regime in plain}, 'SAM runs'))
     sizes = {**sizes, **{f'{regime}+SAM': sizes[regime] for regime in plain}}
+    if options.sam_timing_steps:
+      with ctx.timed('SAM timing'):
+        timing = time_side_by_side(ctx, plain, rhos)
+      ctx.table('sam_cost', timing, title='SAM\'s time per step, measured side by side',
+                note=f'{options.sam_timing_rounds} alternating rounds of '
+                f'{options.sam_timing_steps} steps of the plain and the SAM run of each regime '
+                '(seed 0, compile time excluded), run one after the other so that both see the '
+                'same machine load; the paired training times below were measured when each run '
+                'trained, at whatever load the machine had then.')
+      for row in timing:
+        ctx.findings.append(
+            f'{row["regime"]}+SAM takes {row["time_ratio"]:.2f}× [{row["min"]:.2f}, '
+            f'{row["max"]:.2f}] the time per step of {row["regime"]} (side by side, '
+            f'{row["rounds"]} rounds): two gradient evaluations a step.')
 
   analyze = Analyses(ctx.out / 'analyses.json')
   settings = dict(epsilons=tuple(options.epsilons), subspace_dim=options.subspace_dim,
