@@ -32,6 +32,7 @@ REFERENCE = {'mnist1d': 'momentum', 'kjv': 'adamw'}
 TITLES = {'mnist1d': 'MNIST-1D CNN, target validation accuracy 0.85',
           'kjv': 'KJV character-level Transformer, target validation loss 1.75'}
 CONFIDENCE = 0.9
+LABELS = {'momentum': 'heavy-ball SGD'}  # its declared label, 'SGD', would read as plain SGD here
 
 
 def run_part(part: str, workers: int) -> dict:
@@ -108,15 +109,19 @@ def summarize(parts) -> None:
               f'(independent residual bootstraps of the two fits, {CONFIDENCE:.0%} intervals).',
               '', '| optimizer | B_crit [90% CI] | leave one B out | S_min [90% CI] | '
               'B_crit / ref [90% CI] | S_min / ref [90% CI] | best-LR exponent [90% CI] | '
-              'best LR at the grid edge |', '|---|---|---|---|---|---|---|---|']
+              'batch sizes reaching the target | best LR at the grid edge |',
+              '|---|---|---|---|---|---|---|---|---|']
     for optimizer in sorted(rows, key=lambda o: (o != reference, o)):
       row, fit = rows[optimizer], fits.get(optimizer)
-      label = f'{of_name(optimizer).label or optimizer} (`{optimizer}`)'
+      label = f'{LABELS.get(optimizer) or of_name(optimizer).label or optimizer} (`{optimizer}`)'
       edges = [str(r['batch_size']) for r in row['per_b'] if r.get('best_lr_at_edge')]
       edge_text = ('B = ' + ', '.join(edges)) if edges else 'none'
+      reached = [r['batch_size'] for r in row['per_b'] if r['steps_to_target'] is not None]
+      reach_text = f'{len(reached)} of {len(row["per_b"])}' + (
+          f' (B ≤ {max(reached)})' if reached and len(reached) < len(row['per_b']) else '')
       if fit is None:
         lines.append(f'| {label} | not measurable here (fewer than 3 batch sizes reached the '
-                     f'target) | — | — | — | — | — | {edge_text} |')
+                     f'target) | — | — | — | — | — | {reach_text} | {edge_text} |')
         continue
       b_ratio = _ratio((fit.b_crit, fit.samples[:, 1] / fit.samples[:, 0]),
                        (ref.b_crit, ref.samples[:, 1] / ref.samples[:, 0]))
@@ -131,16 +136,19 @@ def summarize(parts) -> None:
           f'[{fit.s_min_ci[0]:.0f}, {fit.s_min_ci[1]:.0f}] | '
           + ('—' if optimizer == reference else ratio_cell(b_ratio)) + ' | '
           + ('—' if optimizer == reference else ratio_cell(s_ratio))
-          + f' | {exponent} | {edge_text} |')
+          + f' | {exponent} | {reach_text} | {edge_text} |')
       table.append(dict(part=part, optimizer=optimizer, b_crit=fit.b_crit,
                         b_crit_lo=fit.b_crit_ci[0], b_crit_hi=fit.b_crit_ci[1],
                         s_min=fit.s_min, s_min_lo=fit.s_min_ci[0], s_min_hi=fit.s_min_ci[1],
                         b_crit_ratio=b_ratio, s_min_ratio=s_ratio, edges=edges))
       figure_rows.append((part, label, fit))
       if optimizer != reference:
+        partial = (f' (fitted on the {len(reached)} batch sizes, B ≤ {max(reached)}, that '
+                   'reached the target within the common budget)'
+                   if len(reached) < len(row['per_b']) else '')
         findings.append(f'{TITLES[part].split(",")[0]}: {label}: '
                         + _verdict(b_ratio, f'B_crit {fit.b_crit:.0f}') + '; '
-                        + _verdict(s_ratio, f'S_min {fit.s_min:.0f}') + '.')
+                        + _verdict(s_ratio, f'S_min {fit.s_min:.0f}') + partial + '.')
     lines.append('')
   nqm_lines, nqm_finding = nqm_section()
   lines[6:6] = ['## Answer (computed from the tables below)', '',
