@@ -151,9 +151,11 @@ def test_a_user_probe_runs_in_the_step_beside_the_noise_scale(tmp_path):
                                   duration='20 steps'))
   run = mbx.train(config, tmp_path, quiet=True)
   rows = run.train_metrics
-  for column in ('grad_norm_first_layer', 'grad_norm_last_layer', 'b_simple',
+  for column in ('grad_norm_first_layer', 'grad_norm_last_layer', 'grad_sq', 'trace_sigma',
                  'layer_probe_steps'):
     assert np.all(np.isfinite(rows[column])), column
+  # B_simple is a number exactly where its |G|² average is positive (never a negative one).
+  np.testing.assert_array_equal(np.isfinite(rows['b_simple']), rows['grad_sq'] > 0)
   assert rows['layer_probe_steps'].iloc[-1] == 10  # measured on every 2nd of 20 steps
   # Resuming restores the probe's state with the checkpoint.
   resumed = mbx.train(dataclasses.replace(config, train=dataclasses.replace(

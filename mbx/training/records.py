@@ -34,6 +34,9 @@ from mbx.training.workload import config_error, resolve
 STATUSES = ('running', 'done', 'diverged', 'failed', 'interrupted')
 
 
+NON_FINITE = ('nan', 'inf', '-inf')  # how `_clean` writes non-finite floats
+
+
 def _clean(value):
   """NaN/Inf are not JSON: store them as strings pandas reads back as floats."""
   if isinstance(value, float) and not math.isfinite(value):
@@ -147,9 +150,11 @@ def _frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
   if frame.empty:
     return pd.DataFrame({'step': pd.Series(dtype=int)})
   for column in frame.columns:
-    if frame[column].dtype == object:
-      converted = pd.to_numeric(frame[column], errors='coerce')
-      if converted.notna().sum() == frame[column].notna().sum():
+    if frame[column].dtype == object or pd.api.types.is_string_dtype(frame[column]):
+      # A column of numbers, with NaN/Inf stored as the strings 'nan'/'inf' (`_clean`).
+      values = frame[column]
+      converted = pd.to_numeric(values, errors='coerce')
+      if (converted.notna() | values.isna() | values.isin(NON_FINITE)).all():
         frame[column] = converted
   return frame
 
