@@ -150,6 +150,14 @@ def overhead(sweep, workload: Workload, batch_size: int, learning_rate: float,
   return rows
 
 
+def runs_minutes(directory: pathlib.Path) -> tuple[float, int]:
+  """(the summed wall time of every run under `directory`, in minutes, and their number): what
+  training cost, whichever invocation trained them (a re-run reuses them)."""
+  times = [json.loads(f.read_text()).get('wall_time') or 0.0
+           for f in directory.glob('**/status.json')]
+  return sum(times) / 60, len(times)
+
+
 def ratio_text(value, b_crit, low=math.nan, high=math.nan) -> str:
   if not math.isfinite(value):
     return '—'
@@ -316,11 +324,16 @@ def write(result: dict, parts: list[str]) -> dict:
 
 def readme(result: dict, written: dict, parts: list[str], adaptive: dict | None) -> None:
   table, points, overhead_table = written['table'], written['points'], written['overhead']
+  trained = {k: runs_minutes(RUNS / k) for k in parts}
   lines = ['# Which cheap estimate finds the critical batch size?', '',
            'Command: `python experiments/noise_scale_estimators.py`', '',
-           f'Wall time: {result["minutes"]:.1f} min for the estimators'
+           f'Wall time: {result["minutes"]:.1f} min for the estimators in this invocation'
            + (f', {adaptive["minutes"]:.1f} min for the adaptive comparison' if adaptive else '')
-           + f'; {machine_text(machine())}.', '']
+           + ' (runs trained by earlier invocations are reused); the runs\' own wall times: '
+           + ', '.join(f'{k} {m:.1f} min ({n} runs)' for k, (m, n) in trained.items())
+           + (', the adaptive comparison {:.1f} min ({} runs)'.format(
+               *runs_minutes(RUNS / 'adaptive_lm')) if adaptive else '')
+           + f'; {machine_text(machine())}, shared with other studies while they trained.', '']
   verdict = sorted(written['verdict'], key=lambda r: r['worst_factor_from_b_crit'])
   lines += ['## Answer (computed from the tables below)', '']
   meeting = [r for r in verdict if r['meets_goal']]
