@@ -68,6 +68,7 @@ WORKLOADS = {
     'nqm_sgd': Workload('noisy quadratic model, SGD', 'cbs_nqm.py', 'sgd', None, (16, 64), 1024),
 }
 ESTIMATORS = estimators_lib.NAMES
+PLAIN_FORM = {'b_simple_preconditioned': 'b_simple', 'b_noise_preconditioned': 'b_noise'}
 
 
 def measured_b_crit(workload: Workload, sweep) -> dict:
@@ -239,14 +240,18 @@ def write(result: dict, parts: list[str]) -> dict:
   for name in ESTIMATORS:
     per_workload = {}
     for key in parts:
-      runs = table[(table['workload'] == key) & (table['estimator'] == name)]
-      ckpt = points[(points['workload'] == key) & (points['estimator'] == name)]
+      # With P = I (SGD, momentum) a preconditioned estimator is its plain form, measured as such.
+      measured_as = name
+      if table[(table['workload'] == key) & (table['estimator'] == name)].empty:
+        measured_as = PLAIN_FORM.get(name, name)
+      runs = table[(table['workload'] == key) & (table['estimator'] == measured_as)]
+      ckpt = points[(points['workload'] == key) & (points['estimator'] == measured_as)]
       if runs.empty:
         continue
       ratios = [r for r in runs['ratio'] if math.isfinite(r)]
       ckpt_ratios = [v / b for v, b in zip(ckpt['value'], ckpt['b_crit']) if math.isfinite(v)]
       cost = overhead_table[(overhead_table['workload'] == key)
-                            & (overhead_table['estimator'] == name)]
+                            & (overhead_table['estimator'] == measured_as)]
       per_workload[key] = {
           'run_average_ratios': ratios, 'checkpoint_ratios': ckpt_ratios,
           'not_measurable': [r for r in runs['reason'] if isinstance(r, str)],
@@ -355,7 +360,9 @@ def readme(result: dict, written: dict, parts: list[str], adaptive: dict | None)
         + (f' (checkpoints {min(w["checkpoint_ratios"]):.2f}–{max(w["checkpoint_ratios"]):.2f})'
            if w['checkpoint_ratios'] else '')
         for k, w in r['per_workload'].items())
-    lines.append(f'- `{r["estimator"]}` / B_crit, run-averaged at each B: {per}.')
+    lines.append(f'- `{r["estimator"]}` / B_crit, run-averaged at each B: {per}.'
+                 + (' (With P = I, SGD and momentum, it is its plain form.)'
+                    if r['estimator'] in PLAIN_FORM else ''))
   lines += ['- Why (from the data): B_simple assumes an isotropic Hessian; the curvature-weighted '
             'B_noise weights the noise by H (McCandlish et al. 2018 eq. 2.9); for Adam-type '
             'optimizers the preconditioned forms measure the noise of the update actually '
