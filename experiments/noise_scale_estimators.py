@@ -215,20 +215,23 @@ def early_facts(result: dict) -> list[str]:
     rows = frame.to_dict('records')
     for name in ESTIMATORS:
       e = estimators_lib.ESTIMATORS[name]
-      logged = [r for r in rows if math.isfinite(float(r.get(e.trace_column, math.nan)))]
+      weight = lambda r: 1.0 if e.weight_column is None else float(r[e.weight_column])
+      logged = [r for r in rows if math.isfinite(float(r.get(e.trace_column, math.nan)))
+                and weight(r) > 0]  # intervals it was measured in
       if len(logged) < 2:
         continue
       first = logged[0]
-      grad, trace = float(first[e.grad_column]), float(first[e.trace_column])
-      later = [float(r[e.trace_column]) for r in logged[1:]]
+      grad, trace = (float(first[c]) / weight(first) for c in (e.grad_column, e.trace_column))
+      later = [float(r[e.trace_column]) / weight(r) for r in logged[1:]]
       where = f'{WORKLOADS[key].label} at B = {b}'
       if grad <= 0 and e.needs_hessian:
         facts.append(f'{name} on {where}: the first log interval\'s {e.denominator} estimate '
                      f'is {grad:.3g} (the loss curves down along the gradient early on), which '
                      'makes the run average not measurable or small.')
       elif later and trace > 10 * max(np.median(later), 1e-12):
-        facts.append(f'{name} on {where}: the first log interval\'s {e.label.split(" = ")[1]} '
-                     f'numerator is {trace / np.median(later):.0f}× its later median (Adam\'s '
+        numerator = e.label.split(' = ')[1].split('/')[0]
+        facts.append(f'{name} on {where}: the first log interval\'s {numerator} estimate is '
+                     f'{trace / np.median(later):.0f}× its later median (Adam\'s '
                      'v̂ is still near 0 for rarely updated parameters, so P is huge there), and '
                      'it dominates the run average.')
   return facts
