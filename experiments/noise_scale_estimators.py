@@ -226,14 +226,15 @@ def early_facts(result: dict) -> list[str]:
       where = f'{WORKLOADS[key].label} at B = {b}'
       if grad <= 0 and e.needs_hessian:
         facts.append(f'{name} on {where}: the first log interval\'s {e.denominator} estimate '
-                     f'is {grad:.3g} (the loss curves down along the gradient early on), which '
-                     'makes the run average not measurable or small.')
+                     f'is {grad:.3g} (≤ 0: the loss curves down along the gradient there, or '
+                     'the estimate is noise-dominated), which pulls the run average down or '
+                     'makes it not measurable.')
       elif later and trace > 10 * max(np.median(later), 1e-12):
         numerator = e.label.split(' = ')[1].split('/')[0]
         facts.append(f'{name} on {where}: the first log interval\'s {numerator} estimate is '
-                     f'{trace / np.median(later):.0f}× its later median (Adam\'s '
-                     'v̂ is still near 0 for rarely updated parameters, so P is huge there), and '
-                     'it dominates the run average.')
+                     f'{trace / np.median(later):.0f}× its later median, and it dominates '
+                     'the run average (consistent with P = 1/(√v̂ + ε) being largest while '
+                     'Adam\'s v̂ is still small).')
   return facts
 
 
