@@ -366,3 +366,41 @@ def test_warmup_by_the_branch_test_grows_when_the_next_rung_keeps_up(tmp_path):
   grew = decisions['branch_loss_next_rung'] <= decisions['branch_loss']
   first = decisions['policy_batch_size'].iloc[0]
   assert first == (128 if grew.iloc[0] else 64)
+
+
+@pytest.mark.parametrize('estimator, expected', [('b_simple', 32), ('b_noise', 256)])
+def test_a_policy_reads_the_estimator_it_is_told_to(estimator, expected):
+  """The noise-scale policy moves to the rung nearest the named estimator
+  (train.batch_policy_estimator), not to B_simple's."""
+  from mbx.optim.optimizers import resolve_optimizer  # pylint: disable=import-outside-toplevel
+  extra = () if estimator == 'b_simple' else (estimator,)
+  config = policy_config('noise_scale', batch_policy_estimator=estimator,
+                         noise_scale_estimators=extra)
+  replan = lambda segments=None: make_plan(config, 1, N, probe_groups=2, segments=segments)
+  policy = bp.BatchPolicy(config, replan, {}, resolve_optimizer(config))
+  estimates = {'b_simple': 20.0, 'grad_sq': 1.0, 'trace_sigma': 20.0,
+               'b_noise': 300.0, 'grad_h': 1.0, 'trace_h': 300.0}
+  plan = policy.plan()
+  _, columns = policy.decide(plan, 8, estimates, {})
+  assert columns['policy_batch_size'] == expected
+  assert columns['policy_b_simple'] == estimates[estimator]
+
+
+def test_adascale_takes_the_named_estimators_two_estimates():
+  from mbx.optim.optimizers import resolve_optimizer  # pylint: disable=import-outside-toplevel
+  estimates = {'b_simple': 20.0, 'grad_sq': 1.0, 'trace_sigma': 20.0,
+               'b_noise': 300.0, 'grad_h': 1.0, 'trace_h': 300.0}
+  gains = {}
+  for estimator in ('b_simple', 'b_noise'):
+    extra = () if estimator == 'b_simple' else (estimator,)
+    config = policy_config('adascale', batch_policy_estimator=estimator,
+                           noise_scale_estimators=extra)
+    replan = lambda segments=None, c=config: make_plan(c, 1, N, probe_groups=2,
+                                                         segments=segments)
+    policy = bp.BatchPolicy(config, replan, {}, resolve_optimizer(config))
+    _, columns = policy.decide(policy.plan(), 8, estimates, {})
+    gains[estimator] = columns['adascale_gain']
+  # S = 4, base batch 32: gain = (σ² + μ²) / (σ²/S + μ²) with σ² = tr / 32.
+  for estimator, trace in (('b_simple', 20.0), ('b_noise', 300.0)):
+    variance = trace / 32
+    assert gains[estimator] == pytest.approx((variance + 1) / (variance / 4 + 1))
