@@ -4,6 +4,7 @@ input each estimator stops on in one line."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 
 import jax
@@ -329,3 +330,30 @@ def test_the_run_average_interval_covers_it_and_widens_with_scatter():
   assert low < value < high and high - low > 5
   negative = [{'step': 10, 'grad_sq_estimate': -1.0, 'trace_estimate': 5.0}]
   assert all(math.isnan(v) for v in estimators.run_average_interval('b_simple', negative))
+
+
+@pytest.mark.slow
+def test_every_estimator_runs_sharded_over_eight_devices(tmp_path):
+  """One group per device: the contrast, the HVP through shard_map and the replicated P."""
+  from helpers import run_python  # pylint: disable=import-outside-toplevel
+  config = tiny_config(train=dict(
+      batch_size=64, duration='20 steps', noise_scale=True, checkpoint_every=None,
+      curvature_every=1, per_example_count=8,
+      noise_scale_estimators=('b_simple_preconditioned', 'b_noise', 'b_noise_preconditioned',
+                              'trace_per_example')))
+  (tmp_path / 'config.json').write_text(json.dumps(mbx.config.to_dict(config)))
+  result = run_python(f'''
+import json
+import jax
+import mbx
+config = mbx.config.from_dict(json.loads(open({str(tmp_path / 'config.json')!r}).read()))
+rows = mbx.train(config, {str(tmp_path / 'run')!r}, quiet=True).train_metrics
+columns = ('grad_sq_p_estimate', 'curvature_grad_estimate', 'curvature_trace_p_estimate',
+           'trace_per_example_estimate', 'curvature_steps')
+print(json.dumps(dict(devices=jax.device_count(),
+                      columns=dict((c, [float(v) for v in rows[c]]) for c in columns))))
+''', devices=8)
+  assert result['devices'] == 8
+  for column, values in result['columns'].items():
+    assert all(math.isfinite(v) for v in values), column
+  assert result['columns']['curvature_steps'][-1] == 1.0  # measured on every step (8 groups)

@@ -448,7 +448,7 @@ def make_update(parts: StepParts, shape: StepShape, mesh: Mesh, *, packed: bool 
     if measuring:
       num_groups = mesh.devices.size * shape.num_micro_batches
       hvp = lambda v: jax.jvp(
-          lambda p: plain_gradients(p, state.model_state, batch, step_key)[0],
+          lambda p: plain_gradients(p, state.model_state, batch, step_key, None)[0],
           (state.params,), (v,))[1]
       seen = GroupGradients(
           grads=grads, group_means=stats['group_means'], grad_sq_norm=grad_sq,
