@@ -76,7 +76,7 @@ def test_the_study_report_renders_in_chromium_with_every_figure_and_table(tmp_pa
   finally:
     driver.quit()
   assert {name for name, _, _ in tables} == {
-      'critical_batch_size_per_batch_size.csv', 'critical_batch_size_cbs_summary.csv'}
+      'critical_batch_size_per_batch_size.csv', 'critical_batch_size_cbs_definitions.csv'}
   for name, header, rows in tables:
     frame = pd.read_csv(out.with_name('report_files') / name)
     assert header == list(frame.columns) and len(rows) == len(frame)
