@@ -26,8 +26,8 @@ from mbx.tasks import weighted_sum
 from mbx.training import estimators as estimators_lib
 from mbx.training.checkpoints import Checkpoints
 from mbx.training.noise_scale import group_estimates
-from mbx.training.step import (apply_model, contrast_scale, init_train_state, make_mesh,
-                               weighted_sum_sq)
+from mbx.training.step import (apply_model, contrast_scale, contrast_sign, init_train_state,
+                               make_mesh, weighted_sum_sq)
 from mbx.training.workload import resolve
 
 PER_EXAMPLE = estimators_lib.PER_EXAMPLE
@@ -138,8 +138,7 @@ def _measure_fn(model, task, groups: int, group_size: int, per_example: int):
     split = jax.tree.map(lambda a: a.reshape(groups, group_size, *a.shape[1:]), batch)
     group_grads = jax.vmap(jax.grad(loss), in_axes=(None, None, 0))(params, model_state, split)
     mean = jax.tree.map(lambda g: g.mean(0), group_grads)
-    signs = jnp.where((groups % 2 == 1) & (jnp.arange(groups) == groups - 1), 0.0,
-                      1.0 - 2.0 * (jnp.arange(groups) % 2))
+    signs = contrast_sign(jnp.arange(groups), groups)
     contrast = jax.tree.map(lambda g: jnp.tensordot(signs, g, 1) / groups, group_grads)
     hvp = lambda v: jax.jvp(lambda p: jax.grad(loss)(p, model_state, batch), (params,), (v,))[1]
     c = contrast_scale(groups)

@@ -22,7 +22,6 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from mbx.training import estimators
 from mbx.training.probes import GroupGradients
@@ -116,28 +115,14 @@ class NoiseScaleProbe:
 
 def run_average(log_steps, grad_sq_estimates, trace_estimates, until_step=None
                 ) -> dict[str, float]:
-  """B_simple over a whole run (or up to `until_step`) from its logged interval means.
-
-  `log_steps` and the two estimates are the `step`, `grad_sq_estimate` and
-  `trace_estimate` columns of train_metrics.jsonl (means over each log interval).
-  Each estimate is averaged over all steps, then the ratio is taken (McCandlish
-  et al. 2018, App. A.1). Rows after `until_step` are left out.
-  """
-  steps = np.asarray(log_steps, dtype=float)
-  grad_sq = np.asarray(grad_sq_estimates, dtype=float)
-  trace = np.asarray(trace_estimates, dtype=float)
-  order = np.argsort(steps)
-  steps, grad_sq, trace = steps[order], grad_sq[order], trace[order]
-  lengths = np.diff(np.concatenate([[0.0], steps]))
-  keep = np.isfinite(grad_sq) & np.isfinite(trace) & (lengths > 0)
-  if until_step is not None:
-    keep &= steps <= until_step
-  if not keep.any():
-    return {'grad_sq': float('nan'), 'trace_sigma': float('nan'), 'b_simple': float('nan')}
-  weights = lengths[keep] / lengths[keep].sum()
-  mean_grad_sq, mean_trace = float(weights @ grad_sq[keep]), float(weights @ trace[keep])
-  return {'grad_sq': mean_grad_sq, 'trace_sigma': mean_trace,
-          'b_simple': mean_trace / mean_grad_sq}
+  """B_simple over a whole run (or up to `until_step`) from the `step`, `grad_sq_estimate` and
+  `trace_estimate` columns of train_metrics.jsonl: `estimators.run_average` (each estimate
+  averaged over the steps, then the ratio; NaN where |G|² averages to <= 0)."""
+  rows = [{'step': s, 'grad_sq_estimate': g, 'trace_estimate': t}
+          for s, g, t in zip(log_steps, grad_sq_estimates, trace_estimates)]
+  result = estimators.run_average('b_simple', rows, until_step)
+  return {'grad_sq': result['grad_sq'], 'trace_sigma': result['trace'],
+          'b_simple': result['value']}
 
 
 @dataclasses.dataclass(frozen=True)
